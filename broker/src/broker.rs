@@ -1,0 +1,54 @@
+//! The broker's shared state, handed to every connection as `Arc<Broker>`.
+//!
+//! Holds the validated configuration, the metrics, the router (trie and
+//! retained store), the session registry, the root shutdown token and the
+//! task tracker. It owns no sockets: `server.rs` accepts and
+//! `connection.rs` serves.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+use crate::router::Router;
+
+#[derive(Debug)]
+pub struct Broker {
+    pub config: Arc<Config>,
+    pub metrics: Arc<Metrics>,
+    pub router: Arc<Router>,
+    pub registry: Registry,
+    pub started_at: Instant,
+    /// Cancelled when the node shuts down; every task watches it.
+    pub shutdown: CancellationToken,
+    /// Every spawned task (connections, timers, `$SYS`), so shutdown can
+    /// wait for them within the grace period.
+    pub tasks: TaskTracker,
+}
+
+impl Broker {
+    pub fn new(config: Arc<Config>, shutdown: CancellationToken) -> Arc<Broker> {
+        let metrics = Arc::new(Metrics::default());
+        let router = Arc::new(Router::new(config.clone(), metrics.clone()));
+        let tasks = TaskTracker::new();
+        let registry = Registry::new(
+            router.clone(),
+            metrics.clone(),
+            tasks.clone(),
+            shutdown.clone(),
+        );
+        Arc::new(Broker {
+            config,
+            metrics,
+            router,
+            registry,
+            started_at: Instant::now(),
+            shutdown,
+            tasks,
+        })
+    }
+}

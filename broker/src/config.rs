@@ -1,0 +1,373 @@
+//! Command-line flags (each also `PORCHLIGHT_<FLAG>`) and the validated
+//! configuration the rest of the broker reads.
+//!
+//! `Cli` is what clap parses; [`Cli::validate`] turns it into a [`Config`]
+//! or an error that names the offending flag. Nothing is bound or opened
+//! here; `main.rs` validates before `server.rs` binds.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::error::BrokerError;
+
+/// What happens when a session's queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum QueueOverflow {
+    /// Drop the oldest queued message to make room for the new one.
+    DropOldest,
+    /// Keep the queue and drop the new message.
+    DropNew,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Porchlight: an MQTT 3.1.1 and 5.0 broker for IoT ingress.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "porchlight", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// Address to accept MQTT over TCP on; repeat for several.
+    #[arg(
+        long = "listen",
+        value_name = "ADDR",
+        env = "PORCHLIGHT_LISTEN",
+        value_delimiter = ',',
+        default_value = "0.0.0.0:1883"
+    )]
+    pub listen: Vec<SocketAddr>,
+
+    /// Directory for durable state (created if missing).
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "PORCHLIGHT_DATA_DIR",
+        default_value = "./data"
+    )]
+    pub data_dir: PathBuf,
+
+    /// Log output format.
+    #[arg(
+        long,
+        value_enum,
+        env = "PORCHLIGHT_LOG_FORMAT",
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+
+    /// Log filter: a level (error, warn, info, debug, trace) or a
+    /// tracing directive such as `porchlight_broker=debug`.
+    #[arg(
+        long,
+        value_name = "FILTER",
+        env = "PORCHLIGHT_LOG_LEVEL",
+        default_value = "info"
+    )]
+    pub log_level: String,
+
+    /// Most simultaneous client connections; further ones get CONNACK
+    /// 0x97 (v5) or 3 (v3).
+    #[arg(
+        long,
+        value_name = "N",
+        env = "PORCHLIGHT_MAX_CONNECTIONS",
+        default_value_t = 100_000
+    )]
+    pub max_connections: usize,
+
+    /// Largest MQTT packet accepted from or sent to a client, in bytes
+    /// (default 4 MiB; advertised to v5 clients as Maximum Packet Size).
+    #[arg(long, value_name = "BYTES", env = "PORCHLIGHT_MAX_PACKET_SIZE", default_value_t = 4 * 1024 * 1024)]
+    pub max_packet_size: usize,
+
+    /// Receive Maximum: QoS 1/2 publishes a v5 client may have
+    /// unacknowledged towards us; a client exceeding it is disconnected
+    /// with 0x93.
+    #[arg(
+        long,
+        value_name = "N",
+        env = "PORCHLIGHT_RECEIVE_MAXIMUM",
+        default_value_t = 128
+    )]
+    pub receive_maximum: u16,
+
+    /// Most QoS 1/2 messages in flight to one client at once (also capped
+    /// by the client's own Receive Maximum).
+    #[arg(
+        long,
+        value_name = "N",
+        env = "PORCHLIGHT_MAX_INFLIGHT",
+        default_value_t = 32
+    )]
+    pub max_inflight: u16,
+
+    /// Most messages queued per session beyond those in flight.
+    #[arg(
+        long,
+        value_name = "N",
+        env = "PORCHLIGHT_MAX_QUEUED_MESSAGES",
+        default_value_t = 1000
+    )]
+    pub max_queued_messages: usize,
+
+    /// What to drop when a session queue is full; drops are counted in
+    /// `porchlight_messages_dropped_total{reason="queue_full"}`.
+    #[arg(
+        long,
+        value_enum,
+        env = "PORCHLIGHT_QUEUE_OVERFLOW",
+        default_value = "drop-oldest"
+    )]
+    pub queue_overflow: QueueOverflow,
+
+    /// Longest topic name or filter, in bytes.
+    #[arg(
+        long,
+        value_name = "BYTES",
+        env = "PORCHLIGHT_MAX_TOPIC_LENGTH",
+        default_value_t = 4096
+    )]
+    pub max_topic_length: usize,
+
+    /// Most levels (`/`-separated parts) in a topic name or filter.
+    #[arg(
+        long,
+        value_name = "N",
+        env = "PORCHLIGHT_MAX_TOPIC_LEVELS",
+        default_value_t = 128
+    )]
+    pub max_topic_levels: usize,
+
+    /// Most subscriptions one session may hold; more get SUBACK 0x97 (v5)
+    /// or 0x80 (v3).
+    #[arg(
+        long,
+        value_name = "N",
+        env = "PORCHLIGHT_MAX_SUBSCRIPTIONS_PER_CLIENT",
+        default_value_t = 1000
+    )]
+    pub max_subscriptions_per_client: usize,
+
+    /// Largest keepalive granted, in seconds; a v5 client asking more (or 0)
+    /// is told this value as Server Keep Alive.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        env = "PORCHLIGHT_MAX_KEEPALIVE",
+        default_value_t = 3600
+    )]
+    pub max_keepalive: u16,
+
+    /// Longest a disconnected session is kept, in seconds (caps the v5
+    /// Session Expiry Interval; applies to v3 clean-session-0 sessions).
+    #[arg(long, value_name = "SECONDS", env = "PORCHLIGHT_MAX_SESSION_EXPIRY", default_value_t = 7 * 24 * 3600)]
+    pub max_session_expiry: u32,
+
+    /// Seconds a new connection has to send CONNECT.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        env = "PORCHLIGHT_CONNECT_TIMEOUT",
+        default_value_t = 10
+    )]
+    pub connect_timeout: u64,
+
+    /// Topic Alias Maximum offered to v5 clients (0 disables aliases).
+    #[arg(
+        long,
+        value_name = "N",
+        env = "PORCHLIGHT_TOPIC_ALIAS_MAXIMUM",
+        default_value_t = 64
+    )]
+    pub topic_alias_maximum: u16,
+
+    /// Longest client identifier accepted, in bytes.
+    #[arg(
+        long,
+        value_name = "BYTES",
+        env = "PORCHLIGHT_MAX_CLIENT_ID_LENGTH",
+        default_value_t = 256
+    )]
+    pub max_client_id_length: usize,
+
+    /// Seconds between `$SYS/broker/...` updates.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        env = "PORCHLIGHT_SYS_INTERVAL",
+        default_value_t = 10
+    )]
+    pub sys_interval: u64,
+
+    /// Do not publish `$SYS/broker/...` topics at all.
+    #[arg(long, env = "PORCHLIGHT_NO_SYS_TOPICS")]
+    pub no_sys_topics: bool,
+
+    /// Seconds to wait for connections to close on SIGTERM/SIGINT.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        env = "PORCHLIGHT_SHUTDOWN_GRACE",
+        default_value_t = 10
+    )]
+    pub shutdown_grace: u64,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Run the broker (the default when no subcommand is given).
+    Run,
+}
+
+/// The validated configuration, shared as `Arc<Config>`.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: Vec<SocketAddr>,
+    pub data_dir: PathBuf,
+    pub max_connections: usize,
+    pub max_packet_size: usize,
+    pub receive_maximum: u16,
+    pub max_inflight: u16,
+    pub max_queued_messages: usize,
+    pub queue_overflow: QueueOverflow,
+    pub max_topic_length: usize,
+    pub max_topic_levels: usize,
+    pub max_subscriptions_per_client: usize,
+    pub max_keepalive: u16,
+    pub max_session_expiry: u32,
+    pub connect_timeout: Duration,
+    pub topic_alias_maximum: u16,
+    pub max_client_id_length: usize,
+    /// `None` when `$SYS` topics are off.
+    pub sys_interval: Option<Duration>,
+    pub shutdown_grace: Duration,
+}
+
+fn invalid(flag: &'static str, reason: impl Into<String>) -> BrokerError {
+    BrokerError::InvalidFlag {
+        flag,
+        reason: reason.into(),
+    }
+}
+
+impl Cli {
+    /// Checks every flag and builds the configuration.
+    pub fn validate(&self) -> Result<Config, BrokerError> {
+        if self.listen.is_empty() {
+            return Err(invalid("--listen", "at least one address is required"));
+        }
+        // 268,435,455 + 5 header bytes is the largest packet MQTT can frame.
+        if !(1024..=268_435_460).contains(&self.max_packet_size) {
+            return Err(invalid(
+                "--max-packet-size",
+                "must be between 1024 and 268435460 bytes",
+            ));
+        }
+        if self.receive_maximum == 0 {
+            return Err(invalid("--receive-maximum", "must be at least 1"));
+        }
+        if self.max_inflight == 0 {
+            return Err(invalid("--max-inflight", "must be at least 1"));
+        }
+        if self.max_connections == 0 {
+            return Err(invalid("--max-connections", "must be at least 1"));
+        }
+        if self.max_queued_messages == 0 {
+            return Err(invalid("--max-queued-messages", "must be at least 1"));
+        }
+        if !(1..=65_535).contains(&self.max_topic_length) {
+            return Err(invalid("--max-topic-length", "must be between 1 and 65535"));
+        }
+        if self.max_topic_levels == 0 {
+            return Err(invalid("--max-topic-levels", "must be at least 1"));
+        }
+        if self.max_keepalive == 0 {
+            return Err(invalid("--max-keepalive", "must be at least 1 second"));
+        }
+        if self.connect_timeout == 0 {
+            return Err(invalid("--connect-timeout", "must be at least 1 second"));
+        }
+        if !(23..=65_535).contains(&self.max_client_id_length) {
+            return Err(invalid(
+                "--max-client-id-length",
+                "must be between 23 and 65535",
+            ));
+        }
+        if !self.no_sys_topics && self.sys_interval == 0 {
+            return Err(invalid(
+                "--sys-interval",
+                "must be at least 1 second (use --no-sys-topics to turn $SYS off)",
+            ));
+        }
+        Ok(Config {
+            listen: self.listen.clone(),
+            data_dir: self.data_dir.clone(),
+            max_connections: self.max_connections,
+            max_packet_size: self.max_packet_size,
+            receive_maximum: self.receive_maximum,
+            max_inflight: self.max_inflight,
+            max_queued_messages: self.max_queued_messages,
+            queue_overflow: self.queue_overflow,
+            max_topic_length: self.max_topic_length,
+            max_topic_levels: self.max_topic_levels,
+            max_subscriptions_per_client: self.max_subscriptions_per_client,
+            max_keepalive: self.max_keepalive,
+            max_session_expiry: self.max_session_expiry,
+            connect_timeout: Duration::from_secs(self.connect_timeout),
+            topic_alias_maximum: self.topic_alias_maximum,
+            max_client_id_length: self.max_client_id_length,
+            sys_interval: (!self.no_sys_topics).then(|| Duration::from_secs(self.sys_interval)),
+            shutdown_grace: Duration::from_secs(self.shutdown_grace),
+        })
+    }
+}
+
+impl Config {
+    /// A configuration for tests and embedding: defaults, listening on
+    /// 127.0.0.1 port 0.
+    pub fn for_tests(data_dir: PathBuf) -> Config {
+        let cli = Cli::parse_from(["porchlight", "--listen", "127.0.0.1:0"]);
+        let mut c = cli.validate().expect("defaults are valid");
+        c.data_dir = data_dir;
+        c
+    }
+
+    pub fn topic_limits(&self) -> crate::topic::TopicLimits {
+        crate::topic::TopicLimits {
+            max_length: self.max_topic_length,
+            max_levels: self.max_topic_levels,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate() {
+        let c = Cli::parse_from(["porchlight"]).validate().expect("valid");
+        assert_eq!(c.listen, vec!["0.0.0.0:1883".parse().expect("addr")]);
+        assert!(c.max_packet_size > 1024 * 1024, "a 1 MiB payload must fit");
+    }
+
+    #[test]
+    fn bad_values_name_the_flag() {
+        let err = Cli::parse_from(["porchlight", "--receive-maximum", "0"])
+            .validate()
+            .expect_err("invalid");
+        assert!(err.to_string().contains("--receive-maximum"), "{err}");
+        let err = Cli::parse_from(["porchlight", "--max-packet-size", "10"])
+            .validate()
+            .expect_err("invalid");
+        assert!(err.to_string().contains("--max-packet-size"), "{err}");
+    }
+}

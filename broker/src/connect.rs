@@ -1,0 +1,313 @@
+//! The CONNECT handshake: read the first packet under the connect timeout,
+//! validate it, attach the session, answer CONNACK.
+//!
+//! Refusals get the CONNACK code the spec gives (MQTT 5 reason codes,
+//! mapped to 3.1.1 return codes by the codec) and close the connection.
+//! On success the connection becomes a [`Conn`] and `connection.rs` takes
+//! over.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use crate::broker::Broker;
+use crate::codec::{self, reason, ConnAck, Connect, DecodeError, Packet, Properties, Protocol};
+use crate::connection::Conn;
+use crate::ids::{ClientId, ConnectionId, SessionKey, TenantId};
+use crate::metrics::BadPacket;
+use crate::registry::PendingWill;
+use crate::session::Owner;
+use crate::topic;
+use crate::transport::Transport;
+
+enum FirstError {
+    Io,
+    Decode(DecodeError),
+}
+
+async fn read_first<S: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut Transport<S>,
+    max: usize,
+) -> Result<Packet, FirstError> {
+    loop {
+        match codec::decode(&mut io.rbuf, None, max) {
+            Ok(Some(p)) => return Ok(p),
+            Ok(None) => {
+                if let Some(n) = codec::frame_len(&io.rbuf) {
+                    io.reserve_frame(n);
+                }
+                match io.read_some().await {
+                    Ok(0) | Err(_) => return Err(FirstError::Io),
+                    Ok(_) => {}
+                }
+            }
+            Err(e) => return Err(FirstError::Decode(e)),
+        }
+    }
+}
+
+async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(
+    mut io: Transport<S>,
+    protocol: Protocol,
+    code: u8,
+    why: &'static str,
+) {
+    debug!(code, why, "Connection refused");
+    let mut properties = Properties::default();
+    if protocol.is_v5() {
+        properties.reason_string = Some(why.to_owned());
+    }
+    let ack = Packet::ConnAck(ConnAck {
+        session_present: false,
+        reason: code,
+        properties,
+    });
+    codec::encode(&ack, protocol, &mut io.wbuf);
+    let _ = tokio::time::timeout(Duration::from_secs(2), io.flush_all()).await;
+    io.shutdown().await;
+}
+
+/// Assigned client ids: unique per process run and across runs.
+fn assign_client_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    format!(
+        "auto-{:x}-{:x}",
+        nanos,
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Runs the handshake; `None` when the connection was refused or lost.
+pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    mut io: Transport<S>,
+    broker: &Arc<Broker>,
+    id: ConnectionId,
+    over_limit: bool,
+) -> Option<Conn<S>> {
+    let cfg = broker.config.clone();
+    let metrics = &broker.metrics;
+    let first = tokio::time::timeout(
+        cfg.connect_timeout,
+        read_first(&mut io, cfg.max_packet_size),
+    );
+    let packet = match first.await {
+        Err(_) => {
+            metrics.bad_packet(BadPacket::ConnectTimeout);
+            debug!("No CONNECT within the connect timeout");
+            return None;
+        }
+        Ok(Err(FirstError::Io)) => return None,
+        Ok(Err(FirstError::Decode(e))) => {
+            debug!(error = %e, "Bad first packet");
+            if let DecodeError::UnsupportedProtocol { level, .. } = e {
+                metrics.bad_packet(BadPacket::UnsupportedProtocol);
+                let p = if level == 5 {
+                    Protocol::V5
+                } else {
+                    Protocol::V311
+                };
+                refuse(
+                    io,
+                    p,
+                    reason::UNSUPPORTED_PROTOCOL_VERSION,
+                    "unsupported protocol",
+                )
+                .await;
+            } else {
+                metrics.bad_packet(crate::connection::Close::from_decode(&e).bad?);
+            }
+            return None;
+        }
+        Ok(Ok(p)) => p,
+    };
+    let Packet::Connect(c) = packet else {
+        metrics.bad_packet(BadPacket::NotConnectFirst);
+        debug!(packet = packet.name(), "First packet was not CONNECT");
+        return None;
+    };
+    let c: Connect = *c;
+    let p = c.protocol;
+    let v5 = p.is_v5();
+
+    if over_limit {
+        metrics.inc(&metrics.connections_refused);
+        refuse(io, p, reason::QUOTA_EXCEEDED, "connection limit reached").await;
+        return None;
+    }
+    if broker.shutdown.is_cancelled() {
+        refuse(io, p, reason::SERVER_UNAVAILABLE, "server shutting down").await;
+        return None;
+    }
+    if c.properties.authentication_method.is_some() {
+        metrics.inc(&metrics.connections_refused);
+        refuse(
+            io,
+            p,
+            reason::BAD_AUTHENTICATION_METHOD,
+            "no enhanced authentication configured",
+        )
+        .await;
+        return None;
+    }
+
+    // Client identifier.
+    let mut assigned = None;
+    let client_id = if c.client_id.is_empty() {
+        if p == Protocol::V31 || (p == Protocol::V311 && !c.clean_start) {
+            metrics.inc(&metrics.connections_refused);
+            refuse(
+                io,
+                p,
+                reason::CLIENT_IDENTIFIER_NOT_VALID,
+                "empty client id needs clean session",
+            )
+            .await;
+            return None;
+        }
+        let id = assign_client_id();
+        assigned = Some(id.clone());
+        id
+    } else if c.client_id.len() > cfg.max_client_id_length {
+        metrics.inc(&metrics.connections_refused);
+        refuse(
+            io,
+            p,
+            reason::CLIENT_IDENTIFIER_NOT_VALID,
+            "client id too long",
+        )
+        .await;
+        return None;
+    } else {
+        c.client_id.clone()
+    };
+
+    // Keepalive: v5 gets Server Keep Alive; v3 asking too much is refused
+    // (as Mosquitto does), since 3.1.1 cannot tell the client.
+    let max_ka = cfg.max_keepalive;
+    let mut server_keep_alive = None;
+    let keep_alive = if v5 {
+        if c.keep_alive == 0 || c.keep_alive > max_ka {
+            server_keep_alive = Some(max_ka);
+            max_ka
+        } else {
+            c.keep_alive
+        }
+    } else if c.keep_alive > max_ka {
+        metrics.inc(&metrics.connections_refused);
+        refuse(
+            io,
+            p,
+            reason::CLIENT_IDENTIFIER_NOT_VALID,
+            "keepalive above --max-keepalive",
+        )
+        .await;
+        return None;
+    } else {
+        c.keep_alive
+    };
+
+    // Will.
+    let will = match c.will {
+        Some(w) => {
+            if topic::validate_name(&w.topic, cfg.topic_limits()).is_err() {
+                metrics.bad_packet(BadPacket::ProtocolError);
+                if v5 {
+                    refuse(io, p, reason::TOPIC_NAME_INVALID, "invalid will topic").await;
+                }
+                return None;
+            }
+            if w.properties.payload_format_indicator == Some(1)
+                && std::str::from_utf8(&w.payload).is_err()
+            {
+                refuse(
+                    io,
+                    p,
+                    reason::PAYLOAD_FORMAT_INVALID,
+                    "will payload is not UTF-8",
+                )
+                .await;
+                return None;
+            }
+            let delay = w.properties.will_delay_interval.unwrap_or(0);
+            Some(PendingWill { will: w, delay })
+        }
+        None => None,
+    };
+
+    // Session expiry.
+    let requested_expiry = if v5 {
+        c.properties.session_expiry_interval.unwrap_or(0)
+    } else if c.clean_start {
+        0
+    } else {
+        cfg.max_session_expiry
+    };
+    let expiry = requested_expiry.min(cfg.max_session_expiry);
+
+    let key = SessionKey {
+        tenant: TenantId::default_tenant(),
+        client: ClientId::new(client_id),
+    };
+    let kick = CancellationToken::new();
+    let done = CancellationToken::new();
+    let owner = Owner {
+        conn: id,
+        kick: kick.clone(),
+        done: done.clone(),
+    };
+    let (session, present) = broker
+        .registry
+        .attach(key.clone(), c.clean_start, expiry, owner)
+        .await;
+
+    let mut props = Properties::default();
+    if v5 {
+        if expiry != requested_expiry {
+            props.session_expiry_interval = Some(expiry);
+        }
+        props.receive_maximum = Some(cfg.receive_maximum);
+        props.maximum_packet_size = u32::try_from(cfg.max_packet_size).ok();
+        if cfg.topic_alias_maximum > 0 {
+            props.topic_alias_maximum = Some(cfg.topic_alias_maximum);
+        }
+        props.assigned_client_identifier = assigned;
+        props.server_keep_alive = server_keep_alive;
+    }
+    let client_receive_max = c.properties.receive_maximum.unwrap_or(u16::MAX);
+    let mut conn = Conn {
+        io,
+        broker: broker.clone(),
+        id,
+        protocol: p,
+        key,
+        session,
+        keep_alive: Duration::from_secs(u64::from(keep_alive)),
+        last_seen: Instant::now(),
+        send_window: usize::from(client_receive_max.min(cfg.max_inflight)),
+        client_max_packet: c
+            .properties
+            .maximum_packet_size
+            .map_or(usize::MAX, |m| m as usize),
+        topic_aliases: Vec::new(),
+        will,
+        connect_expiry_zero: v5 && expiry == 0,
+        kick,
+        done,
+    };
+    conn.send(&Packet::ConnAck(ConnAck {
+        session_present: present,
+        reason: reason::SUCCESS,
+        properties: props,
+    }));
+    metrics.inc(&metrics.connections_total);
+    debug!(client = %conn.key.client, ?p, present, keep_alive, "Client connected");
+    Some(conn)
+}

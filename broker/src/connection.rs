@@ -1,0 +1,254 @@
+//! One client connection, from accepted socket to close.
+//!
+//! `serve` runs the whole life of a connection in one task: the CONNECT
+//! handshake (`connect.rs`) under `--connect-timeout`, then a loop that
+//! decodes every complete packet in the read buffer and handles it
+//! (`inbound.rs`), pulls deliveries from the session as the send window
+//! allows (`outbound.rs`), and waits on the socket, the session's wake-up,
+//! the keepalive deadline, a takeover kick and node shutdown. When it ends,
+//! a [`Close`] says why: the v5 DISCONNECT reason to send, the bad-input
+//! counter to bump, and whether the will is due; then the session is
+//! detached (`registry.rs`).
+
+use std::borrow::Cow;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, Instrument};
+
+use crate::broker::Broker;
+use crate::codec::{self, reason, DecodeError, Disconnect, Packet, Properties, Protocol};
+use crate::ids::{ConnectionId, SessionKey};
+use crate::metrics::BadPacket;
+use crate::registry::PendingWill;
+use crate::session::Session;
+use crate::transport::{IoEvent, Transport, WRITE_HIGH_WATER};
+
+/// How long a closing connection may take to write its last packets.
+const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why a connection ends.
+#[derive(Debug)]
+pub struct Close {
+    /// MQTT 5 DISCONNECT reason to send (v5 clients only).
+    pub reason: Option<u8>,
+    /// Bad-input counter to bump.
+    pub bad: Option<BadPacket>,
+    pub detail: Cow<'static, str>,
+    /// Whether the will is due (everything but a normal DISCONNECT and
+    /// node shutdown).
+    pub will: bool,
+}
+
+impl Close {
+    pub fn protocol(reason: u8, bad: BadPacket, detail: impl Into<Cow<'static, str>>) -> Close {
+        Close {
+            reason: Some(reason),
+            bad: Some(bad),
+            detail: detail.into(),
+            will: true,
+        }
+    }
+
+    fn quiet(detail: &'static str, will: bool) -> Close {
+        Close {
+            reason: None,
+            bad: None,
+            detail: detail.into(),
+            will,
+        }
+    }
+
+    pub fn from_decode(e: &DecodeError) -> Close {
+        let bad = match e {
+            DecodeError::Malformed(_) => BadPacket::Malformed,
+            DecodeError::Protocol(_) => BadPacket::ProtocolError,
+            DecodeError::PacketTooLarge { .. } => BadPacket::TooLarge,
+            DecodeError::UnsupportedProtocol { .. } => BadPacket::UnsupportedProtocol,
+            DecodeError::TopicAliasInvalid => BadPacket::TopicAliasInvalid,
+        };
+        Close::protocol(e.reason(), bad, e.to_string())
+    }
+}
+
+/// The state of a connected client, after a successful CONNECT.
+pub struct Conn<S> {
+    pub io: Transport<S>,
+    pub broker: Arc<Broker>,
+    pub id: ConnectionId,
+    pub protocol: Protocol,
+    pub key: SessionKey,
+    pub session: Arc<Session>,
+    /// Keepalive in force (after Server Keep Alive); zero means none.
+    pub keep_alive: Duration,
+    pub last_seen: Instant,
+    /// Most QoS > 0 deliveries in flight: min(client Receive Maximum,
+    /// `--max-inflight`).
+    pub send_window: usize,
+    /// The client's Maximum Packet Size (ours when it gave none).
+    pub client_max_packet: usize,
+    /// Inbound topic aliases (index = alias - 1).
+    pub topic_aliases: Vec<Option<Arc<str>>>,
+    pub will: Option<PendingWill>,
+    /// v5: the CONNECT had Session Expiry Interval 0, so DISCONNECT may
+    /// not set a non-zero one.
+    pub connect_expiry_zero: bool,
+    pub kick: CancellationToken,
+    pub done: CancellationToken,
+}
+
+/// Serves one accepted connection until it closes. `over_limit` is true
+/// when `--max-connections` was already reached: the CONNECT is read and
+/// answered with "quota exceeded".
+pub async fn serve<S>(stream: S, peer: SocketAddr, broker: Arc<Broker>, over_limit: bool)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let id = ConnectionId::next();
+    let span = tracing::debug_span!("conn", %peer, conn = %id, client = tracing::field::Empty);
+    let metrics = broker.metrics.clone();
+    async move {
+        let io = Transport::new(stream);
+        let Some(conn) = crate::connect::handshake(io, &broker, id, over_limit).await else {
+            return;
+        };
+        tracing::Span::current().record("client", tracing::field::display(&conn.key.client));
+        conn.run().await;
+    }
+    .instrument(span)
+    .await;
+    // The accept loop counted this connection in.
+    metrics.dec(&metrics.connections_current);
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
+    async fn run(mut self) {
+        self.redeliver_inflight();
+        let close = self.main_loop().await;
+        self.finish(close).await;
+    }
+
+    async fn main_loop(&mut self) -> Close {
+        let shutdown = self.broker.shutdown.clone();
+        let kick = self.kick.clone();
+        let max = self.broker.config.max_packet_size;
+        loop {
+            // Handle every complete packet already buffered, unless the
+            // client is not reading our output.
+            while self.io.wbuf.len() < WRITE_HIGH_WATER {
+                match codec::decode(&mut self.io.rbuf, Some(self.protocol), max) {
+                    Ok(Some(packet)) => {
+                        self.last_seen = Instant::now();
+                        if let Err(close) = self.handle(packet) {
+                            return close;
+                        }
+                    }
+                    Ok(None) => {
+                        if let Some(n) = codec::frame_len(&self.io.rbuf) {
+                            self.io.reserve_frame(n);
+                        }
+                        break;
+                    }
+                    Err(e) => return Close::from_decode(&e),
+                }
+            }
+            self.pump();
+            self.count_written();
+            self.io.release_idle_buffers();
+            let room = self.io.wbuf.len() < WRITE_HIGH_WATER;
+            let deadline = self.keepalive_deadline();
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => {
+                    return Close {
+                        reason: Some(reason::SERVER_SHUTTING_DOWN),
+                        bad: None,
+                        detail: "server shutting down".into(),
+                        will: false,
+                    };
+                }
+                _ = kick.cancelled() => {
+                    return Close {
+                        reason: Some(reason::SESSION_TAKEN_OVER),
+                        bad: None,
+                        detail: "session taken over".into(),
+                        will: true,
+                    };
+                }
+                ev = self.io.ready(room) => match ev {
+                    Ok(IoEvent::Read(n)) => {
+                        self.broker.metrics.add(&self.broker.metrics.bytes_received, n as u64);
+                    }
+                    Ok(IoEvent::Wrote) => {}
+                    Ok(IoEvent::Eof) => return Close::quiet("peer closed the connection", true),
+                    Err(_) => return Close::quiet("connection error", true),
+                },
+                _ = self.session.notify.notified(), if room => {}
+                _ = sleep_until_opt(deadline), if deadline.is_some() => {
+                    return Close::protocol(
+                        reason::KEEP_ALIVE_TIMEOUT,
+                        BadPacket::KeepAliveTimeout,
+                        "keepalive timeout",
+                    );
+                }
+            }
+        }
+    }
+
+    fn keepalive_deadline(&self) -> Option<tokio::time::Instant> {
+        if self.keep_alive.is_zero() {
+            return None;
+        }
+        // MQTT: one and a half times the keepalive.
+        let grace = self.keep_alive + self.keep_alive / 2;
+        Some(tokio::time::Instant::from_std(self.last_seen + grace))
+    }
+
+    pub fn count_written(&mut self) {
+        let n = self.io.take_written();
+        if n > 0 {
+            self.broker
+                .metrics
+                .add(&self.broker.metrics.bytes_sent, n as u64);
+        }
+    }
+
+    /// Appends a packet to the output buffer.
+    pub fn send(&mut self, packet: &Packet) {
+        codec::encode(packet, self.protocol, &mut self.io.wbuf);
+    }
+
+    async fn finish(mut self, close: Close) {
+        if let Some(bad) = close.bad {
+            self.broker.metrics.bad_packet(bad);
+        }
+        debug!(reason = ?close.reason, detail = %close.detail, "Connection closed");
+        if self.protocol.is_v5() {
+            if let Some(code) = close.reason {
+                self.send(&Packet::Disconnect(Disconnect {
+                    reason: code,
+                    properties: Properties {
+                        reason_string: Some(close.detail.to_string()),
+                        ..Properties::default()
+                    },
+                }));
+            }
+        }
+        let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, self.io.flush_all()).await;
+        self.count_written();
+        self.io.shutdown().await;
+        let will = if close.will { self.will.take() } else { None };
+        self.broker.registry.detach(&self.session, self.id, will);
+        self.done.cancel();
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}

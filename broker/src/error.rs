@@ -1,0 +1,31 @@
+//! The broker crate's error type: fatal start-up and run-time failures.
+//!
+//! Protocol violations by one client are not errors of this kind; they
+//! close that connection with a reason code (`connection.rs`) and are
+//! counted in `metrics.rs`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("invalid value for {flag}: {reason}")]
+    InvalidFlag { flag: &'static str, reason: String },
+
+    #[error("cannot bind MQTT listener on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("cannot use data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("cannot install signal handler: {0}")]
+    Signal(#[source] std::io::Error),
+}

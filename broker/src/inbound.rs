@@ -1,0 +1,320 @@
+//! Packets from a connected client: the protocol state machine for
+//! everything after CONNECT.
+//!
+//! PUBLISH is validated (topic alias, topic name, payload format, receive
+//! maximum), turned into a shared [`Message`] and handed to the router;
+//! its acknowledgement (PUBACK/PUBREC) is appended to the output buffer in
+//! the same batch. SUBSCRIBE/UNSUBSCRIBE change the session and the trie
+//! and queue retained messages. Acknowledgements from the client advance
+//! the outgoing state machines in the session. A protocol violation
+//! returns a [`Close`] with the reason code; `connection.rs` closes.
+
+use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::codec::{
+    reason, Ack, Packet, Properties, Publish, QoS, RetainHandling, SubAck, Subscribe, UnsubAck,
+    Unsubscribe,
+};
+use crate::connection::{Close, Conn};
+use crate::message::{Delivery, Message};
+use crate::metrics::BadPacket;
+use crate::session::{effective_qos, OutState};
+use crate::topic;
+
+fn protocol_error(detail: &'static str) -> Close {
+    Close::protocol(reason::PROTOCOL_ERROR, BadPacket::ProtocolError, detail)
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
+    /// Handles one decoded packet.
+    pub fn handle(&mut self, packet: Packet) -> Result<(), Close> {
+        match packet {
+            Packet::Publish(p) => self.on_publish(p),
+            Packet::PubAck(a) => {
+                self.on_puback(a.packet_id);
+                Ok(())
+            }
+            Packet::PubRec(a) => {
+                self.on_pubrec(a);
+                Ok(())
+            }
+            Packet::PubRel(a) => {
+                self.on_pubrel(a.packet_id);
+                Ok(())
+            }
+            Packet::PubComp(a) => {
+                self.on_pubcomp(a.packet_id);
+                Ok(())
+            }
+            Packet::Subscribe(s) => self.on_subscribe(s),
+            Packet::Unsubscribe(u) => self.on_unsubscribe(u),
+            Packet::PingReq => {
+                self.send(&Packet::PingResp);
+                Ok(())
+            }
+            Packet::Disconnect(d) => self.on_disconnect(d.reason, &d.properties),
+            Packet::Connect(_) => Err(protocol_error("second CONNECT")),
+            Packet::Auth(_) => Err(protocol_error("AUTH without an authentication method")),
+            Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
+                Err(protocol_error("server-to-client packet sent by a client"))
+            }
+        }
+    }
+
+    fn on_disconnect(&mut self, code: u8, props: &Properties) -> Result<(), Close> {
+        if let Some(expiry) = props.session_expiry_interval {
+            if self.connect_expiry_zero && expiry != 0 {
+                return Err(protocol_error("session expiry set on DISCONNECT after 0"));
+            }
+            let expiry = expiry.min(self.broker.config.max_session_expiry);
+            self.session.lock().expiry_interval = expiry;
+        }
+        Err(Close {
+            reason: None,
+            bad: None,
+            detail: "client sent DISCONNECT".into(),
+            will: code == reason::DISCONNECT_WITH_WILL,
+        })
+    }
+
+    /// Resolves the topic of a PUBLISH, applying MQTT 5 topic aliases.
+    fn resolve_topic(&mut self, p: &Publish) -> Result<Arc<str>, Close> {
+        let Some(alias) = p.properties.topic_alias else {
+            if p.topic.is_empty() {
+                return Err(protocol_error("empty topic without topic alias"));
+            }
+            return Ok(Arc::from(p.topic.as_str()));
+        };
+        let max = self.broker.config.topic_alias_maximum;
+        if alias > max {
+            return Err(Close::protocol(
+                reason::TOPIC_ALIAS_INVALID,
+                BadPacket::TopicAliasInvalid,
+                "topic alias above the maximum",
+            ));
+        }
+        let idx = usize::from(alias - 1);
+        if p.topic.is_empty() {
+            return self
+                .topic_aliases
+                .get(idx)
+                .cloned()
+                .flatten()
+                .ok_or_else(|| protocol_error("unknown topic alias"));
+        }
+        if self.topic_aliases.len() <= idx {
+            self.topic_aliases.resize(idx + 1, None);
+        }
+        let topic: Arc<str> = Arc::from(p.topic.as_str());
+        self.topic_aliases[idx] = Some(topic.clone());
+        Ok(topic)
+    }
+
+    fn on_publish(&mut self, p: Publish) -> Result<(), Close> {
+        let v5 = self.protocol.is_v5();
+        let topic = self.resolve_topic(&p)?;
+        if topic::validate_name(&topic, self.broker.config.topic_limits()).is_err() {
+            return Err(Close::protocol(
+                reason::TOPIC_NAME_INVALID,
+                BadPacket::ProtocolError,
+                "invalid topic name in PUBLISH",
+            ));
+        }
+        let metrics = self.broker.metrics.clone();
+        metrics.inc(&metrics.messages_received);
+
+        // Exactly-once: a QoS 2 packet id still awaiting PUBREL is a
+        // retransmission and is not routed again.
+        if p.qos == QoS::ExactlyOnce {
+            let st = self.session.lock();
+            if st.incoming_qos2.contains(&p.packet_id) {
+                drop(st);
+                self.send(&Packet::PubRec(Ack::new(p.packet_id, reason::SUCCESS)));
+                return Ok(());
+            }
+            if st.incoming_qos2.len() >= usize::from(self.broker.config.receive_maximum) {
+                return Err(Close::protocol(
+                    reason::RECEIVE_MAXIMUM_EXCEEDED,
+                    BadPacket::ReceiveMaximumExceeded,
+                    "receive maximum exceeded",
+                ));
+            }
+        }
+
+        let mut code = reason::SUCCESS;
+        if topic.starts_with("$SYS") || topic.starts_with("$share/") {
+            // Clients do not publish into broker topics.
+            code = reason::NOT_AUTHORIZED;
+        } else if p.properties.payload_format_indicator == Some(1)
+            && std::str::from_utf8(&p.payload).is_err()
+        {
+            if p.qos == QoS::AtMostOnce && v5 {
+                return Err(Close::protocol(
+                    reason::PAYLOAD_FORMAT_INVALID,
+                    BadPacket::ProtocolError,
+                    "payload is not UTF-8 as its format indicator says",
+                ));
+            }
+            code = reason::PAYLOAD_FORMAT_INVALID;
+        }
+
+        if code == reason::SUCCESS {
+            let msg = Message::new(
+                self.key.tenant.clone(),
+                topic,
+                p.payload,
+                p.qos,
+                p.retain,
+                &p.properties,
+                Some(self.key.client.clone()),
+            );
+            let routed = self.broker.router.publish(Arc::new(msg));
+            if routed == 0 {
+                code = reason::NO_MATCHING_SUBSCRIBERS;
+            }
+        }
+        match p.qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => self.send(&Packet::PubAck(Ack::new(p.packet_id, code))),
+            QoS::ExactlyOnce => {
+                if code < 0x80 {
+                    self.session.lock().incoming_qos2.insert(p.packet_id);
+                }
+                self.send(&Packet::PubRec(Ack::new(p.packet_id, code)));
+            }
+        }
+        Ok(())
+    }
+
+    fn on_puback(&mut self, id: u16) {
+        let mut st = self.session.lock();
+        if matches!(st.inflight.get(&id), Some(f) if matches!(f.state, OutState::AwaitingAck(ref d) if d.qos == QoS::AtLeastOnce))
+        {
+            st.inflight.remove(&id);
+        }
+    }
+
+    fn on_pubrec(&mut self, a: Ack) {
+        let mut st = self.session.lock();
+        let Some(f) = st.inflight.get_mut(&a.packet_id) else {
+            drop(st);
+            self.send(&Packet::PubRel(Ack::new(
+                a.packet_id,
+                reason::PACKET_IDENTIFIER_NOT_FOUND,
+            )));
+            return;
+        };
+        if a.reason >= 0x80 {
+            // The receiver refused the message: it is done.
+            st.inflight.remove(&a.packet_id);
+            return;
+        }
+        f.state = OutState::AwaitingComp;
+        drop(st);
+        self.send(&Packet::PubRel(Ack::new(a.packet_id, reason::SUCCESS)));
+    }
+
+    fn on_pubrel(&mut self, id: u16) {
+        let known = self.session.lock().incoming_qos2.remove(&id);
+        let code = if known {
+            reason::SUCCESS
+        } else {
+            reason::PACKET_IDENTIFIER_NOT_FOUND
+        };
+        self.send(&Packet::PubComp(Ack::new(id, code)));
+    }
+
+    fn on_pubcomp(&mut self, id: u16) {
+        let mut st = self.session.lock();
+        if matches!(st.inflight.get(&id), Some(f) if matches!(f.state, OutState::AwaitingComp)) {
+            st.inflight.remove(&id);
+        }
+    }
+
+    fn on_subscribe(&mut self, s: Subscribe) -> Result<(), Close> {
+        let limits = self.broker.config.topic_limits();
+        let max_subs = self.broker.config.max_subscriptions_per_client;
+        let sub_id = s.properties.subscription_identifiers.first().copied();
+        let mut reasons = Vec::with_capacity(s.filters.len());
+        let mut retained: Vec<Delivery> = Vec::new();
+        for (raw, opts) in &s.filters {
+            let parsed = match topic::parse_filter(raw, limits) {
+                Ok(p) => p,
+                Err(e) => {
+                    reasons.push(e.0);
+                    continue;
+                }
+            };
+            if parsed.group.is_some() && opts.no_local {
+                return Err(protocol_error("no-local on a shared subscription"));
+            }
+            let exists = self.session.lock().subscriptions.contains_key(raw.as_str());
+            if !exists && self.session.lock().subscriptions.len() >= max_subs {
+                reasons.push(reason::QUOTA_EXCEEDED);
+                continue;
+            }
+            let existed = self
+                .broker
+                .router
+                .subscribe(&self.session, raw, &parsed, *opts, sub_id);
+            reasons.push(opts.qos as u8);
+            let send_retained = parsed.group.is_none()
+                && match opts.retain_handling {
+                    RetainHandling::SendOnSubscribe => true,
+                    RetainHandling::SendIfNew => !existed,
+                    RetainHandling::DoNotSend => false,
+                };
+            if send_retained {
+                for msg in self
+                    .broker
+                    .router
+                    .retained_matching(&self.session, parsed.filter)
+                {
+                    retained.push(Delivery {
+                        qos: effective_qos(msg.qos, opts.qos),
+                        retain: true,
+                        subscription_ids: sub_id.into_iter().collect(),
+                        share: None,
+                        msg,
+                    });
+                }
+            }
+        }
+        self.send(&Packet::SubAck(SubAck {
+            packet_id: s.packet_id,
+            reasons,
+            properties: Properties::default(),
+        }));
+        // Retained messages follow the SUBACK.
+        for d in retained {
+            self.broker.router.deliver(&self.session, d);
+        }
+        Ok(())
+    }
+
+    fn on_unsubscribe(&mut self, u: Unsubscribe) -> Result<(), Close> {
+        let limits = self.broker.config.topic_limits();
+        let mut reasons = Vec::with_capacity(u.filters.len());
+        for raw in &u.filters {
+            match topic::parse_filter(raw, limits) {
+                Ok(parsed) => {
+                    let existed = self.broker.router.unsubscribe(&self.session, raw, &parsed);
+                    reasons.push(if existed {
+                        reason::SUCCESS
+                    } else {
+                        reason::NO_SUBSCRIPTION_EXISTED
+                    });
+                }
+                Err(e) => reasons.push(e.0),
+            }
+        }
+        self.send(&Packet::UnsubAck(UnsubAck {
+            packet_id: u.packet_id,
+            reasons,
+            properties: Properties::default(),
+        }));
+        Ok(())
+    }
+}

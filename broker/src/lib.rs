@@ -1,0 +1,43 @@
+//! Porchlight's MQTT broker as a library, so tests and embedders can start
+//! a server in-process (`main.rs` is a thin wrapper).
+//!
+//! Layout, in the order a packet travels:
+//! - `server.rs`: binds listeners, accepts, owns node shutdown.
+//! - `connection.rs`: one task per connection; its loop and its close.
+//!   - `transport.rs`: read/write buffers and batched socket I/O.
+//!   - `codec/`: MQTT 3.1/3.1.1/5.0 packets to and from bytes.
+//!   - `connect.rs`: the CONNECT handshake and CONNACK.
+//!   - `inbound.rs`: packets from the client after CONNECT.
+//!   - `outbound.rs`: deliveries from the session to the client.
+//! - `registry.rs`: sessions by (tenant, client id); takeover, expiry, wills.
+//! - `session.rs`: one session's subscriptions, queue and in-flight state.
+//! - `router.rs`: publish fan-out; `trie.rs` matches, `retained.rs` retains.
+//! - `message.rs`, `topic.rs`, `ids.rs`: the nouns.
+//! - `broker.rs`: the shared state; `config.rs`, `metrics.rs`, `sys.rs`,
+//!   `error.rs`.
+#![forbid(unsafe_code)]
+
+pub mod broker;
+pub mod codec;
+pub mod config;
+pub mod connect;
+pub mod connection;
+pub mod error;
+pub mod ids;
+mod inbound;
+pub mod message;
+pub mod metrics;
+pub mod outbound;
+pub mod registry;
+pub mod retained;
+pub mod router;
+pub mod server;
+pub mod session;
+pub mod sys;
+pub mod topic;
+pub mod transport;
+pub mod trie;
+
+pub use config::{Cli, Config};
+pub use error::BrokerError;
+pub use server::Server;

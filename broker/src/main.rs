@@ -1,0 +1,69 @@
+//! The `porchlight` binary: parse flags, validate, set up logging, bind,
+//! serve until SIGTERM/SIGINT, exit. Everything else is in the library.
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use porchlight_broker::config::{Cli, LogFormat};
+use porchlight_broker::Server;
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+/// Exit code for a configuration error (EX_CONFIG is 78; sysexits' EX_USAGE
+/// is 64, which linkerd2-proxy uses for bad configuration).
+const EXIT_CONFIG: u8 = 64;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match cli.validate() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("porchlight: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let filter = match EnvFilter::try_new(&cli.log_level) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("porchlight: invalid value for --log-level: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match cli.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("porchlight: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "Porchlight stopped");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: porchlight_broker::Config) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    let server = Server::bind(config, shutdown.clone()).await?;
+    let signals = shutdown.clone();
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(porchlight_broker::BrokerError::Signal)?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = sigterm.recv() => tracing::info!("SIGTERM received"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        }
+        signals.cancel();
+    });
+    server.run().await;
+    Ok(())
+}

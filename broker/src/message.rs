@@ -1,0 +1,114 @@
+//! A routed application message and one subscriber's delivery of it.
+//!
+//! A PUBLISH is decoded once into a [`Message`] behind an `Arc`; every
+//! subscriber's [`Delivery`] shares it (payload and pre-encoded properties
+//! included) and adds only what differs per subscriber: granted QoS,
+//! retain flag and subscription identifiers. `outbound.rs` encodes a
+//! delivery for one connection.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::codec::{Properties, QoS};
+use crate::ids::{ClientId, TenantId};
+
+/// An application message as the broker routes and stores it.
+#[derive(Debug)]
+pub struct Message {
+    pub tenant: TenantId,
+    pub topic: Arc<str>,
+    pub payload: Bytes,
+    /// QoS the publisher used; a delivery gets min(this, subscription QoS).
+    pub qos: QoS,
+    /// The publisher's retain flag (kept for retain-as-published).
+    pub retain: bool,
+    /// The properties forwarded unchanged to subscribers (payload format,
+    /// content type, response topic, correlation data, user properties),
+    /// encoded once without their length prefix. Empty for none.
+    pub forwarded_properties: Bytes,
+    /// Message expiry deadline (MQTT 5 message expiry interval).
+    pub expires_at: Option<Instant>,
+    /// The publishing client, for no-local subscriptions.
+    pub publisher: Option<ClientId>,
+}
+
+impl Message {
+    /// Builds a message from a publish's parts, received now, encoding the
+    /// properties that travel with it.
+    pub fn new(
+        tenant: TenantId,
+        topic: Arc<str>,
+        payload: Bytes,
+        qos: QoS,
+        retain: bool,
+        props: &Properties,
+        publisher: Option<ClientId>,
+    ) -> Message {
+        let received_at = Instant::now();
+        let forwarded = Properties {
+            payload_format_indicator: props.payload_format_indicator,
+            content_type: props.content_type.clone(),
+            response_topic: props.response_topic.clone(),
+            correlation_data: props.correlation_data.clone(),
+            user_properties: props.user_properties.clone(),
+            ..Properties::default()
+        };
+        let mut buf = BytesMut::new();
+        forwarded.write_fields(&mut buf);
+        Message {
+            tenant,
+            topic,
+            payload,
+            qos,
+            retain,
+            forwarded_properties: buf.freeze(),
+            expires_at: props
+                .message_expiry_interval
+                .map(|s| received_at + std::time::Duration::from_secs(u64::from(s))),
+            publisher,
+        }
+    }
+
+    pub fn is_expired(&self, now: Instant) -> bool {
+        self.expires_at.is_some_and(|t| t <= now)
+    }
+
+    /// Remaining expiry interval in whole seconds, rounded up, for the
+    /// Message Expiry Interval property sent to subscribers.
+    pub fn remaining_expiry(&self, now: Instant) -> Option<u32> {
+        self.expires_at.map(|t| {
+            let left = t.saturating_duration_since(now);
+            let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+            u32::try_from(secs).unwrap_or(u32::MAX)
+        })
+    }
+
+    /// Bytes this message holds (for queue accounting and metrics).
+    pub fn size(&self) -> usize {
+        self.topic.len() + self.payload.len() + self.forwarded_properties.len()
+    }
+}
+
+/// The shared subscription a delivery came through, so an unacknowledged
+/// message can go to another member when this one leaves.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ShareRef {
+    pub group: Arc<str>,
+    pub filter: Arc<str>,
+}
+
+/// One message on its way to one session.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub msg: Arc<Message>,
+    /// min(message QoS, granted QoS of the matching subscriptions).
+    pub qos: QoS,
+    /// The RETAIN flag to send: set for retained messages sent on
+    /// subscribe, or when retain-as-published asks for the original flag.
+    pub retain: bool,
+    /// Subscription identifiers of every matching subscription (MQTT 5).
+    pub subscription_ids: Vec<u32>,
+    pub share: Option<ShareRef>,
+}

@@ -1,0 +1,183 @@
+//! Broker-wide counters: lock-free atomics bumped on the hot path and read
+//! by `$SYS` (`sys.rs`), tests, and later the admin `/metrics` endpoint.
+//!
+//! Names are Prometheus names, kept as constants so the exporter, the docs
+//! and the tests agree. Labels are bounded (a fixed set of reasons);
+//! client ids never become labels.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub const CONNECTIONS_CURRENT: &str = "porchlight_connections";
+pub const CONNECTIONS_TOTAL: &str = "porchlight_connections_total";
+pub const CONNECTIONS_REFUSED: &str = "porchlight_connections_refused_total";
+pub const MESSAGES_RECEIVED: &str = "porchlight_messages_received_total";
+pub const MESSAGES_SENT: &str = "porchlight_messages_sent_total";
+pub const BYTES_RECEIVED: &str = "porchlight_bytes_received_total";
+pub const BYTES_SENT: &str = "porchlight_bytes_sent_total";
+pub const MESSAGES_DROPPED: &str = "porchlight_messages_dropped_total";
+pub const BAD_PACKETS: &str = "porchlight_bad_packets_total";
+pub const RETAINED: &str = "porchlight_retained_messages";
+pub const SESSIONS: &str = "porchlight_sessions";
+
+/// Why a message was not delivered to a subscriber.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// The session queue was full (`--queue-overflow` decided which).
+    QueueFull,
+    /// Larger than the subscriber's Maximum Packet Size.
+    PacketTooLarge,
+    /// Its Message Expiry Interval ran out before delivery.
+    Expired,
+    /// A QoS 0 message for a client whose send buffer was full.
+    SlowConsumer,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 4] = [
+        DropReason::QueueFull,
+        DropReason::PacketTooLarge,
+        DropReason::Expired,
+        DropReason::SlowConsumer,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            DropReason::QueueFull => "queue_full",
+            DropReason::PacketTooLarge => "packet_too_large",
+            DropReason::Expired => "expired",
+            DropReason::SlowConsumer => "slow_consumer",
+        }
+    }
+}
+
+/// Why a connection was closed for bad input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadPacket {
+    Malformed,
+    ProtocolError,
+    TooLarge,
+    UnsupportedProtocol,
+    NotConnectFirst,
+    ConnectTimeout,
+    KeepAliveTimeout,
+    ReceiveMaximumExceeded,
+    TopicAliasInvalid,
+}
+
+impl BadPacket {
+    pub const ALL: [BadPacket; 9] = [
+        BadPacket::Malformed,
+        BadPacket::ProtocolError,
+        BadPacket::TooLarge,
+        BadPacket::UnsupportedProtocol,
+        BadPacket::NotConnectFirst,
+        BadPacket::ConnectTimeout,
+        BadPacket::KeepAliveTimeout,
+        BadPacket::ReceiveMaximumExceeded,
+        BadPacket::TopicAliasInvalid,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            BadPacket::Malformed => "malformed",
+            BadPacket::ProtocolError => "protocol_error",
+            BadPacket::TooLarge => "too_large",
+            BadPacket::UnsupportedProtocol => "unsupported_protocol",
+            BadPacket::NotConnectFirst => "not_connect_first",
+            BadPacket::ConnectTimeout => "connect_timeout",
+            BadPacket::KeepAliveTimeout => "keepalive_timeout",
+            BadPacket::ReceiveMaximumExceeded => "receive_maximum_exceeded",
+            BadPacket::TopicAliasInvalid => "topic_alias_invalid",
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub connections_current: AtomicU64,
+    pub connections_total: AtomicU64,
+    pub connections_refused: AtomicU64,
+    pub messages_received: AtomicU64,
+    pub messages_sent: AtomicU64,
+    pub bytes_received: AtomicU64,
+    pub bytes_sent: AtomicU64,
+    pub retained: AtomicU64,
+    pub sessions: AtomicU64,
+    dropped: [AtomicU64; 4],
+    bad_packets: [AtomicU64; 9],
+}
+
+fn add(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+impl Metrics {
+    pub fn inc(&self, c: &AtomicU64) {
+        add(c, 1);
+    }
+
+    pub fn add(&self, c: &AtomicU64, n: u64) {
+        add(c, n);
+    }
+
+    pub fn dec(&self, c: &AtomicU64) {
+        c.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub fn dropped(&self, reason: DropReason) {
+        add(&self.dropped[reason as usize], 1);
+    }
+
+    pub fn dropped_count(&self, reason: DropReason) -> u64 {
+        self.dropped[reason as usize].load(Ordering::Relaxed)
+    }
+
+    pub fn bad_packet(&self, kind: BadPacket) {
+        add(&self.bad_packets[kind as usize], 1);
+    }
+
+    pub fn bad_packet_count(&self, kind: BadPacket) -> u64 {
+        self.bad_packets[kind as usize].load(Ordering::Relaxed)
+    }
+
+    pub fn get(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+
+    /// Prometheus text exposition of every counter.
+    pub fn render(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        let g = Self::get;
+        for (name, v) in [
+            (CONNECTIONS_CURRENT, g(&self.connections_current)),
+            (CONNECTIONS_TOTAL, g(&self.connections_total)),
+            (CONNECTIONS_REFUSED, g(&self.connections_refused)),
+            (MESSAGES_RECEIVED, g(&self.messages_received)),
+            (MESSAGES_SENT, g(&self.messages_sent)),
+            (BYTES_RECEIVED, g(&self.bytes_received)),
+            (BYTES_SENT, g(&self.bytes_sent)),
+            (RETAINED, g(&self.retained)),
+            (SESSIONS, g(&self.sessions)),
+        ] {
+            let _ = writeln!(s, "{name} {v}");
+        }
+        for r in DropReason::ALL {
+            let _ = writeln!(
+                s,
+                "{MESSAGES_DROPPED}{{reason=\"{}\"}} {}",
+                r.label(),
+                self.dropped_count(r)
+            );
+        }
+        for k in BadPacket::ALL {
+            let _ = writeln!(
+                s,
+                "{BAD_PACKETS}{{kind=\"{}\"}} {}",
+                k.label(),
+                self.bad_packet_count(k)
+            );
+        }
+        s
+    }
+}

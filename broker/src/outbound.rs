@@ -1,0 +1,186 @@
+//! Deliveries to a connected client: from the session queue into the
+//! output buffer, within the send window and the client's limits.
+//!
+//! `pump` takes queued deliveries while the output buffer is below its
+//! high-water mark and, for QoS > 0, while fewer than the send window are
+//! in flight (never more than the client's Receive Maximum). Expired
+//! messages are dropped; a message larger than the client's Maximum Packet
+//! Size is dropped for that client; both are counted. `redeliver_inflight`
+//! resends unacknowledged messages with DUP (and pending PUBRELs) when a
+//! session resumes. Encoding writes the shared payload and pre-encoded
+//! properties straight into the buffer; only the per-subscriber parts
+//! (packet id, QoS, retain, subscription ids, remaining expiry) differ.
+
+use std::time::Instant;
+
+use bytes::{BufMut, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::codec::{self, vbi_len, Ack, Packet, Protocol, QoS};
+use crate::connection::Conn;
+use crate::message::Delivery;
+use crate::metrics::DropReason;
+use crate::session::OutState;
+use crate::transport::WRITE_HIGH_WATER;
+
+const MESSAGE_EXPIRY_INTERVAL: u8 = 0x02;
+const SUBSCRIPTION_IDENTIFIER: u8 = 0x0B;
+
+/// Appends a PUBLISH for `d` unless it would exceed `max_size`; returns
+/// false (and writes nothing) in that case.
+pub fn encode_delivery(
+    out: &mut BytesMut,
+    protocol: Protocol,
+    d: &Delivery,
+    packet_id: u16,
+    dup: bool,
+    now: Instant,
+    max_size: usize,
+) -> bool {
+    let v5 = protocol.is_v5();
+    let msg = &d.msg;
+    let expiry = if v5 { msg.remaining_expiry(now) } else { None };
+    let props_len = if v5 {
+        msg.forwarded_properties.len()
+            + expiry.map_or(0, |_| 5)
+            + d.subscription_ids
+                .iter()
+                .map(|id| 1 + vbi_len(*id as usize))
+                .sum::<usize>()
+    } else {
+        0
+    };
+    let id_len = if d.qos == QoS::AtMostOnce { 0 } else { 2 };
+    let props_wire = if v5 {
+        vbi_len(props_len) + props_len
+    } else {
+        0
+    };
+    let body = 2 + msg.topic.len() + id_len + props_wire + msg.payload.len();
+    let total = 1 + vbi_len(body) + body;
+    if total > max_size {
+        return false;
+    }
+    out.reserve(total);
+    let mut byte1 = 0x30 | ((d.qos as u8) << 1);
+    if dup && d.qos != QoS::AtMostOnce {
+        byte1 |= 0x08;
+    }
+    if d.retain {
+        byte1 |= 0x01;
+    }
+    out.put_u8(byte1);
+    codec::write_vbi(out, body);
+    codec::write_string(out, &msg.topic);
+    if d.qos != QoS::AtMostOnce {
+        out.put_u16(packet_id);
+    }
+    if v5 {
+        codec::write_vbi(out, props_len);
+        out.put_slice(&msg.forwarded_properties);
+        if let Some(e) = expiry {
+            out.put_u8(MESSAGE_EXPIRY_INTERVAL);
+            out.put_u32(e);
+        }
+        for id in &d.subscription_ids {
+            out.put_u8(SUBSCRIPTION_IDENTIFIER);
+            codec::write_vbi(out, *id as usize);
+        }
+    }
+    out.put_slice(&msg.payload);
+    true
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
+    /// Moves queued deliveries into the output buffer.
+    pub fn pump(&mut self) {
+        let now = Instant::now();
+        let metrics = self.broker.metrics.clone();
+        let mut sent = 0u64;
+        let mut st = self.session.lock();
+        while self.io.wbuf.len() < WRITE_HIGH_WATER {
+            let Some(front) = st.queue.front() else {
+                break;
+            };
+            if front.qos != QoS::AtMostOnce && st.window_used() >= self.send_window {
+                break;
+            }
+            let Some(d) = st.queue.pop_front() else {
+                break;
+            };
+            if d.msg.is_expired(now) {
+                metrics.dropped(DropReason::Expired);
+                continue;
+            }
+            let packet_id = if d.qos == QoS::AtMostOnce {
+                0
+            } else {
+                match st.allocate_packet_id() {
+                    Some(id) => id,
+                    None => {
+                        st.queue.push_front(d);
+                        break;
+                    }
+                }
+            };
+            let ok = encode_delivery(
+                &mut self.io.wbuf,
+                self.protocol,
+                &d,
+                packet_id,
+                false,
+                now,
+                self.client_max_packet,
+            );
+            if !ok {
+                metrics.dropped(DropReason::PacketTooLarge);
+                continue;
+            }
+            sent += 1;
+            if d.qos != QoS::AtMostOnce {
+                st.track_inflight(packet_id, OutState::AwaitingAck(d));
+            }
+        }
+        drop(st);
+        if sent > 0 {
+            metrics.add(&metrics.messages_sent, sent);
+        }
+    }
+
+    /// Resends every in-flight message of a resumed session, in order:
+    /// PUBLISH with DUP for those awaiting PUBACK/PUBREC, PUBREL for those
+    /// awaiting PUBCOMP.
+    pub fn redeliver_inflight(&mut self) {
+        let now = Instant::now();
+        let mut st = self.session.lock();
+        for id in st.inflight_in_order() {
+            let Some(f) = st.inflight.get(&id) else {
+                continue;
+            };
+            match &f.state {
+                OutState::AwaitingAck(d) => {
+                    let ok = encode_delivery(
+                        &mut self.io.wbuf,
+                        self.protocol,
+                        d,
+                        id,
+                        true,
+                        now,
+                        self.client_max_packet,
+                    );
+                    if !ok {
+                        self.broker.metrics.dropped(DropReason::PacketTooLarge);
+                        st.inflight.remove(&id);
+                    }
+                }
+                OutState::AwaitingComp => {
+                    codec::encode(
+                        &Packet::PubRel(Ack::new(id, codec::reason::SUCCESS)),
+                        self.protocol,
+                        &mut self.io.wbuf,
+                    );
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! Retained messages: the last retained message per topic, per tenant.
+//!
+//! A trie of topic levels under one `RwLock` per tenant. Writes come from
+//! retained publishes (replace, or delete with an empty payload); reads
+//! come from SUBSCRIBE, walking only the branches a filter selects. The
+//! publish path touches this only for messages with the RETAIN flag.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use dashmap::DashMap;
+use parking_lot::RwLock;
+
+use crate::ids::TenantId;
+use crate::message::Message;
+
+#[derive(Debug, Default)]
+struct Node {
+    message: Option<Arc<Message>>,
+    children: HashMap<Box<str>, Node>,
+}
+
+impl Node {
+    fn is_empty(&self) -> bool {
+        self.message.is_none() && self.children.is_empty()
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct RetainedStore {
+    tenants: DashMap<TenantId, Arc<RwLock<Node>>>,
+}
+
+/// What a retained publish did to the count of retained messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetainChange {
+    Added,
+    Replaced,
+    Removed,
+    Unchanged,
+}
+
+impl RetainedStore {
+    fn tenant(&self, tenant: &TenantId) -> Arc<RwLock<Node>> {
+        if let Some(t) = self.tenants.get(tenant) {
+            return t.clone();
+        }
+        self.tenants.entry(tenant.clone()).or_default().clone()
+    }
+
+    /// Stores `msg` as the retained message of its topic, or deletes the
+    /// retained message when the payload is empty.
+    pub fn set(&self, msg: Arc<Message>) -> RetainChange {
+        let root = self.tenant(&msg.tenant);
+        let mut root = root.write();
+        let levels: Vec<&str> = msg.topic.split('/').collect();
+        if msg.payload.is_empty() {
+            return if remove(&mut root, &levels) {
+                RetainChange::Removed
+            } else {
+                RetainChange::Unchanged
+            };
+        }
+        let mut node = &mut *root;
+        for l in &levels {
+            node = node.children.entry((*l).into()).or_default();
+        }
+        match node.message.replace(msg) {
+            Some(_) => RetainChange::Replaced,
+            None => RetainChange::Added,
+        }
+    }
+
+    /// Retained messages matching `filter`, skipping expired ones.
+    pub fn matching(&self, tenant: &TenantId, filter: &str, now: Instant) -> Vec<Arc<Message>> {
+        let Some(root) = self.tenants.get(tenant).map(|t| t.clone()) else {
+            return Vec::new();
+        };
+        let root = root.read();
+        let levels: Vec<&str> = filter.split('/').collect();
+        let mut out = Vec::new();
+        walk(&root, &levels, true, &mut out);
+        out.retain(|m| !m.is_expired(now));
+        out
+    }
+}
+
+fn remove(node: &mut Node, levels: &[&str]) -> bool {
+    match levels.split_first() {
+        None => node.message.take().is_some(),
+        Some((first, rest)) => {
+            let Some(child) = node.children.get_mut(*first) else {
+                return false;
+            };
+            let removed = remove(child, rest);
+            if child.is_empty() {
+                node.children.remove(*first);
+            }
+            removed
+        }
+    }
+}
+
+fn collect_all(node: &Node, top: bool, out: &mut Vec<Arc<Message>>) {
+    if let Some(m) = &node.message {
+        out.push(m.clone());
+    }
+    for (k, child) in &node.children {
+        if top && k.starts_with('$') {
+            continue;
+        }
+        collect_all(child, false, out);
+    }
+}
+
+fn walk(node: &Node, levels: &[&str], top: bool, out: &mut Vec<Arc<Message>>) {
+    let Some((first, rest)) = levels.split_first() else {
+        if let Some(m) = &node.message {
+            out.push(m.clone());
+        }
+        return;
+    };
+    match *first {
+        "#" => collect_all(node, top, out),
+        "+" => {
+            for (k, child) in &node.children {
+                if top && k.starts_with('$') {
+                    continue;
+                }
+                walk(child, rest, false, out);
+            }
+        }
+        level => {
+            if let Some(child) = node.children.get(level) {
+                walk(child, rest, false, out);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{Properties, QoS};
+    use bytes::Bytes;
+
+    fn msg(topic: &str, payload: &'static [u8]) -> Arc<Message> {
+        Arc::new(Message::new(
+            TenantId::default_tenant(),
+            Arc::from(topic),
+            Bytes::from_static(payload),
+            QoS::AtMostOnce,
+            true,
+            &Properties::default(),
+            None,
+        ))
+    }
+
+    fn topics(v: Vec<Arc<Message>>) -> Vec<String> {
+        let mut t: Vec<String> = v.iter().map(|m| m.topic.to_string()).collect();
+        t.sort();
+        t
+    }
+
+    #[test]
+    fn set_replace_delete_match() {
+        let s = RetainedStore::default();
+        let t = TenantId::default_tenant();
+        let now = Instant::now();
+        assert_eq!(s.set(msg("a/b", b"1")), RetainChange::Added);
+        assert_eq!(s.set(msg("a/b", b"2")), RetainChange::Replaced);
+        s.set(msg("a", b"x"));
+        s.set(msg("$SYS/up", b"x"));
+        assert_eq!(topics(s.matching(&t, "#", now)), ["a", "a/b"]);
+        assert_eq!(topics(s.matching(&t, "a/#", now)), ["a", "a/b"]);
+        assert_eq!(topics(s.matching(&t, "+/b", now)), ["a/b"]);
+        assert_eq!(topics(s.matching(&t, "$SYS/#", now)), ["$SYS/up"]);
+        assert_eq!(&s.matching(&t, "a/b", now)[0].payload[..], b"2");
+        assert_eq!(s.set(msg("a/b", b"")), RetainChange::Removed);
+        assert_eq!(s.set(msg("a/b", b"")), RetainChange::Unchanged);
+        assert_eq!(topics(s.matching(&t, "#", now)), ["a"]);
+    }
+}

@@ -1,0 +1,117 @@
+//! Listeners and the node's lifetime: bind, accept, shut down.
+//!
+//! [`Server::bind`] prepares the data directory and binds every `--listen`
+//! address (port 0 works: [`Server::local_addrs`] reports the real ports).
+//! [`Server::run`] accepts until the shutdown token is cancelled; each
+//! accepted socket gets its own task (`connection.rs`), so the accept loop
+//! never waits on a client. Shutdown: stop accepting, connections send v5
+//! DISCONNECT 0x8B and close, then wait for every task up to
+//! `--shutdown-grace`.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::broker::Broker;
+use crate::config::Config;
+use crate::error::BrokerError;
+
+pub struct Server {
+    listeners: Vec<TcpListener>,
+    broker: Arc<Broker>,
+}
+
+impl Server {
+    /// Creates the data directory and binds every listener. Nothing is
+    /// served until [`Server::run`].
+    pub async fn bind(config: Config, shutdown: CancellationToken) -> Result<Server, BrokerError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| BrokerError::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+        let mut listeners = Vec::with_capacity(config.listen.len());
+        for addr in &config.listen {
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(|source| BrokerError::Bind {
+                    addr: *addr,
+                    source,
+                })?;
+            listeners.push(l);
+        }
+        let broker = Broker::new(Arc::new(config), shutdown);
+        Ok(Server { listeners, broker })
+    }
+
+    /// The bound addresses, in `--listen` order.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
+    }
+
+    pub fn broker(&self) -> Arc<Broker> {
+        self.broker.clone()
+    }
+
+    /// Serves until the shutdown token is cancelled, then drains.
+    pub async fn run(self) {
+        let broker = self.broker;
+        for addr in self.listeners.iter().filter_map(|l| l.local_addr().ok()) {
+            info!(%addr, "Listening for MQTT over TCP");
+        }
+        if let Some(interval) = broker.config.sys_interval {
+            broker
+                .tasks
+                .spawn(crate::sys::run(broker.clone(), interval));
+        }
+        let mut accept_loops = tokio::task::JoinSet::new();
+        for listener in self.listeners {
+            accept_loops.spawn(accept_loop(listener, broker.clone()));
+        }
+        broker.shutdown.cancelled().await;
+        info!("Shutting down: no longer accepting connections");
+        accept_loops.shutdown().await;
+        broker.tasks.close();
+        let grace = broker.config.shutdown_grace;
+        if tokio::time::timeout(grace, broker.tasks.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                grace_secs = grace.as_secs(),
+                "Some tasks did not finish within the grace period"
+            );
+        }
+        info!("Shutdown complete");
+    }
+}
+
+async fn accept_loop(listener: TcpListener, broker: Arc<Broker>) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                warn!(error = %e, "Accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let m = &broker.metrics;
+        let current = m.connections_current.fetch_add(1, Ordering::Relaxed);
+        let over_limit = current >= broker.config.max_connections as u64;
+        broker.tasks.spawn(crate::connection::serve(
+            stream,
+            peer,
+            broker.clone(),
+            over_limit,
+        ));
+    }
+}

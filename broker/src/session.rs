@@ -1,0 +1,209 @@
+//! A session: the state MQTT keeps for a client id across connections.
+//!
+//! Owns the client's subscriptions (as the client named them), the queue
+//! of deliveries not yet sent, the outgoing QoS 1/2 messages awaiting
+//! acknowledgement, the incoming QoS 2 packet ids awaiting PUBREL, and the
+//! handle of the connection currently attached. It does not own the
+//! subscription trie (`trie.rs`) or the registry (`registry.rs`).
+//!
+//! Concurrency: each session has its own mutex, held only for short,
+//! non-async sections (never across `.await`). Publishers push deliveries
+//! with [`Session::enqueue`] and wake the attached connection through
+//! `notify`; the connection (`outbound.rs`) pulls from the queue as its
+//! send window allows. The queue is bounded by `--max-queued-messages`
+//! with the `--queue-overflow` policy; every drop is counted.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use parking_lot::{Mutex, MutexGuard};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::codec::{QoS, SubscriptionOptions, Will};
+use crate::config::QueueOverflow;
+use crate::ids::{ConnectionId, SessionId, SessionKey};
+use crate::message::Delivery;
+
+/// A subscription as stored in the session (the trie holds its own copy).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredSubscription {
+    pub options: SubscriptionOptions,
+    pub id: Option<u32>,
+}
+
+/// Where an outgoing QoS > 0 message stands.
+#[derive(Debug, Clone)]
+pub enum OutState {
+    /// QoS 1 sent, waiting for PUBACK; QoS 2 sent, waiting for PUBREC.
+    AwaitingAck(Delivery),
+    /// QoS 2 PUBREL sent, waiting for PUBCOMP. The message is done.
+    AwaitingComp,
+}
+
+#[derive(Debug)]
+pub struct Inflight {
+    /// Send order, so redelivery keeps the original order.
+    pub seq: u64,
+    pub state: OutState,
+}
+
+/// The connection currently attached to a session.
+#[derive(Debug, Clone)]
+pub struct Owner {
+    pub conn: ConnectionId,
+    /// Cancelled to make that connection close (takeover).
+    pub kick: CancellationToken,
+    /// Cancelled by that connection when it has finished closing.
+    pub done: CancellationToken,
+}
+
+#[derive(Debug)]
+pub struct SessionState {
+    /// Keyed by the filter exactly as subscribed (including `$share/g/`).
+    pub subscriptions: HashMap<String, StoredSubscription>,
+    pub queue: VecDeque<Delivery>,
+    pub inflight: HashMap<u16, Inflight>,
+    next_seq: u64,
+    /// Incoming QoS 2 packet ids whose PUBLISH was routed; PUBREL pending.
+    pub incoming_qos2: HashSet<u16>,
+    next_packet_id: u16,
+    /// Seconds the session outlives its connection (`u32::MAX`: never).
+    pub expiry_interval: u32,
+    pub owner: Option<Owner>,
+    /// Cancels a pending delayed will or session-expiry timer.
+    pub timers: CancellationToken,
+    /// A will waiting for its Will Delay Interval; published when the delay
+    /// ends or the session ends, dropped when the session resumes.
+    pub pending_will: Option<Will>,
+    /// When the session lost its connection; `None` while connected.
+    pub disconnected_at: Option<Instant>,
+}
+
+/// What [`Session::enqueue`] did with a delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnqueueOutcome {
+    Queued,
+    /// Queued, and the oldest queued delivery was dropped to make room.
+    DroppedOldest,
+    /// The queue was full and this delivery was dropped.
+    DroppedNew,
+}
+
+#[derive(Debug)]
+pub struct Session {
+    pub key: SessionKey,
+    pub id: SessionId,
+    /// Mirrors `state.owner.is_some()` for lock-free reads (shared
+    /// subscription selection prefers online members).
+    online: AtomicBool,
+    /// Wakes the attached connection when deliveries arrive.
+    pub notify: Notify,
+    state: Mutex<SessionState>,
+}
+
+impl Session {
+    pub fn new(key: SessionKey, expiry_interval: u32) -> Session {
+        Session {
+            key,
+            id: SessionId::next(),
+            online: AtomicBool::new(false),
+            notify: Notify::new(),
+            state: Mutex::new(SessionState {
+                subscriptions: HashMap::new(),
+                queue: VecDeque::new(),
+                inflight: HashMap::new(),
+                next_seq: 0,
+                incoming_qos2: HashSet::new(),
+                next_packet_id: 1,
+                expiry_interval,
+                owner: None,
+                timers: CancellationToken::new(),
+                pending_will: None,
+                disconnected_at: None,
+            }),
+        }
+    }
+
+    /// Locks the state. Never hold the guard across `.await`.
+    pub fn lock(&self) -> MutexGuard<'_, SessionState> {
+        self.state.lock()
+    }
+
+    pub fn is_online(&self) -> bool {
+        self.online.load(Ordering::Relaxed)
+    }
+
+    pub fn set_online(&self, online: bool) {
+        self.online.store(online, Ordering::Relaxed);
+    }
+
+    /// Queues a delivery, applying the overflow policy at `max_queued`,
+    /// and wakes the connection.
+    pub fn enqueue(
+        &self,
+        delivery: Delivery,
+        max_queued: usize,
+        policy: QueueOverflow,
+    ) -> EnqueueOutcome {
+        let outcome = {
+            let mut st = self.state.lock();
+            if st.queue.len() < max_queued {
+                st.queue.push_back(delivery);
+                EnqueueOutcome::Queued
+            } else {
+                match policy {
+                    QueueOverflow::DropNew => EnqueueOutcome::DroppedNew,
+                    QueueOverflow::DropOldest => {
+                        st.queue.pop_front();
+                        st.queue.push_back(delivery);
+                        EnqueueOutcome::DroppedOldest
+                    }
+                }
+            }
+        };
+        if outcome != EnqueueOutcome::DroppedNew {
+            self.notify.notify_one();
+        }
+        outcome
+    }
+}
+
+impl SessionState {
+    /// Allocates a packet id not used by any in-flight message, or `None`
+    /// when all 65,535 are in use.
+    pub fn allocate_packet_id(&mut self) -> Option<u16> {
+        for _ in 0..u16::MAX {
+            let id = self.next_packet_id;
+            self.next_packet_id = self.next_packet_id.checked_add(1).unwrap_or(1);
+            if !self.inflight.contains_key(&id) {
+                return Some(id);
+            }
+        }
+        None
+    }
+
+    pub fn track_inflight(&mut self, packet_id: u16, state: OutState) {
+        self.next_seq += 1;
+        let seq = self.next_seq;
+        self.inflight.insert(packet_id, Inflight { seq, state });
+    }
+
+    /// In-flight packet ids in the order they were first sent.
+    pub fn inflight_in_order(&self) -> Vec<u16> {
+        let mut ids: Vec<(u64, u16)> = self.inflight.iter().map(|(id, f)| (f.seq, *id)).collect();
+        ids.sort_unstable();
+        ids.into_iter().map(|(_, id)| id).collect()
+    }
+
+    /// Number of deliveries at QoS > 0 waiting for the client.
+    pub fn window_used(&self) -> usize {
+        self.inflight.len()
+    }
+}
+
+/// QoS a subscriber gets: the lower of what was published and granted.
+pub fn effective_qos(published: QoS, granted: QoS) -> QoS {
+    published.min(granted)
+}

@@ -1,0 +1,58 @@
+//! `$SYS/broker/...` topics: broker statistics published periodically as
+//! retained messages through the ordinary router, so any client may
+//! subscribe to them (`$SYS/#`; a leading wildcard never matches them).
+//!
+//! Runs as one task every `--sys-interval` seconds; `--no-sys-topics`
+//! turns it off.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::broker::Broker;
+use crate::codec::{Properties, QoS};
+use crate::ids::TenantId;
+use crate::message::Message;
+use crate::metrics::Metrics;
+
+/// Publishes the current statistics once.
+pub fn publish_stats(broker: &Broker) {
+    let m = &broker.metrics;
+    let g = Metrics::get;
+    let uptime = broker.started_at.elapsed().as_secs();
+    let values: [(&str, String); 9] = [
+        ("version", env!("CARGO_PKG_VERSION").to_owned()),
+        ("uptime", format!("{uptime} seconds")),
+        ("clients/connected", g(&m.connections_current).to_string()),
+        ("clients/total", broker.registry.len().to_string()),
+        ("messages/received", g(&m.messages_received).to_string()),
+        ("messages/sent", g(&m.messages_sent).to_string()),
+        ("bytes/received", g(&m.bytes_received).to_string()),
+        ("bytes/sent", g(&m.bytes_sent).to_string()),
+        ("retained messages/count", g(&m.retained).to_string()),
+    ];
+    for (name, value) in values {
+        let msg = Message::new(
+            TenantId::default_tenant(),
+            Arc::from(format!("$SYS/broker/{name}")),
+            Bytes::from(value),
+            QoS::AtMostOnce,
+            true,
+            &Properties::default(),
+            None,
+        );
+        broker.router.publish(Arc::new(msg));
+    }
+}
+
+/// Runs until shutdown, publishing every interval.
+pub async fn run(broker: Arc<Broker>, interval: std::time::Duration) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => publish_stats(&broker),
+            _ = broker.shutdown.cancelled() => return,
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! Byte transport for one connection: a read buffer, a write buffer, and a
+//! single poll that writes pending output and reads new input.
+//!
+//! Generic over any `AsyncRead + AsyncWrite` (TCP now; TLS and WebSocket
+//! streams later). Idle connections hold no buffer memory: reads into an
+//! empty buffer go through a stack buffer first, and emptied buffers are
+//! released. Output is batched: everything produced while handling one
+//! read goes out in as few writes as the socket allows, then one flush.
+//! `connection.rs` decodes from `rbuf` and encodes into `wbuf`.
+
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Poll};
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+/// Output above this stops reading input and pulling deliveries until the
+/// client has taken some (backpressure for clients that do not read).
+pub const WRITE_HIGH_WATER: usize = 256 * 1024;
+
+/// Bytes read per stack-buffered read when the read buffer is empty.
+const STACK_READ: usize = 2048;
+
+/// What one [`Transport::ready`] call did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoEvent {
+    /// New bytes are in `rbuf`.
+    Read(usize),
+    /// Output was written (and `wbuf` may now be below the high water mark).
+    Wrote,
+    /// The peer closed its side.
+    Eof,
+}
+
+#[derive(Debug)]
+pub struct Transport<S> {
+    stream: S,
+    pub rbuf: BytesMut,
+    pub wbuf: BytesMut,
+    needs_flush: bool,
+    /// Bytes written since the last `take_written`.
+    written: usize,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Transport<S> {
+    pub fn new(stream: S) -> Self {
+        Transport {
+            stream,
+            rbuf: BytesMut::new(),
+            wbuf: BytesMut::new(),
+            needs_flush: false,
+            written: 0,
+        }
+    }
+
+    pub fn take_written(&mut self) -> usize {
+        std::mem::take(&mut self.written)
+    }
+
+    /// Makes room for a packet of `frame_len` bytes whose header is
+    /// already in `rbuf`, so big packets are read straight into place.
+    pub fn reserve_frame(&mut self, frame_len: usize) {
+        if frame_len > self.rbuf.len() {
+            self.rbuf.reserve(frame_len - self.rbuf.len());
+        }
+    }
+
+    /// Releases buffers that are empty, so idle connections cost little.
+    pub fn release_idle_buffers(&mut self) {
+        if self.rbuf.is_empty() && self.rbuf.capacity() > 0 {
+            self.rbuf = BytesMut::new();
+        }
+        if self.wbuf.is_empty() && self.wbuf.capacity() > 0 {
+            self.wbuf = BytesMut::new();
+        }
+    }
+
+    /// Writes what it can of `wbuf` and, if `read` is true, reads what is
+    /// available. Resolves when anything happened. Cancel-safe: no state
+    /// is kept between polls except in `self`.
+    pub async fn ready(&mut self, read: bool) -> io::Result<IoEvent> {
+        poll_fn(|cx| {
+            let mut wrote = false;
+            while !self.wbuf.is_empty() {
+                match Pin::new(&mut self.stream).poll_write(cx, &self.wbuf) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Poll::Ready(Ok(n)) => {
+                        self.wbuf.advance(n);
+                        self.written += n;
+                        self.needs_flush = true;
+                        wrote = true;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => break,
+                }
+            }
+            if self.wbuf.is_empty() && self.needs_flush {
+                if let Poll::Ready(r) = Pin::new(&mut self.stream).poll_flush(cx) {
+                    r?;
+                    self.needs_flush = false;
+                }
+            }
+            if read {
+                if let Poll::Ready(r) = self.poll_read(cx) {
+                    return Poll::Ready(r.map(|n| {
+                        if n == 0 {
+                            IoEvent::Eof
+                        } else {
+                            IoEvent::Read(n)
+                        }
+                    }));
+                }
+            }
+            if wrote {
+                Poll::Ready(Ok(IoEvent::Wrote))
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
+    }
+
+    fn poll_read(&mut self, cx: &mut std::task::Context<'_>) -> Poll<io::Result<usize>> {
+        if self.rbuf.capacity() - self.rbuf.len() >= STACK_READ {
+            return tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.rbuf);
+        }
+        let mut tmp = [0u8; STACK_READ];
+        let mut rb = ReadBuf::new(&mut tmp);
+        ready!(Pin::new(&mut self.stream).poll_read(cx, &mut rb))?;
+        let n = rb.filled().len();
+        self.rbuf.extend_from_slice(rb.filled());
+        if n == STACK_READ {
+            // A busy stream: read straight into the buffer from now on.
+            self.rbuf.reserve(16 * 1024);
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    /// Reads until at least one more byte arrives (used before CONNECT).
+    pub async fn read_some(&mut self) -> io::Result<usize> {
+        poll_fn(|cx| self.poll_read(cx)).await
+    }
+
+    /// Writes all of `wbuf` and flushes (used for final packets).
+    pub async fn flush_all(&mut self) -> io::Result<()> {
+        while !self.wbuf.is_empty() {
+            let n = self.stream.write(&self.wbuf).await?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            self.wbuf.advance(n);
+            self.written += n;
+        }
+        self.stream.flush().await
+    }
+
+    pub async fn shutdown(&mut self) {
+        let _ = self.stream.shutdown().await;
+    }
+}
