@@ -1,0 +1,206 @@
+use std::time::Duration;
+
+use porchlight_broker::codec::{reason, Packet, Protocol};
+use porchlight_broker::metrics::BadPacket;
+
+use crate::support::*;
+
+struct Case {
+    name: &'static str,
+    /// Protocol to CONNECT with first; `None` sends the bytes first.
+    connect: Option<Protocol>,
+    bytes: &'static [u8],
+    /// The v5 DISCONNECT reason expected before the close.
+    disconnect: Option<u8>,
+    counted: BadPacket,
+}
+
+const CASES: &[Case] = &[
+    Case {
+        name: "remaining length over four bytes",
+        connect: Some(Protocol::V5),
+        bytes: &[0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x01],
+        disconnect: Some(reason::MALFORMED_PACKET),
+        counted: BadPacket::Malformed,
+    },
+    Case {
+        name: "reserved flag bits on SUBSCRIBE",
+        connect: Some(Protocol::V311),
+        bytes: &[0x80, 6, 0, 1, 0, 1, b'a', 0],
+        disconnect: None,
+        counted: BadPacket::Malformed,
+    },
+    Case {
+        name: "invalid UTF-8 in a topic",
+        connect: Some(Protocol::V5),
+        bytes: &[0x30, 5, 0, 2, 0xC3, 0x28, 0],
+        disconnect: Some(reason::MALFORMED_PACKET),
+        counted: BadPacket::Malformed,
+    },
+    Case {
+        name: "wildcard in a PUBLISH topic",
+        connect: Some(Protocol::V5),
+        bytes: &[0x30, 6, 0, 3, b'a', b'/', b'#', 0],
+        disconnect: Some(reason::TOPIC_NAME_INVALID),
+        counted: BadPacket::ProtocolError,
+    },
+    Case {
+        name: "packet id 0 on a QoS 1 PUBLISH",
+        connect: Some(Protocol::V311),
+        bytes: &[0x32, 5, 0, 1, b'a', 0, 0],
+        disconnect: None,
+        counted: BadPacket::Malformed,
+    },
+    Case {
+        name: "unknown packet type",
+        connect: Some(Protocol::V311),
+        bytes: &[0xF0, 0],
+        disconnect: None,
+        counted: BadPacket::Malformed,
+    },
+    Case {
+        name: "truncated field inside a packet",
+        connect: Some(Protocol::V5),
+        bytes: &[0x30, 3, 0, 9, b'a'],
+        disconnect: Some(reason::MALFORMED_PACKET),
+        counted: BadPacket::Malformed,
+    },
+    Case {
+        name: "property not allowed in PUBACK",
+        connect: Some(Protocol::V5),
+        bytes: &[0x40, 7, 0, 1, 0, 3, 0x23, 0, 1],
+        disconnect: Some(reason::PROTOCOL_ERROR),
+        counted: BadPacket::ProtocolError,
+    },
+    Case {
+        name: "second CONNECT",
+        connect: Some(Protocol::V5),
+        bytes: &[0x10, 13, 0, 4, b'M', b'Q', b'T', b'T', 5, 2, 0, 60, 0, 0, 0],
+        disconnect: Some(reason::PROTOCOL_ERROR),
+        counted: BadPacket::ProtocolError,
+    },
+    Case {
+        name: "packet before CONNECT",
+        connect: None,
+        bytes: &[0xC0, 0],
+        disconnect: None,
+        counted: BadPacket::NotConnectFirst,
+    },
+    Case {
+        name: "server-only packet from a client",
+        connect: Some(Protocol::V5),
+        bytes: &[0xD0, 0],
+        disconnect: Some(reason::PROTOCOL_ERROR),
+        counted: BadPacket::ProtocolError,
+    },
+    Case {
+        name: "malformed CONNECT",
+        connect: None,
+        bytes: &[0x10, 4, 0, 9, b'M', b'Q'],
+        disconnect: None,
+        counted: BadPacket::Malformed,
+    },
+];
+
+/// A new client can still publish and subscribe.
+async fn broker_still_serves(b: &TestBroker) {
+    let mut s = RawClient::connect(b.addr, Protocol::V311, "after-sub").await;
+    s.subscribe("after", q(0)).await;
+    let mut p = RawClient::connect(b.addr, Protocol::V5, "after-pub").await;
+    p.publish("after", q(0), 0, b"still here").await;
+    assert_eq!(&s.expect_publish().await.payload[..], b"still here");
+}
+
+#[tokio::test]
+async fn each_bad_input_closes_only_its_connection() {
+    let b = TestBroker::start().await;
+    // A bystander connected throughout must be undisturbed.
+    let mut bystander = RawClient::connect(b.addr, Protocol::V5, "bystander").await;
+    bystander.subscribe("bystander", q(0)).await;
+    for case in CASES {
+        let before = b.broker.metrics.bad_packet_count(case.counted);
+        let mut c = match case.connect {
+            Some(p) => RawClient::connect(b.addr, p, "offender").await,
+            None => RawClient::open(b.addr, Protocol::V311).await,
+        };
+        c.send_bytes(case.bytes).await;
+        match c.recv().await {
+            Some(Packet::Disconnect(d)) => {
+                assert_eq!(Some(d.reason), case.disconnect, "{}", case.name);
+                assert_eq!(c.recv().await, None, "{}: closed", case.name);
+            }
+            None => assert_eq!(case.disconnect, None, "{}: expected DISCONNECT", case.name),
+            other => panic!("{}: unexpected {other:?}", case.name),
+        }
+        wait_until(case.name, || {
+            b.broker.metrics.bad_packet_count(case.counted) == before + 1
+        })
+        .await;
+        broker_still_serves(&b).await;
+        let mut p = RawClient::connect(b.addr, Protocol::V311, "bystander-pub").await;
+        p.publish("bystander", q(0), 0, b"ok").await;
+        assert_eq!(
+            &bystander.expect_publish().await.payload[..],
+            b"ok",
+            "{}",
+            case.name
+        );
+    }
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn connect_must_arrive_within_the_timeout() {
+    let b = TestBroker::with(|c| c.connect_timeout = Duration::from_millis(300)).await;
+    let mut c = RawClient::open(b.addr, Protocol::V311).await;
+    let start = tokio::time::Instant::now();
+    assert_eq!(c.recv().await, None);
+    assert!(start.elapsed() >= Duration::from_millis(250));
+    assert_eq!(
+        b.broker.metrics.bad_packet_count(BadPacket::ConnectTimeout),
+        1
+    );
+    // A half-sent CONNECT is bounded by the same timeout.
+    let mut c = RawClient::open(b.addr, Protocol::V311).await;
+    c.send_bytes(&[0x10, 20, 0, 4]).await;
+    assert_eq!(c.recv().await, None);
+    broker_still_serves(&b).await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn unsupported_protocol_version_gets_the_right_connack() {
+    let b = TestBroker::start().await;
+    // Level 6 under "MQTT": 3.1.1-format CONNACK with return code 1.
+    let mut c = RawClient::open(b.addr, Protocol::V311).await;
+    c.send_bytes(&[0x10, 12, 0, 4, b'M', b'Q', b'T', b'T', 6, 2, 0, 60, 0, 0])
+        .await;
+    match c.recv().await {
+        Some(Packet::ConnAck(a)) => assert_eq!(a.reason, 1),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(c.recv().await, None);
+    broker_still_serves(&b).await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn garbage_floods_do_not_disturb_the_broker() {
+    let b = TestBroker::start().await;
+    // Bounded: 50 connections of pseudo-random bytes.
+    let mut seed = 0x2545F4914F6CDD1Du64;
+    for _ in 0..50 {
+        let mut bytes = vec![0u8; 64];
+        for byte in bytes.iter_mut() {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            *byte = seed as u8;
+        }
+        let mut c = RawClient::open(b.addr, Protocol::V311).await;
+        c.send_bytes(&bytes).await;
+        drop(c);
+    }
+    broker_still_serves(&b).await;
+    b.stop().await;
+}

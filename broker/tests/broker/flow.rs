@@ -1,0 +1,234 @@
+use std::time::Duration;
+
+use porchlight_broker::codec::{reason, Ack, Auth, Packet, Properties, Protocol};
+use porchlight_broker::metrics::{BadPacket, DropReason};
+
+use crate::support::*;
+
+#[tokio::test]
+async fn topic_aliases_are_accepted_up_to_our_maximum() {
+    let b = TestBroker::with(|c| c.topic_alias_maximum = 2).await;
+    let mut s = RawClient::connect(b.addr, Protocol::V311, "alias-sub").await;
+    s.subscribe("alias/#", q(0)).await;
+    let (mut p, ack) =
+        RawClient::connect_with(b.addr, connect_packet(Protocol::V5, "alias-pub", true, 60)).await;
+    assert_eq!(ack.properties.topic_alias_maximum, Some(2));
+    let mut m = publish("alias/long/topic", q(0), 0, b"1");
+    m.properties.topic_alias = Some(1);
+    p.send(&Packet::Publish(m)).await;
+    let mut m = publish("", q(0), 0, b"2");
+    m.properties.topic_alias = Some(1);
+    p.send(&Packet::Publish(m)).await;
+    for expected in [&b"1"[..], b"2"] {
+        let got = s.expect_publish().await;
+        assert_eq!(&got.topic, "alias/long/topic");
+        assert_eq!(&got.payload[..], expected);
+    }
+    // Alias above the maximum: DISCONNECT 0x94.
+    let mut m = publish("alias/x", q(0), 0, b"3");
+    m.properties.topic_alias = Some(3);
+    p.send(&Packet::Publish(m)).await;
+    p.expect_disconnect(Some(reason::TOPIC_ALIAS_INVALID)).await;
+    // Unknown alias with empty topic: protocol error.
+    let mut p = RawClient::connect(b.addr, Protocol::V5, "alias-pub2").await;
+    let mut m = publish("", q(0), 0, b"4");
+    m.properties.topic_alias = Some(2);
+    p.send(&Packet::Publish(m)).await;
+    p.expect_disconnect(Some(reason::PROTOCOL_ERROR)).await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn client_exceeding_our_receive_maximum_is_disconnected() {
+    let b = TestBroker::with(|c| c.receive_maximum = 2).await;
+    let (mut p, ack) =
+        RawClient::connect_with(b.addr, connect_packet(Protocol::V5, "greedy", true, 60)).await;
+    assert_eq!(ack.properties.receive_maximum, Some(2));
+    for id in 1..=3u16 {
+        p.publish("rm", q(2), id, b"x").await;
+    }
+    assert!(matches!(p.recv().await, Some(Packet::PubRec(_))));
+    assert!(matches!(p.recv().await, Some(Packet::PubRec(_))));
+    p.expect_disconnect(Some(reason::RECEIVE_MAXIMUM_EXCEEDED))
+        .await;
+    assert_eq!(
+        b.broker
+            .metrics
+            .bad_packet_count(BadPacket::ReceiveMaximumExceeded),
+        1
+    );
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn we_never_exceed_the_clients_receive_maximum() {
+    let b = TestBroker::start().await;
+    let mut c = connect_packet(Protocol::V5, "slow", true, 60);
+    c.properties.receive_maximum = Some(2);
+    let (mut s, _) = RawClient::connect_with(b.addr, c).await;
+    s.subscribe("rx", q(1)).await;
+    let mut p = RawClient::connect(b.addr, Protocol::V5, "rx-pub").await;
+    for id in 1..=5u16 {
+        p.publish("rx", q(1), id, b"m").await;
+    }
+    let a = s.expect_publish().await;
+    let _b2 = s.expect_publish().await;
+    s.expect_silence(Duration::from_millis(300)).await;
+    s.send(&Packet::PubAck(Ack::new(a.packet_id, 0))).await;
+    let _c3 = s.expect_publish().await;
+    s.expect_silence(Duration::from_millis(300)).await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn maximum_packet_size_both_ways() {
+    let b = TestBroker::with(|c| c.max_packet_size = 2048).await;
+    // Oversize from the client: DISCONNECT 0x95.
+    let mut p = RawClient::connect(b.addr, Protocol::V5, "big").await;
+    let big: &'static [u8] = Box::leak(vec![0u8; 4096].into_boxed_slice());
+    p.publish("size", q(0), 0, big).await;
+    p.expect_disconnect(Some(reason::PACKET_TOO_LARGE)).await;
+    assert_eq!(b.broker.metrics.bad_packet_count(BadPacket::TooLarge), 1);
+
+    // To a client with a small Maximum Packet Size: dropped and counted.
+    let mut c = connect_packet(Protocol::V5, "small", true, 60);
+    c.properties.maximum_packet_size = Some(64);
+    let (mut s, _) = RawClient::connect_with(b.addr, c).await;
+    s.subscribe("size", q(0)).await;
+    let mut p = RawClient::connect(b.addr, Protocol::V5, "sender").await;
+    let medium: &'static [u8] = Box::leak(vec![1u8; 200].into_boxed_slice());
+    p.publish("size", q(0), 0, medium).await;
+    p.publish("size", q(0), 0, b"fits").await;
+    assert_eq!(&s.expect_publish().await.payload[..], b"fits");
+    assert_eq!(
+        b.broker.metrics.dropped_count(DropReason::PacketTooLarge),
+        1
+    );
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn one_mib_payload_fits_by_default() {
+    let b = TestBroker::start().await;
+    let mut opts = rumqttc::MqttOptions::new("mib-sub", b.addr.ip().to_string(), b.addr.port());
+    opts.set_max_packet_size(4 << 20, 4 << 20);
+    let mut s = V4::connect_opts(opts).await;
+    s.client
+        .subscribe("mib", rumqttc::QoS::AtLeastOnce)
+        .await
+        .expect("sub");
+    s.suback().await;
+    let mut opts = rumqttc::MqttOptions::new("mib-pub", b.addr.ip().to_string(), b.addr.port());
+    opts.set_max_packet_size(4 << 20, 4 << 20);
+    let p = V4::connect_opts(opts).await;
+    let payload = vec![7u8; 1 << 20];
+    p.client
+        .publish("mib", rumqttc::QoS::AtLeastOnce, false, payload.clone())
+        .await
+        .expect("publish");
+    let got = s.next_publish().await;
+    assert_eq!(got.payload.len(), 1 << 20);
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn expired_messages_are_never_delivered() {
+    let b = TestBroker::start().await;
+    let mut c = connect_packet(Protocol::V5, "exp-offline", false, 60);
+    c.properties.session_expiry_interval = Some(60);
+    let (mut s, _) = RawClient::connect_with(b.addr, c.clone()).await;
+    s.subscribe("ttl", q(1)).await;
+    drop(s);
+    let mut p = RawClient::connect(b.addr, Protocol::V5, "ttl-pub").await;
+    let mut short = publish("ttl", q(1), 1, b"short");
+    short.properties.message_expiry_interval = Some(1);
+    p.send(&Packet::Publish(short)).await;
+    let mut long = publish("ttl", q(1), 2, b"long");
+    long.properties.message_expiry_interval = Some(100);
+    p.send(&Packet::Publish(long)).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (mut s, _) = RawClient::connect_with(b.addr, c).await;
+    let got = s.expect_publish().await;
+    assert_eq!(&got.payload[..], b"long");
+    let left = got
+        .properties
+        .message_expiry_interval
+        .expect("remaining expiry");
+    assert!(
+        left <= 99 && left > 90,
+        "remaining interval forwarded: {left}"
+    );
+    assert_eq!(b.broker.metrics.dropped_count(DropReason::Expired), 1);
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn keepalive_is_enforced_at_one_and_a_half_times() {
+    let b = TestBroker::start().await;
+    let (mut c, _) =
+        RawClient::connect_with(b.addr, connect_packet(Protocol::V5, "sleepy", true, 1)).await;
+    let start = tokio::time::Instant::now();
+    c.expect_disconnect(Some(reason::KEEP_ALIVE_TIMEOUT)).await;
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1400),
+        "closed too early: {waited:?}"
+    );
+    // A client that pings stays connected.
+    let (mut c, _) =
+        RawClient::connect_with(b.addr, connect_packet(Protocol::V311, "pinger", true, 1)).await;
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        c.send(&Packet::PingReq).await;
+        assert_eq!(c.recv().await, Some(Packet::PingResp));
+    }
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn server_keep_alive_when_client_asks_more_than_the_maximum() {
+    let b = TestBroker::with(|c| c.max_keepalive = 30).await;
+    let (_c, ack) =
+        RawClient::connect_with(b.addr, connect_packet(Protocol::V5, "ka", true, 600)).await;
+    assert_eq!(ack.properties.server_keep_alive, Some(30));
+    let (_c, ack) =
+        RawClient::connect_with(b.addr, connect_packet(Protocol::V5, "ka0", true, 0)).await;
+    assert_eq!(ack.properties.server_keep_alive, Some(30));
+    let (_c, ack) =
+        RawClient::connect_with(b.addr, connect_packet(Protocol::V5, "ka10", true, 10)).await;
+    assert_eq!(ack.properties.server_keep_alive, None);
+    // 3.1.1 cannot be told: refused like Mosquitto does.
+    let mut c = RawClient::open(b.addr, Protocol::V311).await;
+    c.send(&Packet::Connect(Box::new(connect_packet(
+        Protocol::V311,
+        "ka3",
+        true,
+        600,
+    ))))
+    .await;
+    assert!(matches!(c.recv().await, Some(Packet::ConnAck(a)) if a.reason == 2));
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn auth_is_rejected_cleanly_without_enhanced_authentication() {
+    let b = TestBroker::start().await;
+    let mut c = connect_packet(Protocol::V5, "auth", true, 60);
+    c.properties.authentication_method = Some("SCRAM-SHA-1".into());
+    let mut raw = RawClient::open(b.addr, Protocol::V5).await;
+    raw.send(&Packet::Connect(Box::new(c))).await;
+    match raw.recv().await {
+        Some(Packet::ConnAck(a)) => assert_eq!(a.reason, reason::BAD_AUTHENTICATION_METHOD),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(raw.recv().await, None);
+    // AUTH after a plain CONNECT: protocol error.
+    let mut raw = RawClient::connect(b.addr, Protocol::V5, "auth2").await;
+    raw.send(&Packet::Auth(Auth {
+        reason: reason::CONTINUE_AUTHENTICATION,
+        properties: Properties::default(),
+    }))
+    .await;
+    raw.expect_disconnect(Some(reason::PROTOCOL_ERROR)).await;
+    b.stop().await;
+}

@@ -1,0 +1,27 @@
+//! Integration tests of the broker: each test starts its own broker on
+//! 127.0.0.1 port 0 and talks to it with real clients (rumqttc v4/v5), raw
+//! packets, raw malformed bytes, the Mosquitto command-line clients, or the
+//! `porchlight` binary itself.
+
+mod support;
+
+/// Malformed input and protocol violations: each closes only its own
+/// connection, is counted, and the broker keeps serving.
+mod bad_input;
+/// MQTT 5 flow control: topic aliases, receive maximum, maximum packet
+/// size, message expiry, keepalive, AUTH.
+mod flow;
+/// Limits, `$SYS`, shutdown, the binary and Mosquitto interop.
+mod ops;
+/// QoS 0/1/2 publish/subscribe, wildcards, overlapping subscriptions,
+/// no-local, subscription identifiers, MQTT 5 property pass-through.
+mod pubsub;
+/// Retained messages: set, replace, delete, retain handling, RAP.
+mod retained;
+/// Sessions: takeover, clean start, resume, redelivery with DUP, expiry,
+/// queue limits, client ids.
+mod session;
+/// Shared subscriptions.
+mod shared;
+/// Wills: abnormal close, normal DISCONNECT, 0x04, will delay.
+mod will;

@@ -1,0 +1,301 @@
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use porchlight_broker::codec::{reason, Packet, Protocol};
+use porchlight_broker::ids::{ClientId, SessionKey, TenantId};
+use porchlight_broker::metrics::DropReason;
+
+use crate::support::*;
+
+fn key(id: &str) -> SessionKey {
+    SessionKey {
+        tenant: TenantId::default_tenant(),
+        client: ClientId::new(id),
+    }
+}
+
+#[tokio::test]
+async fn sys_topics_are_published_and_hidden_from_wildcards() {
+    let b = TestBroker::with(|c| c.sys_interval = Some(Duration::from_millis(100))).await;
+    let mut all = RawClient::connect(b.addr, Protocol::V311, "all-sys").await;
+    all.subscribe("#", q(0)).await;
+    let mut sys = RawClient::connect(b.addr, Protocol::V311, "sys").await;
+    sys.subscribe("$SYS/broker/version", q(0)).await;
+    let got = sys.expect_publish().await;
+    assert_eq!(&got.payload[..], env!("CARGO_PKG_VERSION").as_bytes());
+    let mut uptime = RawClient::connect(b.addr, Protocol::V311, "sys2").await;
+    uptime
+        .subscribe("$SYS/broker/clients/connected", q(0))
+        .await;
+    // The retained value may predate the third client; later ticks count it.
+    loop {
+        let got = uptime.expect_publish().await;
+        let n: u64 = std::str::from_utf8(&got.payload)
+            .expect("utf8")
+            .parse()
+            .expect("number");
+        if n >= 3 {
+            break;
+        }
+    }
+    all.expect_silence(Duration::from_millis(300)).await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn sys_topics_can_be_turned_off() {
+    let b = TestBroker::start().await; // the test broker runs with them off
+    let mut sys = RawClient::connect(b.addr, Protocol::V311, "nosys").await;
+    sys.subscribe("$SYS/#", q(0)).await;
+    sys.expect_silence(Duration::from_millis(300)).await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn max_connections_refuses_with_quota_exceeded() {
+    let b = TestBroker::with(|c| c.max_connections = 2).await;
+    let _a = RawClient::connect(b.addr, Protocol::V5, "c1").await;
+    let _b2 = RawClient::connect(b.addr, Protocol::V311, "c2").await;
+    for (protocol, code) in [(Protocol::V5, reason::QUOTA_EXCEEDED), (Protocol::V311, 3)] {
+        let mut c = RawClient::open(b.addr, protocol).await;
+        c.send(&Packet::Connect(Box::new(connect_packet(
+            protocol, "c3", true, 60,
+        ))))
+        .await;
+        match c.recv().await {
+            Some(Packet::ConnAck(a)) => assert_eq!(a.reason, code),
+            other => panic!("{other:?}"),
+        }
+    }
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn queue_overflow_drops_and_counts() {
+    let b = TestBroker::with(|c| c.max_queued_messages = 3).await;
+    let mut c = connect_packet(Protocol::V5, "overflow", false, 60);
+    c.properties.session_expiry_interval = Some(60);
+    let (mut s, _) = RawClient::connect_with(b.addr, c.clone()).await;
+    s.subscribe("of", q(1)).await;
+    drop(s);
+    wait_until("offline", || {
+        b.broker
+            .registry
+            .get(&key("overflow"))
+            .is_some_and(|s| !s.is_online())
+    })
+    .await;
+    let mut p = RawClient::connect(b.addr, Protocol::V311, "of-pub").await;
+    for i in 0..5u8 {
+        let mut m = publish("of", q(1), u16::from(i) + 1, b"");
+        m.payload = bytes::Bytes::from(vec![i]);
+        p.send(&Packet::Publish(m)).await;
+        assert!(matches!(p.recv().await, Some(Packet::PubAck(_))));
+    }
+    assert_eq!(b.broker.metrics.dropped_count(DropReason::QueueFull), 2);
+    let (mut s, _) = RawClient::connect_with(b.addr, c).await;
+    // drop-oldest keeps the newest three.
+    for expected in 2..5u8 {
+        assert_eq!(&s.expect_publish().await.payload[..], &[expected]);
+    }
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn max_subscriptions_per_client() {
+    let b = TestBroker::with(|c| c.max_subscriptions_per_client = 1).await;
+    let mut c = RawClient::connect(b.addr, Protocol::V5, "subs").await;
+    c.subscribe("one", q(0)).await;
+    c.send(&Packet::Subscribe(porchlight_broker::codec::Subscribe {
+        packet_id: 3,
+        filters: vec![
+            (
+                "one".into(),
+                porchlight_broker::codec::SubscriptionOptions::new(q(1)),
+            ),
+            (
+                "two".into(),
+                porchlight_broker::codec::SubscriptionOptions::new(q(0)),
+            ),
+        ],
+        properties: Default::default(),
+    }))
+    .await;
+    match c.recv().await {
+        Some(Packet::SubAck(s)) => assert_eq!(s.reasons, vec![1, reason::QUOTA_EXCEEDED]),
+        other => panic!("{other:?}"),
+    }
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_sends_v5_clients_0x8b() {
+    let b = TestBroker::start().await;
+    let mut v5c = RawClient::connect(b.addr, Protocol::V5, "v5-shut").await;
+    let mut v3c = RawClient::connect(b.addr, Protocol::V311, "v3-shut").await;
+    let addr = b.addr;
+    b.stop().await;
+    v5c.expect_disconnect(Some(reason::SERVER_SHUTTING_DOWN))
+        .await;
+    v3c.expect_disconnect(None).await;
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "no longer accepting"
+    );
+}
+
+/// Starts the real binary on port 0 and returns it with its address.
+fn spawn_binary(extra: &[&str]) -> (std::process::Child, std::net::SocketAddr) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_porchlight"))
+        .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn porchlight");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let addr = loop {
+        let line = lines
+            .next()
+            .expect("porchlight printed its listening address")
+            .expect("line");
+        let v: serde_like::Line = serde_like::parse(&line);
+        if let Some(a) = v.addr {
+            break a;
+        }
+    };
+    // Keep draining so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    std::mem::forget(dir);
+    (child, addr)
+}
+
+/// Just enough JSON-line parsing to find `"addr":"..."` in a log line.
+mod serde_like {
+    pub struct Line {
+        pub addr: Option<std::net::SocketAddr>,
+    }
+    pub fn parse(line: &str) -> Line {
+        let addr = line
+            .find("\"addr\":\"")
+            .and_then(|i| line[i + 8..].split('"').next())
+            .and_then(|s| s.parse().ok());
+        Line { addr }
+    }
+}
+
+#[tokio::test]
+async fn binary_serves_and_exits_zero_on_sigterm() {
+    let (mut child, addr) = spawn_binary(&[]);
+    let mut c = RawClient::connect(addr, Protocol::V5, "bin").await;
+    let pid = child.id().to_string();
+    let status = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    c.expect_disconnect(Some(reason::SERVER_SHUTTING_DOWN))
+        .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let code = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "porchlight did not exit"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(code.success(), "exit status {code:?}");
+}
+
+#[test]
+fn binary_rejects_bad_flags_naming_them() {
+    let out = Command::new(env!("CARGO_BIN_EXE_porchlight"))
+        .args(["--receive-maximum", "0"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--receive-maximum"), "{err}");
+    let out = Command::new(env!("CARGO_BIN_EXE_porchlight"))
+        .env("PORCHLIGHT_MAX_KEEPALIVE", "0")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--max-keepalive"));
+}
+
+/// The Mosquitto clients are required in CI (`.ci/run` installs them); on
+/// a developer machine without them the interop test says so and skips.
+fn mosquitto_available() -> bool {
+    let found = Command::new("mosquitto_sub").arg("--help").output().is_ok();
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "mosquitto_sub/mosquitto_pub not found in CI: apt-get install mosquitto-clients"
+        );
+        eprintln!("SKIPPED interop test: apt-get install mosquitto-clients to run it");
+    }
+    found
+}
+
+#[tokio::test]
+async fn interop_with_mosquitto_clients_v311_and_v5() {
+    if !mosquitto_available() {
+        return;
+    }
+    let b = TestBroker::start().await;
+    let port = b.addr.port().to_string();
+    for (version, qos) in [("mqttv311", "1"), ("mqttv5", "2"), ("mqttv31", "0")] {
+        let id = format!("mosq-sub-{version}");
+        let topic = format!("interop/{version}");
+        let sub = tokio::process::Command::new("mosquitto_sub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-V",
+                version,
+                "-i",
+                &id,
+                "-q",
+                qos,
+            ])
+            .args(["-t", &topic, "-C", "1", "-W", "10", "-v"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("mosquitto_sub");
+        wait_until("mosquitto_sub subscribed", || {
+            b.broker
+                .registry
+                .get(&key(&id))
+                .is_some_and(|s| s.lock().subscriptions.contains_key(&topic))
+        })
+        .await;
+        let status = tokio::process::Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &port, "-V", version, "-q", qos])
+            .args(["-t", &topic, "-m", "hello from mosquitto"])
+            .status()
+            .await
+            .expect("mosquitto_pub");
+        assert!(status.success(), "mosquitto_pub {version}");
+        let out = tokio::time::timeout(Duration::from_secs(10), sub.wait_with_output())
+            .await
+            .expect("mosquitto_sub exits")
+            .expect("output");
+        assert!(out.status.success(), "mosquitto_sub {version}: {out:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            format!("{topic} hello from mosquitto")
+        );
+    }
+    b.stop().await;
+}

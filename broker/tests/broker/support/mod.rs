@@ -1,0 +1,384 @@
+//! Shared test helpers: an in-process broker on 127.0.0.1 port 0, a
+//! raw-packet client (our codec, or literal bytes for malformed input),
+//! rumqttc v4/v5 clients whose events arrive on a channel, and a
+//! deadline-bounded condition wait.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use porchlight_broker::broker::Broker;
+use porchlight_broker::codec::{
+    self, Connect, Packet, Properties, Protocol, Publish, QoS, Subscribe, SubscriptionOptions,
+};
+use porchlight_broker::{Config, Server};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// How long any single expectation may take before the test fails.
+pub const WAIT: Duration = Duration::from_secs(5);
+
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "porchlight_broker=warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+pub struct TestBroker {
+    pub addr: SocketAddr,
+    pub broker: Arc<Broker>,
+    pub shutdown: CancellationToken,
+    handle: tokio::task::JoinHandle<()>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestBroker {
+    pub async fn start() -> TestBroker {
+        Self::with(|_| {}).await
+    }
+
+    pub async fn with(f: impl FnOnce(&mut Config)) -> TestBroker {
+        init_tracing();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = Config::for_tests(dir.path().join("data"));
+        config.sys_interval = None;
+        f(&mut config);
+        let shutdown = CancellationToken::new();
+        let server = Server::bind(config, shutdown.clone()).await.expect("bind");
+        let addr = server.local_addrs()[0];
+        let broker = server.broker();
+        let handle = tokio::spawn(server.run());
+        TestBroker {
+            addr,
+            broker,
+            shutdown,
+            handle,
+            _dir: dir,
+        }
+    }
+
+    /// Starts shutdown and waits for the server to finish.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(15), self.handle)
+            .await
+            .expect("server stops within the grace period")
+            .expect("server task");
+    }
+}
+
+/// Polls `cond` until it is true or `WAIT` passes.
+pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A client speaking packets through our codec, or raw bytes.
+pub struct RawClient {
+    pub stream: TcpStream,
+    pub buf: BytesMut,
+    pub protocol: Protocol,
+}
+
+pub fn connect_packet(
+    protocol: Protocol,
+    client_id: &str,
+    clean: bool,
+    keep_alive: u16,
+) -> Connect {
+    Connect {
+        protocol,
+        clean_start: clean,
+        keep_alive,
+        client_id: client_id.into(),
+        will: None,
+        username: None,
+        password: None,
+        properties: Properties::default(),
+    }
+}
+
+impl RawClient {
+    pub async fn open(addr: SocketAddr, protocol: Protocol) -> RawClient {
+        RawClient {
+            stream: TcpStream::connect(addr).await.expect("connect"),
+            buf: BytesMut::new(),
+            protocol,
+        }
+    }
+
+    /// Opens a connection, sends CONNECT and expects a successful CONNACK.
+    pub async fn connect(addr: SocketAddr, protocol: Protocol, client_id: &str) -> RawClient {
+        Self::connect_with(addr, connect_packet(protocol, client_id, true, 60))
+            .await
+            .0
+    }
+
+    pub async fn connect_with(addr: SocketAddr, c: Connect) -> (RawClient, codec::ConnAck) {
+        let mut client = RawClient::open(addr, c.protocol).await;
+        client.send(&Packet::Connect(Box::new(c))).await;
+        match client.recv().await {
+            Some(Packet::ConnAck(ack)) => (client, ack),
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+    }
+
+    pub async fn send(&mut self, p: &Packet) {
+        let mut out = BytesMut::new();
+        codec::encode(p, self.protocol, &mut out);
+        self.stream.write_all(&out).await.expect("write");
+    }
+
+    pub async fn send_bytes(&mut self, bytes: &[u8]) {
+        // The broker may already have closed; that is for the caller to check.
+        let _ = self.stream.write_all(bytes).await;
+    }
+
+    /// Next packet, or `None` if the connection closed. Fails the test if
+    /// nothing arrives within `WAIT`.
+    pub async fn recv(&mut self) -> Option<Packet> {
+        self.recv_within(WAIT)
+            .await
+            .expect("a packet or a close in time")
+    }
+
+    /// `Err(())` on timeout, `Ok(None)` on close.
+    pub async fn recv_within(&mut self, wait: Duration) -> Result<Option<Packet>, ()> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if let Some(p) = codec::decode(&mut self.buf, Some(self.protocol), usize::MAX)
+                .expect("broker sent a valid packet")
+            {
+                return Ok(Some(p));
+            }
+            let mut tmp = [0u8; 4096];
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut tmp)).await {
+                Err(_) => return Err(()),
+                Ok(Ok(0)) | Ok(Err(_)) => return Ok(None),
+                Ok(Ok(n)) => self.buf.extend_from_slice(&tmp[..n]),
+            }
+        }
+    }
+
+    /// Expects nothing to arrive for `wait`.
+    pub async fn expect_silence(&mut self, wait: Duration) {
+        if let Ok(p) = self.recv_within(wait).await {
+            panic!("expected nothing, got {p:?}");
+        }
+    }
+
+    /// Expects the connection to close, optionally after a v5 DISCONNECT
+    /// with `reason`.
+    pub async fn expect_disconnect(&mut self, reason: Option<u8>) {
+        match self.recv().await {
+            Some(Packet::Disconnect(d)) => {
+                assert_eq!(Some(d.reason), reason, "DISCONNECT reason {d:?}");
+                assert_eq!(self.recv().await, None, "closed after DISCONNECT");
+            }
+            None => assert_eq!(reason, None, "expected DISCONNECT {reason:?} before close"),
+            Some(p) => panic!("expected DISCONNECT/close, got {p:?}"),
+        }
+    }
+
+    pub async fn subscribe(&mut self, filter: &str, qos: QoS) {
+        self.subscribe_opts(filter, SubscriptionOptions::new(qos), Properties::default())
+            .await;
+    }
+
+    pub async fn subscribe_opts(
+        &mut self,
+        filter: &str,
+        opts: SubscriptionOptions,
+        props: Properties,
+    ) {
+        self.send(&Packet::Subscribe(Subscribe {
+            packet_id: 1,
+            filters: vec![(filter.into(), opts)],
+            properties: props,
+        }))
+        .await;
+        match self.recv().await {
+            Some(Packet::SubAck(s)) => assert!(s.reasons[0] < 0x80, "SUBACK {s:?}"),
+            other => panic!("expected SUBACK, got {other:?}"),
+        }
+    }
+
+    pub async fn publish(&mut self, topic: &str, qos: QoS, packet_id: u16, payload: &'static [u8]) {
+        self.send(&Packet::Publish(publish(topic, qos, packet_id, payload)))
+            .await;
+    }
+
+    /// Next PUBLISH (skipping nothing: anything else fails).
+    pub async fn expect_publish(&mut self) -> Publish {
+        match self.recv().await {
+            Some(Packet::Publish(p)) => p,
+            other => panic!("expected PUBLISH, got {other:?}"),
+        }
+    }
+}
+
+pub fn publish(topic: &str, qos: QoS, packet_id: u16, payload: &'static [u8]) -> Publish {
+    Publish {
+        dup: false,
+        qos,
+        retain: false,
+        topic: topic.into(),
+        packet_id,
+        properties: Properties::default(),
+        payload: Bytes::from_static(payload),
+    }
+}
+
+/// A rumqttc v3.1.1 client whose events arrive on a channel.
+pub struct V4 {
+    pub client: rumqttc::AsyncClient,
+    pub events: mpsc::Receiver<rumqttc::Event>,
+}
+
+impl V4 {
+    pub async fn connect(addr: SocketAddr, id: &str, clean: bool) -> V4 {
+        let mut opts = rumqttc::MqttOptions::new(id, addr.ip().to_string(), addr.port());
+        opts.set_clean_session(clean);
+        opts.set_keep_alive(Duration::from_secs(30));
+        Self::connect_opts(opts).await
+    }
+
+    pub async fn connect_opts(opts: rumqttc::MqttOptions) -> V4 {
+        let (client, mut eventloop) = rumqttc::AsyncClient::new(opts, 100);
+        let (tx, events) = mpsc::channel(1000);
+        tokio::spawn(async move {
+            while let Ok(ev) = eventloop.poll().await {
+                if tx.send(ev).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let mut c = V4 { client, events };
+        c.wait_for(|e| matches!(e, rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))))
+            .await;
+        c
+    }
+
+    pub async fn wait_for(&mut self, mut f: impl FnMut(&rumqttc::Event) -> bool) -> rumqttc::Event {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Ok(Some(e)) if f(&e) => return e,
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("v4 event loop ended"),
+                Err(_) => panic!("timed out waiting for a v4 event"),
+            }
+        }
+    }
+
+    pub async fn next_publish(&mut self) -> rumqttc::Publish {
+        match self
+            .wait_for(|e| matches!(e, rumqttc::Event::Incoming(rumqttc::Packet::Publish(_))))
+            .await
+        {
+            rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) => p,
+            _ => unreachable!(),
+        }
+    }
+
+    pub async fn suback(&mut self) -> rumqttc::SubAck {
+        match self
+            .wait_for(|e| matches!(e, rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))))
+            .await
+        {
+            rumqttc::Event::Incoming(rumqttc::Packet::SubAck(s)) => s,
+            _ => unreachable!(),
+        }
+    }
+}
+
+pub mod v5 {
+    pub use rumqttc::v5::mqttbytes::v5::{ConnAck, Packet, Publish, PublishProperties};
+    pub use rumqttc::v5::mqttbytes::QoS;
+    pub use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+}
+
+/// A rumqttc MQTT 5 client whose events arrive on a channel.
+pub struct V5 {
+    pub client: v5::AsyncClient,
+    pub events: mpsc::Receiver<v5::Event>,
+    pub connack: v5::ConnAck,
+}
+
+impl V5 {
+    pub async fn connect(addr: SocketAddr, id: &str) -> V5 {
+        let opts = v5::MqttOptions::new(id, addr.ip().to_string(), addr.port());
+        Self::connect_opts(opts).await
+    }
+
+    pub async fn connect_opts(mut opts: v5::MqttOptions) -> V5 {
+        opts.set_keep_alive(Duration::from_secs(30));
+        let (client, mut eventloop) = v5::AsyncClient::new(opts, 100);
+        let (tx, mut events) = mpsc::channel(1000);
+        tokio::spawn(async move {
+            while let Ok(ev) = eventloop.poll().await {
+                if tx.send(ev).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let connack = loop {
+            match tokio::time::timeout_at(deadline, events.recv()).await {
+                Ok(Some(v5::Event::Incoming(v5::Packet::ConnAck(c)))) => break c,
+                Ok(Some(_)) => {}
+                other => panic!("no v5 CONNACK: {other:?}"),
+            }
+        };
+        V5 {
+            client,
+            events,
+            connack,
+        }
+    }
+
+    pub async fn wait_for(&mut self, mut f: impl FnMut(&v5::Event) -> bool) -> v5::Event {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Ok(Some(e)) if f(&e) => return e,
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("v5 event loop ended"),
+                Err(_) => panic!("timed out waiting for a v5 event"),
+            }
+        }
+    }
+
+    pub async fn next_publish(&mut self) -> v5::Publish {
+        match self
+            .wait_for(|e| matches!(e, v5::Event::Incoming(v5::Packet::Publish(_))))
+            .await
+        {
+            v5::Event::Incoming(v5::Packet::Publish(p)) => p,
+            _ => unreachable!(),
+        }
+    }
+
+    pub async fn suback(&mut self) {
+        self.wait_for(|e| matches!(e, v5::Event::Incoming(v5::Packet::SubAck(_))))
+            .await;
+    }
+}
+
+/// QoS helper for raw tests.
+pub fn q(n: u8) -> QoS {
+    QoS::from_u8(n).expect("qos")
+}

@@ -1,0 +1,114 @@
+use std::time::Duration;
+
+use bytes::Bytes;
+use porchlight_broker::codec::{reason, Disconnect, Packet, Properties, Protocol, Will};
+
+use crate::support::*;
+
+fn with_will(
+    protocol: Protocol,
+    id: &str,
+    delay: Option<u32>,
+    expiry: u32,
+) -> porchlight_broker::codec::Connect {
+    let mut c = connect_packet(protocol, id, expiry == 0, 60);
+    if protocol == Protocol::V5 {
+        c.properties.session_expiry_interval = Some(expiry);
+    }
+    c.will = Some(Will {
+        topic: format!("will/{id}"),
+        payload: Bytes::from_static(b"gone"),
+        qos: q(1),
+        retain: false,
+        properties: Properties {
+            will_delay_interval: delay,
+            ..Properties::default()
+        },
+    });
+    c
+}
+
+async fn watcher(b: &TestBroker) -> RawClient {
+    let mut w = RawClient::connect(b.addr, Protocol::V311, "watcher").await;
+    w.subscribe("will/#", q(1)).await;
+    w
+}
+
+#[tokio::test]
+async fn will_sent_on_abnormal_close_not_on_disconnect() {
+    let b = TestBroker::start().await;
+    let mut w = watcher(&b).await;
+    for protocol in [Protocol::V311, Protocol::V5] {
+        let (c, _) = RawClient::connect_with(b.addr, with_will(protocol, "abrupt", None, 0)).await;
+        drop(c);
+        let got = w.expect_publish().await;
+        assert_eq!(&got.topic, "will/abrupt");
+        assert_eq!(&got.payload[..], b"gone");
+        w.send(&Packet::PubAck(porchlight_broker::codec::Ack::new(
+            got.packet_id,
+            0,
+        )))
+        .await;
+
+        let (mut c, _) =
+            RawClient::connect_with(b.addr, with_will(protocol, "polite", None, 0)).await;
+        c.send(&Packet::Disconnect(Disconnect::new(0))).await;
+        assert_eq!(c.recv().await, None);
+        w.expect_silence(Duration::from_millis(300)).await;
+    }
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn v5_disconnect_with_will_sends_it() {
+    let b = TestBroker::start().await;
+    let mut w = watcher(&b).await;
+    let (mut c, _) =
+        RawClient::connect_with(b.addr, with_will(Protocol::V5, "asks", None, 0)).await;
+    c.send(&Packet::Disconnect(Disconnect::new(
+        reason::DISCONNECT_WITH_WILL,
+    )))
+    .await;
+    assert_eq!(&w.expect_publish().await.topic, "will/asks");
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn will_delay_is_cancelled_by_reconnect_and_fires_otherwise() {
+    let b = TestBroker::start().await;
+    let mut w = watcher(&b).await;
+    // Reconnect within the delay: no will.
+    let (c, _) =
+        RawClient::connect_with(b.addr, with_will(Protocol::V5, "delayed", Some(2), 60)).await;
+    drop(c);
+    tokio::task::yield_now().await;
+    let mut resume = connect_packet(Protocol::V5, "delayed", false, 60);
+    resume.properties.session_expiry_interval = Some(60);
+    let (_c, ack) = RawClient::connect_with(b.addr, resume).await;
+    assert!(ack.session_present);
+    w.expect_silence(Duration::from_millis(2500)).await;
+
+    // No reconnect: the will arrives after the delay, not before.
+    let (c, _) =
+        RawClient::connect_with(b.addr, with_will(Protocol::V5, "late", Some(1), 60)).await;
+    let dropped_at = tokio::time::Instant::now();
+    drop(c);
+    let got = w.expect_publish().await;
+    assert_eq!(&got.topic, "will/late");
+    assert!(
+        dropped_at.elapsed() >= Duration::from_millis(900),
+        "will waited for its delay"
+    );
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn will_delay_longer_than_session_expiry_fires_at_session_end() {
+    let b = TestBroker::start().await;
+    let mut w = watcher(&b).await;
+    let (c, _) =
+        RawClient::connect_with(b.addr, with_will(Protocol::V5, "ends", Some(600), 1)).await;
+    drop(c);
+    assert_eq!(&w.expect_publish().await.topic, "will/ends");
+    b.stop().await;
+}
