@@ -237,7 +237,10 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
                 return None;
             }
             let delay = w.properties.will_delay_interval.unwrap_or(0);
-            Some(PendingWill { will: w, delay })
+            Some(PendingWill {
+                will: Box::new(w),
+                delay,
+            })
         }
         None => None,
     };
@@ -256,7 +259,7 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         tenant: TenantId::default_tenant(),
         client: ClientId::new(client_id),
     };
-    let kick = CancellationToken::new();
+    let kick = broker.shutdown.child_token();
     let done = CancellationToken::new();
     let owner = Owner {
         conn: id,

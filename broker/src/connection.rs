@@ -96,6 +96,7 @@ pub struct Conn<S> {
     /// v5: the CONNECT had Session Expiry Interval 0, so DISCONNECT may
     /// not set a non-zero one.
     pub connect_expiry_zero: bool,
+    /// Cancelled on takeover; a child of the node's shutdown token.
     pub kick: CancellationToken,
     pub done: CancellationToken,
 }
@@ -112,7 +113,10 @@ where
     let metrics = broker.metrics.clone();
     async move {
         let io = Transport::new(stream);
-        let Some(conn) = crate::connect::handshake(io, &broker, id, over_limit).await else {
+        // Boxed: its state is large and needed only once, so it must not
+        // size the future every idle connection keeps for its lifetime.
+        let handshake = Box::pin(crate::connect::handshake(io, &broker, id, over_limit));
+        let Some(conn) = handshake.await else {
             return;
         };
         tracing::Span::current().record("client", tracing::field::display(&conn.key.client));
@@ -128,7 +132,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     async fn run(mut self) {
         self.redeliver_inflight();
         let close = self.main_loop().await;
-        self.finish(close).await;
+        // Boxed for the same reason as the handshake.
+        Box::pin(self.finish(close)).await;
     }
 
     async fn main_loop(&mut self) -> Close {
@@ -162,20 +167,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             let deadline = self.keepalive_deadline();
             tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => {
-                    return Close {
-                        reason: Some(reason::SERVER_SHUTTING_DOWN),
-                        bad: None,
-                        detail: "server shutting down".into(),
-                        will: false,
-                    };
-                }
+                // `kick` is a child of the node's shutdown token: one wait
+                // covers both takeover and shutdown.
                 _ = kick.cancelled() => {
-                    return Close {
-                        reason: Some(reason::SESSION_TAKEN_OVER),
-                        bad: None,
-                        detail: "session taken over".into(),
-                        will: true,
+                    return if shutdown.is_cancelled() {
+                        Close {
+                            reason: Some(reason::SERVER_SHUTTING_DOWN),
+                            bad: None,
+                            detail: "server shutting down".into(),
+                            will: false,
+                        }
+                    } else {
+                        Close {
+                            reason: Some(reason::SESSION_TAKEN_OVER),
+                            bad: None,
+                            detail: "session taken over".into(),
+                            will: true,
+                        }
                     };
                 }
                 ev = self.io.ready(room) => match ev {

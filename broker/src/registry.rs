@@ -34,7 +34,8 @@ const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
 /// A will to publish when its connection ends abnormally.
 #[derive(Debug, Clone)]
 pub struct PendingWill {
-    pub will: Will,
+    /// Boxed: a will is large and most connections have none.
+    pub will: Box<Will>,
     /// Will Delay Interval, seconds.
     pub delay: u32,
 }
@@ -210,7 +211,7 @@ impl Registry {
         }
     }
 
-    fn publish_will(&self, key: &SessionKey, will: Will) {
+    fn publish_will(&self, key: &SessionKey, will: Box<Will>) {
         publish_will(&self.router, key, will);
     }
 
@@ -271,7 +272,8 @@ impl Registry {
     }
 }
 
-fn publish_will(router: &Router, key: &SessionKey, will: Will) {
+fn publish_will(router: &Router, key: &SessionKey, will: Box<Will>) {
+    let will = *will;
     debug!(session = %key, topic = %will.topic, "Publishing will");
     let msg = Message::new(
         key.tenant.clone(),

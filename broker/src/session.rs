@@ -76,7 +76,7 @@ pub struct SessionState {
     pub timers: CancellationToken,
     /// A will waiting for its Will Delay Interval; published when the delay
     /// ends or the session ends, dropped when the session resumes.
-    pub pending_will: Option<Will>,
+    pub pending_will: Option<Box<Will>>,
     /// When the session lost its connection; `None` while connected.
     pub disconnected_at: Option<Instant>,
 }
