@@ -54,17 +54,19 @@ async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(
     protocol: Protocol,
     code: u8,
     why: &'static str,
+    client_max_packet: usize,
 ) {
     debug!(code, why, "Connection refused");
     let mut properties = Properties::default();
     if protocol.is_v5() {
         properties.reason_string = Some(why.to_owned());
     }
-    let ack = Packet::ConnAck(ConnAck {
+    let mut ack = Packet::ConnAck(ConnAck {
         session_present: false,
         reason: code,
         properties,
     });
+    codec::fit_to(&mut ack, protocol, client_max_packet);
     codec::encode(&ack, protocol, &mut io.wbuf);
     let _ = tokio::time::timeout(Duration::from_secs(2), io.flush_all()).await;
     io.shutdown().await;
@@ -119,6 +121,7 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
                     p,
                     reason::UNSUPPORTED_PROTOCOL_VERSION,
                     "unsupported protocol",
+                    usize::MAX,
                 )
                 .await;
             } else {
@@ -136,14 +139,32 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     let c: Connect = *c;
     let p = c.protocol;
     let v5 = p.is_v5();
+    let max_out = c
+        .properties
+        .maximum_packet_size
+        .map_or(usize::MAX, |m| m as usize);
 
     if over_limit {
         metrics.inc(&metrics.connections_refused);
-        refuse(io, p, reason::QUOTA_EXCEEDED, "connection limit reached").await;
+        refuse(
+            io,
+            p,
+            reason::QUOTA_EXCEEDED,
+            "connection limit reached",
+            max_out,
+        )
+        .await;
         return None;
     }
     if broker.shutdown.is_cancelled() {
-        refuse(io, p, reason::SERVER_UNAVAILABLE, "server shutting down").await;
+        refuse(
+            io,
+            p,
+            reason::SERVER_UNAVAILABLE,
+            "server shutting down",
+            max_out,
+        )
+        .await;
         return None;
     }
     if c.properties.authentication_method.is_some() {
@@ -153,6 +174,7 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
             p,
             reason::BAD_AUTHENTICATION_METHOD,
             "no enhanced authentication configured",
+            max_out,
         )
         .await;
         return None;
@@ -168,6 +190,7 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
                 p,
                 reason::CLIENT_IDENTIFIER_NOT_VALID,
                 "empty client id needs clean session",
+                max_out,
             )
             .await;
             return None;
@@ -182,6 +205,7 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
             p,
             reason::CLIENT_IDENTIFIER_NOT_VALID,
             "client id too long",
+            max_out,
         )
         .await;
         return None;
@@ -207,6 +231,7 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
             p,
             reason::CLIENT_IDENTIFIER_NOT_VALID,
             "keepalive above --max-keepalive",
+            max_out,
         )
         .await;
         return None;
@@ -220,8 +245,27 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
             if topic::validate_name(&w.topic, cfg.topic_limits()).is_err() {
                 metrics.bad_packet(BadPacket::ProtocolError);
                 if v5 {
-                    refuse(io, p, reason::TOPIC_NAME_INVALID, "invalid will topic").await;
+                    refuse(
+                        io,
+                        p,
+                        reason::TOPIC_NAME_INVALID,
+                        "invalid will topic",
+                        max_out,
+                    )
+                    .await;
                 }
+                return None;
+            }
+            if topic::is_reserved(&w.topic) {
+                metrics.inc(&metrics.connections_refused);
+                refuse(
+                    io,
+                    p,
+                    reason::NOT_AUTHORIZED,
+                    "will topic is reserved",
+                    max_out,
+                )
+                .await;
                 return None;
             }
             if w.properties.payload_format_indicator == Some(1)
@@ -232,6 +276,7 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
                     p,
                     reason::PAYLOAD_FORMAT_INVALID,
                     "will payload is not UTF-8",
+                    max_out,
                 )
                 .await;
                 return None;
@@ -295,15 +340,14 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         keep_alive: Duration::from_secs(u64::from(keep_alive)),
         last_seen: Instant::now(),
         send_window: usize::from(client_receive_max.min(cfg.max_inflight)),
-        client_max_packet: c
-            .properties
-            .maximum_packet_size
-            .map_or(usize::MAX, |m| m as usize),
+        client_max_packet: max_out,
         topic_aliases: Vec::new(),
         will,
-        connect_expiry_zero: v5 && expiry == 0,
+        // MQTT-3.14.2-2 is about what the client asked for.
+        connect_expiry_zero: v5 && requested_expiry == 0,
         kick,
         done,
+        overflowed: false,
     };
     conn.send(&Packet::ConnAck(ConnAck {
         session_present: present,

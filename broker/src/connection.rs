@@ -99,6 +99,10 @@ pub struct Conn<S> {
     /// Cancelled on takeover; a child of the node's shutdown token.
     pub kick: CancellationToken,
     pub done: CancellationToken,
+    /// Set when a publish from this client found a full subscriber queue:
+    /// the connection yields before reading more, so the runtime spends
+    /// its time draining queues rather than accepting messages it drops.
+    pub overflowed: bool,
 }
 
 /// Serves one accepted connection until it closes. `over_limit` is true
@@ -160,6 +164,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     Err(e) => return Close::from_decode(&e),
                 }
             }
+            if std::mem::take(&mut self.overflowed) {
+                tokio::task::yield_now().await;
+            }
             self.pump();
             self.count_written();
             self.io.release_idle_buffers();
@@ -190,7 +197,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     Ok(IoEvent::Read(n)) => {
                         self.broker.metrics.add(&self.broker.metrics.bytes_received, n as u64);
                     }
-                    Ok(IoEvent::Wrote) => {}
+                    Ok(IoEvent::Wrote) => {
+                        // While we are not reading (the client is behind on
+                        // our output), its progress reading counts as life.
+                        if !room {
+                            self.last_seen = Instant::now();
+                        }
+                    }
                     Ok(IoEvent::Eof) => return Close::quiet("peer closed the connection", true),
                     Err(_) => return Close::quiet("connection error", true),
                 },
@@ -229,6 +242,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         codec::encode(packet, self.protocol, &mut self.io.wbuf);
     }
 
+    /// Appends a packet carrying optional diagnostics (reason string, user
+    /// properties), dropping them if the packet would exceed the client's
+    /// Maximum Packet Size.
+    pub fn send_fitted(&mut self, mut packet: Packet) {
+        codec::fit_to(&mut packet, self.protocol, self.client_max_packet);
+        self.send(&packet);
+    }
+
     async fn finish(mut self, close: Close) {
         if let Some(bad) = close.bad {
             self.broker.metrics.bad_packet(bad);
@@ -236,7 +257,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         debug!(reason = ?close.reason, detail = %close.detail, "Connection closed");
         if self.protocol.is_v5() {
             if let Some(code) = close.reason {
-                self.send(&Packet::Disconnect(Disconnect {
+                self.send_fitted(Packet::Disconnect(Disconnect {
                     reason: code,
                     properties: Properties {
                         reason_string: Some(close.detail.to_string()),

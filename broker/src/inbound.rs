@@ -75,7 +75,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             reason: None,
             bad: None,
             detail: "client sent DISCONNECT".into(),
-            will: code == reason::DISCONNECT_WITH_WILL,
+            // Only DISCONNECT 0x00 discards the will (MQTT-3.14.4-3).
+            will: code != reason::SUCCESS,
         })
     }
 
@@ -114,6 +115,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 
     fn on_publish(&mut self, p: Publish) -> Result<(), Close> {
         let v5 = self.protocol.is_v5();
+        if !p.properties.subscription_identifiers.is_empty() {
+            return Err(protocol_error(
+                "subscription identifier in a client PUBLISH",
+            ));
+        }
         let topic = self.resolve_topic(&p)?;
         if topic::validate_name(&topic, self.broker.config.topic_limits()).is_err() {
             return Err(Close::protocol(
@@ -134,7 +140,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 self.send(&Packet::PubRec(Ack::new(p.packet_id, reason::SUCCESS)));
                 return Ok(());
             }
-            if st.incoming_qos2.len() >= usize::from(self.broker.config.receive_maximum) {
+            // Receive Maximum is an MQTT 5 notion; 3.1.1 clients are bound
+            // by their 65,535 packet ids.
+            if v5 && st.incoming_qos2.len() >= usize::from(self.broker.config.receive_maximum) {
                 return Err(Close::protocol(
                     reason::RECEIVE_MAXIMUM_EXCEEDED,
                     BadPacket::ReceiveMaximumExceeded,
@@ -144,8 +152,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
 
         let mut code = reason::SUCCESS;
-        if topic.starts_with("$SYS") || topic.starts_with("$share/") {
-            // Clients do not publish into broker topics.
+        if topic::is_reserved(&topic) {
             code = reason::NOT_AUTHORIZED;
         } else if p.properties.payload_format_indicator == Some(1)
             && std::str::from_utf8(&p.payload).is_err()
@@ -170,10 +177,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 &p.properties,
                 Some(self.key.client.clone()),
             );
-            let routed = self.broker.router.publish(Arc::new(msg));
-            if routed == 0 {
+            let outcome = self.broker.router.publish(Arc::new(msg));
+            if outcome.queued == 0 && !outcome.overflowed {
                 code = reason::NO_MATCHING_SUBSCRIBERS;
             }
+            self.overflowed |= outcome.overflowed;
         }
         match p.qos {
             QoS::AtMostOnce => {}

@@ -30,14 +30,18 @@ pub enum DropReason {
     Expired,
     /// A QoS 0 message for a client whose send buffer was full.
     SlowConsumer,
+    /// Shared-subscription messages of an ended session with no other
+    /// member to take them.
+    SessionEnded,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 4] = [
+    pub const ALL: [DropReason; 5] = [
         DropReason::QueueFull,
         DropReason::PacketTooLarge,
         DropReason::Expired,
         DropReason::SlowConsumer,
+        DropReason::SessionEnded,
     ];
 
     pub fn label(self) -> &'static str {
@@ -46,6 +50,7 @@ impl DropReason {
             DropReason::PacketTooLarge => "packet_too_large",
             DropReason::Expired => "expired",
             DropReason::SlowConsumer => "slow_consumer",
+            DropReason::SessionEnded => "session_ended",
         }
     }
 }
@@ -103,7 +108,7 @@ pub struct Metrics {
     pub bytes_sent: AtomicU64,
     pub retained: AtomicU64,
     pub sessions: AtomicU64,
-    dropped: [AtomicU64; 4],
+    dropped: [AtomicU64; 5],
     bad_packets: [AtomicU64; 9],
 }
 

@@ -58,7 +58,7 @@ pub fn encode_delivery(
     };
     let body = 2 + msg.topic.len() + id_len + props_wire + msg.payload.len();
     let total = 1 + vbi_len(body) + body;
-    if total > max_size {
+    if total > max_size || body > codec::MAX_VBI {
         return false;
     }
     out.reserve(total);
@@ -98,7 +98,31 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         let metrics = self.broker.metrics.clone();
         let mut sent = 0u64;
         let mut st = self.session.lock();
-        while self.io.wbuf.len() < WRITE_HIGH_WATER {
+        // The resumed session's backlog goes first, in its original order.
+        while self.io.wbuf.len() < WRITE_HIGH_WATER && st.window_used() < self.send_window {
+            let Some(id) = st.resend.pop_front() else {
+                break;
+            };
+            let Some(OutState::AwaitingAck(d)) = st.inflight.get(&id).map(|f| &f.state) else {
+                continue; // acknowledged or released meanwhile
+            };
+            let ok = encode_delivery(
+                &mut self.io.wbuf,
+                self.protocol,
+                d,
+                id,
+                true,
+                now,
+                self.client_max_packet,
+            );
+            if ok {
+                sent += 1;
+            } else {
+                metrics.dropped(DropReason::PacketTooLarge);
+                st.inflight.remove(&id);
+            }
+        }
+        while self.io.wbuf.len() < WRITE_HIGH_WATER && st.resend.is_empty() {
             let Some(front) = st.queue.front() else {
                 break;
             };
@@ -147,39 +171,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
     }
 
-    /// Resends every in-flight message of a resumed session, in order:
-    /// PUBLISH with DUP for those awaiting PUBACK/PUBREC, PUBREL for those
-    /// awaiting PUBCOMP.
+    /// Starts redelivery for a resumed session: PUBREL for messages
+    /// awaiting PUBCOMP now; messages awaiting PUBACK/PUBREC go on the
+    /// session's resend list, which `pump` sends (with DUP and their
+    /// original packet ids) ahead of new messages as the client's Receive
+    /// Maximum allows (MQTT-3.3.4-9).
     pub fn redeliver_inflight(&mut self) {
-        let now = Instant::now();
         let mut st = self.session.lock();
+        st.resend.clear();
         for id in st.inflight_in_order() {
-            let Some(f) = st.inflight.get(&id) else {
-                continue;
-            };
-            match &f.state {
-                OutState::AwaitingAck(d) => {
-                    let ok = encode_delivery(
-                        &mut self.io.wbuf,
-                        self.protocol,
-                        d,
-                        id,
-                        true,
-                        now,
-                        self.client_max_packet,
-                    );
-                    if !ok {
-                        self.broker.metrics.dropped(DropReason::PacketTooLarge);
-                        st.inflight.remove(&id);
-                    }
-                }
-                OutState::AwaitingComp => {
-                    codec::encode(
-                        &Packet::PubRel(Ack::new(id, codec::reason::SUCCESS)),
-                        self.protocol,
-                        &mut self.io.wbuf,
-                    );
-                }
+            match st.inflight.get(&id).map(|f| &f.state) {
+                Some(OutState::AwaitingAck(_)) => st.resend.push_back(id),
+                Some(OutState::AwaitingComp) => codec::encode(
+                    &Packet::PubRel(Ack::new(id, codec::reason::SUCCESS)),
+                    self.protocol,
+                    &mut self.io.wbuf,
+                ),
+                None => {}
             }
         }
     }

@@ -1,14 +1,24 @@
 //! The session registry: which sessions exist, which connection owns each,
-//! and what happens when a connection ends.
+//! and how sessions end.
 //!
 //! `attach` implements CONNECT's session rules: take over a connected
 //! client id (kick the old connection, wait for it to finish), resume or
 //! discard the old session (clean start), and report session-present.
-//! `detach` runs when a connection ends: a clean session ends at once; a
-//! persistent one starts its expiry timer; the will is published now or
-//! after its delay, unless the session resumes first. Shared-subscription
-//! messages the leaving member had not had acknowledged go to another
-//! member (`router.rs`).
+//! `detach` runs when a connection ends: a session with expiry 0 ends at
+//! once; a persistent one starts its expiry timer; the will is published
+//! now, after its delay, or when the session ends, unless the session
+//! resumes first.
+//!
+//! Ending a session is one path, [`Registry::end_instance`], entered only
+//! after the session was marked `ended` under its own lock by whoever won
+//! the race (detach, the expiry timer, or a clean-start attach). `attach`
+//! treats an ended session as absent, so a reconnect that races a closing
+//! connection can never resume a session that is being torn down.
+//!
+//! Shared subscriptions (MQTT 5, 4.8.2): deliveries still queued (not yet
+//! sent) go to another member whenever a member disconnects; in-flight
+//! QoS 1 messages go to another member when the session ends; in-flight
+//! QoS 2 messages never go to anyone else (MQTT-4.8.2-5).
 //!
 //! Lock order: a registry shard (DashMap entry) may be held while taking a
 //! session mutex, never the other way round.
@@ -21,14 +31,15 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
 
-use crate::codec::Will;
+use crate::codec::{QoS, Will};
 use crate::ids::{ConnectionId, SessionKey};
-use crate::message::Message;
-use crate::metrics::Metrics;
+use crate::message::{Delivery, Message};
+use crate::metrics::{DropReason, Metrics};
 use crate::router::Router;
 use crate::session::{OutState, Owner, Session};
 
-/// How long a taking-over connection waits for the old one to close.
+/// How long a taking-over connection waits for the old one to close. It
+/// exceeds the 2 s a closing connection may spend flushing.
 const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
 
 /// A will to publish when its connection ends abnormally.
@@ -40,7 +51,8 @@ pub struct PendingWill {
     pub delay: u32,
 }
 
-#[derive(Debug)]
+/// Cheap to clone: timer tasks carry their own handle.
+#[derive(Debug, Clone)]
 pub struct Registry {
     router: Arc<Router>,
     metrics: Arc<Metrics>,
@@ -99,30 +111,44 @@ impl Registry {
             }
             let mut discarded = None;
             let claimed = {
+                let fresh = || {
+                    let s = Arc::new(Session::new(key.clone(), expiry_interval));
+                    s.lock().owner = Some(owner.clone());
+                    s.set_online(true);
+                    s
+                };
                 let mut entry = self.sessions.entry(key.clone()).or_insert_with(|| {
                     self.metrics.inc(&self.metrics.sessions);
                     Arc::new(Session::new(key.clone(), expiry_interval))
                 });
                 let session = entry.value().clone();
                 let mut st = session.lock();
-                if st.owner.is_some() && Instant::now() < deadline {
+                if st.ended {
+                    // Being torn down by its own ender: start afresh.
+                    drop(st);
+                    let s = fresh();
+                    *entry.value_mut() = s.clone();
+                    Some((s, false))
+                } else if st.owner.is_some() && Instant::now() < deadline {
                     None // someone attached meanwhile: kick them too
                 } else if clean_start && (st.disconnected_at.is_some() || st.owner.is_some()) {
-                    // Clean start discards the previous session.
+                    // Clean start ends the previous session.
+                    st.ended = true;
+                    st.owner = None;
+                    st.timers.cancel();
+                    let will = st.pending_will.take();
                     drop(st);
-                    discarded = Some(session);
-                    let fresh = Arc::new(Session::new(key.clone(), expiry_interval));
-                    fresh.lock().owner = Some(owner.clone());
-                    fresh.set_online(true);
-                    *entry.value_mut() = fresh.clone();
-                    Some((fresh, false))
+                    discarded = Some((session, will));
+                    let s = fresh();
+                    *entry.value_mut() = s.clone();
+                    Some((s, false))
                 } else {
                     let resumed = st.disconnected_at.is_some() || st.owner.is_some();
                     st.owner = Some(owner.clone());
                     st.disconnected_at = None;
                     st.expiry_interval = expiry_interval;
+                    // The session resumed in time: no delayed will, no expiry.
                     st.pending_will = None;
-                    // Cancel a pending delayed will and the expiry timer.
                     st.timers.cancel();
                     st.timers = CancellationToken::new();
                     drop(st);
@@ -130,8 +156,8 @@ impl Registry {
                     Some((session, resumed))
                 }
             };
-            if let Some(old) = discarded {
-                self.finish_session(&old);
+            if let Some((old, will)) = discarded {
+                self.end_instance(&old, will);
             }
             if let Some(result) = claimed {
                 return result;
@@ -140,170 +166,181 @@ impl Registry {
     }
 
     /// Called by a connection when it ends. `will` is the will still due
-    /// (absent after a normal DISCONNECT).
+    /// (absent after DISCONNECT 0x00 and on node shutdown).
     pub fn detach(&self, session: &Arc<Session>, conn: ConnectionId, will: Option<PendingWill>) {
-        let (still_owner, expiry, timers) = {
+        // Everything that decides the session's fate happens under one
+        // lock, so a racing `attach` sees either a live session it may
+        // resume or an ended one it must replace.
+        let mut will_now = None;
+        let (expiry, will_delay, timers, ended) = {
             let mut st = session.lock();
-            let mine = st.owner.as_ref().is_some_and(|o| o.conn == conn);
-            if mine {
-                st.owner = None;
-                st.disconnected_at = Some(Instant::now());
-                session.set_online(false);
+            if !st.owner.as_ref().is_some_and(|o| o.conn == conn) {
+                drop(st);
+                // Taken over. A resumed session cancels a delayed will, so
+                // only a will without delay is due now.
+                if let Some(w) = will.filter(|w| w.delay == 0) {
+                    self.publish_will(&session.key, w.will);
+                }
+                return;
             }
-            (mine, st.expiry_interval, st.timers.clone())
-        };
-        if !still_owner {
-            // Taken over. A resumed session cancels a delayed will, so only
-            // a will without delay is due now.
-            if let Some(w) = will.filter(|w| w.delay == 0) {
-                self.publish_will(&session.key, w.will);
-            }
-            return;
-        }
-        self.redispatch_unacked_shared(session);
-        if expiry == 0 {
+            st.owner = None;
+            st.disconnected_at = Some(Instant::now());
+            session.set_online(false);
+            let expiry = st.expiry_interval;
+            let mut will_delay = 0;
             if let Some(w) = will {
-                self.publish_will(&session.key, w.will);
+                will_delay = w.delay.min(expiry);
+                if will_delay == 0 {
+                    will_now = Some(w.will);
+                } else {
+                    st.pending_will = Some(w.will);
+                }
             }
-            self.end_session(session);
+            if expiry == 0 {
+                st.ended = true;
+            }
+            (expiry, will_delay, st.timers.clone(), st.ended)
+        };
+        if let Some(w) = will_now {
+            self.publish_will(&session.key, w);
+        }
+        if ended {
+            self.end_instance(session, None);
             return;
         }
-        if let Some(w) = will {
-            let delay = w.delay.min(expiry);
-            if delay == 0 {
-                self.publish_will(&session.key, w.will);
-            } else {
-                session.lock().pending_will = Some(w.will);
-                let session = session.clone();
-                let router = self.router.clone();
-                let timers = timers.clone();
-                let shutdown = self.shutdown.clone();
-                self.tasks.spawn(async move {
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_secs(u64::from(delay))) => {
-                            let will = session.lock().pending_will.take();
-                            if let Some(will) = will {
-                                publish_will(&router, &session.key, will);
-                            }
-                        }
-                        _ = timers.cancelled() => {}
-                        _ = shutdown.cancelled() => {}
-                    }
-                });
-            }
-        }
-        if expiry != u32::MAX {
-            let registry_session = session.clone();
-            let sessions = self.sessions.clone();
-            let router = self.router.clone();
-            let metrics = self.metrics.clone();
-            let shutdown = self.shutdown.clone();
+        // Queued shared deliveries were never sent: another member takes them.
+        self.redispatch_shared(session, false);
+        if will_delay > 0 {
+            let this = self.clone();
+            let session = session.clone();
+            let timers = timers.clone();
+            let delay = Duration::from_secs(u64::from(will_delay));
             self.tasks.spawn(async move {
                 tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(u64::from(expiry))) => {
-                        debug!(session = %registry_session.key, "Session expired");
-                        remove_session(&sessions, &router, &metrics, &registry_session);
-                    }
+                    biased;
                     _ = timers.cancelled() => {}
-                    _ = shutdown.cancelled() => {}
+                    _ = this.shutdown.cancelled() => {}
+                    _ = tokio::time::sleep(delay) => {
+                        let will = {
+                            let mut st = session.lock();
+                            if timers.is_cancelled() { None } else { st.pending_will.take() }
+                        };
+                        if let Some(will) = will {
+                            this.publish_will(&session.key, will);
+                        }
+                    }
+                }
+            });
+        }
+        if expiry != u32::MAX {
+            let this = self.clone();
+            let session = session.clone();
+            let delay = Duration::from_secs(u64::from(expiry));
+            self.tasks.spawn(async move {
+                tokio::select! {
+                    biased;
+                    _ = timers.cancelled() => {}
+                    _ = this.shutdown.cancelled() => {}
+                    _ = tokio::time::sleep(delay) => this.expire(&session, &timers),
                 }
             });
         }
     }
 
-    fn publish_will(&self, key: &SessionKey, will: Box<Will>) {
-        publish_will(&self.router, key, will);
-    }
-
-    /// Ends a session now: removes it and its subscriptions.
-    pub fn end_session(&self, session: &Arc<Session>) {
-        remove_session(&self.sessions, &self.router, &self.metrics, session);
-    }
-
-    /// A session replaced by a clean start: its subscriptions go, and a
-    /// pending delayed will is due now because the session ended.
-    fn finish_session(&self, old: &Arc<Session>) {
+    /// The expiry timer fired: end the session unless it resumed.
+    fn expire(&self, session: &Arc<Session>, timers: &CancellationToken) {
         let will = {
-            let mut st = old.lock();
-            st.timers.cancel();
+            let mut st = session.lock();
+            if timers.is_cancelled() || st.owner.is_some() || st.ended {
+                return;
+            }
+            st.ended = true;
             st.pending_will.take()
         };
-        if let Some(will) = will {
-            self.publish_will(&old.key, will);
-        }
-        self.router.remove_all(old);
-        self.redispatch_unacked_shared(old);
+        debug!(session = %session.key, "Session expired");
+        self.end_instance(session, will);
     }
 
-    /// Messages from shared subscriptions that the leaving member had not
-    /// acknowledged (in flight or queued) go to another member.
-    fn redispatch_unacked_shared(&self, session: &Session) {
-        let pending: Vec<_> = {
+    /// Tears down a session already marked `ended`: removes it from the
+    /// registry (if still there), its subscriptions from the trie, hands
+    /// shared deliveries to other members, and publishes a will that was
+    /// waiting for its delay.
+    fn end_instance(&self, session: &Arc<Session>, will: Option<Box<Will>>) {
+        if self
+            .sessions
+            .remove_if(&session.key, |_, s| Arc::ptr_eq(s, session))
+            .is_some()
+        {
+            self.metrics.dec(&self.metrics.sessions);
+        }
+        session.lock().timers.cancel();
+        self.router.remove_all(session);
+        self.redispatch_shared(session, true);
+        if let Some(will) = will {
+            self.publish_will(&session.key, will);
+        }
+    }
+
+    fn publish_will(&self, key: &SessionKey, will: Box<Will>) {
+        let will = *will;
+        debug!(session = %key, topic = %will.topic, "Publishing will");
+        let msg = Message::new(
+            key.tenant.clone(),
+            Arc::from(will.topic.as_str()),
+            will.payload,
+            will.qos,
+            will.retain,
+            &will.properties,
+            Some(key.client.clone()),
+        );
+        self.router.publish(Arc::new(msg));
+    }
+
+    /// Moves shared-subscription deliveries of a leaving member to other
+    /// members: queued ones always, in-flight QoS 1 ones when the session
+    /// has `ended`. In-flight QoS 2 ones stay (MQTT-4.8.2-4/5).
+    fn redispatch_shared(&self, session: &Session, ended: bool) {
+        let pending: Vec<Delivery> = {
             let mut st = session.lock();
             let mut out = Vec::new();
-            let ids: Vec<u16> = st
-                .inflight
-                .iter()
-                .filter(|(_, f)| matches!(&f.state, OutState::AwaitingAck(d) if d.share.is_some()))
-                .map(|(id, _)| *id)
-                .collect();
-            for id in ids {
-                if let Some(f) = st.inflight.remove(&id) {
-                    if let OutState::AwaitingAck(d) = f.state {
-                        out.push(d);
+            if ended {
+                let ids: Vec<u16> = st
+                    .inflight
+                    .iter()
+                    .filter(|(_, f)| {
+                        matches!(&f.state, OutState::AwaitingAck(d)
+                            if d.share.is_some() && d.qos == QoS::AtLeastOnce)
+                    })
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in ids {
+                    if let Some(f) = st.inflight.remove(&id) {
+                        if let OutState::AwaitingAck(d) = f.state {
+                            out.push(d);
+                        }
                     }
                 }
             }
-            let (shared, rest): (Vec<_>, Vec<_>) =
-                st.queue.drain(..).partition(|d| d.share.is_some());
-            st.queue.extend(rest);
-            out.extend(shared);
+            if st.queue.iter().any(|d| d.share.is_some()) {
+                let (shared, rest): (Vec<_>, Vec<_>) =
+                    st.queue.drain(..).partition(|d| d.share.is_some());
+                st.queue.extend(rest);
+                out.extend(shared);
+            }
             out
         };
         for d in pending {
-            if let Some(share) = d.share.clone() {
-                let d2 = d.clone();
-                if !self.router.redispatch_shared(d, &share, session.id) {
-                    // No other member: keep it for this session.
-                    session.lock().queue.push_back(d2);
+            let Some(share) = d.share.clone() else {
+                continue;
+            };
+            let keep = (!ended).then(|| d.clone());
+            if !self.router.redispatch_shared(d, &share, session.id) {
+                match keep {
+                    // No other member: a live session keeps its delivery.
+                    Some(d) => session.lock().queue.push_back(d),
+                    None => self.metrics.dropped(DropReason::SessionEnded),
                 }
             }
-        }
-    }
-}
-
-fn publish_will(router: &Router, key: &SessionKey, will: Box<Will>) {
-    let will = *will;
-    debug!(session = %key, topic = %will.topic, "Publishing will");
-    let msg = Message::new(
-        key.tenant.clone(),
-        Arc::from(will.topic.as_str()),
-        will.payload,
-        will.qos,
-        will.retain,
-        &will.properties,
-        Some(key.client.clone()),
-    );
-    router.publish(Arc::new(msg));
-}
-
-fn remove_session(
-    sessions: &DashMap<SessionKey, Arc<Session>>,
-    router: &Router,
-    metrics: &Metrics,
-    session: &Arc<Session>,
-) {
-    // Only if the registry still holds this instance and nobody attached.
-    let removed = sessions.remove_if(&session.key, |_, s| {
-        Arc::ptr_eq(s, session) && s.lock().owner.is_none()
-    });
-    if removed.is_some() {
-        metrics.dec(&metrics.sessions);
-        router.remove_all(session);
-        // The session ended: a will still waiting for its delay is due now.
-        let will = session.lock().pending_will.take();
-        if let Some(will) = will {
-            publish_will(router, &session.key, will);
         }
     }
 }

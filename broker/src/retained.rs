@@ -72,17 +72,33 @@ impl RetainedStore {
         }
     }
 
-    /// Retained messages matching `filter`, skipping expired ones.
-    pub fn matching(&self, tenant: &TenantId, filter: &str, now: Instant) -> Vec<Arc<Message>> {
+    /// Retained messages matching `filter`. Expired ones found on the way
+    /// are removed; the second value counts them.
+    pub fn matching(
+        &self,
+        tenant: &TenantId,
+        filter: &str,
+        now: Instant,
+    ) -> (Vec<Arc<Message>>, usize) {
         let Some(root) = self.tenants.get(tenant).map(|t| t.clone()) else {
-            return Vec::new();
+            return (Vec::new(), 0);
         };
-        let root = root.read();
         let levels: Vec<&str> = filter.split('/').collect();
         let mut out = Vec::new();
-        walk(&root, &levels, true, &mut out);
-        out.retain(|m| !m.is_expired(now));
-        out
+        walk(&root.read(), &levels, true, &mut out);
+        let (live, expired): (Vec<_>, Vec<_>) = out.into_iter().partition(|m| !m.is_expired(now));
+        let mut removed = 0;
+        if !expired.is_empty() {
+            let mut w = root.write();
+            for m in expired {
+                let levels: Vec<&str> = m.topic.split('/').collect();
+                // Only if it was not replaced meanwhile.
+                if remove_if_same(&mut w, &levels, &m) {
+                    removed += 1;
+                }
+            }
+        }
+        (live, removed)
     }
 }
 
@@ -94,6 +110,29 @@ fn remove(node: &mut Node, levels: &[&str]) -> bool {
                 return false;
             };
             let removed = remove(child, rest);
+            if child.is_empty() {
+                node.children.remove(*first);
+            }
+            removed
+        }
+    }
+}
+
+fn remove_if_same(node: &mut Node, levels: &[&str], msg: &Arc<Message>) -> bool {
+    match levels.split_first() {
+        None => {
+            if node.message.as_ref().is_some_and(|m| Arc::ptr_eq(m, msg)) {
+                node.message = None;
+                true
+            } else {
+                false
+            }
+        }
+        Some((first, rest)) => {
+            let Some(child) = node.children.get_mut(*first) else {
+                return false;
+            };
+            let removed = remove_if_same(child, rest, msg);
             if child.is_empty() {
                 node.children.remove(*first);
             }
@@ -172,13 +211,13 @@ mod tests {
         assert_eq!(s.set(msg("a/b", b"2")), RetainChange::Replaced);
         s.set(msg("a", b"x"));
         s.set(msg("$SYS/up", b"x"));
-        assert_eq!(topics(s.matching(&t, "#", now)), ["a", "a/b"]);
-        assert_eq!(topics(s.matching(&t, "a/#", now)), ["a", "a/b"]);
-        assert_eq!(topics(s.matching(&t, "+/b", now)), ["a/b"]);
-        assert_eq!(topics(s.matching(&t, "$SYS/#", now)), ["$SYS/up"]);
-        assert_eq!(&s.matching(&t, "a/b", now)[0].payload[..], b"2");
+        assert_eq!(topics(s.matching(&t, "#", now).0), ["a", "a/b"]);
+        assert_eq!(topics(s.matching(&t, "a/#", now).0), ["a", "a/b"]);
+        assert_eq!(topics(s.matching(&t, "+/b", now).0), ["a/b"]);
+        assert_eq!(topics(s.matching(&t, "$SYS/#", now).0), ["$SYS/up"]);
+        assert_eq!(&s.matching(&t, "a/b", now).0[0].payload[..], b"2");
         assert_eq!(s.set(msg("a/b", b"")), RetainChange::Removed);
         assert_eq!(s.set(msg("a/b", b"")), RetainChange::Unchanged);
-        assert_eq!(topics(s.matching(&t, "#", now)), ["a"]);
+        assert_eq!(topics(s.matching(&t, "#", now).0), ["a"]);
     }
 }

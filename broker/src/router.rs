@@ -43,9 +43,8 @@ impl Router {
         }
     }
 
-    /// Routes `msg` to every matching session; returns how many sessions
-    /// it was queued for.
-    pub fn publish(&self, msg: Arc<Message>) -> usize {
+    /// Routes `msg` to every matching session.
+    pub fn publish(&self, msg: Arc<Message>) -> PublishOutcome {
         if msg.retain {
             match self.retained.set(msg.clone()) {
                 RetainChange::Added => self.metrics.inc(&self.metrics.retained),
@@ -54,7 +53,7 @@ impl Router {
             }
         }
         let mut m = self.trie.matches(&msg.tenant, &msg.topic);
-        let mut delivered = 0;
+        let mut out = PublishOutcome::default();
         // Merge overlapping subscriptions: sort by session, fold runs.
         m.direct.sort_unstable_by_key(|s| s.session.id);
         let mut current: Option<(Arc<Session>, Delivery)> = None;
@@ -77,7 +76,7 @@ impl Router {
                 }
                 _ => {
                     if let Some((s, d)) = current.take() {
-                        delivered += usize::from(self.deliver(&s, d));
+                        out.add(self.deliver(&s, d));
                     }
                     let d = Delivery {
                         msg: msg.clone(),
@@ -91,7 +90,7 @@ impl Router {
             }
         }
         if let Some((s, d)) = current.take() {
-            delivered += usize::from(self.deliver(&s, d));
+            out.add(self.deliver(&s, d));
         }
         for (sub, share) in m.shared {
             let d = Delivery {
@@ -101,28 +100,22 @@ impl Router {
                 subscription_ids: sub.id.into_iter().collect(),
                 share: Some(share),
             };
-            delivered += usize::from(self.deliver(&sub.session, d));
+            out.add(self.deliver(&sub.session, d));
         }
-        delivered
+        out
     }
 
-    /// Queues one delivery, counting overflow drops. True if queued.
-    pub fn deliver(&self, session: &Session, d: Delivery) -> bool {
-        match session.enqueue(
+    /// Queues one delivery, counting overflow drops.
+    pub fn deliver(&self, session: &Session, d: Delivery) -> EnqueueOutcome {
+        let outcome = session.enqueue(
             d,
             self.config.max_queued_messages,
             self.config.queue_overflow,
-        ) {
-            EnqueueOutcome::Queued => true,
-            EnqueueOutcome::DroppedOldest => {
-                self.metrics.dropped(DropReason::QueueFull);
-                true
-            }
-            EnqueueOutcome::DroppedNew => {
-                self.metrics.dropped(DropReason::QueueFull);
-                false
-            }
+        );
+        if outcome != EnqueueOutcome::Queued {
+            self.metrics.dropped(DropReason::QueueFull);
         }
+        outcome
     }
 
     /// Adds (or replaces) a subscription. Returns whether it existed.
@@ -134,11 +127,17 @@ impl Router {
         options: SubscriptionOptions,
         id: Option<u32>,
     ) -> bool {
-        let existed = session
-            .lock()
-            .subscriptions
-            .insert(raw.to_owned(), StoredSubscription { options, id })
-            .is_some();
+        let existed = {
+            let mut st = session.lock();
+            if st.ended {
+                // A connection still finishing on a session that ended:
+                // its subscription would outlive the session.
+                return false;
+            }
+            st.subscriptions
+                .insert(raw.to_owned(), StoredSubscription { options, id })
+                .is_some()
+        };
         self.trie.subscribe(
             &session.key.tenant,
             parsed.filter,
@@ -178,10 +177,15 @@ impl Router {
         }
     }
 
-    /// Retained messages for a new subscription.
+    /// Retained messages for a new subscription (expired ones are purged).
     pub fn retained_matching(&self, session: &Session, filter: &str) -> Vec<Arc<Message>> {
-        self.retained
-            .matching(&session.key.tenant, filter, Instant::now())
+        let (live, expired) = self
+            .retained
+            .matching(&session.key.tenant, filter, Instant::now());
+        for _ in 0..expired {
+            self.metrics.dec(&self.metrics.retained);
+        }
+        live
     }
 
     /// Hands an unacknowledged shared-subscription delivery to another
@@ -215,6 +219,28 @@ impl Router {
             subscription_ids: sub.id.into_iter().collect(),
             ..d
         };
-        self.deliver(&sub.session, d)
+        self.deliver(&sub.session, d) != EnqueueOutcome::DroppedNew
+    }
+}
+
+/// What one publish did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PublishOutcome {
+    /// Sessions the message was queued for.
+    pub queued: usize,
+    /// Whether some session's queue was full (a message was dropped).
+    pub overflowed: bool,
+}
+
+impl PublishOutcome {
+    fn add(&mut self, e: EnqueueOutcome) {
+        match e {
+            EnqueueOutcome::Queued => self.queued += 1,
+            EnqueueOutcome::DroppedOldest => {
+                self.queued += 1;
+                self.overflowed = true;
+            }
+            EnqueueOutcome::DroppedNew => self.overflowed = true,
+        }
     }
 }

@@ -77,6 +77,14 @@ pub struct SessionState {
     /// A will waiting for its Will Delay Interval; published when the delay
     /// ends or the session ends, dropped when the session resumes.
     pub pending_will: Option<Box<Will>>,
+    /// Set, under this lock, by whoever ends the session (detach with
+    /// expiry 0, the expiry timer, a clean start); an ended session is
+    /// never resumed.
+    pub ended: bool,
+    /// In-flight ids still to be resent on this connection (a resumed
+    /// session's backlog), in original order; they do not count against
+    /// the send window until resent.
+    pub resend: VecDeque<u16>,
     /// When the session lost its connection; `None` while connected.
     pub disconnected_at: Option<Instant>,
 }
@@ -121,6 +129,8 @@ impl Session {
                 owner: None,
                 timers: CancellationToken::new(),
                 pending_will: None,
+                ended: false,
+                resend: VecDeque::new(),
                 disconnected_at: None,
             }),
         }
@@ -197,9 +207,10 @@ impl SessionState {
         ids.into_iter().map(|(_, id)| id).collect()
     }
 
-    /// Number of deliveries at QoS > 0 waiting for the client.
+    /// QoS > 0 messages sent on this connection and not yet acknowledged
+    /// (what the client's Receive Maximum limits).
     pub fn window_used(&self) -> usize {
-        self.inflight.len()
+        self.inflight.len().saturating_sub(self.resend.len())
     }
 }
 

@@ -33,6 +33,12 @@ pub fn validate_name(topic: &str, limits: TopicLimits) -> Result<(), TopicError>
     Ok(())
 }
 
+/// Topics clients may not publish to (directly or as a will): the broker's
+/// own `$SYS` tree and the `$share` prefix, which names no topic.
+pub fn is_reserved(topic: &str) -> bool {
+    topic.starts_with("$SYS") || topic.starts_with("$share/")
+}
+
 /// A parsed SUBSCRIBE filter: either a plain filter or a shared one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParsedFilter<'a> {

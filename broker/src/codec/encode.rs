@@ -106,6 +106,30 @@ fn ack_body_len(a: &Ack, v5: bool) -> usize {
     }
 }
 
+/// Removes the Reason String and User Properties of a packet that would
+/// exceed `max` bytes, as MQTT 5 requires before sending it (MQTT-3.2.2-19,
+/// MQTT-3.14.2-3 and their siblings). Returns the final encoded length.
+pub fn fit_to(packet: &mut Packet, protocol: Protocol, max: usize) -> usize {
+    let len = encoded_len(packet, protocol);
+    if len <= max {
+        return len;
+    }
+    let props = match packet {
+        Packet::ConnAck(c) => &mut c.properties,
+        Packet::PubAck(a) | Packet::PubRec(a) | Packet::PubRel(a) | Packet::PubComp(a) => {
+            &mut a.properties
+        }
+        Packet::SubAck(s) => &mut s.properties,
+        Packet::UnsubAck(u) => &mut u.properties,
+        Packet::Disconnect(d) => &mut d.properties,
+        Packet::Auth(a) => &mut a.properties,
+        _ => return len,
+    };
+    props.reason_string = None;
+    props.user_properties.clear();
+    encoded_len(packet, protocol)
+}
+
 /// Exact number of bytes `encode` will append for this packet.
 pub fn encoded_len(packet: &Packet, protocol: Protocol) -> usize {
     let body = body_len(packet, protocol);

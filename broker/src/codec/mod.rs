@@ -23,7 +23,7 @@ use bytes::Bytes;
 
 pub use decode::frame_len;
 pub use decode::{decode, DecodeError};
-pub use encode::{encode, encoded_len, write_string, write_vbi};
+pub use encode::{encode, encoded_len, fit_to, write_string, write_vbi};
 pub use properties::Properties;
 
 /// Protocol level negotiated in CONNECT; decides how everything after it is

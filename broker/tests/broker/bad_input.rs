@@ -73,6 +73,13 @@ const CASES: &[Case] = &[
         counted: BadPacket::ProtocolError,
     },
     Case {
+        name: "subscription identifier in a client PUBLISH",
+        connect: Some(Protocol::V5),
+        bytes: &[0x30, 6, 0, 1, b'a', 2, 0x0B, 1],
+        disconnect: Some(reason::PROTOCOL_ERROR),
+        counted: BadPacket::ProtocolError,
+    },
+    Case {
         name: "second CONNECT",
         connect: Some(Protocol::V5),
         bytes: &[0x10, 13, 0, 4, b'M', b'Q', b'T', b'T', 5, 2, 0, 60, 0, 0, 0],

@@ -61,6 +61,59 @@ async fn client_exceeding_our_receive_maximum_is_disconnected() {
 }
 
 #[tokio::test]
+async fn receive_maximum_is_not_applied_to_v311_clients() {
+    let b = TestBroker::with(|c| c.receive_maximum = 2).await;
+    let mut p = RawClient::connect(b.addr, Protocol::V311, "v3-many").await;
+    for id in 1..=3u16 {
+        p.publish("rm3", q(2), id, b"x").await;
+    }
+    for _ in 0..3 {
+        assert!(matches!(p.recv().await, Some(Packet::PubRec(_))));
+    }
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn redelivery_on_resume_respects_the_new_receive_maximum() {
+    let b = TestBroker::start().await;
+    let mut c = connect_packet(Protocol::V5, "resume-rm", false, 60);
+    c.properties.session_expiry_interval = Some(60);
+    c.properties.receive_maximum = Some(3);
+    let (mut s, _) = RawClient::connect_with(b.addr, c.clone()).await;
+    s.subscribe("rr", q(1)).await;
+    let mut p = RawClient::connect(b.addr, Protocol::V5, "rr-pub").await;
+    for id in 1..=3u16 {
+        p.publish("rr", q(1), id, b"m").await;
+    }
+    let mut first = Vec::new();
+    for _ in 0..3 {
+        first.push(s.expect_publish().await.packet_id);
+    }
+    drop(s);
+    c.properties.receive_maximum = Some(1);
+    wait_until("offline", || {
+        b.broker
+            .registry
+            .get(&porchlight_broker::ids::SessionKey {
+                tenant: porchlight_broker::ids::TenantId::default_tenant(),
+                client: porchlight_broker::ids::ClientId::new("resume-rm"),
+            })
+            .is_some_and(|s| !s.is_online())
+    })
+    .await;
+    let (mut s, ack) = RawClient::connect_with(b.addr, c).await;
+    assert!(ack.session_present);
+    for expected in first {
+        let m = s.expect_publish().await;
+        assert!(m.dup);
+        assert_eq!(m.packet_id, expected, "original order and id");
+        s.expect_silence(Duration::from_millis(200)).await;
+        s.send(&Packet::PubAck(Ack::new(m.packet_id, 0))).await;
+    }
+    b.stop().await;
+}
+
+#[tokio::test]
 async fn we_never_exceed_the_clients_receive_maximum() {
     let b = TestBroker::start().await;
     let mut c = connect_packet(Protocol::V5, "slow", true, 60);
@@ -93,7 +146,7 @@ async fn maximum_packet_size_both_ways() {
     // To a client with a small Maximum Packet Size: dropped and counted.
     let mut c = connect_packet(Protocol::V5, "small", true, 60);
     c.properties.maximum_packet_size = Some(64);
-    let (mut s, _) = RawClient::connect_with(b.addr, c).await;
+    let (mut s, _) = RawClient::connect_with(b.addr, c.clone()).await;
     s.subscribe("size", q(0)).await;
     let mut p = RawClient::connect(b.addr, Protocol::V5, "sender").await;
     let medium: &'static [u8] = Box::leak(vec![1u8; 200].into_boxed_slice());
@@ -104,6 +157,20 @@ async fn maximum_packet_size_both_ways() {
         b.broker.metrics.dropped_count(DropReason::PacketTooLarge),
         1
     );
+
+    // A DISCONNECT that would not fit loses its reason string, not its
+    // reason code.
+    c.client_id = "tiny".into();
+    c.properties.maximum_packet_size = Some(8);
+    let (mut t, _) = RawClient::connect_with(b.addr, c).await;
+    t.send_bytes(&[0xF0, 0]).await; // AUTH out of place: protocol error
+    match t.recv().await {
+        Some(Packet::Disconnect(d)) => {
+            assert_eq!(d.reason, reason::PROTOCOL_ERROR);
+            assert_eq!(d.properties.reason_string, None);
+        }
+        other => panic!("{other:?}"),
+    }
     b.stop().await;
 }
 

@@ -97,5 +97,10 @@ async fn retained_message_expires() {
     let mut s2 = RawClient::connect(b.addr, Protocol::V5, "exp-s2").await;
     s2.subscribe("exp/t", q(0)).await;
     s2.expect_silence(Duration::from_millis(200)).await;
+    assert_eq!(
+        porchlight_broker::metrics::Metrics::get(&b.broker.metrics.retained),
+        0,
+        "the expired retained message was purged"
+    );
     b.stop().await;
 }

@@ -55,6 +55,21 @@ async fn unacknowledged_messages_of_a_departing_member_go_to_another() {
 }
 
 #[tokio::test]
+async fn in_flight_qos2_is_never_given_to_another_member() {
+    let b = TestBroker::start().await;
+    let mut leaver = RawClient::connect(b.addr, Protocol::V5, "q2-leaver").await;
+    leaver.subscribe("$share/x/q2work", q(2)).await;
+    let mut p = RawClient::connect(b.addr, Protocol::V5, "q2-pub").await;
+    p.publish("q2work", q(2), 1, b"once").await;
+    assert_eq!(&leaver.expect_publish().await.payload[..], b"once");
+    let mut stayer = RawClient::connect(b.addr, Protocol::V5, "q2-stayer").await;
+    stayer.subscribe("$share/x/q2work", q(2)).await;
+    drop(leaver);
+    stayer.expect_silence(Duration::from_millis(400)).await;
+    b.stop().await;
+}
+
+#[tokio::test]
 async fn shared_subscription_rules() {
     let b = TestBroker::start().await;
     let mut c = RawClient::connect(b.addr, Protocol::V5, "rules").await;

@@ -60,16 +60,39 @@ async fn will_sent_on_abnormal_close_not_on_disconnect() {
 }
 
 #[tokio::test]
-async fn v5_disconnect_with_will_sends_it() {
+async fn v5_disconnect_other_than_0x00_sends_the_will() {
     let b = TestBroker::start().await;
     let mut w = watcher(&b).await;
-    let (mut c, _) =
-        RawClient::connect_with(b.addr, with_will(Protocol::V5, "asks", None, 0)).await;
-    c.send(&Packet::Disconnect(Disconnect::new(
-        reason::DISCONNECT_WITH_WILL,
-    )))
-    .await;
-    assert_eq!(&w.expect_publish().await.topic, "will/asks");
+    for (id, code) in [
+        ("asks", reason::DISCONNECT_WITH_WILL),
+        ("errs", reason::UNSPECIFIED_ERROR),
+    ] {
+        let (mut c, _) =
+            RawClient::connect_with(b.addr, with_will(Protocol::V5, id, None, 0)).await;
+        c.send(&Packet::Disconnect(Disconnect::new(code))).await;
+        let got = w.expect_publish().await;
+        assert_eq!(got.topic, format!("will/{id}"));
+        w.send(&Packet::PubAck(porchlight_broker::codec::Ack::new(
+            got.packet_id,
+            0,
+        )))
+        .await;
+    }
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn will_to_a_reserved_topic_is_refused() {
+    let b = TestBroker::start().await;
+    for (protocol, code) in [(Protocol::V5, reason::NOT_AUTHORIZED), (Protocol::V311, 5)] {
+        let mut c = with_will(protocol, "sneaky", None, 0);
+        if let Some(w) = c.will.as_mut() {
+            w.topic = "$SYS/broker/version".into();
+        }
+        let mut raw = RawClient::open(b.addr, protocol).await;
+        raw.send(&Packet::Connect(Box::new(c))).await;
+        assert!(matches!(raw.recv().await, Some(Packet::ConnAck(a)) if a.reason == code));
+    }
     b.stop().await;
 }
 
