@@ -299,3 +299,41 @@ async fn interop_with_mosquitto_clients_v311_and_v5() {
     }
     b.stop().await;
 }
+
+/// The Eclipse Paho Python client (`pip install paho-mqtt`), driven by
+/// `tests/paho_interop.py`: QoS 0/1/2, retained, will and persistent
+/// sessions over 3.1.1 and 5.0.
+#[tokio::test]
+async fn interop_with_paho_v311_and_v5() {
+    let has_paho = Command::new("python3")
+        .args(["-c", "import paho.mqtt.client"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_paho {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "paho-mqtt not found in CI: pip install paho-mqtt"
+        );
+        eprintln!("SKIPPED paho interop test: pip install paho-mqtt to run it");
+        return;
+    }
+    let b = TestBroker::start().await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/paho_interop.py");
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new("python3")
+            .arg(script)
+            .arg(b.addr.port().to_string())
+            .output(),
+    )
+    .await
+    .expect("paho script finishes in time")
+    .expect("run python3");
+    assert!(
+        out.status.success(),
+        "paho interop failed:\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    b.stop().await;
+}
