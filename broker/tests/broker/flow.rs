@@ -299,3 +299,69 @@ async fn auth_is_rejected_cleanly_without_enhanced_authentication() {
     raw.expect_disconnect(Some(reason::PROTOCOL_ERROR)).await;
     b.stop().await;
 }
+
+#[tokio::test]
+async fn topic_length_and_level_limits() {
+    let b = TestBroker::with(|c| {
+        c.max_topic_levels = 3;
+        c.max_topic_length = 16;
+    })
+    .await;
+    let mut c = RawClient::connect(b.addr, Protocol::V5, "limits").await;
+    c.send(&Packet::Subscribe(porchlight_broker::codec::Subscribe {
+        packet_id: 1,
+        filters: vec![
+            (
+                "a/b/c".into(),
+                porchlight_broker::codec::SubscriptionOptions::new(q(0)),
+            ),
+            (
+                "a/b/c/d".into(),
+                porchlight_broker::codec::SubscriptionOptions::new(q(0)),
+            ),
+            (
+                "this/is/too/long/for/it".into(),
+                porchlight_broker::codec::SubscriptionOptions::new(q(0)),
+            ),
+        ],
+        properties: Properties::default(),
+    }))
+    .await;
+    match c.recv().await {
+        Some(Packet::SubAck(s)) => assert_eq!(
+            s.reasons,
+            vec![
+                0,
+                reason::TOPIC_FILTER_INVALID,
+                reason::TOPIC_FILTER_INVALID
+            ]
+        ),
+        other => panic!("{other:?}"),
+    }
+    c.publish("a/b/c/d", q(0), 0, b"deep").await;
+    c.expect_disconnect(Some(reason::TOPIC_NAME_INVALID)).await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn payload_format_indicator_is_checked() {
+    let b = TestBroker::start().await;
+    let mut s = RawClient::connect(b.addr, Protocol::V5, "pfi-sub").await;
+    s.subscribe("pfi", q(1)).await;
+    let mut p = RawClient::connect(b.addr, Protocol::V5, "pfi-pub").await;
+    let mut bad = publish("pfi", q(1), 1, &[0xFF, 0xFE]);
+    bad.properties.payload_format_indicator = Some(1);
+    p.send(&Packet::Publish(bad)).await;
+    assert!(
+        matches!(p.recv().await, Some(Packet::PubAck(a)) if a.reason == reason::PAYLOAD_FORMAT_INVALID)
+    );
+    let mut good = publish("pfi", q(1), 2, "é".as_bytes());
+    good.properties.payload_format_indicator = Some(1);
+    good.properties.content_type = Some("text/plain".into());
+    p.send(&Packet::Publish(good)).await;
+    let got = s.expect_publish().await;
+    assert_eq!(got.payload, "é".as_bytes());
+    assert_eq!(got.properties.content_type.as_deref(), Some("text/plain"));
+    assert_eq!(got.properties.payload_format_indicator, Some(1));
+    b.stop().await;
+}

@@ -190,29 +190,55 @@ mod serde_like {
 }
 
 #[tokio::test]
-async fn binary_serves_and_exits_zero_on_sigterm() {
-    let (mut child, addr) = spawn_binary(&[]);
-    let mut c = RawClient::connect(addr, Protocol::V5, "bin").await;
-    let pid = child.id().to_string();
-    let status = Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill");
-    assert!(status.success());
-    c.expect_disconnect(Some(reason::SERVER_SHUTTING_DOWN))
-        .await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    let code = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break s;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "porchlight did not exit"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    assert!(code.success(), "exit status {code:?}");
+async fn binary_serves_and_exits_zero_on_sigterm_and_sigint() {
+    for signal in ["-TERM", "-INT"] {
+        let (mut child, addr) = spawn_binary(&[]);
+        let mut c = RawClient::connect(addr, Protocol::V5, "bin").await;
+        let pid = child.id().to_string();
+        let status = Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        c.expect_disconnect(Some(reason::SERVER_SHUTTING_DOWN))
+            .await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        let code = loop {
+            if let Some(s) = child.try_wait().expect("wait") {
+                break s;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "porchlight did not exit"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert!(code.success(), "{signal}: exit status {code:?}");
+    }
+}
+
+#[tokio::test]
+async fn several_listeners_serve_the_same_broker() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = porchlight_broker::Config::for_tests(dir.path().join("data"));
+    config.listen = vec![
+        "127.0.0.1:0".parse().expect("addr"),
+        "127.0.0.1:0".parse().expect("addr"),
+    ];
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let server = porchlight_broker::Server::bind(config, shutdown.clone())
+        .await
+        .expect("bind");
+    let addrs = server.local_addrs();
+    assert_eq!(addrs.len(), 2);
+    let run = tokio::spawn(server.run());
+    let mut s = RawClient::connect(addrs[0], Protocol::V311, "on-first").await;
+    s.subscribe("across", q(0)).await;
+    let mut p = RawClient::connect(addrs[1], Protocol::V5, "on-second").await;
+    p.publish("across", q(0), 0, b"hi").await;
+    assert_eq!(&s.expect_publish().await.payload[..], b"hi");
+    shutdown.cancel();
+    run.await.expect("server");
 }
 
 #[test]

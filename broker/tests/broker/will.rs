@@ -135,3 +135,27 @@ async fn will_delay_longer_than_session_expiry_fires_at_session_end() {
     assert_eq!(&w.expect_publish().await.topic, "will/ends");
     b.stop().await;
 }
+
+#[tokio::test]
+async fn will_keeps_its_qos_and_retain_flag() {
+    let b = TestBroker::start().await;
+    let mut c = with_will(Protocol::V311, "retainer", None, 0);
+    if let Some(w) = c.will.as_mut() {
+        w.retain = true;
+        w.qos = q(2);
+    }
+    let (client, _) = RawClient::connect_with(b.addr, c).await;
+    drop(client);
+    // A subscriber arriving later still gets it: it was retained.
+    let mut late = RawClient::connect(b.addr, Protocol::V311, "late-watcher").await;
+    wait_until("will retained", || {
+        porchlight_broker::metrics::Metrics::get(&b.broker.metrics.retained) == 1
+    })
+    .await;
+    late.subscribe("will/#", q(2)).await;
+    let got = late.expect_publish().await;
+    assert_eq!(&got.topic, "will/retainer");
+    assert!(got.retain);
+    assert_eq!(got.qos, porchlight_broker::codec::QoS::ExactlyOnce);
+    b.stop().await;
+}
