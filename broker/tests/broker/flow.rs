@@ -91,16 +91,7 @@ async fn redelivery_on_resume_respects_the_new_receive_maximum() {
     }
     drop(s);
     c.properties.receive_maximum = Some(1);
-    wait_until("offline", || {
-        b.broker
-            .registry
-            .get(&porchlight_broker::ids::SessionKey {
-                tenant: porchlight_broker::ids::TenantId::default_tenant(),
-                client: porchlight_broker::ids::ClientId::new("resume-rm"),
-            })
-            .is_some_and(|s| !s.is_online())
-    })
-    .await;
+    b.wait_offline("resume-rm").await;
     let (mut s, ack) = RawClient::connect_with(b.addr, c).await;
     assert!(ack.session_present);
     for expected in first {

@@ -3,17 +3,9 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use porchlight_broker::codec::{reason, Packet, Protocol};
-use porchlight_broker::ids::{ClientId, SessionKey, TenantId};
 use porchlight_broker::metrics::DropReason;
 
 use crate::support::*;
-
-fn key(id: &str) -> SessionKey {
-    SessionKey {
-        tenant: TenantId::default_tenant(),
-        client: ClientId::new(id),
-    }
-}
 
 #[tokio::test]
 async fn sys_topics_are_published_and_hidden_from_wildcards() {
@@ -79,13 +71,7 @@ async fn queue_overflow_drops_and_counts() {
     let (mut s, _) = RawClient::connect_with(b.addr, c.clone()).await;
     s.subscribe("of", q(1)).await;
     drop(s);
-    wait_until("offline", || {
-        b.broker
-            .registry
-            .get(&key("overflow"))
-            .is_some_and(|s| !s.is_online())
-    })
-    .await;
+    b.wait_offline("overflow").await;
     let mut p = RawClient::connect(b.addr, Protocol::V311, "of-pub").await;
     for i in 0..5u8 {
         let mut m = publish("of", q(1), u16::from(i) + 1, b"");
@@ -300,9 +286,7 @@ async fn interop_with_mosquitto_clients_v311_and_v5() {
             .spawn()
             .expect("mosquitto_sub");
         wait_until("mosquitto_sub subscribed", || {
-            b.broker
-                .registry
-                .get(&key(&id))
+            b.session(&id)
                 .is_some_and(|s| s.lock().subscriptions.contains_key(&topic))
         })
         .await;

@@ -53,16 +53,7 @@ async fn offline_messages_are_queued_in_order_and_inflight_redelivered_with_dup(
         assert!(!first.dup);
         // Drop the connection without acknowledging.
         drop(s);
-        wait_until("session offline", || {
-            b.broker
-                .registry
-                .get(&porchlight_broker::ids::SessionKey {
-                    tenant: porchlight_broker::ids::TenantId::default_tenant(),
-                    client: porchlight_broker::ids::ClientId::new(id.as_str()),
-                })
-                .is_some_and(|s| !s.is_online())
-        })
-        .await;
+        b.wait_offline(&id).await;
         for payload in [&b"second"[..], b"third"] {
             let mut m = publish("q/2", q(1), 2, b"");
             m.payload = bytes::Bytes::copy_from_slice(payload);
@@ -134,11 +125,7 @@ async fn v5_session_expiry_ends_the_session() {
     c.properties.session_expiry_interval = Some(1);
     let (s, _) = RawClient::connect_with(b.addr, c.clone()).await;
     drop(s);
-    let key = porchlight_broker::ids::SessionKey {
-        tenant: porchlight_broker::ids::TenantId::default_tenant(),
-        client: porchlight_broker::ids::ClientId::new("short"),
-    };
-    wait_until("session expired", || b.broker.registry.get(&key).is_none()).await;
+    wait_until("session expired", || b.session("short").is_none()).await;
     let (_s, ack) = RawClient::connect_with(b.addr, c).await;
     assert!(!ack.session_present);
     b.stop().await;
@@ -197,14 +184,7 @@ async fn rumqttc_v4_persistent_session_resumes() {
         .expect("subscribe");
     s.suback().await;
     s.client.disconnect().await.expect("disconnect");
-    let key = porchlight_broker::ids::SessionKey {
-        tenant: porchlight_broker::ids::TenantId::default_tenant(),
-        client: porchlight_broker::ids::ClientId::new("rumq-persist"),
-    };
-    wait_until("offline", || {
-        b.broker.registry.get(&key).is_some_and(|s| !s.is_online())
-    })
-    .await;
+    b.wait_offline("rumq-persist").await;
     let mut p = RawClient::connect(b.addr, Protocol::V311, "rp2").await;
     p.publish("persist/1", q(1), 1, b"while away").await;
     assert!(matches!(p.recv().await, Some(Packet::PubAck(_))));

@@ -64,6 +64,19 @@ impl TestBroker {
         }
     }
 
+    /// The session of `client_id` in the default tenant, if it exists.
+    pub fn session(&self, client_id: &str) -> Option<Arc<porchlight_broker::session::Session>> {
+        self.broker.registry.get(&session_key(client_id))
+    }
+
+    /// Waits until the session of `client_id` exists with no connection.
+    pub async fn wait_offline(&self, client_id: &str) {
+        wait_until(&format!("{client_id} offline"), || {
+            self.session(client_id).is_some_and(|s| !s.is_online())
+        })
+        .await;
+    }
+
     /// Starts shutdown and waits for the server to finish.
     pub async fn stop(self) {
         self.shutdown.cancel();
@@ -71,6 +84,14 @@ impl TestBroker {
             .await
             .expect("server stops within the grace period")
             .expect("server task");
+    }
+}
+
+/// The key of `client_id` in the default tenant.
+pub fn session_key(client_id: &str) -> porchlight_broker::ids::SessionKey {
+    porchlight_broker::ids::SessionKey {
+        tenant: porchlight_broker::ids::TenantId::default_tenant(),
+        client: porchlight_broker::ids::ClientId::new(client_id),
     }
 }
 
