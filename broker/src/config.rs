@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, ValueEnum};
 
 use crate::error::BrokerError;
 
@@ -32,9 +32,6 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Parser)]
 #[command(name = "porchlight", version, about)]
 pub struct Cli {
-    #[command(subcommand)]
-    pub command: Option<Command>,
-
     /// Address to accept MQTT over TCP on; repeat for several.
     #[arg(
         long = "listen",
@@ -221,12 +218,6 @@ pub struct Cli {
     pub shutdown_grace: u64,
 }
 
-#[derive(Debug, Clone, Subcommand)]
-pub enum Command {
-    /// Run the broker (the default when no subcommand is given).
-    Run,
-}
-
 /// The validated configuration, shared as `Arc<Config>`.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -357,6 +348,26 @@ mod tests {
         let c = Cli::parse_from(["porchlight"]).validate().expect("valid");
         assert_eq!(c.listen, vec!["0.0.0.0:1883".parse().expect("addr")]);
         assert!(c.max_packet_size > 1024 * 1024, "a 1 MiB payload must fit");
+    }
+
+    #[test]
+    fn listen_repeats_and_splits_and_sys_topics_turn_off() {
+        let c = Cli::parse_from([
+            "porchlight",
+            "--listen",
+            "127.0.0.1:1,127.0.0.1:2",
+            "--listen",
+            "[::1]:3",
+            "--no-sys-topics",
+        ])
+        .validate()
+        .expect("valid");
+        assert_eq!(c.listen.len(), 3);
+        assert_eq!(c.sys_interval, None);
+        let c = Cli::parse_from(["porchlight", "--sys-interval", "5"])
+            .validate()
+            .expect("valid");
+        assert_eq!(c.sys_interval, Some(Duration::from_secs(5)));
     }
 
     #[test]

@@ -15,9 +15,9 @@ use tracing::debug;
 
 use crate::broker::Broker;
 use crate::codec::{self, reason, ConnAck, Connect, DecodeError, Packet, Properties, Protocol};
-use crate::connection::Conn;
+use crate::connection::{count_bytes, Conn};
 use crate::ids::{ClientId, ConnectionId, SessionKey, TenantId};
-use crate::metrics::BadPacket;
+use crate::metrics::{BadPacket, Metrics};
 use crate::registry::PendingWill;
 use crate::session::Owner;
 use crate::topic;
@@ -25,7 +25,9 @@ use crate::transport::Transport;
 
 enum FirstError {
     Io,
-    Decode(DecodeError),
+    /// The decode error, and the protocol level if the bytes were a CONNECT
+    /// that got as far as naming it.
+    Decode(DecodeError, Option<u8>),
 }
 
 async fn read_first<S: AsyncRead + AsyncWrite + Unpin>(
@@ -33,6 +35,7 @@ async fn read_first<S: AsyncRead + AsyncWrite + Unpin>(
     max: usize,
 ) -> Result<Packet, FirstError> {
     loop {
+        let level = codec::peek_connect_level(&io.rbuf);
         match codec::decode(&mut io.rbuf, None, max) {
             Ok(Some(p)) => return Ok(p),
             Ok(None) => {
@@ -44,17 +47,19 @@ async fn read_first<S: AsyncRead + AsyncWrite + Unpin>(
                     Ok(_) => {}
                 }
             }
-            Err(e) => return Err(FirstError::Decode(e)),
+            Err(e) => return Err(FirstError::Decode(e, level)),
         }
     }
 }
 
+/// Answers CONNECT with a refusal and closes.
 async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(
     mut io: Transport<S>,
     protocol: Protocol,
     code: u8,
     why: &'static str,
     client_max_packet: usize,
+    metrics: &Metrics,
 ) {
     debug!(code, why, "Connection refused");
     let mut properties = Properties::default();
@@ -70,6 +75,7 @@ async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(
     codec::encode(&ack, protocol, &mut io.wbuf);
     let _ = tokio::time::timeout(Duration::from_secs(2), io.flush_all()).await;
     io.shutdown().await;
+    count_bytes(&mut io, metrics);
 }
 
 /// Assigned client ids: unique per process run and across runs.
@@ -107,25 +113,44 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
             return None;
         }
         Ok(Err(FirstError::Io)) => return None,
-        Ok(Err(FirstError::Decode(e))) => {
+        Ok(Err(FirstError::Decode(e, level))) => {
             debug!(error = %e, "Bad first packet");
-            if let DecodeError::UnsupportedProtocol { level, .. } = e {
-                metrics.bad_packet(BadPacket::UnsupportedProtocol);
-                let p = if level == 5 {
-                    Protocol::V5
-                } else {
-                    Protocol::V311
-                };
-                refuse(
-                    io,
-                    p,
-                    reason::UNSUPPORTED_PROTOCOL_VERSION,
-                    "unsupported protocol",
-                    usize::MAX,
-                )
-                .await;
-            } else {
-                metrics.bad_packet(crate::connection::Close::from_decode(&e).bad?);
+            let close = crate::connection::Close::from_decode(&e);
+            if let Some(bad) = close.bad {
+                metrics.bad_packet(bad);
+            }
+            match (e, level) {
+                (DecodeError::UnsupportedProtocol { level, .. }, _) => {
+                    let p = if level == 5 {
+                        Protocol::V5
+                    } else {
+                        Protocol::V311
+                    };
+                    let why = "unsupported protocol";
+                    refuse(
+                        io,
+                        p,
+                        reason::UNSUPPORTED_PROTOCOL_VERSION,
+                        why,
+                        usize::MAX,
+                        metrics,
+                    )
+                    .await;
+                }
+                // A v5 CONNECT that named its level: it may get a CONNACK with
+                // the reason (MQTT 5, 4.13.1); 3.1.1 says just close.
+                (e, Some(5)) => {
+                    refuse(
+                        io,
+                        Protocol::V5,
+                        e.reason(),
+                        "malformed CONNECT",
+                        usize::MAX,
+                        metrics,
+                    )
+                    .await;
+                }
+                _ => {}
             }
             return None;
         }
@@ -152,6 +177,7 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
             reason::QUOTA_EXCEEDED,
             "connection limit reached",
             max_out,
+            metrics,
         )
         .await;
         return None;
@@ -163,6 +189,7 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
             reason::SERVER_UNAVAILABLE,
             "server shutting down",
             max_out,
+            metrics,
         )
         .await;
         return None;
@@ -175,6 +202,7 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
             reason::BAD_AUTHENTICATION_METHOD,
             "no enhanced authentication configured",
             max_out,
+            metrics,
         )
         .await;
         return None;
@@ -191,6 +219,7 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
                 reason::CLIENT_IDENTIFIER_NOT_VALID,
                 "empty client id needs clean session",
                 max_out,
+                metrics,
             )
             .await;
             return None;
@@ -206,6 +235,7 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
             reason::CLIENT_IDENTIFIER_NOT_VALID,
             "client id too long",
             max_out,
+            metrics,
         )
         .await;
         return None;
@@ -232,6 +262,7 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
             reason::CLIENT_IDENTIFIER_NOT_VALID,
             "keepalive above --max-keepalive",
             max_out,
+            metrics,
         )
         .await;
         return None;
@@ -251,6 +282,7 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
                         reason::TOPIC_NAME_INVALID,
                         "invalid will topic",
                         max_out,
+                        metrics,
                     )
                     .await;
                 }
@@ -264,6 +296,7 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
                     reason::NOT_AUTHORIZED,
                     "will topic is reserved",
                     max_out,
+                    metrics,
                 )
                 .await;
                 return None;
@@ -277,6 +310,7 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
                     reason::PAYLOAD_FORMAT_INVALID,
                     "will payload is not UTF-8",
                     max_out,
+                    metrics,
                 )
                 .await;
                 return None;
@@ -348,6 +382,7 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         kick,
         done,
         overflowed: false,
+        problem_info: c.properties.request_problem_information != Some(0),
     };
     conn.send(&Packet::ConnAck(ConnAck {
         session_present: present,
@@ -355,6 +390,7 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         properties: props,
     }));
     metrics.inc(&metrics.connections_total);
+    metrics.inc(&metrics.clients_connected);
     debug!(client = %conn.key.client, ?p, present, keep_alive, "Client connected");
     Some(conn)
 }

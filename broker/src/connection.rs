@@ -99,6 +99,9 @@ pub struct Conn<S> {
     /// Cancelled on takeover; a child of the node's shutdown token.
     pub kick: CancellationToken,
     pub done: CancellationToken,
+    /// MQTT 5 Request Problem Information: when false, no reason strings
+    /// on anything but CONNACK, PUBLISH and DISCONNECT (MQTT-3.1.2-29).
+    pub problem_info: bool,
     /// Set when a publish from this client found a full subscriber queue:
     /// the connection yields before reading more, so the runtime spends
     /// its time draining queues rather than accepting messages it drops.
@@ -113,7 +116,13 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let id = ConnectionId::next();
-    let span = tracing::debug_span!("conn", %peer, conn = %id, client = tracing::field::Empty);
+    let span = tracing::debug_span!(
+        "conn",
+        %peer,
+        conn = %id,
+        tenant = tracing::field::Empty,
+        client = tracing::field::Empty
+    );
     let metrics = broker.metrics.clone();
     async move {
         let io = Transport::new(stream);
@@ -123,7 +132,9 @@ where
         let Some(conn) = handshake.await else {
             return;
         };
-        tracing::Span::current().record("client", tracing::field::display(&conn.key.client));
+        let span = tracing::Span::current();
+        span.record("tenant", tracing::field::display(&conn.key.tenant));
+        span.record("client", tracing::field::display(&conn.key.client));
         conn.run().await;
     }
     .instrument(span)
@@ -194,9 +205,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     };
                 }
                 ev = self.io.ready(room) => match ev {
-                    Ok(IoEvent::Read(n)) => {
-                        self.broker.metrics.add(&self.broker.metrics.bytes_received, n as u64);
-                    }
+                    Ok(IoEvent::Read(_)) => {}
                     Ok(IoEvent::Wrote) => {
                         // While we are not reading (the client is behind on
                         // our output), its progress reading counts as life.
@@ -228,13 +237,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         Some(tokio::time::Instant::from_std(self.last_seen + grace))
     }
 
+    /// Moves the transport's byte counts into the metrics.
     pub fn count_written(&mut self) {
-        let n = self.io.take_written();
-        if n > 0 {
-            self.broker
-                .metrics
-                .add(&self.broker.metrics.bytes_sent, n as u64);
-        }
+        count_bytes(&mut self.io, &self.broker.metrics);
     }
 
     /// Appends a packet to the output buffer.
@@ -272,6 +277,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         let will = if close.will { self.will.take() } else { None };
         self.broker.registry.detach(&self.session, self.id, will);
         self.done.cancel();
+        self.broker
+            .metrics
+            .dec(&self.broker.metrics.clients_connected);
+    }
+}
+
+/// Adds a transport's read and written byte counts to the metrics.
+pub fn count_bytes<S: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut Transport<S>,
+    metrics: &crate::metrics::Metrics,
+) {
+    let (r, w) = (io.take_read(), io.take_written());
+    if r > 0 {
+        metrics.add(&metrics.bytes_received, r as u64);
+    }
+    if w > 0 {
+        metrics.add(&metrics.bytes_sent, w as u64);
     }
 }
 

@@ -183,17 +183,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             }
             self.overflowed |= outcome.overflowed;
         }
+        let mut ack = Ack::new(p.packet_id, code);
+        if code >= 0x80 {
+            ack.properties = self.problem(code);
+        }
         match p.qos {
             QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => self.send(&Packet::PubAck(Ack::new(p.packet_id, code))),
+            QoS::AtLeastOnce => self.send_fitted(Packet::PubAck(ack)),
             QoS::ExactlyOnce => {
                 if code < 0x80 {
                     self.session.lock().incoming_qos2.insert(p.packet_id);
                 }
-                self.send(&Packet::PubRec(Ack::new(p.packet_id, code)));
+                self.send_fitted(Packet::PubRec(ack));
             }
         }
         Ok(())
+    }
+
+    /// A Reason String for a failure, unless the client asked for none.
+    fn problem(&self, code: u8) -> Properties {
+        Properties {
+            reason_string: (self.protocol.is_v5() && self.problem_info)
+                .then(|| reason::text(code).to_owned()),
+            ..Properties::default()
+        }
     }
 
     fn on_puback(&mut self, id: u16) {
@@ -290,10 +303,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 }
             }
         }
-        self.send(&Packet::SubAck(SubAck {
+        let properties = match reasons.iter().find(|r| **r >= 0x80) {
+            Some(code) => self.problem(*code),
+            None => Properties::default(),
+        };
+        self.send_fitted(Packet::SubAck(SubAck {
             packet_id: s.packet_id,
             reasons,
-            properties: Properties::default(),
+            properties,
         }));
         // Retained messages follow the SUBACK.
         for d in retained {

@@ -10,12 +10,22 @@ use porchlight_broker::Server;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
-/// Exit code for a configuration error (EX_CONFIG is 78; sysexits' EX_USAGE
-/// is 64, which linkerd2-proxy uses for bad configuration).
+/// Exit code for any configuration error, from clap or from validation
+/// (sysexits' EX_USAGE, as linkerd2-proxy uses for bad configuration).
 const EXIT_CONFIG: u8 = 64;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            let _ = e.print();
+            return match e.kind() {
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => ExitCode::SUCCESS,
+                _ => ExitCode::from(EXIT_CONFIG),
+            };
+        }
+    };
     let config = match cli.validate() {
         Ok(c) => c,
         Err(e) => {

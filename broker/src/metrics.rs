@@ -7,7 +7,10 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// Open TCP connections, including those still in the CONNECT handshake.
 pub const CONNECTIONS_CURRENT: &str = "porchlight_connections";
+/// Clients past CONNACK.
+pub const CLIENTS_CONNECTED: &str = "porchlight_clients_connected";
 pub const CONNECTIONS_TOTAL: &str = "porchlight_connections_total";
 pub const CONNECTIONS_REFUSED: &str = "porchlight_connections_refused_total";
 pub const MESSAGES_RECEIVED: &str = "porchlight_messages_received_total";
@@ -28,19 +31,17 @@ pub enum DropReason {
     PacketTooLarge,
     /// Its Message Expiry Interval ran out before delivery.
     Expired,
-    /// A QoS 0 message for a client whose send buffer was full.
-    SlowConsumer,
+
     /// Shared-subscription messages of an ended session with no other
     /// member to take them.
     SessionEnded,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 5] = [
+    pub const ALL: [DropReason; 4] = [
         DropReason::QueueFull,
         DropReason::PacketTooLarge,
         DropReason::Expired,
-        DropReason::SlowConsumer,
         DropReason::SessionEnded,
     ];
 
@@ -49,7 +50,7 @@ impl DropReason {
             DropReason::QueueFull => "queue_full",
             DropReason::PacketTooLarge => "packet_too_large",
             DropReason::Expired => "expired",
-            DropReason::SlowConsumer => "slow_consumer",
+
             DropReason::SessionEnded => "session_ended",
         }
     }
@@ -100,6 +101,7 @@ impl BadPacket {
 #[derive(Debug, Default)]
 pub struct Metrics {
     pub connections_current: AtomicU64,
+    pub clients_connected: AtomicU64,
     pub connections_total: AtomicU64,
     pub connections_refused: AtomicU64,
     pub messages_received: AtomicU64,
@@ -108,7 +110,7 @@ pub struct Metrics {
     pub bytes_sent: AtomicU64,
     pub retained: AtomicU64,
     pub sessions: AtomicU64,
-    dropped: [AtomicU64; 5],
+    dropped: [AtomicU64; 4],
     bad_packets: [AtomicU64; 9],
 }
 
@@ -149,13 +151,15 @@ impl Metrics {
         c.load(Ordering::Relaxed)
     }
 
-    /// Prometheus text exposition of every counter.
+    /// Prometheus text exposition of every counter (served by the admin
+    /// API; `$SYS` publishes the same values).
     pub fn render(&self) -> String {
         use std::fmt::Write;
         let mut s = String::new();
         let g = Self::get;
         for (name, v) in [
             (CONNECTIONS_CURRENT, g(&self.connections_current)),
+            (CLIENTS_CONNECTED, g(&self.clients_connected)),
             (CONNECTIONS_TOTAL, g(&self.connections_total)),
             (CONNECTIONS_REFUSED, g(&self.connections_refused)),
             (MESSAGES_RECEIVED, g(&self.messages_received)),
@@ -184,5 +188,26 @@ impl Metrics {
             );
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_names_every_counter_with_bounded_labels() {
+        let m = Metrics::default();
+        m.inc(&m.messages_received);
+        m.dropped(DropReason::QueueFull);
+        m.bad_packet(BadPacket::Malformed);
+        let text = m.render();
+        assert!(
+            text.contains("porchlight_messages_received_total 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("porchlight_messages_dropped_total{reason=\"queue_full\"} 1\n"));
+        assert!(text.contains("porchlight_bad_packets_total{kind=\"malformed\"} 1\n"));
+        assert!(text.contains("porchlight_bad_packets_total{kind=\"too_large\"} 0\n"));
     }
 }

@@ -223,6 +223,56 @@ impl Router {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{Properties, QoS, SubscriptionOptions};
+    use crate::ids::{ClientId, SessionKey, TenantId};
+    use crate::topic::parse_filter;
+
+    fn session(name: &str) -> Arc<Session> {
+        Arc::new(Session::new(
+            SessionKey {
+                tenant: TenantId::default_tenant(),
+                client: ClientId::new(name),
+            },
+            0,
+        ))
+    }
+
+    #[test]
+    fn one_decoded_payload_is_shared_by_every_delivery() {
+        let config = Arc::new(Config::for_tests(std::env::temp_dir()));
+        let router = Router::new(config.clone(), Arc::new(Metrics::default()));
+        let (a, b) = (session("a"), session("b"));
+        for s in [&a, &b] {
+            let f = parse_filter("t/#", config.topic_limits()).expect("filter");
+            router.subscribe(
+                s,
+                "t/#",
+                &f,
+                SubscriptionOptions::new(QoS::AtLeastOnce),
+                None,
+            );
+        }
+        let msg = Message::new(
+            TenantId::default_tenant(),
+            Arc::from("t/x"),
+            bytes::Bytes::from(vec![7u8; 1024]),
+            QoS::AtLeastOnce,
+            false,
+            &Properties::default(),
+            None,
+        );
+        let out = router.publish(Arc::new(msg));
+        assert_eq!(out.queued, 2);
+        let da = a.lock().queue.pop_front().expect("a got it");
+        let db = b.lock().queue.pop_front().expect("b got it");
+        assert!(Arc::ptr_eq(&da.msg, &db.msg), "one message, not copies");
+        assert_eq!(da.msg.payload.as_ptr(), db.msg.payload.as_ptr());
+    }
+}
+
 /// What one publish did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct PublishOutcome {

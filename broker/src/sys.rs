@@ -13,7 +13,7 @@ use crate::broker::Broker;
 use crate::codec::{Properties, QoS};
 use crate::ids::TenantId;
 use crate::message::Message;
-use crate::metrics::Metrics;
+use crate::metrics::{BadPacket, DropReason, Metrics};
 
 /// Publishes the current statistics once.
 pub fn publish_stats(broker: &Broker) {
@@ -23,7 +23,7 @@ pub fn publish_stats(broker: &Broker) {
     let values: [(&str, String); 9] = [
         ("version", env!("CARGO_PKG_VERSION").to_owned()),
         ("uptime", format!("{uptime} seconds")),
-        ("clients/connected", g(&m.connections_current).to_string()),
+        ("clients/connected", g(&m.clients_connected).to_string()),
         ("clients/total", broker.registry.len().to_string()),
         ("messages/received", g(&m.messages_received).to_string()),
         ("messages/sent", g(&m.messages_sent).to_string()),
@@ -31,6 +31,22 @@ pub fn publish_stats(broker: &Broker) {
         ("bytes/sent", g(&m.bytes_sent).to_string()),
         ("retained messages/count", g(&m.retained).to_string()),
     ];
+    let mut values: Vec<(String, String)> =
+        values.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+    // The counters operators need before the admin API exists: every
+    // drop and every bad packet, by reason.
+    for r in DropReason::ALL {
+        values.push((
+            format!("messages/dropped/{}", r.label()),
+            m.dropped_count(r).to_string(),
+        ));
+    }
+    for k in BadPacket::ALL {
+        values.push((
+            format!("packets/bad/{}", k.label()),
+            m.bad_packet_count(k).to_string(),
+        ));
+    }
     for (name, value) in values {
         let msg = Message::new(
             TenantId::default_tenant(),

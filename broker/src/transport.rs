@@ -42,6 +42,8 @@ pub struct Transport<S> {
     needs_flush: bool,
     /// Bytes written since the last `take_written`.
     written: usize,
+    /// Bytes read since the last `take_read`.
+    read: usize,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Transport<S> {
@@ -52,11 +54,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Transport<S> {
             wbuf: BytesMut::new(),
             needs_flush: false,
             written: 0,
+            read: 0,
         }
     }
 
     pub fn take_written(&mut self) -> usize {
         std::mem::take(&mut self.written)
+    }
+
+    pub fn take_read(&mut self) -> usize {
+        std::mem::take(&mut self.read)
     }
 
     /// Makes room for a packet of `frame_len` bytes whose header is
@@ -124,12 +131,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Transport<S> {
 
     fn poll_read(&mut self, cx: &mut std::task::Context<'_>) -> Poll<io::Result<usize>> {
         if self.rbuf.capacity() - self.rbuf.len() >= STACK_READ {
-            return tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.rbuf);
+            let n = ready!(tokio_util::io::poll_read_buf(
+                Pin::new(&mut self.stream),
+                cx,
+                &mut self.rbuf
+            ))?;
+            self.read += n;
+            return Poll::Ready(Ok(n));
         }
         let mut tmp = [0u8; STACK_READ];
         let mut rb = ReadBuf::new(&mut tmp);
         ready!(Pin::new(&mut self.stream).poll_read(cx, &mut rb))?;
         let n = rb.filled().len();
+        self.read += n;
         self.rbuf.extend_from_slice(rb.filled());
         if n == STACK_READ {
             // A busy stream: read straight into the buffer from now on.

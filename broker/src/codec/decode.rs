@@ -123,6 +123,18 @@ pub fn frame_len(buf: &[u8]) -> Option<usize> {
     }
 }
 
+/// The protocol level of a CONNECT at the front of `buf`, if enough of it
+/// is there; lets a refusal of a malformed CONNECT answer in the client's
+/// protocol version.
+pub fn peek_connect_level(buf: &[u8]) -> Option<u8> {
+    let (byte1, header_len, _) = frame_header(buf).ok()??;
+    if byte1 >> 4 != 1 {
+        return None;
+    }
+    let name_len = u16::from_be_bytes([*buf.get(header_len)?, *buf.get(header_len + 1)?]);
+    buf.get(header_len + 2 + usize::from(name_len)).copied()
+}
+
 /// Decodes one packet from the front of `buf`.
 ///
 /// `protocol` is the connection's negotiated level (`None` before CONNECT;

@@ -21,8 +21,8 @@ pub mod reason;
 
 use bytes::Bytes;
 
-pub use decode::frame_len;
 pub use decode::{decode, DecodeError};
+pub use decode::{frame_len, peek_connect_level};
 pub use encode::{encode, encoded_len, fit_to, write_string, write_vbi};
 pub use properties::Properties;
 

@@ -43,6 +43,22 @@ pub const MAXIMUM_CONNECT_TIME: u8 = 0xA0;
 pub const SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED: u8 = 0xA1;
 pub const WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED: u8 = 0xA2;
 
+/// A short human-readable text for a failure reason code, sent as the
+/// Reason String where the client allows it.
+pub fn text(code: u8) -> &'static str {
+    match code {
+        NO_MATCHING_SUBSCRIBERS => "no matching subscribers",
+        UNSPECIFIED_ERROR => "unspecified error",
+        NOT_AUTHORIZED => "not authorized",
+        TOPIC_FILTER_INVALID => "topic filter invalid",
+        TOPIC_NAME_INVALID => "topic name invalid",
+        PACKET_IDENTIFIER_NOT_FOUND => "packet identifier not found",
+        QUOTA_EXCEEDED => "quota exceeded",
+        PAYLOAD_FORMAT_INVALID => "payload is not valid UTF-8",
+        _ => "refused",
+    }
+}
+
 /// Maps an MQTT 5 CONNACK reason code to the nearest 3.1.1 return code
 /// (3.1.1 section 3.2.2.3 has only six).
 pub fn connack_v3(reason: u8) -> u8 {

@@ -246,6 +246,16 @@ fn strict_rejections() {
         ),
         // DISCONNECT with a body in 3.1.1
         (&[0xE0, 1, 0], v4, reason::MALFORMED_PACKET),
+        // bytes after the end of a PINGREQ
+        (&[0xC0, 1, 0], v4, reason::MALFORMED_PACKET),
+        // CONNECT with the reserved flag set
+        (
+            &[
+                0x10, 13, 0, 4, b'M', b'Q', b'T', b'T', 5, 0x03, 0, 60, 0, 0, 0,
+            ],
+            None,
+            reason::MALFORMED_PACKET,
+        ),
     ];
     for (bytes, protocol, code) in cases {
         let err = decode_bytes(bytes, protocol).expect_err("must be rejected");

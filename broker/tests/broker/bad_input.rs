@@ -52,6 +52,27 @@ const CASES: &[Case] = &[
         counted: BadPacket::Malformed,
     },
     Case {
+        name: "packet type 0",
+        connect: Some(Protocol::V5),
+        bytes: &[0x00, 0],
+        disconnect: Some(reason::MALFORMED_PACKET),
+        counted: BadPacket::Malformed,
+    },
+    Case {
+        name: "bytes after the end of a packet",
+        connect: Some(Protocol::V311),
+        bytes: &[0xC0, 1, 0],
+        disconnect: None,
+        counted: BadPacket::Malformed,
+    },
+    Case {
+        name: "QoS 0 payload that is not the UTF-8 its format indicator says",
+        connect: Some(Protocol::V5),
+        bytes: &[0x30, 8, 0, 1, b'a', 2, 0x01, 1, 0xFF, 0xFE],
+        disconnect: Some(reason::PAYLOAD_FORMAT_INVALID),
+        counted: BadPacket::ProtocolError,
+    },
+    Case {
         name: "unknown packet type",
         connect: Some(Protocol::V311),
         bytes: &[0xF0, 0],
@@ -208,6 +229,29 @@ async fn garbage_floods_do_not_disturb_the_broker() {
         c.send_bytes(&bytes).await;
         drop(c);
     }
+    broker_still_serves(&b).await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_connect_gets_connack_in_v5_and_a_close_in_v3() {
+    let b = TestBroker::start().await;
+    // Reserved CONNECT flag set: v5 is told 0x81, 3.1.1 is just closed.
+    let mut c = RawClient::open(b.addr, Protocol::V5).await;
+    c.send_bytes(&[
+        0x10, 13, 0, 4, b'M', b'Q', b'T', b'T', 5, 0x03, 0, 60, 0, 0, 0,
+    ])
+    .await;
+    match c.recv().await {
+        Some(Packet::ConnAck(a)) => assert_eq!(a.reason, reason::MALFORMED_PACKET),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(c.recv().await, None);
+    let mut c = RawClient::open(b.addr, Protocol::V311).await;
+    c.send_bytes(&[0x10, 12, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x03, 0, 60, 0, 0])
+        .await;
+    assert_eq!(c.recv().await, None);
+    assert_eq!(b.broker.metrics.bad_packet_count(BadPacket::Malformed), 2);
     broker_still_serves(&b).await;
     b.stop().await;
 }

@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use porchlight_broker::codec::{reason, Ack, Packet, Properties, Protocol, QoS};
+use porchlight_broker::codec::{reason, Ack, Packet, Protocol, QoS};
 
 use crate::support::*;
 
@@ -190,6 +190,101 @@ async fn rumqttc_v4_persistent_session_resumes() {
     assert!(matches!(p.recv().await, Some(Packet::PubAck(_))));
     let mut s = V4::connect(b.addr, "rumq-persist", false).await;
     assert_eq!(&s.next_publish().await.payload[..], b"while away");
-    let _ = Properties::default();
+
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn v311_clean_session_discards_and_is_not_kept() {
+    let b = TestBroker::start().await;
+    let (mut s, _) = RawClient::connect_with(b.addr, persistent(Protocol::V311, "v3clean")).await;
+    s.subscribe("v3/x", q(1)).await;
+    drop(s);
+    b.wait_offline("v3clean").await;
+    let (s, ack) =
+        RawClient::connect_with(b.addr, connect_packet(Protocol::V311, "v3clean", true, 60)).await;
+    assert!(
+        !ack.session_present,
+        "clean session discards the stored one"
+    );
+    drop(s);
+    wait_until("clean session ended", || b.session("v3clean").is_none()).await;
+    let (_s, ack) = RawClient::connect_with(b.addr, persistent(Protocol::V311, "v3clean")).await;
+    assert!(!ack.session_present, "and keeps nothing after it");
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn v311_persistent_session_lives_for_max_session_expiry() {
+    let b = TestBroker::with(|c| c.max_session_expiry = 1).await;
+    let (s, _) = RawClient::connect_with(b.addr, persistent(Protocol::V311, "v3life")).await;
+    drop(s);
+    b.wait_offline("v3life").await;
+    let gone_from = tokio::time::Instant::now();
+    wait_until("expired", || b.session("v3life").is_none()).await;
+    assert!(gone_from.elapsed() >= Duration::from_millis(800));
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn session_expiry_on_disconnect() {
+    let b = TestBroker::start().await;
+    // Expiry 0 at CONNECT, non-zero at DISCONNECT: protocol error.
+    let (mut c, _) =
+        RawClient::connect_with(b.addr, connect_packet(Protocol::V5, "exp0", true, 60)).await;
+    let mut d = porchlight_broker::codec::Disconnect::new(0);
+    d.properties.session_expiry_interval = Some(60);
+    c.send(&Packet::Disconnect(d)).await;
+    c.expect_disconnect(Some(reason::PROTOCOL_ERROR)).await;
+    // Non-zero at CONNECT, 0 at DISCONNECT: the session ends now.
+    let (mut c, _) = RawClient::connect_with(b.addr, persistent(Protocol::V5, "exp-now")).await;
+    let mut d = porchlight_broker::codec::Disconnect::new(0);
+    d.properties.session_expiry_interval = Some(0);
+    c.send(&Packet::Disconnect(d)).await;
+    assert_eq!(c.recv().await, None);
+    wait_until("session ended", || b.session("exp-now").is_none()).await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn qos2_publish_awaiting_pubrec_is_redelivered_with_dup() {
+    let b = TestBroker::start().await;
+    let (mut s, _) = RawClient::connect_with(b.addr, persistent(Protocol::V5, "q2dup")).await;
+    s.subscribe("q2dup", q(2)).await;
+    let mut p = RawClient::connect(b.addr, Protocol::V5, "q2dup-pub").await;
+    p.publish("q2dup", q(2), 1, b"exactly").await;
+    let first = s.expect_publish().await;
+    drop(s);
+    b.wait_offline("q2dup").await;
+    let (mut s, ack) = RawClient::connect_with(b.addr, persistent(Protocol::V5, "q2dup")).await;
+    assert!(ack.session_present);
+    let again = s.expect_publish().await;
+    assert!(again.dup);
+    assert_eq!(
+        (again.packet_id, again.qos),
+        (first.packet_id, QoS::ExactlyOnce)
+    );
+    s.send(&Packet::PubRec(Ack::new(again.packet_id, 0))).await;
+    assert!(matches!(s.recv().await, Some(Packet::PubRel(a)) if a.packet_id == first.packet_id));
+    s.send(&Packet::PubComp(Ack::new(again.packet_id, 0))).await;
+    s.expect_silence(Duration::from_millis(200)).await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn client_id_length_limit() {
+    let b = TestBroker::with(|c| c.max_client_id_length = 30).await;
+    for (protocol, code) in [
+        (Protocol::V5, reason::CLIENT_IDENTIFIER_NOT_VALID),
+        (Protocol::V311, 2),
+    ] {
+        let mut c = RawClient::open(b.addr, protocol).await;
+        let id = "x".repeat(31);
+        c.send(&Packet::Connect(Box::new(connect_packet(
+            protocol, &id, true, 60,
+        ))))
+        .await;
+        assert!(matches!(c.recv().await, Some(Packet::ConnAck(a)) if a.reason == code));
+    }
     b.stop().await;
 }

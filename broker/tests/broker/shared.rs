@@ -95,3 +95,33 @@ async fn shared_subscription_rules() {
     c.expect_disconnect(Some(reason::PROTOCOL_ERROR)).await;
     b.stop().await;
 }
+
+#[tokio::test]
+async fn queued_deliveries_of_a_persistent_member_move_when_it_disconnects() {
+    let b = TestBroker::start().await;
+    let mut c = connect_packet(Protocol::V5, "slowpoke", false, 60);
+    c.properties.session_expiry_interval = Some(60);
+    c.properties.receive_maximum = Some(1);
+    let (mut a, _) = RawClient::connect_with(b.addr, c.clone()).await;
+    a.subscribe("$share/q/jobs", q(1)).await;
+    let mut p = RawClient::connect(b.addr, Protocol::V5, "q-pub").await;
+    for id in 1..=3u16 {
+        p.publish("jobs", q(1), id, b"j").await;
+    }
+    let in_flight = a.expect_publish().await; // the other two wait in its queue
+    let mut helper = RawClient::connect(b.addr, Protocol::V5, "helper").await;
+    helper.subscribe("$share/q/jobs", q(1)).await;
+    drop(a);
+    for _ in 0..2 {
+        let m = helper.expect_publish().await;
+        helper.send(&Packet::PubAck(Ack::new(m.packet_id, 0))).await;
+    }
+    helper.expect_silence(Duration::from_millis(200)).await;
+    // The in-flight one stays with its persistent session.
+    let (mut a, ack) = RawClient::connect_with(b.addr, c).await;
+    assert!(ack.session_present);
+    let again = a.expect_publish().await;
+    assert!(again.dup);
+    assert_eq!(again.packet_id, in_flight.packet_id);
+    b.stop().await;
+}

@@ -131,8 +131,13 @@ async fn will_delay_longer_than_session_expiry_fires_at_session_end() {
     let mut w = watcher(&b).await;
     let (c, _) =
         RawClient::connect_with(b.addr, with_will(Protocol::V5, "ends", Some(600), 1)).await;
+    let dropped_at = tokio::time::Instant::now();
     drop(c);
     assert_eq!(&w.expect_publish().await.topic, "will/ends");
+    assert!(
+        dropped_at.elapsed() >= Duration::from_millis(900),
+        "the will waited for the session to end"
+    );
     b.stop().await;
 }
 
@@ -157,5 +162,21 @@ async fn will_keeps_its_qos_and_retain_flag() {
     assert_eq!(&got.topic, "will/retainer");
     assert!(got.retain);
     assert_eq!(got.qos, porchlight_broker::codec::QoS::ExactlyOnce);
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn will_without_delay_is_sent_on_takeover() {
+    let b = TestBroker::start().await;
+    let mut w = watcher(&b).await;
+    let (mut old, _) =
+        RawClient::connect_with(b.addr, with_will(Protocol::V5, "taken", None, 60)).await;
+    let mut again = connect_packet(Protocol::V5, "taken", false, 60);
+    again.properties.session_expiry_interval = Some(60);
+    let (_new, ack) = RawClient::connect_with(b.addr, again).await;
+    assert!(ack.session_present);
+    old.expect_disconnect(Some(reason::SESSION_TAKEN_OVER))
+        .await;
+    assert_eq!(&w.expect_publish().await.topic, "will/taken");
     b.stop().await;
 }
