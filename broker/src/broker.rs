@@ -1,8 +1,8 @@
 //! The broker's shared state, handed to every connection as `Arc<Broker>`.
 //!
-//! Holds the validated configuration, the metrics, the router (trie and
-//! retained store), the session registry, the root shutdown token and the
-//! task tracker. It owns no sockets: `server.rs` accepts and
+//! Holds the validated configuration, the metrics, the control state
+//! (sessions, trie, retained store), the router, the session registry, the
+//! root shutdown token and the task tracker. It owns no sockets: `server.rs` accepts and
 //! `connection.rs` serves.
 
 use std::sync::Arc;
@@ -15,11 +15,14 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::router::Router;
+use crate::state::State;
 
 #[derive(Debug)]
 pub struct Broker {
     pub config: Arc<Config>,
     pub metrics: Arc<Metrics>,
+    /// The control state: sessions, subscriptions, retained messages.
+    pub state: Arc<State>,
     pub router: Arc<Router>,
     pub registry: Registry,
     pub started_at: Instant,
@@ -33,9 +36,11 @@ pub struct Broker {
 impl Broker {
     pub fn new(config: Arc<Config>, shutdown: CancellationToken) -> Arc<Broker> {
         let metrics = Arc::new(Metrics::default());
-        let router = Arc::new(Router::new(config.clone(), metrics.clone()));
+        let state = Arc::new(State::new(metrics.clone()));
+        let router = Arc::new(Router::new(config.clone(), metrics.clone(), state.clone()));
         let tasks = TaskTracker::new();
         let registry = Registry::new(
+            state.clone(),
             router.clone(),
             metrics.clone(),
             tasks.clone(),
@@ -44,6 +49,7 @@ impl Broker {
         Arc::new(Broker {
             config,
             metrics,
+            state,
             router,
             registry,
             started_at: Instant::now(),

@@ -273,7 +273,7 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     // Will.
     let will = match c.will {
         Some(w) => {
-            if topic::validate_name(&w.topic, cfg.topic_limits()).is_err() {
+            if topic::TopicName::new(&w.topic, cfg.topic_limits()).is_err() {
                 metrics.bad_packet(BadPacket::ProtocolError);
                 if v5 {
                     refuse(

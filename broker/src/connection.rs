@@ -25,6 +25,7 @@ use crate::ids::{ConnectionId, SessionKey};
 use crate::metrics::BadPacket;
 use crate::registry::PendingWill;
 use crate::session::Session;
+use crate::topic::TopicName;
 use crate::transport::{IoEvent, Transport, WRITE_HIGH_WATER};
 
 /// How long a closing connection may take to write its last packets.
@@ -91,7 +92,7 @@ pub struct Conn<S> {
     /// The client's Maximum Packet Size (ours when it gave none).
     pub client_max_packet: usize,
     /// Inbound topic aliases (index = alias - 1).
-    pub topic_aliases: Vec<Option<Arc<str>>>,
+    pub topic_aliases: Vec<Option<TopicName>>,
     pub will: Option<PendingWill>,
     /// v5: the CONNECT had Session Expiry Interval 0, so DISCONNECT may
     /// not set a non-zero one.

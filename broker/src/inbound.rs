@@ -17,11 +17,12 @@ use crate::codec::{
     reason, Ack, Packet, Properties, Publish, QoS, RetainHandling, SubAck, Subscribe, UnsubAck,
     Unsubscribe,
 };
+use crate::command::{Applied, Command};
 use crate::connection::{Close, Conn};
 use crate::message::{Delivery, Message};
 use crate::metrics::BadPacket;
 use crate::session::{effective_qos, OutState};
-use crate::topic;
+use crate::topic::{TopicFilter, TopicName};
 
 fn protocol_error(detail: &'static str) -> Close {
     Close::protocol(reason::PROTOCOL_ERROR, BadPacket::ProtocolError, detail)
@@ -80,24 +81,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         })
     }
 
-    /// Resolves the topic of a PUBLISH, applying MQTT 5 topic aliases.
-    fn resolve_topic(&mut self, p: &Publish) -> Result<Arc<str>, Close> {
-        let Some(alias) = p.properties.topic_alias else {
-            if p.topic.is_empty() {
-                return Err(protocol_error("empty topic without topic alias"));
+    /// Resolves and validates the topic of a PUBLISH, applying MQTT 5
+    /// topic aliases (an aliased topic was validated when it was set).
+    fn resolve_topic(&mut self, p: &Publish) -> Result<TopicName, Close> {
+        let alias = match p.properties.topic_alias {
+            None if p.topic.is_empty() => {
+                return Err(protocol_error("empty topic without topic alias"))
             }
-            return Ok(Arc::from(p.topic.as_str()));
+            None => None,
+            Some(alias) if alias > self.broker.config.topic_alias_maximum => {
+                return Err(Close::protocol(
+                    reason::TOPIC_ALIAS_INVALID,
+                    BadPacket::TopicAliasInvalid,
+                    "topic alias above the maximum",
+                ));
+            }
+            // The decoder refuses alias 0, so this cannot underflow.
+            Some(alias) => Some(usize::from(alias - 1)),
         };
-        let max = self.broker.config.topic_alias_maximum;
-        if alias > max {
-            return Err(Close::protocol(
-                reason::TOPIC_ALIAS_INVALID,
-                BadPacket::TopicAliasInvalid,
-                "topic alias above the maximum",
-            ));
-        }
-        let idx = usize::from(alias - 1);
-        if p.topic.is_empty() {
+        if let (Some(idx), true) = (alias, p.topic.is_empty()) {
             return self
                 .topic_aliases
                 .get(idx)
@@ -105,11 +107,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 .flatten()
                 .ok_or_else(|| protocol_error("unknown topic alias"));
         }
-        if self.topic_aliases.len() <= idx {
-            self.topic_aliases.resize(idx + 1, None);
+        let topic = TopicName::new(&p.topic, self.broker.config.topic_limits()).map_err(|e| {
+            Close::protocol(
+                e.0,
+                BadPacket::ProtocolError,
+                "invalid topic name in PUBLISH",
+            )
+        })?;
+        if let Some(idx) = alias {
+            if self.topic_aliases.len() <= idx {
+                self.topic_aliases.resize(idx + 1, None);
+            }
+            self.topic_aliases[idx] = Some(topic.clone());
         }
-        let topic: Arc<str> = Arc::from(p.topic.as_str());
-        self.topic_aliases[idx] = Some(topic.clone());
         Ok(topic)
     }
 
@@ -121,13 +131,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             ));
         }
         let topic = self.resolve_topic(&p)?;
-        if topic::validate_name(&topic, self.broker.config.topic_limits()).is_err() {
-            return Err(Close::protocol(
-                reason::TOPIC_NAME_INVALID,
-                BadPacket::ProtocolError,
-                "invalid topic name in PUBLISH",
-            ));
-        }
         let metrics = self.broker.metrics.clone();
         metrics.inc(&metrics.messages_received);
 
@@ -152,7 +155,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
 
         let mut code = reason::SUCCESS;
-        if topic::is_reserved(&topic) {
+        if topic.is_reserved() {
             code = reason::NOT_AUTHORIZED;
         } else if p.properties.payload_format_indicator == Some(1)
             && std::str::from_utf8(&p.payload).is_err()
@@ -261,27 +264,42 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         let mut reasons = Vec::with_capacity(s.filters.len());
         let mut retained: Vec<Delivery> = Vec::new();
         for (raw, opts) in &s.filters {
-            let parsed = match topic::parse_filter(raw, limits) {
-                Ok(p) => p,
+            let filter = match TopicFilter::parse(raw, limits) {
+                Ok(f) => f,
                 Err(e) => {
                     reasons.push(e.0);
                     continue;
                 }
             };
-            if parsed.group.is_some() && opts.no_local {
+            if filter.group().is_some() && opts.no_local {
                 return Err(protocol_error("no-local on a shared subscription"));
             }
-            let exists = self.session.lock().subscriptions.contains_key(raw.as_str());
-            if !exists && self.session.lock().subscriptions.len() >= max_subs {
-                reasons.push(reason::QUOTA_EXCEEDED);
-                continue;
+            {
+                let st = self.session.lock();
+                if !st.subscriptions.contains_key(raw.as_str())
+                    && st.subscriptions.len() >= max_subs
+                {
+                    reasons.push(reason::QUOTA_EXCEEDED);
+                    continue;
+                }
             }
-            let existed = self
-                .broker
-                .router
-                .subscribe(&self.session, raw, &parsed, *opts, sub_id);
+            let shared = filter.group().is_some();
+            let applied = self.broker.state.apply(Command::Subscribe {
+                key: self.key.clone(),
+                filter: filter.clone(),
+                options: *opts,
+                id: sub_id,
+            });
+            let existed = match applied {
+                Applied::Existed(existed) => existed,
+                // The session ended under us (taken over): refuse.
+                _ => {
+                    reasons.push(reason::UNSPECIFIED_ERROR);
+                    continue;
+                }
+            };
             reasons.push(opts.qos as u8);
-            let send_retained = parsed.group.is_none()
+            let send_retained = !shared
                 && match opts.retain_handling {
                     RetainHandling::SendOnSubscribe => true,
                     RetainHandling::SendIfNew => !existed,
@@ -290,8 +308,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             if send_retained {
                 for msg in self
                     .broker
-                    .router
-                    .retained_matching(&self.session, parsed.filter)
+                    .state
+                    .retained_matching(&self.key.tenant, filter.filter())
                 {
                     retained.push(Delivery {
                         qos: effective_qos(msg.qos, opts.qos),
@@ -323,13 +341,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         let limits = self.broker.config.topic_limits();
         let mut reasons = Vec::with_capacity(u.filters.len());
         for raw in &u.filters {
-            match topic::parse_filter(raw, limits) {
-                Ok(parsed) => {
-                    let existed = self.broker.router.unsubscribe(&self.session, raw, &parsed);
-                    reasons.push(if existed {
-                        reason::SUCCESS
-                    } else {
-                        reason::NO_SUBSCRIPTION_EXISTED
+            match TopicFilter::parse(raw, limits) {
+                Ok(filter) => {
+                    let applied = self.broker.state.apply(Command::Unsubscribe {
+                        key: self.key.clone(),
+                        filter,
+                    });
+                    reasons.push(match applied {
+                        Applied::Existed(true) => reason::SUCCESS,
+                        _ => reason::NO_SUBSCRIPTION_EXISTED,
                     });
                 }
                 Err(e) => reasons.push(e.0),

@@ -9,7 +9,9 @@
 //!   - `connect.rs`: the CONNECT handshake and CONNACK.
 //!   - `inbound.rs`: packets from the client after CONNECT.
 //!   - `outbound.rs`: deliveries from the session to the client.
-//! - `registry.rs`: sessions by (tenant, client id); takeover, expiry, wills.
+//! - `state.rs` + `command.rs`: the control state (sessions, subscriptions,
+//!   retained) and the commands that alone change it.
+//! - `registry.rs`: session ownership by connections; takeover, expiry, wills.
 //! - `session.rs`: one session's subscriptions, queue and in-flight state.
 //! - `router.rs`: publish fan-out; `trie.rs` matches, `retained.rs` retains.
 //! - `message.rs`, `topic.rs`, `ids.rs`: the nouns.
@@ -19,6 +21,7 @@
 
 pub mod broker;
 pub mod codec;
+pub mod command;
 pub mod config;
 pub mod connect;
 pub mod connection;
@@ -33,6 +36,7 @@ pub mod retained;
 pub mod router;
 pub mod server;
 pub mod session;
+pub mod state;
 pub mod sys;
 pub mod topic;
 pub mod transport;

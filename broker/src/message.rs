@@ -13,12 +13,13 @@ use bytes::{Bytes, BytesMut};
 
 use crate::codec::{Properties, QoS};
 use crate::ids::{ClientId, TenantId};
+use crate::topic::TopicName;
 
 /// An application message as the broker routes and stores it.
 #[derive(Debug)]
 pub struct Message {
     pub tenant: TenantId,
-    pub topic: Arc<str>,
+    pub topic: TopicName,
     pub payload: Bytes,
     /// QoS the publisher used; a delivery gets min(this, subscription QoS).
     pub qos: QoS,
@@ -39,7 +40,7 @@ impl Message {
     /// properties that travel with it.
     pub fn new(
         tenant: TenantId,
-        topic: Arc<str>,
+        topic: TopicName,
         payload: Bytes,
         qos: QoS,
         retain: bool,

@@ -1,5 +1,6 @@
-//! The session registry: which sessions exist, which connection owns each,
-//! and how sessions end.
+//! The session registry: which connection owns each session, and how
+//! sessions end. The sessions themselves live in `state.rs` and change by
+//! commands; this file decides when to issue them.
 //!
 //! `attach` implements CONNECT's session rules: take over a connected
 //! client id (kick the old connection, wait for it to finish), resume or
@@ -9,34 +10,36 @@
 //! now, after its delay, or when the session ends, unless the session
 //! resumes first.
 //!
-//! Ending a session is one path, [`Registry::end_instance`], entered only
-//! after the session was marked `ended` under its own lock by whoever won
-//! the race (detach, the expiry timer, or a clean-start attach). `attach`
-//! treats an ended session as absent, so a reconnect that races a closing
-//! connection can never resume a session that is being torn down.
+//! Ending a session is one path, `end_instance`, entered only after the
+//! session was marked `ended` under its own lock by whoever won the race
+//! (detach, the expiry timer, or a clean-start attach); it applies
+//! `DeleteSession`. `PutSession` never returns an ended session, so a
+//! reconnect that races a closing connection can never resume a session
+//! that is being torn down.
 //!
 //! Shared subscriptions (MQTT 5, 4.8.2): deliveries still queued (not yet
 //! sent) go to another member whenever a member disconnects; in-flight
 //! QoS 1 messages go to another member when the session ends; in-flight
 //! QoS 2 messages never go to anyone else (MQTT-4.8.2-5).
 //!
-//! Lock order: a registry shard (DashMap entry) may be held while taking a
-//! session mutex, never the other way round.
+//! Lock order: as in `state.rs` (session-map shard, session mutex, trie).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dashmap::DashMap;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
 
 use crate::codec::{QoS, Will};
+use crate::command::{Applied, Command};
 use crate::ids::{ConnectionId, SessionKey};
 use crate::message::{Delivery, Message};
 use crate::metrics::{DropReason, Metrics};
 use crate::router::Router;
 use crate::session::{OutState, Owner, Session};
+use crate::state::State;
+use crate::topic::TopicName;
 
 /// How long a taking-over connection waits for the old one to close. It
 /// exceeds the 2 s a closing connection may spend flushing.
@@ -51,42 +54,38 @@ pub struct PendingWill {
     pub delay: u32,
 }
 
+/// What `attach` decided under a session's lock.
+enum Claim {
+    Retry,
+    Discard(Option<Box<Will>>),
+    Claimed { resumed: bool },
+}
+
 /// Cheap to clone: timer tasks carry their own handle.
 #[derive(Debug, Clone)]
 pub struct Registry {
+    state: Arc<State>,
     router: Arc<Router>,
     metrics: Arc<Metrics>,
-    sessions: Arc<DashMap<SessionKey, Arc<Session>>>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
 }
 
 impl Registry {
     pub fn new(
+        state: Arc<State>,
         router: Arc<Router>,
         metrics: Arc<Metrics>,
         tasks: TaskTracker,
         shutdown: CancellationToken,
     ) -> Registry {
         Registry {
+            state,
             router,
             metrics,
-            sessions: Arc::new(DashMap::new()),
             tasks,
             shutdown,
         }
-    }
-
-    pub fn get(&self, key: &SessionKey) -> Option<Arc<Session>> {
-        self.sessions.get(key).map(|s| s.clone())
-    }
-
-    pub fn len(&self) -> usize {
-        self.sessions.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.sessions.is_empty()
     }
 
     /// Attaches a new connection to the session of `key`. Returns the
@@ -102,65 +101,59 @@ impl Registry {
         loop {
             // Kick whoever owns the session now and wait for them to
             // finish closing (their `detach` runs before `done`).
-            let current = self.get(&key).and_then(|s| s.lock().owner.clone());
+            let current = self
+                .state
+                .session(&key)
+                .and_then(|s| s.lock().owner.clone());
             if let Some(old) = current {
                 debug!(session = %key, old = %old.conn, new = %owner.conn, "Taking over session");
                 old.kick.cancel();
                 let left = deadline.saturating_duration_since(Instant::now());
                 let _ = tokio::time::timeout(left, old.done.cancelled()).await;
             }
-            let mut discarded = None;
-            let claimed = {
-                let fresh = || {
-                    let s = Arc::new(Session::new(key.clone(), expiry_interval));
-                    s.lock().owner = Some(owner.clone());
-                    s.set_online(true);
-                    s
-                };
-                let mut entry = self.sessions.entry(key.clone()).or_insert_with(|| {
-                    self.metrics.inc(&self.metrics.sessions);
-                    Arc::new(Session::new(key.clone(), expiry_interval))
-                });
-                let session = entry.value().clone();
+            let put = self.state.apply(Command::PutSession {
+                key: key.clone(),
+                expiry_interval,
+            });
+            let Applied::Session { session, .. } = put else {
+                // The previous instance is being torn down by whoever
+                // ended it; that finishes without waiting on anything.
+                tokio::task::yield_now().await;
+                continue;
+            };
+            // Decide under the session's lock; act after releasing it.
+            let decision = {
                 let mut st = session.lock();
-                if st.ended {
-                    // Being torn down by its own ender: start afresh.
-                    drop(st);
-                    let s = fresh();
-                    *entry.value_mut() = s.clone();
-                    Some((s, false))
-                } else if st.owner.is_some() && Instant::now() < deadline {
-                    None // someone attached meanwhile: kick them too
-                } else if clean_start && (st.disconnected_at.is_some() || st.owner.is_some()) {
-                    // Clean start ends the previous session.
-                    st.ended = true;
-                    st.owner = None;
-                    st.timers.cancel();
-                    let will = st.pending_will.take();
-                    drop(st);
-                    discarded = Some((session, will));
-                    let s = fresh();
-                    *entry.value_mut() = s.clone();
-                    Some((s, false))
+                // Ended meanwhile, or someone attached meanwhile (kick them
+                // too): try again.
+                if st.ended || (st.owner.is_some() && Instant::now() < deadline) {
+                    Claim::Retry
                 } else {
-                    let resumed = st.disconnected_at.is_some() || st.owner.is_some();
-                    st.owner = Some(owner.clone());
-                    st.disconnected_at = None;
-                    st.expiry_interval = expiry_interval;
-                    // The session resumed in time: no delayed will, no expiry.
-                    st.pending_will = None;
-                    st.timers.cancel();
-                    st.timers = CancellationToken::new();
-                    drop(st);
-                    session.set_online(true);
-                    Some((session, resumed))
+                    let existed = st.disconnected_at.is_some() || st.owner.is_some();
+                    if clean_start && existed {
+                        // Clean start ends the previous session; the next
+                        // round creates a fresh one.
+                        st.ended = true;
+                        st.owner = None;
+                        Claim::Discard(st.pending_will.take())
+                    } else {
+                        st.owner = Some(owner.clone());
+                        st.disconnected_at = None;
+                        // Resumed in time: no delayed will, no expiry.
+                        st.pending_will = None;
+                        st.timers.cancel();
+                        st.timers = CancellationToken::new();
+                        Claim::Claimed { resumed: existed }
+                    }
                 }
             };
-            if let Some((old, will)) = discarded {
-                self.end_instance(&old, will);
-            }
-            if let Some(result) = claimed {
-                return result;
+            match decision {
+                Claim::Retry => tokio::task::yield_now().await,
+                Claim::Discard(will) => self.end_instance(&session, will),
+                Claim::Claimed { resumed } => {
+                    session.set_online(true);
+                    return (session, resumed);
+                }
             }
         }
     }
@@ -261,20 +254,14 @@ impl Registry {
         self.end_instance(session, will);
     }
 
-    /// Tears down a session already marked `ended`: removes it from the
-    /// registry (if still there), its subscriptions from the trie, hands
-    /// shared deliveries to other members, and publishes a will that was
-    /// waiting for its delay.
+    /// Tears down a session already marked `ended`: the `DeleteSession`
+    /// command removes it and its subscriptions; shared deliveries go to
+    /// other members; a will that was waiting for its delay is published.
     fn end_instance(&self, session: &Arc<Session>, will: Option<Box<Will>>) {
-        if self
-            .sessions
-            .remove_if(&session.key, |_, s| Arc::ptr_eq(s, session))
-            .is_some()
-        {
-            self.metrics.dec(&self.metrics.sessions);
-        }
         session.lock().timers.cancel();
-        self.router.remove_all(session);
+        self.state.apply(Command::DeleteSession {
+            key: session.key.clone(),
+        });
         self.redispatch_shared(session, true);
         if let Some(will) = will {
             self.publish_will(&session.key, will);
@@ -286,7 +273,7 @@ impl Registry {
         debug!(session = %key, topic = %will.topic, "Publishing will");
         let msg = Message::new(
             key.tenant.clone(),
-            Arc::from(will.topic.as_str()),
+            TopicName::trusted(will.topic),
             will.payload,
             will.qos,
             will.retain,

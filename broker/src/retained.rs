@@ -182,12 +182,13 @@ fn walk(node: &Node, levels: &[&str], top: bool, out: &mut Vec<Arc<Message>>) {
 mod tests {
     use super::*;
     use crate::codec::{Properties, QoS};
+    use crate::topic::TopicName;
     use bytes::Bytes;
 
     fn msg(topic: &str, payload: &'static [u8]) -> Arc<Message> {
         Arc::new(Message::new(
             TenantId::default_tenant(),
-            Arc::from(topic),
+            TopicName::trusted(topic.into()),
             Bytes::from_static(payload),
             QoS::AtMostOnce,
             true,

@@ -9,50 +9,44 @@
 //! which wakes the connection. No global lock: the trie locks per node and
 //! each session has its own mutex.
 //!
-//! `subscribe` and `unsubscribe` keep the session's own subscription list
-//! and the trie in step.
+//! Subscriptions and retained messages change through `state.rs` commands;
+//! the router only reads them (and applies `Retain` for RETAIN publishes).
 
 use std::sync::Arc;
-use std::time::Instant;
 
-use crate::codec::SubscriptionOptions;
+use crate::command::Command;
 use crate::config::Config;
 use crate::ids::SessionId;
 use crate::message::{Delivery, Message, ShareRef};
 use crate::metrics::{DropReason, Metrics};
-use crate::retained::{RetainChange, RetainedStore};
-use crate::session::{effective_qos, EnqueueOutcome, Session, StoredSubscription};
-use crate::topic::ParsedFilter;
-use crate::trie::{Subscriber, SubscriptionTrie};
+use crate::session::{effective_qos, EnqueueOutcome, Session};
+use crate::state::State;
+use crate::trie::Subscriber;
 
 #[derive(Debug)]
 pub struct Router {
     config: Arc<Config>,
     metrics: Arc<Metrics>,
-    trie: SubscriptionTrie,
-    retained: RetainedStore,
+    state: Arc<State>,
 }
 
 impl Router {
-    pub fn new(config: Arc<Config>, metrics: Arc<Metrics>) -> Router {
+    pub fn new(config: Arc<Config>, metrics: Arc<Metrics>, state: Arc<State>) -> Router {
         Router {
             config,
             metrics,
-            trie: SubscriptionTrie::default(),
-            retained: RetainedStore::default(),
+            state,
         }
     }
 
     /// Routes `msg` to every matching session.
     pub fn publish(&self, msg: Arc<Message>) -> PublishOutcome {
         if msg.retain {
-            match self.retained.set(msg.clone()) {
-                RetainChange::Added => self.metrics.inc(&self.metrics.retained),
-                RetainChange::Removed => self.metrics.dec(&self.metrics.retained),
-                RetainChange::Replaced | RetainChange::Unchanged => {}
-            }
+            self.state.apply(Command::Retain {
+                message: msg.clone(),
+            });
         }
-        let mut m = self.trie.matches(&msg.tenant, &msg.topic);
+        let mut m = self.state.matches(&msg.tenant, &msg.topic);
         let mut out = PublishOutcome::default();
         // Merge overlapping subscriptions: sort by session, fold runs.
         m.direct.sort_unstable_by_key(|s| s.session.id);
@@ -118,81 +112,11 @@ impl Router {
         outcome
     }
 
-    /// Adds (or replaces) a subscription. Returns whether it existed.
-    pub fn subscribe(
-        &self,
-        session: &Arc<Session>,
-        raw: &str,
-        parsed: &ParsedFilter<'_>,
-        options: SubscriptionOptions,
-        id: Option<u32>,
-    ) -> bool {
-        let existed = {
-            let mut st = session.lock();
-            if st.ended {
-                // A connection still finishing on a session that ended:
-                // its subscription would outlive the session.
-                return false;
-            }
-            st.subscriptions
-                .insert(raw.to_owned(), StoredSubscription { options, id })
-                .is_some()
-        };
-        self.trie.subscribe(
-            &session.key.tenant,
-            parsed.filter,
-            parsed.group,
-            Subscriber {
-                session: session.clone(),
-                options,
-                id,
-            },
-        );
-        existed
-    }
-
-    /// Removes a subscription by the filter the client used. True if it
-    /// existed.
-    pub fn unsubscribe(&self, session: &Session, raw: &str, parsed: &ParsedFilter<'_>) -> bool {
-        let existed = session.lock().subscriptions.remove(raw).is_some();
-        self.trie
-            .unsubscribe(&session.key.tenant, parsed.filter, parsed.group, session.id);
-        existed
-    }
-
-    /// Removes every subscription of an ending session from the trie.
-    pub fn remove_all(&self, session: &Session) {
-        let filters: Vec<String> = session
-            .lock()
-            .subscriptions
-            .drain()
-            .map(|(f, _)| f)
-            .collect();
-        let limits = self.config.topic_limits();
-        for raw in filters {
-            if let Ok(parsed) = crate::topic::parse_filter(&raw, limits) {
-                self.trie
-                    .unsubscribe(&session.key.tenant, parsed.filter, parsed.group, session.id);
-            }
-        }
-    }
-
-    /// Retained messages for a new subscription (expired ones are purged).
-    pub fn retained_matching(&self, session: &Session, filter: &str) -> Vec<Arc<Message>> {
-        let (live, expired) = self
-            .retained
-            .matching(&session.key.tenant, filter, Instant::now());
-        for _ in 0..expired {
-            self.metrics.dec(&self.metrics.retained);
-        }
-        live
-    }
-
     /// Hands an unacknowledged shared-subscription delivery to another
     /// member of its group. False if the group has no other member.
     pub fn redispatch_shared(&self, d: Delivery, share: &ShareRef, leaving: SessionId) -> bool {
         let tenant = d.msg.tenant.clone();
-        let m = self.trie.matches(&tenant, &d.msg.topic);
+        let m = self.state.matches(&tenant, &d.msg.topic);
         let mut candidates: Vec<Subscriber> = Vec::new();
         for (sub, s) in m.shared {
             if s == *share && sub.session.id != leaving {
@@ -202,7 +126,7 @@ impl Router {
         // `matches` chose one member per group; if it chose the leaving
         // session, look for any other member through a second round.
         if candidates.is_empty() {
-            let again = self.trie.matches(&tenant, &d.msg.topic);
+            let again = self.state.matches(&tenant, &d.msg.topic);
             candidates.extend(
                 again
                     .shared
@@ -227,37 +151,42 @@ impl Router {
 mod tests {
     use super::*;
     use crate::codec::{Properties, QoS, SubscriptionOptions};
+    use crate::command::Applied;
     use crate::ids::{ClientId, SessionKey, TenantId};
-    use crate::topic::parse_filter;
+    use crate::topic::{TopicFilter, TopicName};
 
-    fn session(name: &str) -> Arc<Session> {
-        Arc::new(Session::new(
-            SessionKey {
-                tenant: TenantId::default_tenant(),
-                client: ClientId::new(name),
-            },
-            0,
-        ))
+    fn key(name: &str) -> SessionKey {
+        SessionKey {
+            tenant: TenantId::default_tenant(),
+            client: ClientId::new(name),
+        }
     }
 
     #[test]
     fn one_decoded_payload_is_shared_by_every_delivery() {
         let config = Arc::new(Config::for_tests(std::env::temp_dir()));
-        let router = Router::new(config.clone(), Arc::new(Metrics::default()));
-        let (a, b) = (session("a"), session("b"));
-        for s in [&a, &b] {
-            let f = parse_filter("t/#", config.topic_limits()).expect("filter");
-            router.subscribe(
-                s,
-                "t/#",
-                &f,
-                SubscriptionOptions::new(QoS::AtLeastOnce),
-                None,
-            );
+        let metrics = Arc::new(Metrics::default());
+        let state = Arc::new(State::new(metrics.clone()));
+        let router = Router::new(config.clone(), metrics, state.clone());
+        let mut sessions = Vec::new();
+        for name in ["a", "b"] {
+            let Applied::Session { session, .. } = state.apply(Command::PutSession {
+                key: key(name),
+                expiry_interval: 0,
+            }) else {
+                panic!("session");
+            };
+            sessions.push(session);
+            state.apply(Command::Subscribe {
+                key: key(name),
+                filter: TopicFilter::parse("t/#", config.topic_limits()).expect("filter"),
+                options: SubscriptionOptions::new(QoS::AtLeastOnce),
+                id: None,
+            });
         }
         let msg = Message::new(
             TenantId::default_tenant(),
-            Arc::from("t/x"),
+            TopicName::trusted("t/x".into()),
             bytes::Bytes::from(vec![7u8; 1024]),
             QoS::AtLeastOnce,
             false,
@@ -266,8 +195,8 @@ mod tests {
         );
         let out = router.publish(Arc::new(msg));
         assert_eq!(out.queued, 2);
-        let da = a.lock().queue.pop_front().expect("a got it");
-        let db = b.lock().queue.pop_front().expect("b got it");
+        let da = sessions[0].lock().queue.pop_front().expect("a got it");
+        let db = sessions[1].lock().queue.pop_front().expect("b got it");
         assert!(Arc::ptr_eq(&da.msg, &db.msg), "one message, not copies");
         assert_eq!(da.msg.payload.as_ptr(), db.msg.payload.as_ptr());
     }

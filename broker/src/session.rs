@@ -25,6 +25,7 @@ use crate::codec::{QoS, SubscriptionOptions, Will};
 use crate::config::QueueOverflow;
 use crate::ids::{ConnectionId, SessionId, SessionKey};
 use crate::message::Delivery;
+use crate::topic::TopicFilter;
 
 /// A subscription as stored in the session (the trie holds its own copy).
 #[derive(Debug, Clone, PartialEq)]
@@ -62,7 +63,8 @@ pub struct Owner {
 #[derive(Debug)]
 pub struct SessionState {
     /// Keyed by the filter exactly as subscribed (including `$share/g/`).
-    pub subscriptions: HashMap<String, StoredSubscription>,
+    /// Changed only by `state.rs` applying commands.
+    pub subscriptions: HashMap<TopicFilter, StoredSubscription>,
     pub queue: VecDeque<Delivery>,
     pub inflight: HashMap<u16, Inflight>,
     next_seq: u64,

@@ -14,6 +14,7 @@ use crate::codec::{Properties, QoS};
 use crate::ids::TenantId;
 use crate::message::Message;
 use crate::metrics::{BadPacket, DropReason, Metrics};
+use crate::topic::TopicName;
 
 /// Publishes the current statistics once.
 pub fn publish_stats(broker: &Broker) {
@@ -24,7 +25,7 @@ pub fn publish_stats(broker: &Broker) {
         ("version", env!("CARGO_PKG_VERSION").to_owned()),
         ("uptime", format!("{uptime} seconds")),
         ("clients/connected", g(&m.clients_connected).to_string()),
-        ("clients/total", broker.registry.len().to_string()),
+        ("clients/total", broker.state.session_count().to_string()),
         ("messages/received", g(&m.messages_received).to_string()),
         ("messages/sent", g(&m.messages_sent).to_string()),
         ("bytes/received", g(&m.bytes_received).to_string()),
@@ -50,7 +51,7 @@ pub fn publish_stats(broker: &Broker) {
     for (name, value) in values {
         let msg = Message::new(
             TenantId::default_tenant(),
-            Arc::from(format!("$SYS/broker/{name}")),
+            TopicName::trusted(format!("$SYS/broker/{name}")),
             Bytes::from(value),
             QoS::AtMostOnce,
             true,

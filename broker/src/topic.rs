@@ -5,6 +5,12 @@
 //! Callers: `inbound.rs` validates every PUBLISH topic and SUBSCRIBE filter
 //! here; `trie.rs` and `retained.rs` store the split levels.
 
+use std::borrow::Borrow;
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::ops::Deref;
+use std::sync::Arc;
+
 use crate::codec::reason;
 
 /// Limits that apply to every topic and filter (`--max-topic-length`,
@@ -19,8 +25,47 @@ pub struct TopicLimits {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TopicError(pub u8);
 
-/// Validates a PUBLISH topic name: non-empty, no wildcards, within limits.
-pub fn validate_name(topic: &str, limits: TopicLimits) -> Result<(), TopicError> {
+/// A validated topic name: non-empty, no wildcards, within the limits.
+/// Cheap to clone (shared), compared and hashed as its text.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub struct TopicName(Arc<str>);
+
+impl TopicName {
+    pub fn new(topic: &str, limits: TopicLimits) -> Result<TopicName, TopicError> {
+        validate_name(topic, limits)?;
+        Ok(TopicName(Arc::from(topic)))
+    }
+
+    /// For topics validated earlier (a will, at CONNECT) or built by the
+    /// broker itself (`$SYS/...`).
+    pub fn trusted(topic: String) -> TopicName {
+        TopicName(Arc::from(topic))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Topics clients may not publish to, directly or as a will.
+    pub fn is_reserved(&self) -> bool {
+        is_reserved(&self.0)
+    }
+}
+
+impl Deref for TopicName {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for TopicName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn validate_name(topic: &str, limits: TopicLimits) -> Result<(), TopicError> {
     if topic.is_empty() || topic.len() > limits.max_length {
         return Err(TopicError(reason::TOPIC_NAME_INVALID));
     }
@@ -39,45 +84,92 @@ pub fn is_reserved(topic: &str) -> bool {
     topic.starts_with("$SYS") || topic.starts_with("$share/")
 }
 
-/// A parsed SUBSCRIBE filter: either a plain filter or a shared one.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ParsedFilter<'a> {
-    /// The filter that is matched against topics (without `$share/g/`).
-    pub filter: &'a str,
-    /// The share group name, for `$share/{group}/{filter}`.
-    pub group: Option<&'a str>,
+/// A validated topic filter exactly as the client wrote it, with a
+/// `$share/{group}/` prefix split off. Compared and hashed as the text the
+/// client wrote, so `$share/a/x` and `x` are different subscriptions.
+#[derive(Clone, Debug)]
+pub struct TopicFilter {
+    raw: Arc<str>,
+    /// Byte range of the group name in `raw`, for shared subscriptions.
+    group: Option<(usize, usize)>,
+    /// Where the matched filter starts in `raw`.
+    filter_start: usize,
 }
 
-/// Validates a topic filter and splits off a `$share/{group}/` prefix.
-pub fn parse_filter(raw: &str, limits: TopicLimits) -> Result<ParsedFilter<'_>, TopicError> {
-    let invalid = TopicError(reason::TOPIC_FILTER_INVALID);
-    if raw.is_empty() || raw.len() > limits.max_length {
-        return Err(invalid);
-    }
-    let (filter, group) = match raw.strip_prefix("$share/") {
-        Some(rest) => {
-            let (group, filter) = rest.split_once('/').ok_or(invalid)?;
-            if group.is_empty() || group.contains(['+', '#']) || filter.is_empty() {
-                return Err(invalid);
+impl TopicFilter {
+    pub fn parse(raw: &str, limits: TopicLimits) -> Result<TopicFilter, TopicError> {
+        let invalid = TopicError(reason::TOPIC_FILTER_INVALID);
+        if raw.is_empty() || raw.len() > limits.max_length {
+            return Err(invalid);
+        }
+        let (filter_start, group) = match raw.strip_prefix(SHARE_PREFIX) {
+            Some(rest) => {
+                let (group, filter) = rest.split_once('/').ok_or(invalid)?;
+                if group.is_empty() || group.contains(['+', '#']) || filter.is_empty() {
+                    return Err(invalid);
+                }
+                let g = SHARE_PREFIX.len();
+                (g + group.len() + 1, Some((g, g + group.len())))
             }
-            (filter, Some(group))
+            None => (0, None),
+        };
+        let levels: Vec<&str> = raw[filter_start..].split('/').collect();
+        if levels.len() > limits.max_levels {
+            return Err(invalid);
         }
-        None => (raw, None),
-    };
-    let levels: Vec<&str> = filter.split('/').collect();
-    if levels.len() > limits.max_levels {
-        return Err(invalid);
-    }
-    for (i, level) in levels.iter().enumerate() {
-        match *level {
-            "#" if i + 1 == levels.len() => {}
-            "+" => {}
-            l if l.contains(['+', '#']) => return Err(invalid),
-            _ => {}
+        for (i, level) in levels.iter().enumerate() {
+            match *level {
+                "#" if i + 1 == levels.len() => {}
+                "+" => {}
+                l if l.contains(['+', '#']) => return Err(invalid),
+                _ => {}
+            }
         }
+        Ok(TopicFilter {
+            raw: Arc::from(raw),
+            group,
+            filter_start,
+        })
     }
-    Ok(ParsedFilter { filter, group })
+
+    /// The filter as the client wrote it (with any `$share/` prefix).
+    pub fn as_str(&self) -> &str {
+        &self.raw
+    }
+
+    /// The part matched against topic names.
+    pub fn filter(&self) -> &str {
+        &self.raw[self.filter_start..]
+    }
+
+    /// The share group, for `$share/{group}/{filter}`.
+    pub fn group(&self) -> Option<&str> {
+        self.group.map(|(a, b)| &self.raw[a..b])
+    }
 }
+
+impl PartialEq for TopicFilter {
+    fn eq(&self, other: &Self) -> bool {
+        self.raw == other.raw
+    }
+}
+
+impl Eq for TopicFilter {}
+
+impl Hash for TopicFilter {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        // Must agree with `str`'s hash for `Borrow<str>` lookups.
+        self.raw.hash(state);
+    }
+}
+
+impl Borrow<str> for TopicFilter {
+    fn borrow(&self) -> &str {
+        &self.raw
+    }
+}
+
+const SHARE_PREFIX: &str = "$share/";
 
 /// Whether `filter` (already validated, no `$share/` prefix) matches
 /// `topic`. Topics starting with `$` are not matched by a filter whose
@@ -110,17 +202,18 @@ mod tests {
 
     #[test]
     fn names() {
-        assert!(validate_name("a/b", L).is_ok());
-        assert!(validate_name("/", L).is_ok());
+        assert!(TopicName::new("a/b", L).is_ok());
+        assert!(TopicName::new("/", L).is_ok());
         for bad in ["", "a/+", "a/#", "a/b/c/d/e", &"x".repeat(65)] {
-            assert!(validate_name(bad, L).is_err(), "{bad}");
+            assert!(TopicName::new(bad, L).is_err(), "{bad}");
         }
+        assert!(TopicName::new("$SYS/x", L).expect("valid").is_reserved());
     }
 
     #[test]
     fn filters() {
         for ok in ["#", "+", "a/#", "+/+/#", "/+", "$SYS/#"] {
-            assert!(parse_filter(ok, L).is_ok(), "{ok}");
+            assert!(TopicFilter::parse(ok, L).is_ok(), "{ok}");
         }
         for bad in [
             "",
@@ -131,11 +224,20 @@ mod tests {
             "$share//a",
             "$share/g+/a",
         ] {
-            assert!(parse_filter(bad, L).is_err(), "{bad}");
+            assert!(TopicFilter::parse(bad, L).is_err(), "{bad}");
         }
-        let p = parse_filter("$share/grp/a/+", L).expect("shared");
-        assert_eq!(p.group, Some("grp"));
-        assert_eq!(p.filter, "a/+");
+        let p = TopicFilter::parse("$share/grp/a/+", L).expect("shared");
+        assert_eq!(p.group(), Some("grp"));
+        assert_eq!(p.filter(), "a/+");
+        assert_eq!(p.as_str(), "$share/grp/a/+");
+        let plain = TopicFilter::parse("a/+", L).expect("plain");
+        assert_eq!((plain.group(), plain.filter()), (None, "a/+"));
+        let mut set = std::collections::HashSet::new();
+        set.insert(p);
+        assert!(
+            set.contains("$share/grp/a/+"),
+            "Borrow<str> agrees with Hash"
+        );
     }
 
     #[test]

@@ -287,7 +287,7 @@ async fn interop_with_mosquitto_clients_v311_and_v5() {
             .expect("mosquitto_sub");
         wait_until("mosquitto_sub subscribed", || {
             b.session(&id)
-                .is_some_and(|s| s.lock().subscriptions.contains_key(&topic))
+                .is_some_and(|s| s.lock().subscriptions.contains_key(topic.as_str()))
         })
         .await;
         let status = tokio::process::Command::new("mosquitto_pub")

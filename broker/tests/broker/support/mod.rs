@@ -66,7 +66,7 @@ impl TestBroker {
 
     /// The session of `client_id` in the default tenant, if it exists.
     pub fn session(&self, client_id: &str) -> Option<Arc<porchlight_broker::session::Session>> {
-        self.broker.registry.get(&session_key(client_id))
+        self.broker.state.session(&session_key(client_id))
     }
 
     /// Waits until the session of `client_id` exists with no connection.

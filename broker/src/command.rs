@@ -1,0 +1,70 @@
+//! Commands: every change to the broker's control state, as a value.
+//!
+//! The control state is what a client's session means beyond one
+//! connection: which sessions exist (per tenant and client id, with their
+//! expiry), their subscriptions, and the retained messages. It changes only
+//! by [`crate::state::State::apply`] of a `Command`, so the same sequence of
+//! commands always yields the same state. That is the seam for the durable
+//! store (commands become records) and for the Raft cluster (commands
+//! become log entries applied by every node's state machine).
+//!
+//! Node-local facts are not commands: which connection owns a session,
+//! timers, in-flight windows, and the message queues (the data plane,
+//! persisted by the storage work as its own records).
+
+use std::sync::Arc;
+
+use crate::codec::SubscriptionOptions;
+use crate::ids::SessionKey;
+use crate::message::Message;
+use crate::topic::TopicFilter;
+
+#[derive(Debug, Clone)]
+pub enum Command {
+    /// The session of `key` exists with this expiry interval: created if
+    /// absent, its expiry updated if present.
+    PutSession {
+        key: SessionKey,
+        expiry_interval: u32,
+    },
+    /// The session of `key`, already marked ended, is gone, and with it
+    /// every subscription it had.
+    DeleteSession { key: SessionKey },
+    /// Add or replace a subscription of a session.
+    Subscribe {
+        key: SessionKey,
+        filter: TopicFilter,
+        options: SubscriptionOptions,
+        id: Option<u32>,
+    },
+    /// Remove a subscription of a session.
+    Unsubscribe {
+        key: SessionKey,
+        filter: TopicFilter,
+    },
+    /// Make `message` the retained message of its topic, or delete that
+    /// topic's retained message when the payload is empty.
+    Retain { message: Arc<Message> },
+}
+
+/// What applying a command did.
+#[derive(Debug, Clone)]
+pub enum Applied {
+    /// `PutSession`: the live session, and whether it was created now.
+    Session {
+        session: Arc<crate::session::Session>,
+        created: bool,
+    },
+    /// `PutSession` found the previous instance still being torn down by
+    /// whoever ended it; apply again shortly.
+    Ending,
+    /// `DeleteSession`: whether an ended session was removed.
+    Deleted(bool),
+    /// `Subscribe`/`Unsubscribe`: whether the subscription existed before.
+    Existed(bool),
+    /// `Subscribe`/`Unsubscribe` for a session that does not exist (or has
+    /// ended): nothing changed.
+    NoSession,
+    /// `Retain`: what happened to the retained store.
+    Retained(crate::retained::RetainChange),
+}
