@@ -26,6 +26,8 @@ start_brokers() {
   sleep 1
 }
 
+echo "--- trie (in-process)"
+$bench trie
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem/{print $2}') GiB; $(uname -r)"
 echo "porchlight $(git rev-parse --short HEAD); $(mosquitto -h 2>&1 | head -1)"
 for r in $(seq "$rounds"); do

@@ -18,7 +18,8 @@ use tokio::net::TcpStream;
 const USAGE: &str = "usage:
   bench idle    ADDR PID CONNS          idle connections; RSS of PID per connection
   bench fanin   ADDR PUBS SECONDS QOS   PUBS publishers -> 1 subscriber, msg/s received
-  bench latency ADDR RATE SECONDS QOS   1 publisher at RATE msg/s -> 1 subscriber, percentiles";
+  bench latency ADDR RATE SECONDS QOS   1 publisher at RATE msg/s -> 1 subscriber, percentiles
+  bench trie                            in-process: match cost vs. non-matching subscriptions";
 
 fn rss_kib(pid: u32) -> Result<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
@@ -307,6 +308,65 @@ async fn latency(addr: &str, rate: u64, secs: u64, qos: QoS) -> Result<()> {
     Ok(())
 }
 
+/// Time to match one topic against a trie holding 10 matching
+/// subscriptions plus 0, 10k, 100k and 1M non-matching ones.
+fn trie() {
+    use porchlight_broker::codec::SubscriptionOptions;
+    use porchlight_broker::ids::{ClientId, SessionKey, TenantId};
+    use porchlight_broker::session::Session;
+    use porchlight_broker::trie::{Subscriber, SubscriptionTrie};
+    let tenant = TenantId::default_tenant();
+    let sub = |i: usize| Subscriber {
+        session: Arc::new(Session::new(
+            SessionKey {
+                tenant: tenant.clone(),
+                client: ClientId::new(format!("c{i}")),
+            },
+            0,
+        )),
+        options: SubscriptionOptions::new(QoS::AtMostOnce),
+        id: None,
+    };
+    let trie = SubscriptionTrie::default();
+    for (i, f) in [
+        "site/1/dev/7/temp",
+        "site/1/dev/+/temp",
+        "site/1/#",
+        "site/+/dev/7/#",
+        "#",
+    ]
+    .iter()
+    .enumerate()
+    {
+        trie.subscribe(&tenant, f, None, sub(i));
+        trie.subscribe(&tenant, f, None, sub(i + 100));
+    }
+    let mut added = 0usize;
+    for target in [0usize, 10_000, 100_000, 1_000_000] {
+        while added < target {
+            // Other sites and devices, with wildcards, none matching.
+            let f = match added % 3 {
+                0 => format!("site/{}/dev/{}/temp", 2 + added % 5000, added),
+                1 => format!("site/{}/dev/+/humidity", 2 + added),
+                _ => format!("site/1/dev/{}/temp", 1000 + added),
+            };
+            trie.subscribe(&tenant, &f, None, sub(1000 + added));
+            added += 1;
+        }
+        let n = 200_000;
+        let start = Instant::now();
+        let mut total = 0;
+        for _ in 0..n {
+            total += trie.matches(&tenant, "site/1/dev/7/temp").direct.len();
+        }
+        let per = start.elapsed().as_nanos() as f64 / n as f64;
+        assert_eq!(total, 10 * n);
+        println!(
+            "trie: {target:>9} non-matching subscriptions: {per:.0} ns per match (10 matches each)"
+        );
+    }
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -316,6 +376,10 @@ async fn main() -> Result<()> {
         "idle" => idle(arg(1)?, arg(2)?.parse()?, arg(3)?.parse()?).await,
         "fanin" => fanin(arg(1)?, arg(2)?.parse()?, arg(3)?.parse()?, qos(arg(4)?)?).await,
         "latency" => latency(arg(1)?, arg(2)?.parse()?, arg(3)?.parse()?, qos(arg(4)?)?).await,
+        "trie" => {
+            trie();
+            Ok(())
+        }
         _ => bail!(USAGE),
     }
 }
