@@ -1,0 +1,251 @@
+//! Group commit: when is a write on disk.
+//!
+//! Every successful write gets a [`Ticket`], a sequence number issued
+//! after sled applied it. A flusher thread waits for someone to ask for
+//! durability, gathers further requests for the group window (none under
+//! `Always`), reads the newest ticket issued, fsyncs (`sled::Db::flush`),
+//! and publishes that ticket as durable: every write with a ticket up to it
+//! was applied before the fsync began, so it is covered. Waiters resolve
+//! through a `watch` channel. Under `Never`, nothing waits and sled's own
+//! background flush (every 500 ms) is all there is.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tracing::error;
+
+use crate::error::StorageError;
+
+/// When acknowledgements wait for the disk (`--fsync`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncMode {
+    /// Every write is fsynced before it is acknowledged (concurrent waiters
+    /// still share an fsync that covers them all).
+    Always,
+    /// Writes are gathered for the group window, then one fsync covers them
+    /// all before any of them is acknowledged.
+    Group,
+    /// Acknowledge at once; sled flushes in the background every 500 ms.
+    Never,
+}
+
+/// The position of one write in the store's write order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Ticket(pub u64);
+
+#[derive(Debug, Clone, Default)]
+struct Durable {
+    upto: u64,
+    error: Option<String>,
+}
+
+#[derive(Debug, Default)]
+struct Requests {
+    wanted: u64,
+    stop: bool,
+}
+
+#[derive(Debug)]
+struct Shared {
+    requests: Mutex<Requests>,
+    wake: Condvar,
+}
+
+#[derive(Debug)]
+pub(crate) struct Committer {
+    mode: FsyncMode,
+    issued: Arc<AtomicU64>,
+    durable: watch::Receiver<Durable>,
+    shared: Arc<Shared>,
+    failed: Arc<AtomicBool>,
+    flushes: Arc<AtomicU64>,
+    path: PathBuf,
+    /// Joined on drop: the thread holds a handle to the database, and the
+    /// directory stays locked until it is gone.
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Committer {
+    pub(crate) fn start(
+        db: sled::Db,
+        path: PathBuf,
+        mode: FsyncMode,
+        window: Duration,
+        disk_used: Arc<AtomicU64>,
+    ) -> Committer {
+        let issued = Arc::new(AtomicU64::new(0));
+        let (tx, durable) = watch::channel(Durable::default());
+        let shared = Arc::new(Shared {
+            requests: Mutex::new(Requests::default()),
+            wake: Condvar::new(),
+        });
+        let failed = Arc::new(AtomicBool::new(false));
+        let flushes = Arc::new(AtomicU64::new(0));
+        let mut thread = None;
+        if mode != FsyncMode::Never {
+            let window = if mode == FsyncMode::Group {
+                window
+            } else {
+                Duration::ZERO
+            };
+            let (issued, shared, failed, flushes) = (
+                issued.clone(),
+                shared.clone(),
+                failed.clone(),
+                flushes.clone(),
+            );
+            let spawned = std::thread::Builder::new()
+                .name("porchlight-fsync".into())
+                .spawn(move || flusher(db, tx, issued, shared, failed, flushes, window, disk_used));
+            match spawned {
+                Ok(t) => thread = Some(t),
+                Err(e) => {
+                    error!(error = %e, "Cannot start the fsync thread; writes will not be acknowledged")
+                }
+            }
+        }
+        Committer {
+            mode,
+            issued,
+            durable,
+            shared,
+            failed,
+            flushes,
+            path,
+            thread,
+        }
+    }
+
+    pub(crate) fn mode(&self) -> FsyncMode {
+        self.mode
+    }
+
+    /// A ticket for a write just applied.
+    pub(crate) fn issue(&self) -> Ticket {
+        Ticket(self.issued.fetch_add(1, Ordering::AcqRel) + 1)
+    }
+
+    /// The newest ticket issued (for writes with nothing to write).
+    pub(crate) fn current(&self) -> Ticket {
+        Ticket(self.issued.load(Ordering::Acquire))
+    }
+
+    pub(crate) fn failed(&self) -> bool {
+        self.failed.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn flushes(&self) -> u64 {
+        self.flushes.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn is_durable(&self, t: Ticket) -> bool {
+        self.mode == FsyncMode::Never || self.durable.borrow().upto >= t.0
+    }
+
+    pub(crate) async fn wait(&self, t: Ticket) -> Result<(), StorageError> {
+        if self.is_durable(t) {
+            return Ok(());
+        }
+        {
+            let mut r = self
+                .shared
+                .requests
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if r.wanted < t.0 {
+                r.wanted = t.0;
+                self.shared.wake.notify_one();
+            }
+        }
+        let mut rx = self.durable.clone();
+        let result = rx
+            .wait_for(|d| d.upto >= t.0 || d.error.is_some())
+            .await
+            .map(|d| d.error.clone());
+        match result {
+            Ok(None) => Ok(()),
+            Ok(Some(detail)) => Err(StorageError::Flush {
+                path: self.path.clone(),
+                detail,
+            }),
+            Err(_) => Err(StorageError::Flush {
+                path: self.path.clone(),
+                detail: "fsync thread stopped".into(),
+            }),
+        }
+    }
+}
+
+impl Drop for Committer {
+    fn drop(&mut self) {
+        {
+            let mut r = self
+                .shared
+                .requests
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            r.stop = true;
+            self.shared.wake.notify_one();
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn flusher(
+    db: sled::Db,
+    tx: watch::Sender<Durable>,
+    issued: Arc<AtomicU64>,
+    shared: Arc<Shared>,
+    failed: Arc<AtomicBool>,
+    flushes: Arc<AtomicU64>,
+    window: Duration,
+    disk_used: Arc<AtomicU64>,
+) {
+    loop {
+        {
+            let mut r = shared.requests.lock().unwrap_or_else(|p| p.into_inner());
+            while !r.stop && r.wanted <= tx.borrow().upto {
+                r = shared.wake.wait(r).unwrap_or_else(|p| p.into_inner());
+            }
+            if r.stop {
+                return;
+            }
+        }
+        if !window.is_zero() {
+            std::thread::sleep(window);
+        }
+        let target = issued.load(Ordering::Acquire);
+        match db.flush() {
+            Ok(_) => {
+                flushes.fetch_add(1, Ordering::Relaxed);
+                failed.store(false, Ordering::Relaxed);
+                tx.send_modify(|d| {
+                    d.upto = d.upto.max(target);
+                    d.error = None;
+                });
+                if let Ok(n) = db.size_on_disk() {
+                    disk_used.store(n, Ordering::Relaxed);
+                }
+            }
+            Err(e) => {
+                error!(error = %e, "fsync failed; durable acknowledgements are refused until it succeeds");
+                failed.store(true, Ordering::Relaxed);
+                tx.send_modify(|d| d.error = Some(e.to_string()));
+                // Do not spin on a failing disk.
+                std::thread::sleep(Duration::from_millis(100));
+                let mut r = shared.requests.lock().unwrap_or_else(|p| p.into_inner());
+                if r.stop {
+                    return;
+                }
+                // Waiters were told; the next request retries.
+                r.wanted = tx.borrow().upto;
+            }
+        }
+    }
+}

@@ -1,0 +1,34 @@
+//! The storage crate's error type.
+
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StorageError {
+    #[error("data directory {path} is corrupt: {detail}")]
+    Corrupt { path: PathBuf, detail: String },
+
+    #[error(
+        "data directory {path} has format version {found}, this build reads version {expected}"
+    )]
+    Incompatible {
+        path: PathBuf,
+        found: u32,
+        expected: u32,
+    },
+
+    #[error("cannot open data directory {path}: {detail}")]
+    Open { path: PathBuf, detail: String },
+
+    #[error("write to {path} failed: {detail}")]
+    Write { path: PathBuf, detail: String },
+
+    #[error("data directory {path} is full: {used} of {limit} bytes used (--max-disk-bytes)")]
+    Full {
+        path: PathBuf,
+        used: u64,
+        limit: u64,
+    },
+
+    #[error("flush of {path} failed: {detail}")]
+    Flush { path: PathBuf, detail: String },
+}

@@ -1,0 +1,21 @@
+//! Porchlight's durable store: byte-oriented tables on one sled database.
+//!
+//! Layout:
+//! - `store.rs`: [`Store`] opens and checks the data directory, applies
+//!   atomic [`Batch`]es, scans tables, and tracks disk use and health.
+//! - `commit.rs`: group commit; turns a write's [`Ticket`] into "on disk"
+//!   according to the [`FsyncMode`].
+//! - `error.rs`: [`StorageError`].
+//!
+//! The crate knows no MQTT types: callers (the broker's `persist.rs`, and
+//! later the Raft log store) encode their own records and put a
+//! format-version byte at the front of every value.
+#![forbid(unsafe_code)]
+
+mod commit;
+mod error;
+mod store;
+
+pub use commit::{FsyncMode, Ticket};
+pub use error::StorageError;
+pub use store::{Batch, Health, Store, StoreOptions, Table};

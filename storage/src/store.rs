@@ -1,0 +1,429 @@
+//! The store: one sled database with a `meta` tree (format version) and a
+//! `data` tree holding every table, each key prefixed by its table byte.
+//!
+//! One tree for all tables makes a [`Batch`] spanning tables a single
+//! atomic `apply_batch`, without sled transactions. Keys are chosen by the
+//! caller; big-endian integers keep them in order within a table.
+//!
+//! Writes return a [`Ticket`]; `commit.rs` says when it is on disk. A write
+//! that cannot be made (disk limit, injected fault, sled error) is refused
+//! with an error and leaves the store [`Health::Full`] or
+//! [`Health::Failed`]; reads and deletes keep working so the broker can
+//! serve everything that needs no durability.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::commit::{Committer, FsyncMode, Ticket};
+use crate::error::StorageError;
+
+/// Format of the data directory; bump when records change incompatibly.
+pub const FORMAT_VERSION: u32 = 1;
+const META_TREE: &str = "meta";
+const DATA_TREE: &str = "data";
+const FORMAT_KEY: &[u8] = b"format-version";
+
+/// A table within the data tree, named by the caller's constants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Table(pub u8);
+
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub fsync: FsyncMode,
+    /// How long group commit gathers writes before one fsync.
+    pub group_window: Duration,
+    /// Refuse new writes once the database uses this many bytes on disk.
+    pub max_disk_bytes: Option<u64>,
+    /// sled's page cache size.
+    pub cache_bytes: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            fsync: FsyncMode::Group,
+            group_window: Duration::from_millis(2),
+            max_disk_bytes: None,
+            cache_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// Whether the store accepts writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    Ok,
+    /// At `max_disk_bytes`: deletes only.
+    Full,
+    /// The last write or flush failed; see the log.
+    Failed,
+}
+
+/// Writes to apply together, atomically.
+#[derive(Debug, Default)]
+pub struct Batch {
+    inner: sled::Batch,
+    puts: usize,
+    ops: usize,
+}
+
+fn prefixed(table: Table, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + key.len());
+    k.push(table.0);
+    k.extend_from_slice(key);
+    k
+}
+
+impl Batch {
+    pub fn put(&mut self, table: Table, key: &[u8], value: &[u8]) {
+        self.inner.insert(prefixed(table, key), value);
+        self.puts += 1;
+        self.ops += 1;
+    }
+
+    pub fn delete(&mut self, table: Table, key: &[u8]) {
+        self.inner.remove(prefixed(table, key));
+        self.ops += 1;
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ops == 0
+    }
+}
+
+#[derive(Debug)]
+pub struct Store {
+    path: PathBuf,
+    db: sled::Db,
+    data: sled::Tree,
+    commit: Committer,
+    max_disk_bytes: Option<u64>,
+    disk_used: Arc<AtomicU64>,
+    failed: AtomicBool,
+    /// Fault injection: every write fails while set (tests and drills).
+    fail_writes: AtomicBool,
+}
+
+impl Store {
+    /// Opens (or creates) the store at `path`. Refuses a directory written
+    /// by an incompatible format, or one sled finds corrupt, naming the
+    /// path and the problem; never wipes anything.
+    pub fn open(path: &Path, opts: StoreOptions) -> Result<Store, StorageError> {
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(opts.cache_bytes)
+            .open()
+            .map_err(|e| match e {
+                sled::Error::Corruption { .. } => StorageError::Corrupt {
+                    path: path.to_owned(),
+                    detail: e.to_string(),
+                },
+                e => StorageError::Open {
+                    path: path.to_owned(),
+                    detail: e.to_string(),
+                },
+            })?;
+        let open_err = |e: sled::Error| StorageError::Open {
+            path: path.to_owned(),
+            detail: e.to_string(),
+        };
+        let meta = db.open_tree(META_TREE).map_err(open_err)?;
+        let data = db.open_tree(DATA_TREE).map_err(open_err)?;
+        match meta.get(FORMAT_KEY).map_err(open_err)? {
+            Some(v) => {
+                let bytes: [u8; 4] = v.as_ref().try_into().map_err(|_| StorageError::Corrupt {
+                    path: path.to_owned(),
+                    detail: format!("format version record has {} bytes", v.len()),
+                })?;
+                let found = u32::from_be_bytes(bytes);
+                if found != FORMAT_VERSION {
+                    return Err(StorageError::Incompatible {
+                        path: path.to_owned(),
+                        found,
+                        expected: FORMAT_VERSION,
+                    });
+                }
+            }
+            None if !data.is_empty() => {
+                return Err(StorageError::Corrupt {
+                    path: path.to_owned(),
+                    detail: "data present but no format version".into(),
+                })
+            }
+            None => {
+                meta.insert(FORMAT_KEY, &FORMAT_VERSION.to_be_bytes())
+                    .map_err(open_err)?;
+                db.flush().map_err(open_err)?;
+            }
+        }
+        let disk_used = Arc::new(AtomicU64::new(db.size_on_disk().unwrap_or(0)));
+        let commit = Committer::start(
+            db.clone(),
+            path.to_owned(),
+            opts.fsync,
+            opts.group_window,
+            disk_used.clone(),
+        );
+        Ok(Store {
+            path: path.to_owned(),
+            db,
+            data,
+            commit,
+            max_disk_bytes: opts.max_disk_bytes,
+            disk_used,
+            failed: AtomicBool::new(false),
+            fail_writes: AtomicBool::new(false),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn fsync_mode(&self) -> FsyncMode {
+        self.commit.mode()
+    }
+
+    /// Applies `batch` atomically. The returned ticket is on disk once
+    /// [`Store::durable`] says so.
+    pub fn write(&self, batch: Batch) -> Result<Ticket, StorageError> {
+        if batch.is_empty() {
+            return Ok(self.commit.current());
+        }
+        if self.fail_writes.load(Ordering::Relaxed) {
+            self.failed.store(true, Ordering::Relaxed);
+            return Err(StorageError::Write {
+                path: self.path.clone(),
+                detail: "injected write failure".into(),
+            });
+        }
+        if batch.puts > 0 {
+            if let Some(limit) = self.max_disk_bytes {
+                let used = self.disk_used.load(Ordering::Relaxed);
+                if used >= limit {
+                    return Err(StorageError::Full {
+                        path: self.path.clone(),
+                        used,
+                        limit,
+                    });
+                }
+            }
+        }
+        self.data.apply_batch(batch.inner).map_err(|e| {
+            self.failed.store(true, Ordering::Relaxed);
+            StorageError::Write {
+                path: self.path.clone(),
+                detail: e.to_string(),
+            }
+        })?;
+        self.failed.store(false, Ordering::Relaxed);
+        Ok(self.commit.issue())
+    }
+
+    /// Resolves when `ticket` is on disk (at once under `FsyncMode::Never`).
+    pub async fn durable(&self, ticket: Ticket) -> Result<(), StorageError> {
+        self.commit.wait(ticket).await
+    }
+
+    /// Whether `ticket` is already on disk, without waiting.
+    pub fn is_durable(&self, ticket: Ticket) -> bool {
+        self.commit.is_durable(ticket)
+    }
+
+    /// Every record of `table`, in key order, keys without the table byte.
+    pub fn scan(
+        &self,
+        table: Table,
+    ) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>), StorageError>> + '_ {
+        self.scan_prefix(table, &[])
+    }
+
+    /// Records of `table` whose key starts with `prefix`.
+    pub fn scan_prefix(
+        &self,
+        table: Table,
+        prefix: &[u8],
+    ) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>), StorageError>> + '_ {
+        self.data
+            .scan_prefix(prefixed(table, prefix))
+            .map(move |r| {
+                r.map(|(k, v)| (k[1..].to_vec(), v.to_vec()))
+                    .map_err(|e| StorageError::Corrupt {
+                        path: self.path.clone(),
+                        detail: e.to_string(),
+                    })
+            })
+    }
+
+    /// Keys of `table` starting with `prefix` (to delete a group).
+    pub fn keys_with_prefix(
+        &self,
+        table: Table,
+        prefix: &[u8],
+    ) -> Result<Vec<Vec<u8>>, StorageError> {
+        self.scan_prefix(table, prefix)
+            .map(|r| r.map(|(k, _)| k))
+            .collect()
+    }
+
+    pub fn health(&self) -> Health {
+        if self.failed.load(Ordering::Relaxed) || self.commit.failed() {
+            return Health::Failed;
+        }
+        match self.max_disk_bytes {
+            Some(limit) if self.disk_used.load(Ordering::Relaxed) >= limit => Health::Full,
+            _ => Health::Ok,
+        }
+    }
+
+    /// How many fsyncs the group committer has done (a metric: writes per
+    /// fsync shows how well group commit batches).
+    pub fn fsync_count(&self) -> u64 {
+        self.commit.flushes()
+    }
+
+    /// Bytes on disk as of the last refresh.
+    pub fn disk_used(&self) -> u64 {
+        self.disk_used.load(Ordering::Relaxed)
+    }
+
+    /// Re-reads the size on disk (the flusher also does after each flush).
+    pub fn refresh_disk_used(&self) {
+        if let Ok(n) = self.db.size_on_disk() {
+            self.disk_used.store(n, Ordering::Relaxed);
+        }
+    }
+
+    /// Fault injection: while `fail` is set, every write fails.
+    pub fn set_fail_writes(&self, fail: bool) {
+        self.fail_writes.store(fail, Ordering::Relaxed);
+        if !fail {
+            self.failed.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// Flushes everything to disk now (shutdown).
+    pub fn flush(&self) -> Result<(), StorageError> {
+        self.db
+            .flush()
+            .map(|_| ())
+            .map_err(|e| StorageError::Flush {
+                path: self.path.clone(),
+                detail: e.to_string(),
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: Table = Table(1);
+    const U: Table = Table(2);
+
+    fn open(dir: &Path) -> Store {
+        Store::open(dir, StoreOptions::default()).expect("open")
+    }
+
+    #[tokio::test]
+    async fn batches_are_atomic_across_tables_and_survive_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let s = open(dir.path());
+            let mut b = Batch::default();
+            b.put(T, &[0, 1], b"a");
+            b.put(T, &[0, 2], b"b");
+            b.put(U, &[0, 1], b"other table");
+            let ticket = s.write(b).expect("write");
+            s.durable(ticket).await.expect("durable");
+            let mut b = Batch::default();
+            b.delete(T, &[0, 1]);
+            s.durable(s.write(b).expect("write"))
+                .await
+                .expect("durable");
+        }
+        let s = open(dir.path());
+        let t: Vec<_> = s.scan(T).map(|r| r.expect("read")).collect();
+        assert_eq!(t, vec![(vec![0, 2], b"b".to_vec())]);
+        assert_eq!(s.keys_with_prefix(U, &[0]).expect("keys"), vec![vec![0, 1]]);
+    }
+
+    #[test]
+    fn incompatible_and_corrupt_directories_are_refused_not_wiped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let s = open(dir.path());
+            let meta = s.db.open_tree(META_TREE).expect("meta");
+            meta.insert(FORMAT_KEY, &99u32.to_be_bytes())
+                .expect("insert");
+            s.db.flush().expect("flush");
+        }
+        match Store::open(dir.path(), StoreOptions::default()) {
+            Err(StorageError::Incompatible {
+                found: 99, path, ..
+            }) => assert_eq!(path, dir.path()),
+            other => panic!("{other:?}"),
+        }
+        // Garbage where sled's files are: refused with the path in the message.
+        let bad = tempfile::tempdir().expect("tempdir");
+        std::fs::write(bad.path().join("conf"), b"not a sled config").expect("write");
+        std::fs::write(bad.path().join("db"), vec![0xA5u8; 4096]).expect("write");
+        let err = Store::open(bad.path(), StoreOptions::default()).expect_err("refused");
+        assert!(
+            err.to_string().contains(&bad.path().display().to_string()),
+            "{err}"
+        );
+        assert!(bad.path().join("db").exists(), "nothing wiped");
+    }
+
+    #[tokio::test]
+    async fn limits_and_faults_refuse_writes_but_allow_deletes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let opts = StoreOptions {
+            max_disk_bytes: Some(1),
+            ..StoreOptions::default()
+        };
+        let s = Store::open(dir.path(), opts).expect("open");
+        s.refresh_disk_used();
+        let mut b = Batch::default();
+        b.put(T, b"k", b"v");
+        assert!(matches!(s.write(b), Err(StorageError::Full { .. })));
+        assert_eq!(s.health(), Health::Full);
+        let mut b = Batch::default();
+        b.delete(T, b"k");
+        assert!(s.write(b).is_ok(), "deletes free space, so they pass");
+
+        let s2 = open(tempfile::tempdir().expect("tempdir").path());
+        s2.set_fail_writes(true);
+        let mut b = Batch::default();
+        b.put(T, b"k", b"v");
+        assert!(matches!(s2.write(b), Err(StorageError::Write { .. })));
+        assert_eq!(s2.health(), Health::Failed);
+        s2.set_fail_writes(false);
+        assert_eq!(s2.health(), Health::Ok);
+    }
+
+    #[tokio::test]
+    async fn group_commit_coalesces_concurrent_waiters() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Arc::new(open(dir.path()));
+        let mut waits = Vec::new();
+        for i in 0..100u32 {
+            let mut b = Batch::default();
+            b.put(T, &i.to_be_bytes(), b"v");
+            let t = s.write(b).expect("write");
+            let s = s.clone();
+            waits.push(tokio::spawn(async move { s.durable(t).await }));
+        }
+        for w in waits {
+            w.await.expect("join").expect("durable");
+        }
+        assert!(
+            s.fsync_count() < 100,
+            "{} fsyncs for 100 writes",
+            s.fsync_count()
+        );
+    }
+}
