@@ -12,7 +12,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::error::BrokerError;
 use crate::metrics::Metrics;
+use crate::persist::Persist;
 use crate::registry::Registry;
 use crate::router::Router;
 use crate::state::State;
@@ -21,6 +23,8 @@ use crate::state::State;
 pub struct Broker {
     pub config: Arc<Config>,
     pub metrics: Arc<Metrics>,
+    /// The durable store (`<data-dir>/state`).
+    pub persist: Arc<Persist>,
     /// The control state: sessions, subscriptions, retained messages.
     pub state: Arc<State>,
     pub router: Arc<Router>,
@@ -34,9 +38,19 @@ pub struct Broker {
 }
 
 impl Broker {
-    pub fn new(config: Arc<Config>, shutdown: CancellationToken) -> Arc<Broker> {
+    /// Opens the durable store under `--data-dir`, refusing a corrupt or
+    /// incompatible one, and restores what it holds: sessions with their
+    /// subscriptions, queues and in-flight messages, retained messages,
+    /// pending wills. Expired sessions and messages are purged on the way.
+    pub fn open(
+        config: Arc<Config>,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Broker>, BrokerError> {
+        let path = config.data_dir.join("state");
+        let persist = Arc::new(Persist::open(&path, config.store.clone())?);
+        let restored = persist.load(config.topic_limits())?;
         let metrics = Arc::new(Metrics::default());
-        let state = Arc::new(State::new(metrics.clone()));
+        let state = Arc::new(State::new(metrics.clone(), Some(persist.clone())));
         let router = Arc::new(Router::new(config.clone(), metrics.clone(), state.clone()));
         let tasks = TaskTracker::new();
         let registry = Registry::new(
@@ -46,15 +60,17 @@ impl Broker {
             tasks.clone(),
             shutdown.clone(),
         );
-        Arc::new(Broker {
+        registry.restore(restored);
+        Ok(Arc::new(Broker {
             config,
             metrics,
+            persist,
             state,
             router,
             registry,
             started_at: Instant::now(),
             shutdown,
             tasks,
-        })
+        }))
     }
 }

@@ -22,6 +22,14 @@ pub enum QueueOverflow {
     DropNew,
 }
 
+/// `--fsync` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FsyncFlag {
+    Always,
+    Group,
+    Never,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -124,6 +132,38 @@ pub struct Cli {
         default_value = "drop-oldest"
     )]
     pub queue_overflow: QueueOverflow,
+
+    /// Most bytes (payloads and topics) queued per session; beyond it the
+    /// `--queue-overflow` policy applies, as for the message count.
+    #[arg(long, value_name = "BYTES", env = "PORCHLIGHT_MAX_QUEUED_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub max_queued_bytes: usize,
+
+    /// When acknowledgements of durable messages wait for the disk:
+    /// `always` (fsync before every acknowledgement), `group` (one fsync per
+    /// group-commit window covers all writes in it), `never` (acknowledge at
+    /// once; the store flushes every 500 ms).
+    #[arg(long, value_enum, env = "PORCHLIGHT_FSYNC", default_value = "group")]
+    pub fsync: FsyncFlag,
+
+    /// Group-commit window in milliseconds (`--fsync group`).
+    #[arg(
+        long,
+        value_name = "MILLISECONDS",
+        env = "PORCHLIGHT_FSYNC_GROUP_WINDOW",
+        default_value_t = 2
+    )]
+    pub fsync_group_window: u64,
+
+    /// Stop accepting durable writes once the store uses this many bytes on
+    /// disk (0: no limit but the disk's own); publishes that need
+    /// durability are then refused with 0x97 (v3: connection closed).
+    #[arg(
+        long,
+        value_name = "BYTES",
+        env = "PORCHLIGHT_MAX_DISK_BYTES",
+        default_value_t = 0
+    )]
+    pub max_disk_bytes: u64,
 
     /// Longest topic name or filter, in bytes.
     #[arg(
@@ -228,7 +268,9 @@ pub struct Config {
     pub receive_maximum: u16,
     pub max_inflight: u16,
     pub max_queued_messages: usize,
+    pub max_queued_bytes: usize,
     pub queue_overflow: QueueOverflow,
+    pub store: porchlight_storage::StoreOptions,
     pub max_topic_length: usize,
     pub max_topic_levels: usize,
     pub max_subscriptions_per_client: usize,
@@ -274,6 +316,12 @@ impl Cli {
         if self.max_queued_messages == 0 {
             return Err(invalid("--max-queued-messages", "must be at least 1"));
         }
+        if self.max_queued_bytes == 0 {
+            return Err(invalid("--max-queued-bytes", "must be at least 1"));
+        }
+        if self.fsync_group_window > 1000 {
+            return Err(invalid("--fsync-group-window", "must be at most 1000 ms"));
+        }
         if !(1..=65_535).contains(&self.max_topic_length) {
             return Err(invalid("--max-topic-length", "must be between 1 and 65535"));
         }
@@ -306,7 +354,18 @@ impl Cli {
             receive_maximum: self.receive_maximum,
             max_inflight: self.max_inflight,
             max_queued_messages: self.max_queued_messages,
+            max_queued_bytes: self.max_queued_bytes,
             queue_overflow: self.queue_overflow,
+            store: porchlight_storage::StoreOptions {
+                fsync: match self.fsync {
+                    FsyncFlag::Always => porchlight_storage::FsyncMode::Always,
+                    FsyncFlag::Group => porchlight_storage::FsyncMode::Group,
+                    FsyncFlag::Never => porchlight_storage::FsyncMode::Never,
+                },
+                group_window: Duration::from_millis(self.fsync_group_window),
+                max_disk_bytes: (self.max_disk_bytes > 0).then_some(self.max_disk_bytes),
+                ..porchlight_storage::StoreOptions::default()
+            },
             max_topic_length: self.max_topic_length,
             max_topic_levels: self.max_topic_levels,
             max_subscriptions_per_client: self.max_subscriptions_per_client,

@@ -382,6 +382,8 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         kick,
         done,
         overflowed: false,
+        pending: std::collections::VecDeque::new(),
+        pending_pubacks: 0,
         problem_info: c.properties.request_problem_information != Some(0),
     };
     conn.send(&Packet::ConnAck(ConnAck {

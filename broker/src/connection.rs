@@ -11,10 +11,12 @@
 //! detached (`registry.rs`).
 
 use std::borrow::Cow;
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use porchlight_storage::Ticket;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, Instrument};
@@ -27,6 +29,10 @@ use crate::registry::PendingWill;
 use crate::session::Session;
 use crate::topic::TopicName;
 use crate::transport::{IoEvent, Transport, WRITE_HIGH_WATER};
+
+/// Held acknowledgements above this stop reading from the client until
+/// the disk catches up (compliant v5 clients stop at Receive Maximum).
+const PENDING_HIGH_WATER: usize = 1024;
 
 /// How long a closing connection may take to write its last packets.
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
@@ -54,7 +60,7 @@ impl Close {
         }
     }
 
-    fn quiet(detail: &'static str, will: bool) -> Close {
+    pub fn quiet(detail: &'static str, will: bool) -> Close {
         Close {
             reason: None,
             bad: None,
@@ -100,6 +106,12 @@ pub struct Conn<S> {
     /// Cancelled on takeover; a child of the node's shutdown token.
     pub kick: CancellationToken,
     pub done: CancellationToken,
+    /// Acknowledgements held until the writes they promise are on disk
+    /// (`--fsync`), in the order they must reach the client.
+    pub pending: VecDeque<(Option<Ticket>, Packet)>,
+    /// PUBACKs among `pending`: with the QoS 2 ids awaiting PUBREL, what
+    /// counts against our Receive Maximum.
+    pub pending_pubacks: usize,
     /// MQTT 5 Request Problem Information: when false, no reason strings
     /// on anything but CONNACK, PUBLISH and DISCONNECT (MQTT-3.1.2-29).
     pub problem_info: bool,
@@ -156,6 +168,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         let shutdown = self.broker.shutdown.clone();
         let kick = self.kick.clone();
         let max = self.broker.config.max_packet_size;
+        let persist = self.broker.persist.clone();
         loop {
             // Handle every complete packet already buffered, unless the
             // client is not reading our output.
@@ -179,11 +192,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             if std::mem::take(&mut self.overflowed) {
                 tokio::task::yield_now().await;
             }
+            self.release_pending();
             self.pump();
             self.count_written();
             self.io.release_idle_buffers();
-            let room = self.io.wbuf.len() < WRITE_HIGH_WATER;
+            let room =
+                self.io.wbuf.len() < WRITE_HIGH_WATER && self.pending.len() < PENDING_HIGH_WATER;
             let deadline = self.keepalive_deadline();
+            let waiting = self
+                .pending
+                .front()
+                .and_then(|(t, _)| *t)
+                .filter(|t| !persist.store().is_durable(*t));
             tokio::select! {
                 biased;
                 // `kick` is a child of the node's shutdown token: one wait
@@ -218,6 +238,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     Err(_) => return Close::quiet("connection error", true),
                 },
                 _ = self.session.notify.notified(), if room => {}
+                r = wait_durable(&persist, waiting), if waiting.is_some() => {
+                    if r.is_err() {
+                        if let Err(close) = self.fail_pending() {
+                            return close;
+                        }
+                    }
+                }
                 _ = sleep_until_opt(deadline), if deadline.is_some() => {
                     return Close::protocol(
                         reason::KEEP_ALIVE_TIMEOUT,
@@ -246,6 +273,61 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// Appends a packet to the output buffer.
     pub fn send(&mut self, packet: &Packet) {
         codec::encode(packet, self.protocol, &mut self.io.wbuf);
+    }
+
+    /// Appends an acknowledgement that may only leave once `write` is on
+    /// disk; earlier held acknowledgements keep their place in front.
+    pub fn send_after(&mut self, ticket: Option<Ticket>, packet: Packet) {
+        let durable = ticket.is_none_or(|t| self.broker.persist.store().is_durable(t));
+        if durable && self.pending.is_empty() {
+            self.send_fitted(packet);
+            return;
+        }
+        if matches!(packet, Packet::PubAck(_)) {
+            self.pending_pubacks += 1;
+        }
+        self.pending.push_back((ticket, packet));
+    }
+
+    /// Sends held acknowledgements whose writes are now on disk, in order.
+    fn release_pending(&mut self) {
+        while let Some((t, _)) = self.pending.front() {
+            if t.is_some_and(|t| !self.broker.persist.store().is_durable(t)) {
+                break;
+            }
+            if let Some((_, packet)) = self.pending.pop_front() {
+                if matches!(packet, Packet::PubAck(_)) {
+                    self.pending_pubacks -= 1;
+                }
+                self.send_fitted(packet);
+            }
+        }
+    }
+
+    /// The store could not make held writes durable: every held
+    /// acknowledgement turns into a failure (v5), or the connection closes
+    /// (3.1.1 has no way to say it).
+    fn fail_pending(&mut self) -> Result<(), Close> {
+        let v5 = self.protocol.is_v5();
+        for (t, packet) in self.pending.iter_mut() {
+            *t = None;
+            match packet {
+                Packet::PubAck(a) | Packet::PubRec(a) | Packet::PubComp(a) if a.reason < 0x80 => {
+                    if !v5 {
+                        return Err(Close::quiet("durable write failed", true));
+                    }
+                    a.reason = reason::UNSPECIFIED_ERROR;
+                }
+                Packet::SubAck(s) => {
+                    for r in s.reasons.iter_mut().filter(|r| **r < 0x80) {
+                        *r = reason::UNSPECIFIED_ERROR;
+                    }
+                }
+                _ => {}
+            }
+        }
+        self.release_pending();
+        Ok(())
     }
 
     /// Appends a packet carrying optional diagnostics (reason string, user
@@ -295,6 +377,17 @@ pub fn count_bytes<S: AsyncRead + AsyncWrite + Unpin>(
     }
     if w > 0 {
         metrics.add(&metrics.bytes_sent, w as u64);
+    }
+}
+
+/// Waits until `ticket` is on disk. Cancel-safe (a watch receiver).
+async fn wait_durable(
+    persist: &crate::persist::Persist,
+    ticket: Option<Ticket>,
+) -> Result<(), porchlight_storage::StorageError> {
+    match ticket {
+        Some(t) => persist.store().durable(t).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -26,6 +26,9 @@ pub enum BrokerError {
         source: std::io::Error,
     },
 
+    #[error("{0}")]
+    Storage(#[from] porchlight_storage::StorageError),
+
     #[error("cannot install signal handler: {0}")]
     Signal(#[source] std::io::Error),
 }

@@ -17,12 +17,21 @@ use crate::codec::{
     reason, Ack, Packet, Properties, Publish, QoS, RetainHandling, SubAck, Subscribe, UnsubAck,
     Unsubscribe,
 };
-use crate::command::{Applied, Command};
+use crate::command::{Applied, Command, Write};
 use crate::connection::{Close, Conn};
 use crate::message::{Delivery, Message};
 use crate::metrics::BadPacket;
 use crate::session::{effective_qos, OutState};
 use crate::topic::{TopicFilter, TopicName};
+
+/// The reason code for a refused durable write: quota when the store is
+/// at `--max-disk-bytes`, unspecified for an I/O failure.
+fn storage_reason(e: &porchlight_storage::StorageError) -> u8 {
+    match e {
+        porchlight_storage::StorageError::Full { .. } => reason::QUOTA_EXCEEDED,
+        _ => reason::UNSPECIFIED_ERROR,
+    }
+}
 
 fn protocol_error(detail: &'static str) -> Close {
     Close::protocol(reason::PROTOCOL_ERROR, BadPacket::ProtocolError, detail)
@@ -136,16 +145,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 
         // Exactly-once: a QoS 2 packet id still awaiting PUBREL is a
         // retransmission and is not routed again.
-        if p.qos == QoS::ExactlyOnce {
-            let st = self.session.lock();
-            if st.incoming_qos2.contains(&p.packet_id) {
-                drop(st);
-                self.send(&Packet::PubRec(Ack::new(p.packet_id, reason::SUCCESS)));
-                return Ok(());
-            }
-            // Receive Maximum is an MQTT 5 notion; 3.1.1 clients are bound
-            // by their 65,535 packet ids.
-            if v5 && st.incoming_qos2.len() >= usize::from(self.broker.config.receive_maximum) {
+        if p.qos == QoS::ExactlyOnce && self.session.lock().incoming_qos2.contains(&p.packet_id) {
+            self.send_after(None, Packet::PubRec(Ack::new(p.packet_id, reason::SUCCESS)));
+            return Ok(());
+        }
+        // Receive Maximum (an MQTT 5 notion; 3.1.1 clients are bound by
+        // their packet ids): QoS 1 acknowledgements still held for the disk
+        // and QoS 2 ids awaiting PUBREL.
+        if v5 && p.qos != QoS::AtMostOnce {
+            let unacked = self.pending_pubacks + self.session.lock().incoming_qos2.len();
+            if unacked >= usize::from(self.broker.config.receive_maximum) {
                 return Err(Close::protocol(
                     reason::RECEIVE_MAXIMUM_EXCEEDED,
                     BadPacket::ReceiveMaximumExceeded,
@@ -155,6 +164,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
 
         let mut code = reason::SUCCESS;
+        let mut write = Write::None;
         if topic.is_reserved() {
             code = reason::NOT_AUTHORIZED;
         } else if p.properties.payload_format_indicator == Some(1)
@@ -181,24 +191,50 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 Some(self.key.client.clone()),
             );
             let outcome = self.broker.router.publish(Arc::new(msg));
-            if outcome.queued == 0 && !outcome.overflowed {
+            if let Some(refused) = outcome.refused {
+                code = refused;
+            } else if outcome.queued == 0 && !outcome.overflowed {
                 code = reason::NO_MATCHING_SUBSCRIBERS;
             }
             self.overflowed |= outcome.overflowed;
+            write = outcome.write;
         }
+        if p.qos == QoS::ExactlyOnce && code < 0x80 {
+            let mut st = self.session.lock();
+            st.incoming_qos2.insert(p.packet_id);
+            if let Some(persist) = &st.persist {
+                write = write.and(Write::from_result(persist.incoming(
+                    &self.key,
+                    p.packet_id,
+                    true,
+                )));
+            }
+        }
+        // The acknowledgement promises durability: it waits for the writes,
+        // and a write that was refused turns it into a failure.
+        let ticket = match write {
+            Write::None => None,
+            Write::Pending(t) => Some(t),
+            Write::Failed(e) if p.qos != QoS::AtMostOnce => {
+                if !v5 {
+                    return Err(Close::quiet("durable write refused", true));
+                }
+                code = storage_reason(&e);
+                if p.qos == QoS::ExactlyOnce {
+                    self.session.lock().incoming_qos2.remove(&p.packet_id);
+                }
+                None
+            }
+            Write::Failed(_) => None,
+        };
         let mut ack = Ack::new(p.packet_id, code);
         if code >= 0x80 {
             ack.properties = self.problem(code);
         }
         match p.qos {
             QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => self.send_fitted(Packet::PubAck(ack)),
-            QoS::ExactlyOnce => {
-                if code < 0x80 {
-                    self.session.lock().incoming_qos2.insert(p.packet_id);
-                }
-                self.send_fitted(Packet::PubRec(ack));
-            }
+            QoS::AtLeastOnce => self.send_after(ticket, Packet::PubAck(ack)),
+            QoS::ExactlyOnce => self.send_after(ticket, Packet::PubRec(ack)),
         }
         Ok(())
     }
@@ -217,11 +253,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         if matches!(st.inflight.get(&id), Some(f) if matches!(f.state, OutState::AwaitingAck(ref d) if d.qos == QoS::AtLeastOnce))
         {
             st.inflight.remove(&id);
+            if let Some(p) = &st.persist {
+                drop(Write::from_result(p.acknowledged(&self.key, id)));
+            }
         }
     }
 
     fn on_pubrec(&mut self, a: Ack) {
         let mut st = self.session.lock();
+        let persist = st.persist.clone();
         let Some(f) = st.inflight.get_mut(&a.packet_id) else {
             drop(st);
             self.send(&Packet::PubRel(Ack::new(
@@ -233,27 +273,56 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         if a.reason >= 0x80 {
             // The receiver refused the message: it is done.
             st.inflight.remove(&a.packet_id);
+            if let Some(p) = &persist {
+                drop(Write::from_result(p.acknowledged(&self.key, a.packet_id)));
+            }
             return;
         }
         f.state = OutState::AwaitingComp;
+        let order = f.seq;
+        if let Some(p) = &persist {
+            drop(Write::from_result(p.released(
+                &self.key,
+                a.packet_id,
+                order,
+            )));
+        }
         drop(st);
         self.send(&Packet::PubRel(Ack::new(a.packet_id, reason::SUCCESS)));
     }
 
     fn on_pubrel(&mut self, id: u16) {
-        let known = self.session.lock().incoming_qos2.remove(&id);
+        let (known, write) = {
+            let mut st = self.session.lock();
+            let known = st.incoming_qos2.remove(&id);
+            let write = match (&st.persist, known) {
+                (Some(p), true) => Write::from_result(p.incoming(&self.key, id, false)),
+                _ => Write::None,
+            };
+            (known, write)
+        };
         let code = if known {
             reason::SUCCESS
         } else {
             reason::PACKET_IDENTIFIER_NOT_FOUND
         };
-        self.send(&Packet::PubComp(Ack::new(id, code)));
+        // PUBCOMP frees the packet id for reuse: the forgetting must be on
+        // disk first, or a restart would take the next PUBLISH with this id
+        // for a duplicate.
+        let ticket = match write {
+            Write::Pending(t) => Some(t),
+            _ => None,
+        };
+        self.send_after(ticket, Packet::PubComp(Ack::new(id, code)));
     }
 
     fn on_pubcomp(&mut self, id: u16) {
         let mut st = self.session.lock();
         if matches!(st.inflight.get(&id), Some(f) if matches!(f.state, OutState::AwaitingComp)) {
             st.inflight.remove(&id);
+            if let Some(p) = &st.persist {
+                drop(Write::from_result(p.acknowledged(&self.key, id)));
+            }
         }
     }
 
@@ -263,6 +332,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         let sub_id = s.properties.subscription_identifiers.first().copied();
         let mut reasons = Vec::with_capacity(s.filters.len());
         let mut retained: Vec<Delivery> = Vec::new();
+        let mut sub_write = Write::None;
+        // A durable session's subscriptions must reach the disk; while the
+        // store refuses writes, new ones are refused rather than lost later.
+        let store_refuses = self.session.lock().persist.is_some()
+            && self.broker.persist.health() != porchlight_storage::Health::Ok;
         for (raw, opts) in &s.filters {
             let filter = match TopicFilter::parse(raw, limits) {
                 Ok(f) => f,
@@ -283,6 +357,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     continue;
                 }
             }
+            if store_refuses {
+                reasons.push(match self.broker.persist.health() {
+                    porchlight_storage::Health::Full => reason::QUOTA_EXCEEDED,
+                    _ => reason::UNSPECIFIED_ERROR,
+                });
+                continue;
+            }
             let shared = filter.group().is_some();
             let applied = self.broker.state.apply(Command::Subscribe {
                 key: self.key.clone(),
@@ -290,6 +371,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 options: *opts,
                 id: sub_id,
             });
+            let (applied, write) = applied;
+            if let Write::Failed(e) = &write {
+                reasons.push(storage_reason(e));
+                continue;
+            }
+            sub_write = sub_write.and(write);
             let existed = match applied {
                 Applied::Existed(existed) => existed,
                 // The session ended under us (taken over): refuse.
@@ -316,6 +403,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                         retain: true,
                         subscription_ids: sub_id.into_iter().collect(),
                         share: None,
+                        seq: 0,
                         msg,
                     });
                 }
@@ -325,11 +413,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             Some(code) => self.problem(*code),
             None => Properties::default(),
         };
-        self.send_fitted(Packet::SubAck(SubAck {
-            packet_id: s.packet_id,
-            reasons,
-            properties,
-        }));
+        let ticket = match sub_write {
+            Write::Pending(t) => Some(t),
+            _ => None,
+        };
+        self.send_after(
+            ticket,
+            Packet::SubAck(SubAck {
+                packet_id: s.packet_id,
+                reasons,
+                properties,
+            }),
+        );
         // Retained messages follow the SUBACK.
         for d in retained {
             self.broker.router.deliver(&self.session, d);
@@ -340,6 +435,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     fn on_unsubscribe(&mut self, u: Unsubscribe) -> Result<(), Close> {
         let limits = self.broker.config.topic_limits();
         let mut reasons = Vec::with_capacity(u.filters.len());
+        let mut unsub_write = Write::None;
         for raw in &u.filters {
             match TopicFilter::parse(raw, limits) {
                 Ok(filter) => {
@@ -347,6 +443,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                         key: self.key.clone(),
                         filter,
                     });
+                    let (applied, write) = applied;
+                    unsub_write = unsub_write.and(write);
                     reasons.push(match applied {
                         Applied::Existed(true) => reason::SUCCESS,
                         _ => reason::NO_SUBSCRIPTION_EXISTED,
@@ -355,11 +453,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 Err(e) => reasons.push(e.0),
             }
         }
-        self.send(&Packet::UnsubAck(UnsubAck {
-            packet_id: u.packet_id,
-            reasons,
-            properties: Properties::default(),
-        }));
+        let ticket = match unsub_write {
+            Write::Pending(t) => Some(t),
+            _ => None,
+        };
+        self.send_after(
+            ticket,
+            Packet::UnsubAck(UnsubAck {
+                packet_id: u.packet_id,
+                reasons,
+                properties: Properties::default(),
+            }),
+        );
         Ok(())
     }
 }

@@ -31,6 +31,7 @@ mod inbound;
 pub mod message;
 pub mod metrics;
 pub mod outbound;
+pub mod persist;
 pub mod registry;
 pub mod retained;
 pub mod router;

@@ -112,4 +112,7 @@ pub struct Delivery {
     /// Subscription identifiers of every matching subscription (MQTT 5).
     pub subscription_ids: Vec<u32>,
     pub share: Option<ShareRef>,
+    /// Position in a durable session's queue (its storage key); 0 until
+    /// queued in one.
+    pub seq: u64,
 }

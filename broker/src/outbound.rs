@@ -17,6 +17,7 @@ use bytes::{BufMut, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::codec::{self, vbi_len, Ack, Packet, Protocol, QoS};
+use crate::command::Write;
 use crate::connection::Conn;
 use crate::message::Delivery;
 use crate::metrics::DropReason;
@@ -98,6 +99,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         let metrics = self.broker.metrics.clone();
         let mut sent = 0u64;
         let mut st = self.session.lock();
+        let persist = st.persist.clone();
         // The resumed session's backlog goes first, in its original order.
         while self.io.wbuf.len() < WRITE_HIGH_WATER && st.window_used() < self.send_window {
             let Some(id) = st.resend.pop_front() else {
@@ -120,6 +122,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             } else {
                 metrics.dropped(DropReason::PacketTooLarge);
                 st.inflight.remove(&id);
+                if let Some(p) = &persist {
+                    drop(Write::from_result(p.acknowledged(&self.key, id)));
+                }
             }
         }
         while self.io.wbuf.len() < WRITE_HIGH_WATER && st.resend.is_empty() {
@@ -134,6 +139,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             };
             if d.msg.is_expired(now) {
                 metrics.dropped(DropReason::Expired);
+                if let Some(p) = &persist {
+                    drop(Write::from_result(p.remove_queued(&self.key, d.seq)));
+                }
                 continue;
             }
             let packet_id = if d.qos == QoS::AtMostOnce {
@@ -158,11 +166,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             );
             if !ok {
                 metrics.dropped(DropReason::PacketTooLarge);
+                if let Some(p) = &persist {
+                    drop(Write::from_result(p.remove_queued(&self.key, d.seq)));
+                }
                 continue;
             }
             sent += 1;
-            if d.qos != QoS::AtMostOnce {
-                st.track_inflight(packet_id, OutState::AwaitingAck(d));
+            // Durable: the queue entry becomes an in-flight record in one
+            // atomic write (a QoS 0 one is simply gone).
+            if d.qos == QoS::AtMostOnce {
+                if let Some(p) = &persist {
+                    drop(Write::from_result(p.remove_queued(&self.key, d.seq)));
+                }
+            } else {
+                let write = persist.as_ref().map(|p| (p.clone(), d.clone()));
+                let order = st.track_inflight(packet_id, OutState::AwaitingAck(d));
+                if let Some((p, d)) = write {
+                    drop(Write::from_result(p.send(&self.key, packet_id, order, &d)));
+                }
             }
         }
         drop(st);

@@ -32,10 +32,11 @@ use tokio_util::task::TaskTracker;
 use tracing::debug;
 
 use crate::codec::{QoS, Will};
-use crate::command::{Applied, Command};
+use crate::command::{Applied, Command, Write};
 use crate::ids::{ConnectionId, SessionKey};
 use crate::message::{Delivery, Message};
 use crate::metrics::{DropReason, Metrics};
+use crate::persist::{unix_ms, Restored};
 use crate::router::Router;
 use crate::session::{OutState, Owner, Session};
 use crate::state::State;
@@ -115,7 +116,7 @@ impl Registry {
                 key: key.clone(),
                 expiry_interval,
             });
-            let Applied::Session { session, .. } = put else {
+            let (Applied::Session { session, .. }, _) = put else {
                 // The previous instance is being torn down by whoever
                 // ended it; that finishes without waiting on anything.
                 tokio::task::yield_now().await;
@@ -177,7 +178,8 @@ impl Registry {
                 return;
             }
             st.owner = None;
-            st.disconnected_at = Some(Instant::now());
+            let now = Instant::now();
+            st.disconnected_at = Some(now);
             session.set_online(false);
             let expiry = st.expiry_interval;
             let mut will_delay = 0;
@@ -191,6 +193,20 @@ impl Registry {
             }
             if expiry == 0 {
                 st.ended = true;
+            } else if let Some(p) = &st.persist {
+                // Durable: the disconnect time (for the expiry deadline after
+                // a restart) and a will waiting for its delay.
+                let mut write =
+                    Write::from_result(p.put_session(&session.key, expiry, unix_ms(now)));
+                if let Some(w) = &st.pending_will {
+                    let due = now + Duration::from_secs(u64::from(will_delay));
+                    write = write.and(Write::from_result(p.put_will(
+                        &session.key,
+                        w,
+                        unix_ms(due),
+                    )));
+                }
+                drop(write); // best effort: the state in memory is what counts now
             }
             (expiry, will_delay, st.timers.clone(), st.ended)
         };
@@ -204,39 +220,129 @@ impl Registry {
         // Queued shared deliveries were never sent: another member takes them.
         self.redispatch_shared(session, false);
         if will_delay > 0 {
-            let this = self.clone();
-            let session = session.clone();
-            let timers = timers.clone();
-            let delay = Duration::from_secs(u64::from(will_delay));
-            self.tasks.spawn(async move {
-                tokio::select! {
-                    biased;
-                    _ = timers.cancelled() => {}
-                    _ = this.shutdown.cancelled() => {}
-                    _ = tokio::time::sleep(delay) => {
-                        let will = {
-                            let mut st = session.lock();
-                            if timers.is_cancelled() { None } else { st.pending_will.take() }
-                        };
-                        if let Some(will) = will {
-                            this.publish_will(&session.key, will);
-                        }
-                    }
-                }
-            });
+            self.schedule_will(
+                session,
+                timers.clone(),
+                Duration::from_secs(u64::from(will_delay)),
+            );
         }
         if expiry != u32::MAX {
-            let this = self.clone();
-            let session = session.clone();
-            let delay = Duration::from_secs(u64::from(expiry));
-            self.tasks.spawn(async move {
-                tokio::select! {
-                    biased;
-                    _ = timers.cancelled() => {}
-                    _ = this.shutdown.cancelled() => {}
-                    _ = tokio::time::sleep(delay) => this.expire(&session, &timers),
+            self.schedule_expiry(session, timers, Duration::from_secs(u64::from(expiry)));
+        }
+    }
+
+    /// Publishes the session's pending will after `delay`, unless the
+    /// session resumes (or ends, which publishes it) first.
+    fn schedule_will(&self, session: &Arc<Session>, timers: CancellationToken, delay: Duration) {
+        let this = self.clone();
+        let session = session.clone();
+        self.tasks.spawn(async move {
+            tokio::select! {
+                biased;
+                _ = timers.cancelled() => {}
+                _ = this.shutdown.cancelled() => {}
+                _ = tokio::time::sleep(delay) => {
+                    let will = {
+                        let mut st = session.lock();
+                        if timers.is_cancelled() {
+                            None
+                        } else {
+                            let will = st.pending_will.take();
+                            if let (Some(_), Some(p)) = (&will, &st.persist) {
+                                drop(Write::from_result(p.delete_will(&session.key)));
+                            }
+                            will
+                        }
+                    };
+                    if let Some(will) = will {
+                        this.publish_will(&session.key, will);
+                    }
                 }
-            });
+            }
+        });
+    }
+
+    /// Ends the session after `delay` unless it resumes first.
+    fn schedule_expiry(&self, session: &Arc<Session>, timers: CancellationToken, delay: Duration) {
+        let this = self.clone();
+        let session = session.clone();
+        self.tasks.spawn(async move {
+            tokio::select! {
+                biased;
+                _ = timers.cancelled() => {}
+                _ = this.shutdown.cancelled() => {}
+                _ = tokio::time::sleep(delay) => this.expire(&session, &timers),
+            }
+        });
+    }
+
+    /// Rebuilds the durable sessions and retained messages read at
+    /// start-up. Every session comes back offline; one whose expiry passed
+    /// while the node was down ends now (its will, if any, is published),
+    /// the others get their remaining expiry and will delay.
+    pub fn restore(&self, restored: Restored) {
+        let now_ms = unix_ms(Instant::now());
+        for m in restored.retained {
+            if m.is_expired(Instant::now()) {
+                drop(Write::from_result(self.state_persist_delete_retained(&m)));
+                continue;
+            }
+            self.state.restore_retained(m);
+        }
+        let mut due_wills = Vec::new();
+        for r in restored.sessions {
+            // A session that was connected at the crash counts as
+            // disconnected now.
+            let since = if r.disconnected_at_ms == 0 {
+                now_ms
+            } else {
+                r.disconnected_at_ms
+            };
+            let expiry = r.expiry_interval;
+            let expires_ms = since.saturating_add(u64::from(expiry) * 1000);
+            let will = r.will.clone();
+            let session = self.state.restore_session(r);
+            let timers = session.lock().timers.clone();
+            if expiry != u32::MAX && expires_ms <= now_ms {
+                session.lock().ended = true;
+                debug!(session = %session.key, "Session expired while the node was down");
+                // Its will, if still pending, is due now: the session ended.
+                self.end_instance(&session, will.map(|(w, _)| w));
+                continue;
+            }
+            if let Some((w, due_ms)) = will {
+                if due_ms <= now_ms {
+                    due_wills.push((session.clone(), w));
+                } else {
+                    session.lock().pending_will = Some(w);
+                    self.schedule_will(
+                        &session,
+                        timers.clone(),
+                        Duration::from_millis(due_ms - now_ms),
+                    );
+                }
+            }
+            if expiry != u32::MAX {
+                self.schedule_expiry(&session, timers, Duration::from_millis(expires_ms - now_ms));
+            }
+        }
+        // Wills fall due after every session is back, so subscribers of
+        // the will topics receive them.
+        for (session, will) in due_wills {
+            if let Some(p) = &session.lock().persist {
+                drop(Write::from_result(p.delete_will(&session.key)));
+            }
+            self.publish_will(&session.key, will);
+        }
+    }
+
+    fn state_persist_delete_retained(
+        &self,
+        m: &Message,
+    ) -> Result<porchlight_storage::Ticket, porchlight_storage::StorageError> {
+        match self.state.persist() {
+            Some(p) => p.delete_retained(&m.tenant, &m.topic),
+            None => Ok(porchlight_storage::Ticket::default()),
         }
     }
 
@@ -302,6 +408,9 @@ impl Registry {
                     .collect();
                 for id in ids {
                     if let Some(f) = st.inflight.remove(&id) {
+                        if let Some(p) = &st.persist {
+                            drop(Write::from_result(p.acknowledged(&session.key, id)));
+                        }
                         if let OutState::AwaitingAck(d) = f.state {
                             out.push(d);
                         }
@@ -312,6 +421,11 @@ impl Registry {
                 let (shared, rest): (Vec<_>, Vec<_>) =
                     st.queue.drain(..).partition(|d| d.share.is_some());
                 st.queue.extend(rest);
+                if let Some(p) = &st.persist {
+                    for d in &shared {
+                        drop(Write::from_result(p.remove_queued(&session.key, d.seq)));
+                    }
+                }
                 out.extend(shared);
             }
             out
@@ -323,8 +437,11 @@ impl Registry {
             let keep = (!ended).then(|| d.clone());
             if !self.router.redispatch_shared(d, &share, session.id) {
                 match keep {
-                    // No other member: a live session keeps its delivery.
-                    Some(d) => session.lock().queue.push_back(d),
+                    // No other member: a live session keeps its delivery
+                    // (re-queued, so also re-written if durable).
+                    Some(d) => {
+                        let _ = self.router.deliver(session, d);
+                    }
                     None => self.metrics.dropped(DropReason::SessionEnded),
                 }
             }

@@ -73,28 +73,28 @@ impl RetainedStore {
     }
 
     /// Retained messages matching `filter`. Expired ones found on the way
-    /// are removed; the second value counts them.
+    /// are removed and returned second.
     pub fn matching(
         &self,
         tenant: &TenantId,
         filter: &str,
         now: Instant,
-    ) -> (Vec<Arc<Message>>, usize) {
+    ) -> (Vec<Arc<Message>>, Vec<Arc<Message>>) {
         let Some(root) = self.tenants.get(tenant).map(|t| t.clone()) else {
-            return (Vec::new(), 0);
+            return (Vec::new(), Vec::new());
         };
         let levels: Vec<&str> = filter.split('/').collect();
         let mut out = Vec::new();
         walk(&root.read(), &levels, true, &mut out);
         let (live, expired): (Vec<_>, Vec<_>) = out.into_iter().partition(|m| !m.is_expired(now));
-        let mut removed = 0;
+        let mut removed = Vec::new();
         if !expired.is_empty() {
             let mut w = root.write();
             for m in expired {
                 let levels: Vec<&str> = m.topic.split('/').collect();
                 // Only if it was not replaced meanwhile.
                 if remove_if_same(&mut w, &levels, &m) {
-                    removed += 1;
+                    removed.push(m);
                 }
             }
         }

@@ -14,14 +14,16 @@
 
 use std::sync::Arc;
 
-use crate::command::Command;
+use crate::codec::{reason, QoS};
+use crate::command::{Command, Write};
 use crate::config::Config;
 use crate::ids::SessionId;
 use crate::message::{Delivery, Message, ShareRef};
 use crate::metrics::{DropReason, Metrics};
 use crate::session::{effective_qos, EnqueueOutcome, Session};
 use crate::state::State;
-use crate::trie::Subscriber;
+use crate::trie::{Matches, Subscriber};
+use porchlight_storage::Health;
 
 #[derive(Debug)]
 pub struct Router {
@@ -41,13 +43,23 @@ impl Router {
 
     /// Routes `msg` to every matching session.
     pub fn publish(&self, msg: Arc<Message>) -> PublishOutcome {
+        let mut out = PublishOutcome::default();
+        let mut m = self.state.matches(&msg.tenant, &msg.topic);
+        // A QoS 1/2 message that needs durability (retained, or queued for
+        // a durable session) is refused whole while the store refuses
+        // writes: better than delivering it to some and failing the ack.
+        if msg.qos != QoS::AtMostOnce {
+            if let Some(code) = self.refusal(&msg, &m) {
+                out.refused = Some(code);
+                return out;
+            }
+        }
         if msg.retain {
-            self.state.apply(Command::Retain {
+            let (_, write) = self.state.apply(Command::Retain {
                 message: msg.clone(),
             });
+            out.write = std::mem::replace(&mut out.write, Write::None).and(write);
         }
-        let mut m = self.state.matches(&msg.tenant, &msg.topic);
-        let mut out = PublishOutcome::default();
         // Merge overlapping subscriptions: sort by session, fold runs.
         m.direct.sort_unstable_by_key(|s| s.session.id);
         let mut current: Option<(Arc<Session>, Delivery)> = None;
@@ -78,6 +90,7 @@ impl Router {
                         retain,
                         subscription_ids: sub.id.into_iter().collect(),
                         share: None,
+                        seq: 0,
                     };
                     current = Some((sub.session, d));
                 }
@@ -93,15 +106,32 @@ impl Router {
                 retain: sub.options.retain_as_published && msg.retain,
                 subscription_ids: sub.id.into_iter().collect(),
                 share: Some(share),
+                seq: 0,
             };
             out.add(self.deliver(&sub.session, d));
         }
         out
     }
 
+    /// The reason code to refuse `msg` with, if it needs durable writes the
+    /// store will not take now.
+    fn refusal(&self, msg: &Message, m: &Matches) -> Option<u8> {
+        let health = self.state.persist()?.health();
+        if health == Health::Ok {
+            return None;
+        }
+        let durable = |s: &Subscriber| s.session.lock().persist.is_some();
+        let needs =
+            msg.retain || m.direct.iter().any(durable) || m.shared.iter().any(|(s, _)| durable(s));
+        needs.then_some(match health {
+            Health::Full => reason::QUOTA_EXCEEDED,
+            _ => reason::UNSPECIFIED_ERROR,
+        })
+    }
+
     /// Queues one delivery, counting overflow drops.
-    pub fn deliver(&self, session: &Session, d: Delivery) -> EnqueueOutcome {
-        let outcome = session.enqueue(
+    pub fn deliver(&self, session: &Session, d: Delivery) -> (EnqueueOutcome, Write) {
+        let (outcome, write) = session.enqueue(
             d,
             self.config.max_queued_messages,
             self.config.queue_overflow,
@@ -109,7 +139,7 @@ impl Router {
         if outcome != EnqueueOutcome::Queued {
             self.metrics.dropped(DropReason::QueueFull);
         }
-        outcome
+        (outcome, write)
     }
 
     /// Hands an unacknowledged shared-subscription delivery to another
@@ -143,7 +173,7 @@ impl Router {
             subscription_ids: sub.id.into_iter().collect(),
             ..d
         };
-        self.deliver(&sub.session, d) != EnqueueOutcome::DroppedNew
+        self.deliver(&sub.session, d).0 != EnqueueOutcome::DroppedNew
     }
 }
 
@@ -166,11 +196,11 @@ mod tests {
     fn one_decoded_payload_is_shared_by_every_delivery() {
         let config = Arc::new(Config::for_tests(std::env::temp_dir()));
         let metrics = Arc::new(Metrics::default());
-        let state = Arc::new(State::new(metrics.clone()));
+        let state = Arc::new(State::new(metrics.clone(), None));
         let router = Router::new(config.clone(), metrics, state.clone());
         let mut sessions = Vec::new();
         for name in ["a", "b"] {
-            let Applied::Session { session, .. } = state.apply(Command::PutSession {
+            let (Applied::Session { session, .. }, _) = state.apply(Command::PutSession {
                 key: key(name),
                 expiry_interval: 0,
             }) else {
@@ -203,16 +233,34 @@ mod tests {
 }
 
 /// What one publish did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct PublishOutcome {
     /// Sessions the message was queued for.
     pub queued: usize,
     /// Whether some session's queue was full (a message was dropped).
     pub overflowed: bool,
+    /// The durable writes made for it (queues of durable sessions, the
+    /// retained store): its PUBACK/PUBREC waits for them.
+    pub write: Write,
+    /// Not routed at all: the store refuses the writes it needs (the
+    /// reason code for the PUBACK/PUBREC).
+    pub refused: Option<u8>,
+}
+
+impl Default for PublishOutcome {
+    fn default() -> Self {
+        PublishOutcome {
+            queued: 0,
+            overflowed: false,
+            write: Write::None,
+            refused: None,
+        }
+    }
 }
 
 impl PublishOutcome {
-    fn add(&mut self, e: EnqueueOutcome) {
+    fn add(&mut self, (e, write): (EnqueueOutcome, Write)) {
+        self.write = std::mem::replace(&mut self.write, Write::None).and(write);
         match e {
             EnqueueOutcome::Queued => self.queued += 1,
             EnqueueOutcome::DroppedOldest => {

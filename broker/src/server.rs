@@ -33,6 +33,9 @@ impl Server {
             path: config.data_dir.clone(),
             source,
         })?;
+        // The store is opened (and a bad one refused) before any port is bound.
+        let broker = Broker::open(Arc::new(config), shutdown)?;
+        let config = &broker.config;
         let mut listeners = Vec::with_capacity(config.listen.len());
         for addr in &config.listen {
             let l = TcpListener::bind(addr)
@@ -43,7 +46,6 @@ impl Server {
                 })?;
             listeners.push(l);
         }
-        let broker = Broker::new(Arc::new(config), shutdown);
         Ok(Server { listeners, broker })
     }
 

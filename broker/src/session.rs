@@ -15,6 +15,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use parking_lot::{Mutex, MutexGuard};
@@ -22,9 +23,11 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::codec::{QoS, SubscriptionOptions, Will};
+use crate::command::Write;
 use crate::config::QueueOverflow;
 use crate::ids::{ConnectionId, SessionId, SessionKey};
 use crate::message::Delivery;
+use crate::persist::{Persist, RestoredInflight};
 use crate::topic::TopicFilter;
 
 /// A subscription as stored in the session (the trie holds its own copy).
@@ -87,6 +90,11 @@ pub struct SessionState {
     /// session's backlog), in original order; they do not count against
     /// the send window until resent.
     pub resend: VecDeque<u16>,
+    /// The durable store, while this session is durable (its expiry
+    /// outlives a connection); `None` for clean sessions.
+    pub persist: Option<Arc<Persist>>,
+    /// Last queue position given to a delivery of a durable session.
+    next_queue_seq: u64,
     /// When the session lost its connection; `None` while connected.
     pub disconnected_at: Option<Instant>,
 }
@@ -133,6 +141,8 @@ impl Session {
                 pending_will: None,
                 ended: false,
                 resend: VecDeque::new(),
+                persist: None,
+                next_queue_seq: 0,
                 disconnected_at: None,
             }),
         }
@@ -152,33 +162,47 @@ impl Session {
     }
 
     /// Queues a delivery, applying the overflow policy at `max_queued`,
-    /// and wakes the connection.
+    /// and wakes the connection. For a durable session the queue entry is
+    /// written under the session's lock, so the store sees queue changes in
+    /// the order memory does.
     pub fn enqueue(
         &self,
-        delivery: Delivery,
+        mut delivery: Delivery,
         max_queued: usize,
         policy: QueueOverflow,
-    ) -> EnqueueOutcome {
-        let outcome = {
+    ) -> (EnqueueOutcome, Write) {
+        let (outcome, write) = {
             let mut st = self.state.lock();
-            if st.queue.len() < max_queued {
+            if st.persist.is_some() {
+                st.next_queue_seq += 1;
+                delivery.seq = st.next_queue_seq;
+            }
+            let mut dropped = None;
+            let outcome = if st.queue.len() < max_queued {
                 st.queue.push_back(delivery);
                 EnqueueOutcome::Queued
             } else {
                 match policy {
                     QueueOverflow::DropNew => EnqueueOutcome::DroppedNew,
                     QueueOverflow::DropOldest => {
-                        st.queue.pop_front();
+                        dropped = st.queue.pop_front().map(|d| d.seq);
                         st.queue.push_back(delivery);
                         EnqueueOutcome::DroppedOldest
                     }
                 }
-            }
+            };
+            let write = match (&st.persist, st.queue.back(), outcome) {
+                (Some(p), Some(d), EnqueueOutcome::Queued | EnqueueOutcome::DroppedOldest) => {
+                    Write::from_result(p.push_queue(&self.key, d, dropped))
+                }
+                _ => Write::None,
+            };
+            (outcome, write)
         };
         if outcome != EnqueueOutcome::DroppedNew {
             self.notify.notify_one();
         }
-        outcome
+        (outcome, write)
     }
 }
 
@@ -196,10 +220,37 @@ impl SessionState {
         None
     }
 
-    pub fn track_inflight(&mut self, packet_id: u16, state: OutState) {
+    /// Records a sent message as in flight; returns its send order.
+    pub fn track_inflight(&mut self, packet_id: u16, state: OutState) -> u64 {
         self.next_seq += 1;
         let seq = self.next_seq;
         self.inflight.insert(packet_id, Inflight { seq, state });
+        seq
+    }
+
+    /// Puts back what a durable session had on disk: its queue (in order),
+    /// its in-flight messages (redelivered with DUP on resume) and the
+    /// incoming QoS 2 ids still awaiting PUBREL.
+    pub fn restore_queues(
+        &mut self,
+        queue: Vec<Delivery>,
+        inflight: Vec<RestoredInflight>,
+        incoming: Vec<u16>,
+    ) {
+        for d in queue {
+            self.next_queue_seq = self.next_queue_seq.max(d.seq);
+            self.queue.push_back(d);
+        }
+        for f in inflight {
+            self.next_seq = self.next_seq.max(f.seq);
+            let state = match f.delivery {
+                Some(d) => OutState::AwaitingAck(d),
+                None => OutState::AwaitingComp,
+            };
+            self.inflight
+                .insert(f.packet_id, Inflight { seq: f.seq, state });
+        }
+        self.incoming_qos2.extend(incoming);
     }
 
     /// In-flight packet ids in the order they were first sent.

@@ -16,34 +16,42 @@ use std::time::Instant;
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 
-use crate::command::{Applied, Command};
+use crate::codec::SubscriptionOptions;
+use crate::command::{Applied, Command, Write};
 use crate::ids::{SessionKey, TenantId};
 use crate::message::Message;
 use crate::metrics::Metrics;
+use crate::persist::{Persist, RestoredSession};
 use crate::retained::{RetainChange, RetainedStore};
-use crate::session::{Session, StoredSubscription};
+use crate::session::{Session, SessionState, StoredSubscription};
+use crate::topic::TopicFilter;
 use crate::trie::{Matches, Subscriber, SubscriptionTrie};
 
 #[derive(Debug)]
 pub struct State {
     metrics: Arc<Metrics>,
+    /// Durable store; `None` only in unit tests.
+    persist: Option<Arc<Persist>>,
     sessions: DashMap<SessionKey, Arc<Session>>,
     trie: SubscriptionTrie,
     retained: RetainedStore,
 }
 
 impl State {
-    pub fn new(metrics: Arc<Metrics>) -> State {
+    pub fn new(metrics: Arc<Metrics>, persist: Option<Arc<Persist>>) -> State {
         State {
             metrics,
+            persist,
             sessions: DashMap::new(),
             trie: SubscriptionTrie::default(),
             retained: RetainedStore::default(),
         }
     }
 
-    /// Applies one command. The only way the control state changes.
-    pub fn apply(&self, cmd: Command) -> Applied {
+    /// Applies one command: the only way the control state changes. Changes
+    /// to durable sessions and to retained messages are written through to
+    /// the store; the returned [`Write`] says when they are on disk.
+    pub fn apply(&self, cmd: Command) -> (Applied, Write) {
         match cmd {
             Command::PutSession {
                 key,
@@ -57,80 +65,120 @@ impl State {
                 id,
             } => {
                 let Some(session) = self.session(&key) else {
-                    return Applied::NoSession;
+                    return (Applied::NoSession, Write::None);
                 };
                 let mut st = session.lock();
                 if st.ended {
-                    return Applied::NoSession;
+                    return (Applied::NoSession, Write::None);
                 }
-                let existed = st
-                    .subscriptions
-                    .insert(filter.clone(), StoredSubscription { options, id })
-                    .is_some();
-                self.trie.subscribe(
-                    &key.tenant,
-                    filter.filter(),
-                    filter.group(),
-                    Subscriber {
-                        session: session.clone(),
-                        options,
-                        id,
-                    },
-                );
-                Applied::Existed(existed)
+                let write = match &st.persist {
+                    Some(p) => Write::from_result(p.put_subscription(&key, &filter, options, id)),
+                    None => Write::None,
+                };
+                let existed = self.add_subscription(&session, &mut st, filter, options, id);
+                (Applied::Existed(existed), write)
             }
             Command::Unsubscribe { key, filter } => {
                 let Some(session) = self.session(&key) else {
-                    return Applied::NoSession;
+                    return (Applied::NoSession, Write::None);
                 };
                 let mut st = session.lock();
                 let existed = st.subscriptions.remove(filter.as_str()).is_some();
+                let write = match (&st.persist, existed) {
+                    (Some(p), true) => Write::from_result(p.delete_subscription(&key, &filter)),
+                    _ => Write::None,
+                };
                 self.trie
                     .unsubscribe(&key.tenant, filter.filter(), filter.group(), session.id);
-                Applied::Existed(existed)
+                (Applied::Existed(existed), write)
             }
             Command::Retain { message } => {
-                let change = self.retained.set(message);
-                match change {
-                    RetainChange::Added => self.metrics.inc(&self.metrics.retained),
-                    RetainChange::Removed => self.metrics.dec(&self.metrics.retained),
-                    RetainChange::Replaced | RetainChange::Unchanged => {}
-                }
-                Applied::Retained(change)
+                let write = match &self.persist {
+                    Some(p) => Write::from_result(p.put_retained(&message)),
+                    None => Write::None,
+                };
+                (Applied::Retained(self.set_retained(message)), write)
             }
         }
     }
 
-    fn put_session(&self, key: SessionKey, expiry_interval: u32) -> Applied {
-        match self.sessions.entry(key) {
+    fn add_subscription(
+        &self,
+        session: &Arc<Session>,
+        st: &mut SessionState,
+        filter: TopicFilter,
+        options: SubscriptionOptions,
+        id: Option<u32>,
+    ) -> bool {
+        let existed = st
+            .subscriptions
+            .insert(filter.clone(), StoredSubscription { options, id })
+            .is_some();
+        self.trie.subscribe(
+            &session.key.tenant,
+            filter.filter(),
+            filter.group(),
+            Subscriber {
+                session: session.clone(),
+                options,
+                id,
+            },
+        );
+        existed
+    }
+
+    fn set_retained(&self, message: Arc<Message>) -> RetainChange {
+        let change = self.retained.set(message);
+        match change {
+            RetainChange::Added => self.metrics.inc(&self.metrics.retained),
+            RetainChange::Removed => self.metrics.dec(&self.metrics.retained),
+            RetainChange::Replaced | RetainChange::Unchanged => {}
+        }
+        change
+    }
+
+    fn put_session(&self, key: SessionKey, expiry_interval: u32) -> (Applied, Write) {
+        let (session, created) = match self.sessions.entry(key) {
             Entry::Occupied(e) => {
-                let session = e.get().clone();
-                let mut st = session.lock();
-                if st.ended {
-                    return Applied::Ending;
+                if e.get().lock().ended {
+                    return (Applied::Ending, Write::None);
                 }
-                st.expiry_interval = expiry_interval;
-                drop(st);
-                Applied::Session {
-                    session,
-                    created: false,
-                }
+                (e.get().clone(), false)
             }
             Entry::Vacant(v) => {
                 let session = Arc::new(Session::new(v.key().clone(), expiry_interval));
                 v.insert(session.clone());
                 self.metrics.inc(&self.metrics.sessions);
-                Applied::Session {
-                    session,
-                    created: true,
+                (session, true)
+            }
+        };
+        let mut st = session.lock();
+        st.expiry_interval = expiry_interval;
+        // A session with an expiry outlives its connection: it is durable
+        // from now on (clean sessions never touch the disk).
+        if st.persist.is_none() && expiry_interval > 0 {
+            st.persist = self.persist.clone();
+            if let Some(p) = &st.persist {
+                // A clean session resumed as a persistent one: write what it
+                // already has.
+                for (f, sub) in &st.subscriptions {
+                    if let Err(e) = p.put_subscription(&session.key, f, sub.options, sub.id) {
+                        tracing::warn!(error = %e, "Durable write refused");
+                    }
                 }
             }
         }
+        let write = match &st.persist {
+            Some(p) => Write::from_result(p.put_session(&session.key, expiry_interval, 0)),
+            None => Write::None,
+        };
+        drop(st);
+        (Applied::Session { session, created }, write)
     }
 
-    fn delete_session(&self, key: &SessionKey) -> Applied {
+    fn delete_session(&self, key: &SessionKey) -> (Applied, Write) {
         let Some((_, session)) = self.sessions.remove_if(key, |_, s| s.lock().ended) else {
-            return Applied::Deleted(false);
+            return (Applied::Deleted(false), Write::None);
         };
         self.metrics.dec(&self.metrics.sessions);
         let mut st = session.lock();
@@ -138,7 +186,38 @@ impl State {
             self.trie
                 .unsubscribe(&key.tenant, filter.filter(), filter.group(), session.id);
         }
-        Applied::Deleted(true)
+        let write = match st.persist.take() {
+            Some(p) => Write::from_result(p.delete_session(key)),
+            None => Write::None,
+        };
+        (Applied::Deleted(true), write)
+    }
+
+    /// Rebuilds a durable session found on disk at start-up, without
+    /// writing anything back. It comes back offline.
+    pub fn restore_session(&self, r: RestoredSession) -> Arc<Session> {
+        let session = Arc::new(Session::new(r.key.clone(), r.expiry_interval));
+        {
+            let mut st = session.lock();
+            st.persist = self.persist.clone();
+            st.disconnected_at = Some(Instant::now());
+            for (filter, options, id) in r.subscriptions {
+                self.add_subscription(&session, &mut st, filter, options, id);
+            }
+            st.restore_queues(r.queue, r.inflight, r.incoming);
+        }
+        self.sessions.insert(r.key, session.clone());
+        self.metrics.inc(&self.metrics.sessions);
+        session
+    }
+
+    /// Puts a retained message found on disk back, without writing.
+    pub fn restore_retained(&self, message: Message) {
+        self.set_retained(Arc::new(message));
+    }
+
+    pub fn persist(&self) -> Option<&Arc<Persist>> {
+        self.persist.as_ref()
     }
 
     pub fn session(&self, key: &SessionKey) -> Option<Arc<Session>> {
@@ -159,8 +238,13 @@ impl State {
     /// this is deterministic, not a new decision).
     pub fn retained_matching(&self, tenant: &TenantId, filter: &str) -> Vec<Arc<Message>> {
         let (live, expired) = self.retained.matching(tenant, filter, Instant::now());
-        for _ in 0..expired {
+        for m in expired {
             self.metrics.dec(&self.metrics.retained);
+            if let Some(p) = &self.persist {
+                if let Err(e) = p.delete_retained(&m.tenant, &m.topic) {
+                    tracing::warn!(error = %e, "Cannot delete an expired retained message");
+                }
+            }
         }
         live
     }

@@ -24,6 +24,7 @@ use bytes::Bytes;
 pub use decode::{decode, DecodeError};
 pub use decode::{frame_len, peek_connect_level};
 pub use encode::{encode, encoded_len, fit_to, write_string, write_vbi};
+pub(crate) use properties::Context as PropertyContext;
 pub use properties::Properties;
 
 /// Protocol level negotiated in CONNECT; decides how everything after it is

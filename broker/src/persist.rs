@@ -1,0 +1,683 @@
+//! Durable records of the broker's state, on `porchlight-storage`.
+//!
+//! Owns the record formats (each value starts with a format-version byte)
+//! and the tables they live in; knows nothing of connections. Written to by
+//! `state.rs` (sessions, subscriptions, retained: the control state),
+//! `session.rs`/`outbound.rs`/`inbound.rs` (queues, in-flight and incoming
+//! QoS 2 ids: the data plane) and `registry.rs` (wills, disconnect times).
+//! Only durable sessions are written: clean sessions never touch the disk.
+//! Read back once, at start-up, by [`Persist::load`].
+//!
+//! Keys: a session key is `[u16 tenant len][tenant][u16 client len][client]`,
+//! so every record of a session shares that prefix; integers are big-endian
+//! so queue entries sort in order.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use porchlight_storage::{Batch, Health, StorageError, Store, StoreOptions, Table, Ticket};
+
+use crate::codec::{Properties, QoS, RetainHandling, SubscriptionOptions, Will};
+use crate::ids::{ClientId, SessionKey, TenantId};
+use crate::message::{Delivery, Message, ShareRef};
+use crate::topic::{TopicFilter, TopicLimits, TopicName};
+
+pub const SESSIONS: Table = Table(1);
+pub const SUBSCRIPTIONS: Table = Table(2);
+pub const QUEUE: Table = Table(3);
+pub const INFLIGHT: Table = Table(4);
+pub const INCOMING: Table = Table(5);
+pub const RETAINED: Table = Table(6);
+pub const WILLS: Table = Table(7);
+const ALL_SESSION_TABLES: [Table; 6] = [SESSIONS, SUBSCRIPTIONS, QUEUE, INFLIGHT, INCOMING, WILLS];
+
+/// Version byte at the front of every value written by this build.
+const V1: u8 = 1;
+
+/// Milliseconds since the Unix epoch for a monotonic instant.
+pub fn unix_ms(at: Instant) -> u64 {
+    let now = Instant::now();
+    let wall = if at >= now {
+        SystemTime::now() + (at - now)
+    } else {
+        SystemTime::now() - (now - at)
+    };
+    wall.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The monotonic instant for a wall-clock time (now, if it has passed).
+pub fn instant_from_unix_ms(ms: u64) -> Instant {
+    let now_ms = unix_ms(Instant::now());
+    Instant::now() + Duration::from_millis(ms.saturating_sub(now_ms))
+}
+
+pub fn session_key_bytes(key: &SessionKey) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + key.tenant.as_str().len() + key.client.as_str().len());
+    put_str(&mut out, key.tenant.as_str());
+    put_str(&mut out, key.client.as_str());
+    out
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    // Tenants, client ids and topics are bounded far below u16::MAX.
+    out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    out.extend_from_slice(&(b.len() as u32).to_be_bytes());
+    out.extend_from_slice(b);
+}
+
+/// Reads records; every failure names what was being read.
+struct Reader<'a> {
+    buf: &'a [u8],
+}
+
+type Bad = &'static str;
+
+impl<'a> Reader<'a> {
+    fn new(buf: &'a [u8]) -> Self {
+        Reader { buf }
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], Bad> {
+        if self.buf.len() < n {
+            return Err("truncated record");
+        }
+        let (a, b) = self.buf.split_at(n);
+        self.buf = b;
+        Ok(a)
+    }
+
+    fn u8(&mut self) -> Result<u8, Bad> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u16(&mut self) -> Result<u16, Bad> {
+        let b = self.take(2)?;
+        Ok(u16::from_be_bytes([b[0], b[1]]))
+    }
+
+    fn u32(&mut self) -> Result<u32, Bad> {
+        let b = self.take(4)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    fn u64(&mut self) -> Result<u64, Bad> {
+        let b = self.take(8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_be_bytes(a))
+    }
+
+    fn str(&mut self) -> Result<&'a str, Bad> {
+        let n = usize::from(self.u16()?);
+        std::str::from_utf8(self.take(n)?).map_err(|_| "invalid UTF-8")
+    }
+
+    fn bytes(&mut self) -> Result<&'a [u8], Bad> {
+        let n = self.u32()? as usize;
+        self.take(n)
+    }
+
+    fn version(&mut self) -> Result<(), Bad> {
+        match self.u8()? {
+            V1 => Ok(()),
+            _ => Err("unknown record version"),
+        }
+    }
+
+    fn qos(&mut self) -> Result<QoS, Bad> {
+        QoS::from_u8(self.u8()?).ok_or("invalid QoS")
+    }
+}
+
+fn parse_session_key(b: &[u8]) -> Result<(SessionKey, usize), Bad> {
+    let mut r = Reader::new(b);
+    let tenant = r.str()?;
+    let client = r.str()?;
+    let used = b.len() - r.buf.len();
+    Ok((
+        SessionKey {
+            tenant: TenantId::new(tenant),
+            client: ClientId::new(client),
+        },
+        used,
+    ))
+}
+
+fn encode_message(out: &mut Vec<u8>, m: &Message) {
+    put_str(out, &m.topic);
+    put_bytes(out, &m.payload);
+    out.push(m.qos as u8);
+    out.push(u8::from(m.retain));
+    put_bytes(out, &m.forwarded_properties);
+    out.extend_from_slice(&m.expires_at.map_or(0, unix_ms).to_be_bytes());
+    match &m.publisher {
+        Some(p) => {
+            out.push(1);
+            put_str(out, p.as_str());
+        }
+        None => out.push(0),
+    }
+}
+
+fn decode_message(r: &mut Reader<'_>, tenant: &TenantId) -> Result<Message, Bad> {
+    let topic = TopicName::trusted(r.str()?.to_owned());
+    let payload = Bytes::copy_from_slice(r.bytes()?);
+    let qos = r.qos()?;
+    let retain = r.u8()? != 0;
+    let forwarded_properties = Bytes::copy_from_slice(r.bytes()?);
+    let expires = r.u64()?;
+    let publisher = match r.u8()? {
+        0 => None,
+        _ => Some(ClientId::new(r.str()?)),
+    };
+    Ok(Message {
+        tenant: tenant.clone(),
+        topic,
+        payload,
+        qos,
+        retain,
+        forwarded_properties,
+        expires_at: (expires != 0).then(|| instant_from_unix_ms(expires)),
+        publisher,
+    })
+}
+
+fn encode_delivery(out: &mut Vec<u8>, d: &Delivery) {
+    encode_message(out, &d.msg);
+    out.push(d.qos as u8);
+    out.push(u8::from(d.retain));
+    out.extend_from_slice(&(d.subscription_ids.len() as u16).to_be_bytes());
+    for id in &d.subscription_ids {
+        out.extend_from_slice(&id.to_be_bytes());
+    }
+    match &d.share {
+        Some(s) => {
+            out.push(1);
+            put_str(out, &s.group);
+            put_str(out, &s.filter);
+        }
+        None => out.push(0),
+    }
+}
+
+fn decode_delivery(r: &mut Reader<'_>, tenant: &TenantId) -> Result<Delivery, Bad> {
+    let msg = Arc::new(decode_message(r, tenant)?);
+    let qos = r.qos()?;
+    let retain = r.u8()? != 0;
+    let n = r.u16()?;
+    let mut subscription_ids = Vec::with_capacity(usize::from(n));
+    for _ in 0..n {
+        subscription_ids.push(r.u32()?);
+    }
+    let share = match r.u8()? {
+        0 => None,
+        _ => Some(ShareRef {
+            group: Arc::from(r.str()?),
+            filter: Arc::from(r.str()?),
+        }),
+    };
+    Ok(Delivery {
+        msg,
+        qos,
+        retain,
+        subscription_ids,
+        share,
+        seq: 0,
+    })
+}
+
+fn options_byte(o: SubscriptionOptions) -> u8 {
+    (o.qos as u8)
+        | (u8::from(o.no_local) << 2)
+        | (u8::from(o.retain_as_published) << 3)
+        | ((o.retain_handling as u8) << 4)
+}
+
+fn options_from(b: u8) -> Result<SubscriptionOptions, Bad> {
+    Ok(SubscriptionOptions {
+        qos: QoS::from_u8(b & 3).ok_or("invalid QoS")?,
+        no_local: b & 4 != 0,
+        retain_as_published: b & 8 != 0,
+        retain_handling: match (b >> 4) & 3 {
+            0 => RetainHandling::SendOnSubscribe,
+            1 => RetainHandling::SendIfNew,
+            2 => RetainHandling::DoNotSend,
+            _ => return Err("invalid retain handling"),
+        },
+    })
+}
+
+fn with_suffix(prefix: &[u8], suffix: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(prefix.len() + suffix.len());
+    k.extend_from_slice(prefix);
+    k.extend_from_slice(suffix);
+    k
+}
+
+/// An in-flight record as stored.
+#[derive(Debug)]
+pub struct RestoredInflight {
+    pub packet_id: u16,
+    pub seq: u64,
+    /// `None`: PUBREL sent, waiting for PUBCOMP.
+    pub delivery: Option<Delivery>,
+}
+
+/// One durable session as found on disk.
+#[derive(Debug)]
+pub struct RestoredSession {
+    pub key: SessionKey,
+    pub expiry_interval: u32,
+    /// When it lost its connection (Unix ms); 0 if it had one at the crash.
+    pub disconnected_at_ms: u64,
+    pub subscriptions: Vec<(TopicFilter, SubscriptionOptions, Option<u32>)>,
+    pub queue: Vec<Delivery>,
+    pub inflight: Vec<RestoredInflight>,
+    pub incoming: Vec<u16>,
+    pub will: Option<(Box<Will>, u64)>,
+}
+
+#[derive(Debug, Default)]
+pub struct Restored {
+    pub sessions: Vec<RestoredSession>,
+    pub retained: Vec<Message>,
+}
+
+/// The broker's handle on the store.
+#[derive(Debug)]
+pub struct Persist {
+    store: Store,
+}
+
+impl Persist {
+    pub fn open(path: &Path, opts: StoreOptions) -> Result<Persist, StorageError> {
+        Ok(Persist {
+            store: Store::open(path, opts)?,
+        })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn health(&self) -> Health {
+        self.store.health()
+    }
+
+    pub fn put_session(
+        &self,
+        key: &SessionKey,
+        expiry: u32,
+        disconnected_at_ms: u64,
+    ) -> Result<Ticket, StorageError> {
+        let mut v = vec![V1];
+        v.extend_from_slice(&expiry.to_be_bytes());
+        v.extend_from_slice(&disconnected_at_ms.to_be_bytes());
+        let mut b = Batch::default();
+        b.put(SESSIONS, &session_key_bytes(key), &v);
+        self.store.write(b)
+    }
+
+    /// Deletes every record of a session, in every table.
+    pub fn delete_session(&self, key: &SessionKey) -> Result<Ticket, StorageError> {
+        let prefix = session_key_bytes(key);
+        let mut b = Batch::default();
+        for table in ALL_SESSION_TABLES {
+            for k in self.store.keys_with_prefix(table, &prefix)? {
+                b.delete(table, &k);
+            }
+        }
+        self.store.write(b)
+    }
+
+    pub fn put_subscription(
+        &self,
+        key: &SessionKey,
+        filter: &TopicFilter,
+        options: SubscriptionOptions,
+        id: Option<u32>,
+    ) -> Result<Ticket, StorageError> {
+        let mut v = vec![V1, options_byte(options)];
+        v.extend_from_slice(&id.unwrap_or(0).to_be_bytes());
+        let mut b = Batch::default();
+        b.put(
+            SUBSCRIPTIONS,
+            &with_suffix(&session_key_bytes(key), filter.as_str().as_bytes()),
+            &v,
+        );
+        self.store.write(b)
+    }
+
+    pub fn delete_subscription(
+        &self,
+        key: &SessionKey,
+        filter: &TopicFilter,
+    ) -> Result<Ticket, StorageError> {
+        let mut b = Batch::default();
+        b.delete(
+            SUBSCRIPTIONS,
+            &with_suffix(&session_key_bytes(key), filter.as_str().as_bytes()),
+        );
+        self.store.write(b)
+    }
+
+    fn retained_key(tenant: &TenantId, topic: &str) -> Vec<u8> {
+        let mut k = Vec::new();
+        put_str(&mut k, tenant.as_str());
+        k.extend_from_slice(topic.as_bytes());
+        k
+    }
+
+    /// Stores a retained message, or deletes it for an empty payload.
+    pub fn put_retained(&self, m: &Message) -> Result<Ticket, StorageError> {
+        let key = Self::retained_key(&m.tenant, &m.topic);
+        let mut b = Batch::default();
+        if m.payload.is_empty() {
+            b.delete(RETAINED, &key);
+        } else {
+            let mut v = vec![V1];
+            encode_message(&mut v, m);
+            b.put(RETAINED, &key, &v);
+        }
+        self.store.write(b)
+    }
+
+    /// Deletes a retained message found expired (only if not replaced).
+    pub fn delete_retained(&self, tenant: &TenantId, topic: &str) -> Result<Ticket, StorageError> {
+        let mut b = Batch::default();
+        b.delete(RETAINED, &Self::retained_key(tenant, topic));
+        self.store.write(b)
+    }
+
+    fn seq_key(key: &SessionKey, seq: u64) -> Vec<u8> {
+        with_suffix(&session_key_bytes(key), &seq.to_be_bytes())
+    }
+
+    fn pkid_key(key: &SessionKey, pkid: u16) -> Vec<u8> {
+        with_suffix(&session_key_bytes(key), &pkid.to_be_bytes())
+    }
+
+    /// A delivery joins a durable session's queue; `dropped` is a queued
+    /// one the overflow policy removed to make room.
+    pub fn push_queue(
+        &self,
+        key: &SessionKey,
+        d: &Delivery,
+        dropped: Option<u64>,
+    ) -> Result<Ticket, StorageError> {
+        let mut v = vec![V1];
+        encode_delivery(&mut v, d);
+        let mut b = Batch::default();
+        b.put(QUEUE, &Self::seq_key(key, d.seq), &v);
+        if let Some(seq) = dropped {
+            b.delete(QUEUE, &Self::seq_key(key, seq));
+        }
+        self.store.write(b)
+    }
+
+    pub fn remove_queued(&self, key: &SessionKey, seq: u64) -> Result<Ticket, StorageError> {
+        let mut b = Batch::default();
+        b.delete(QUEUE, &Self::seq_key(key, seq));
+        self.store.write(b)
+    }
+
+    /// A queued delivery was sent: it moves from the queue to in-flight.
+    pub fn send(
+        &self,
+        key: &SessionKey,
+        packet_id: u16,
+        order: u64,
+        d: &Delivery,
+    ) -> Result<Ticket, StorageError> {
+        let mut v = vec![V1];
+        v.extend_from_slice(&order.to_be_bytes());
+        v.push(1);
+        encode_delivery(&mut v, d);
+        let mut b = Batch::default();
+        b.delete(QUEUE, &Self::seq_key(key, d.seq));
+        b.put(INFLIGHT, &Self::pkid_key(key, packet_id), &v);
+        self.store.write(b)
+    }
+
+    /// PUBREC received: only the packet id is left to release.
+    pub fn released(
+        &self,
+        key: &SessionKey,
+        packet_id: u16,
+        order: u64,
+    ) -> Result<Ticket, StorageError> {
+        let mut v = vec![V1];
+        v.extend_from_slice(&order.to_be_bytes());
+        v.push(2);
+        let mut b = Batch::default();
+        b.put(INFLIGHT, &Self::pkid_key(key, packet_id), &v);
+        self.store.write(b)
+    }
+
+    pub fn acknowledged(&self, key: &SessionKey, packet_id: u16) -> Result<Ticket, StorageError> {
+        let mut b = Batch::default();
+        b.delete(INFLIGHT, &Self::pkid_key(key, packet_id));
+        self.store.write(b)
+    }
+
+    /// An incoming QoS 2 packet id awaiting PUBREL (exactly once across a
+    /// restart).
+    pub fn incoming(
+        &self,
+        key: &SessionKey,
+        packet_id: u16,
+        present: bool,
+    ) -> Result<Ticket, StorageError> {
+        let mut b = Batch::default();
+        if present {
+            b.put(INCOMING, &Self::pkid_key(key, packet_id), &[V1]);
+        } else {
+            b.delete(INCOMING, &Self::pkid_key(key, packet_id));
+        }
+        self.store.write(b)
+    }
+
+    /// A will waiting for its delay or the session's end, due at `due_ms`.
+    pub fn put_will(
+        &self,
+        key: &SessionKey,
+        will: &Will,
+        due_ms: u64,
+    ) -> Result<Ticket, StorageError> {
+        let mut v = vec![V1];
+        v.extend_from_slice(&due_ms.to_be_bytes());
+        v.push(will.qos as u8);
+        v.push(u8::from(will.retain));
+        put_str(&mut v, &will.topic);
+        put_bytes(&mut v, &will.payload);
+        let mut props = BytesMut::new();
+        will.properties.write(&mut props);
+        put_bytes(&mut v, &props);
+        let mut b = Batch::default();
+        b.put(WILLS, &session_key_bytes(key), &v);
+        self.store.write(b)
+    }
+
+    pub fn delete_will(&self, key: &SessionKey) -> Result<Ticket, StorageError> {
+        let mut b = Batch::default();
+        b.delete(WILLS, &session_key_bytes(key));
+        self.store.write(b)
+    }
+
+    /// Reads everything back. A record that cannot be read stops start-up
+    /// with the table and key named: nothing is skipped silently.
+    pub fn load(&self, limits: TopicLimits) -> Result<Restored, StorageError> {
+        let corrupt = |table: Table, key: &[u8], why: &str| StorageError::Corrupt {
+            path: self.store.path().to_owned(),
+            detail: format!("table {} key {:02x?}: {why}", table.0, key),
+        };
+        let mut sessions: BTreeMap<Vec<u8>, RestoredSession> = BTreeMap::new();
+        for r in self.store.scan(SESSIONS) {
+            let (k, v) = r?;
+            let (key, _) = parse_session_key(&k).map_err(|e| corrupt(SESSIONS, &k, e))?;
+            let mut rd = Reader::new(&v);
+            let parsed = (|| -> Result<(u32, u64), Bad> {
+                rd.version()?;
+                Ok((rd.u32()?, rd.u64()?))
+            })();
+            let (expiry_interval, disconnected_at_ms) =
+                parsed.map_err(|e| corrupt(SESSIONS, &k, e))?;
+            sessions.insert(
+                k.clone(),
+                RestoredSession {
+                    key,
+                    expiry_interval,
+                    disconnected_at_ms,
+                    subscriptions: Vec::new(),
+                    queue: Vec::new(),
+                    inflight: Vec::new(),
+                    incoming: Vec::new(),
+                    will: None,
+                },
+            );
+        }
+        // Records of a session whose session record is missing would be
+        // orphans of an interrupted delete; they are ignored, not fatal.
+        let owner = |sessions: &mut BTreeMap<Vec<u8>, RestoredSession>, table: Table, k: &[u8]| {
+            let (_, used) = parse_session_key(k).map_err(|e| corrupt(table, k, e))?;
+            Ok::<_, StorageError>((
+                k[..used].to_vec(),
+                k[used..].to_vec(),
+                sessions.contains_key(&k[..used]),
+            ))
+        };
+        for r in self.store.scan(SUBSCRIPTIONS) {
+            let (k, v) = r?;
+            let (sk, rest, known) = owner(&mut sessions, SUBSCRIPTIONS, &k)?;
+            let Some(s) = sessions.get_mut(&sk).filter(|_| known) else {
+                continue;
+            };
+            let raw = std::str::from_utf8(&rest)
+                .map_err(|_| corrupt(SUBSCRIPTIONS, &k, "filter not UTF-8"))?;
+            let filter = TopicFilter::parse(raw, limits)
+                .map_err(|_| corrupt(SUBSCRIPTIONS, &k, "invalid filter"))?;
+            let mut rd = Reader::new(&v);
+            let parsed = (|| -> Result<(SubscriptionOptions, u32), Bad> {
+                rd.version()?;
+                Ok((options_from(rd.u8()?)?, rd.u32()?))
+            })();
+            let (options, id) = parsed.map_err(|e| corrupt(SUBSCRIPTIONS, &k, e))?;
+            s.subscriptions
+                .push((filter, options, (id != 0).then_some(id)));
+        }
+        for r in self.store.scan(QUEUE) {
+            let (k, v) = r?;
+            let (sk, rest, known) = owner(&mut sessions, QUEUE, &k)?;
+            let Some(s) = sessions.get_mut(&sk).filter(|_| known) else {
+                continue;
+            };
+            let seq = Reader::new(&rest)
+                .u64()
+                .map_err(|e| corrupt(QUEUE, &k, e))?;
+            let mut rd = Reader::new(&v);
+            let tenant = s.key.tenant.clone();
+            let mut d = (|| {
+                rd.version()?;
+                decode_delivery(&mut rd, &tenant)
+            })()
+            .map_err(|e| corrupt(QUEUE, &k, e))?;
+            d.seq = seq;
+            s.queue.push(d);
+        }
+        for r in self.store.scan(INFLIGHT) {
+            let (k, v) = r?;
+            let (sk, rest, known) = owner(&mut sessions, INFLIGHT, &k)?;
+            let Some(s) = sessions.get_mut(&sk).filter(|_| known) else {
+                continue;
+            };
+            let packet_id = Reader::new(&rest)
+                .u16()
+                .map_err(|e| corrupt(INFLIGHT, &k, e))?;
+            let mut rd = Reader::new(&v);
+            let tenant = s.key.tenant.clone();
+            let parsed = (|| -> Result<RestoredInflight, Bad> {
+                rd.version()?;
+                let seq = rd.u64()?;
+                let delivery = match rd.u8()? {
+                    1 => Some(decode_delivery(&mut rd, &tenant)?),
+                    2 => None,
+                    _ => return Err("invalid in-flight state"),
+                };
+                Ok(RestoredInflight {
+                    packet_id,
+                    seq,
+                    delivery,
+                })
+            })();
+            s.inflight
+                .push(parsed.map_err(|e| corrupt(INFLIGHT, &k, e))?);
+        }
+        for r in self.store.scan(INCOMING) {
+            let (k, _) = r?;
+            let (sk, rest, known) = owner(&mut sessions, INCOMING, &k)?;
+            let Some(s) = sessions.get_mut(&sk).filter(|_| known) else {
+                continue;
+            };
+            s.incoming.push(
+                Reader::new(&rest)
+                    .u16()
+                    .map_err(|e| corrupt(INCOMING, &k, e))?,
+            );
+        }
+        for r in self.store.scan(WILLS) {
+            let (k, v) = r?;
+            let (sk, _, known) = owner(&mut sessions, WILLS, &k)?;
+            let Some(s) = sessions.get_mut(&sk).filter(|_| known) else {
+                continue;
+            };
+            let mut rd = Reader::new(&v);
+            let parsed = (|| -> Result<(Box<Will>, u64), Bad> {
+                rd.version()?;
+                let due = rd.u64()?;
+                let qos = rd.qos()?;
+                let retain = rd.u8()? != 0;
+                let topic = rd.str()?.to_owned();
+                let payload = Bytes::copy_from_slice(rd.bytes()?);
+                let mut props = Bytes::copy_from_slice(rd.bytes()?);
+                let properties = Properties::read(&mut props, crate::codec::PropertyContext::Will)
+                    .map_err(|_| "invalid will properties")?;
+                Ok((
+                    Box::new(Will {
+                        topic,
+                        payload,
+                        qos,
+                        retain,
+                        properties,
+                    }),
+                    due,
+                ))
+            })();
+            s.will = Some(parsed.map_err(|e| corrupt(WILLS, &k, e))?);
+        }
+        let mut retained = Vec::new();
+        for r in self.store.scan(RETAINED) {
+            let (k, v) = r?;
+            let mut kr = Reader::new(&k);
+            let tenant = TenantId::new(kr.str().map_err(|e| corrupt(RETAINED, &k, e))?);
+            let mut rd = Reader::new(&v);
+            let m = (|| {
+                rd.version()?;
+                decode_message(&mut rd, &tenant)
+            })()
+            .map_err(|e| corrupt(RETAINED, &k, e))?;
+            retained.push(m);
+        }
+        Ok(Restored {
+            sessions: sessions.into_values().collect(),
+            retained,
+        })
+    }
+}
