@@ -192,6 +192,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             );
             let outcome = self.broker.router.publish(Arc::new(msg));
             if let Some(refused) = outcome.refused {
+                if !v5 && p.qos != QoS::AtMostOnce {
+                    // 3.1.1 has no reason codes: the connection is closed.
+                    return Err(Close::quiet("durable write refused", true));
+                }
                 code = refused;
             } else if outcome.queued == 0 && !outcome.overflowed {
                 code = reason::NO_MATCHING_SUBSCRIBERS;

@@ -35,14 +35,18 @@ pub enum DropReason {
     /// Shared-subscription messages of an ended session with no other
     /// member to take them.
     SessionEnded,
+    /// A durable session's copy whose write the store refused (disk full
+    /// or failing); the publisher was told.
+    NotDurable,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 4] = [
+    pub const ALL: [DropReason; 5] = [
         DropReason::QueueFull,
         DropReason::PacketTooLarge,
         DropReason::Expired,
         DropReason::SessionEnded,
+        DropReason::NotDurable,
     ];
 
     pub fn label(self) -> &'static str {
@@ -52,6 +56,7 @@ impl DropReason {
             DropReason::Expired => "expired",
 
             DropReason::SessionEnded => "session_ended",
+            DropReason::NotDurable => "not_durable",
         }
     }
 }
@@ -110,7 +115,7 @@ pub struct Metrics {
     pub bytes_sent: AtomicU64,
     pub retained: AtomicU64,
     pub sessions: AtomicU64,
-    dropped: [AtomicU64; 4],
+    dropped: [AtomicU64; 5],
     bad_packets: [AtomicU64; 9],
 }
 

@@ -136,8 +136,12 @@ impl Router {
             self.config.max_queued_messages,
             self.config.queue_overflow,
         );
-        if outcome != EnqueueOutcome::Queued {
-            self.metrics.dropped(DropReason::QueueFull);
+        match outcome {
+            EnqueueOutcome::Queued => {}
+            EnqueueOutcome::DroppedOldest | EnqueueOutcome::DroppedNew => {
+                self.metrics.dropped(DropReason::QueueFull)
+            }
+            EnqueueOutcome::NotDurable => self.metrics.dropped(DropReason::NotDurable),
         }
         (outcome, write)
     }
@@ -173,7 +177,10 @@ impl Router {
             subscription_ids: sub.id.into_iter().collect(),
             ..d
         };
-        self.deliver(&sub.session, d).0 != EnqueueOutcome::DroppedNew
+        matches!(
+            self.deliver(&sub.session, d).0,
+            EnqueueOutcome::Queued | EnqueueOutcome::DroppedOldest
+        )
     }
 }
 
@@ -268,6 +275,7 @@ impl PublishOutcome {
                 self.overflowed = true;
             }
             EnqueueOutcome::DroppedNew => self.overflowed = true,
+            EnqueueOutcome::NotDurable => {}
         }
     }
 }

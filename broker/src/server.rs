@@ -6,7 +6,7 @@
 //! accepted socket gets its own task (`connection.rs`), so the accept loop
 //! never waits on a client. Shutdown: stop accepting, connections send v5
 //! DISCONNECT 0x8B and close, then wait for every task up to
-//! `--shutdown-grace`.
+//! `--shutdown-grace`, then flush the store.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::broker::Broker;
 use crate::config::Config;
@@ -89,6 +89,10 @@ impl Server {
                 grace_secs = grace.as_secs(),
                 "Some tasks did not finish within the grace period"
             );
+        }
+        // Last: everything the sessions wrote reaches the disk.
+        if let Err(e) = broker.persist.store().flush() {
+            error!(error = %e, "Final flush of the store failed");
         }
         info!("Shutdown complete");
     }

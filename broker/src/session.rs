@@ -107,6 +107,8 @@ pub enum EnqueueOutcome {
     DroppedOldest,
     /// The queue was full and this delivery was dropped.
     DroppedNew,
+    /// A durable session's queue entry could not be written: dropped.
+    NotDurable,
 }
 
 #[derive(Debug)]
@@ -197,9 +199,19 @@ impl Session {
                 }
                 _ => Write::None,
             };
-            (outcome, write)
+            if matches!(write, Write::Failed(_)) {
+                // Not on disk, so not queued: the publisher is told, and a
+                // restart cannot disagree with what was delivered.
+                st.queue.pop_back();
+                (EnqueueOutcome::NotDurable, write)
+            } else {
+                (outcome, write)
+            }
         };
-        if outcome != EnqueueOutcome::DroppedNew {
+        if matches!(
+            outcome,
+            EnqueueOutcome::Queued | EnqueueOutcome::DroppedOldest
+        ) {
             self.notify.notify_one();
         }
         (outcome, write)

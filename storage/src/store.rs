@@ -269,7 +269,10 @@ impl Store {
     }
 
     pub fn health(&self) -> Health {
-        if self.failed.load(Ordering::Relaxed) || self.commit.failed() {
+        if self.failed.load(Ordering::Relaxed)
+            || self.fail_writes.load(Ordering::Relaxed)
+            || self.commit.failed()
+        {
             return Health::Failed;
         }
         match self.max_disk_bytes {

@@ -8,6 +8,8 @@ mod support;
 /// Malformed input and protocol violations: each closes only its own
 /// connection, is counted, and the broker keeps serving.
 mod bad_input;
+/// Durability: restarts, crashes (SIGKILL), full and failing disks.
+mod durable;
 /// MQTT 5 flow control: topic aliases, receive maximum, maximum packet
 /// size, message expiry, keepalive, AUTH.
 mod flow;

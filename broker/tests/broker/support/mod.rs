@@ -36,7 +36,8 @@ pub struct TestBroker {
     pub broker: Arc<Broker>,
     pub shutdown: CancellationToken,
     handle: tokio::task::JoinHandle<()>,
-    _dir: tempfile::TempDir,
+    config: Config,
+    dir: Arc<tempfile::TempDir>,
 }
 
 impl TestBroker {
@@ -46,12 +47,18 @@ impl TestBroker {
 
     pub async fn with(f: impl FnOnce(&mut Config)) -> TestBroker {
         init_tracing();
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
         let mut config = Config::for_tests(dir.path().join("data"));
         config.sys_interval = None;
         f(&mut config);
+        Self::start_with(config, dir).await
+    }
+
+    async fn start_with(config: Config, dir: Arc<tempfile::TempDir>) -> TestBroker {
         let shutdown = CancellationToken::new();
-        let server = Server::bind(config, shutdown.clone()).await.expect("bind");
+        let server = Server::bind(config.clone(), shutdown.clone())
+            .await
+            .expect("bind");
         let addr = server.local_addrs()[0];
         let broker = server.broker();
         let handle = tokio::spawn(server.run());
@@ -60,8 +67,23 @@ impl TestBroker {
             broker,
             shutdown,
             handle,
-            _dir: dir,
+            config,
+            dir,
         }
+    }
+
+    /// A graceful stop and a new broker on the same data directory (on a
+    /// new port).
+    pub async fn restart(self) -> TestBroker {
+        self.restart_with(|_| {}).await
+    }
+
+    /// Like `restart`, changing the configuration first.
+    pub async fn restart_with(self, f: impl FnOnce(&mut Config)) -> TestBroker {
+        let (mut config, dir) = (self.config.clone(), self.dir.clone());
+        f(&mut config);
+        self.stop().await;
+        Self::start_with(config, dir).await
     }
 
     /// The session of `client_id` in the default tenant, if it exists.

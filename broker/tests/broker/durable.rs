@@ -1,0 +1,317 @@
+use std::time::Duration;
+
+use bytes::Bytes;
+use porchlight_broker::codec::{reason, Ack, Disconnect, Packet, Properties, Protocol, QoS, Will};
+use porchlight_broker::persist;
+use porchlight_storage::FsyncMode;
+
+use crate::support::*;
+
+fn durable_client(protocol: Protocol, id: &str) -> porchlight_broker::codec::Connect {
+    let mut c = connect_packet(protocol, id, false, 60);
+    if protocol == Protocol::V5 {
+        c.properties.session_expiry_interval = Some(3600);
+    }
+    c
+}
+
+fn numbered(topic: &str, qos: QoS, id: u16, n: u32) -> Packet {
+    let mut p = publish(topic, qos, id, b"");
+    p.payload = Bytes::from(n.to_be_bytes().to_vec());
+    Packet::Publish(p)
+}
+
+fn number(p: &porchlight_broker::codec::Publish) -> u32 {
+    u32::from_be_bytes(p.payload[..4].try_into().expect("4 bytes"))
+}
+
+/// Publishes `n` QoS 1 and `n` QoS 2 messages and waits for every
+/// acknowledgement (QoS 2 completed with PUBREL/PUBCOMP).
+async fn publish_acknowledged(p: &mut RawClient, n: u32) {
+    for i in 0..n {
+        let id = (i + 1) as u16;
+        p.send(&numbered("d/q1", QoS::AtLeastOnce, id, i)).await;
+        assert!(
+            matches!(p.recv().await, Some(Packet::PubAck(a)) if a.packet_id == id && a.reason < 0x80)
+        );
+        p.send(&numbered("d/q2", QoS::ExactlyOnce, id, i)).await;
+        assert!(
+            matches!(p.recv().await, Some(Packet::PubRec(a)) if a.packet_id == id && a.reason < 0x80)
+        );
+        p.send(&Packet::PubRel(Ack::new(id, 0))).await;
+        assert!(matches!(p.recv().await, Some(Packet::PubComp(a)) if a.packet_id == id));
+    }
+}
+
+/// Receives until both topics delivered `0..n` in order, acknowledging;
+/// QoS 2 exactly once.
+async fn drain_in_order(s: &mut RawClient, n: u32) {
+    let (mut q1, mut q2, mut completed) = (0u32, 0u32, 0u32);
+    while q1 < n || q2 < n || completed < n {
+        let m = match s.recv().await {
+            Some(Packet::Publish(m)) => m,
+            Some(Packet::PubRel(a)) => {
+                s.send(&Packet::PubComp(Ack::new(a.packet_id, 0))).await;
+                completed += 1;
+                continue;
+            }
+            other => panic!("unexpected {other:?}"),
+        };
+        match m.topic.as_str() {
+            "d/q1" => {
+                assert_eq!(number(&m), q1, "QoS 1 in order");
+                q1 += 1;
+                s.send(&Packet::PubAck(Ack::new(m.packet_id, 0))).await;
+            }
+            "d/q2" => {
+                assert_eq!(number(&m), q2, "QoS 2 in order, exactly once");
+                q2 += 1;
+                s.send(&Packet::PubRec(Ack::new(m.packet_id, 0))).await;
+            }
+            t => panic!("unexpected topic {t}"),
+        }
+    }
+    s.expect_silence(Duration::from_millis(200)).await;
+}
+
+#[tokio::test]
+async fn queued_messages_and_retained_survive_a_restart_in_every_fsync_mode() {
+    for mode in [FsyncMode::Group, FsyncMode::Always, FsyncMode::Never] {
+        let b = TestBroker::with(|c| c.store.fsync = mode).await;
+        let (mut s, _) =
+            RawClient::connect_with(b.addr, durable_client(Protocol::V5, "keeper")).await;
+        s.subscribe("d/#", q(2)).await;
+        drop(s);
+        b.wait_offline("keeper").await;
+        let mut p = RawClient::connect(b.addr, Protocol::V311, "pub").await;
+        publish_acknowledged(&mut p, 20).await;
+        let mut r = publish("r/retained", q(1), 99, b"kept");
+        r.retain = true;
+        p.send(&Packet::Publish(r)).await;
+        assert!(matches!(p.recv().await, Some(Packet::PubAck(_))));
+        drop(p);
+
+        let b = b.restart().await;
+        let (mut s, ack) =
+            RawClient::connect_with(b.addr, durable_client(Protocol::V5, "keeper")).await;
+        assert!(ack.session_present, "{mode:?}: the session survived");
+        drain_in_order(&mut s, 20).await;
+        let mut late = RawClient::connect(b.addr, Protocol::V311, "late").await;
+        late.subscribe("r/retained", q(0)).await;
+        assert_eq!(&late.expect_publish().await.payload[..], b"kept");
+        b.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn in_flight_messages_come_back_with_dup_after_a_restart() {
+    let b = TestBroker::start().await;
+    let (mut s, _) =
+        RawClient::connect_with(b.addr, durable_client(Protocol::V311, "flight")).await;
+    s.subscribe("f", q(1)).await;
+    let mut p = RawClient::connect(b.addr, Protocol::V5, "f-pub").await;
+    p.send(&numbered("f", QoS::AtLeastOnce, 1, 7)).await;
+    assert!(matches!(p.recv().await, Some(Packet::PubAck(_))));
+    let first = s.expect_publish().await; // never acknowledged
+    drop((s, p));
+    b.wait_offline("flight").await;
+    let b = b.restart().await;
+    let (mut s, ack) =
+        RawClient::connect_with(b.addr, durable_client(Protocol::V311, "flight")).await;
+    assert!(ack.session_present);
+    let again = s.expect_publish().await;
+    assert!(again.dup);
+    assert_eq!((again.packet_id, number(&again)), (first.packet_id, 7));
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn exactly_once_survives_a_restart_between_pubrec_and_pubrel() {
+    let b = TestBroker::start().await;
+    let mut watch = RawClient::connect_with(b.addr, durable_client(Protocol::V5, "eo-sub"))
+        .await
+        .0;
+    watch.subscribe("eo", q(2)).await;
+    drop(watch);
+    b.wait_offline("eo-sub").await;
+    let (mut p, _) = RawClient::connect_with(b.addr, durable_client(Protocol::V5, "eo-pub")).await;
+    p.send(&numbered("eo", QoS::ExactlyOnce, 7, 1)).await;
+    assert!(matches!(p.recv().await, Some(Packet::PubRec(a)) if a.packet_id == 7));
+    drop(p); // no PUBREL before the restart
+    b.wait_offline("eo-pub").await;
+    let b = b.restart().await;
+    let (mut p, ack) =
+        RawClient::connect_with(b.addr, durable_client(Protocol::V5, "eo-pub")).await;
+    assert!(ack.session_present);
+    // The publisher retransmits: it must not be routed a second time.
+    let mut again = publish("eo", q(2), 7, b"");
+    again.payload = Bytes::from(1u32.to_be_bytes().to_vec());
+    again.dup = true;
+    p.send(&Packet::Publish(again)).await;
+    assert!(matches!(p.recv().await, Some(Packet::PubRec(a)) if a.packet_id == 7));
+    p.send(&Packet::PubRel(Ack::new(7, 0))).await;
+    assert!(
+        matches!(p.recv().await, Some(Packet::PubComp(a)) if a.packet_id == 7 && a.reason == 0)
+    );
+    let (mut s, _) = RawClient::connect_with(b.addr, durable_client(Protocol::V5, "eo-sub")).await;
+    let m = s.expect_publish().await;
+    assert_eq!(number(&m), 1);
+    s.send(&Packet::PubRec(Ack::new(m.packet_id, 0))).await;
+    assert!(matches!(s.recv().await, Some(Packet::PubRel(_))));
+    s.send(&Packet::PubComp(Ack::new(m.packet_id, 0))).await;
+    s.expect_silence(Duration::from_millis(300)).await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn will_delay_and_session_expiry_survive_a_restart() {
+    let b = TestBroker::start().await;
+    let (mut w, _) = RawClient::connect_with(b.addr, durable_client(Protocol::V5, "w-watch")).await;
+    w.subscribe("will/#", q(1)).await;
+    drop(w);
+    // A session that expires (1 s) while the node is down: its will
+    // (delay 600 s) is due when the session ends.
+    let mut c = connect_packet(Protocol::V5, "short-lived", false, 60);
+    c.properties.session_expiry_interval = Some(1);
+    c.will = Some(Will {
+        topic: "will/short-lived".into(),
+        payload: Bytes::from_static(b"expired"),
+        qos: q(1),
+        retain: false,
+        properties: Properties {
+            will_delay_interval: Some(600),
+            ..Properties::default()
+        },
+    });
+    let (short, _) = RawClient::connect_with(b.addr, c).await;
+    // A session whose will waits 2 s: due after the restart.
+    let mut c = durable_client(Protocol::V5, "delayed");
+    c.will = Some(Will {
+        topic: "will/delayed".into(),
+        payload: Bytes::from_static(b"late"),
+        qos: q(1),
+        retain: false,
+        properties: Properties {
+            will_delay_interval: Some(2),
+            ..Properties::default()
+        },
+    });
+    let (delayed, _) = RawClient::connect_with(b.addr, c).await;
+    drop((short, delayed));
+    b.wait_offline("short-lived").await;
+    b.wait_offline("delayed").await;
+    let stopped = tokio::time::Instant::now();
+    let dir_broker = b;
+    tokio::time::sleep(Duration::from_millis(1100)).await; // let the 1 s expiry pass while down
+    let b = {
+        dir_broker.shutdown.cancel();
+        dir_broker.restart().await
+    };
+    assert!(
+        b.session("short-lived").is_none(),
+        "expired while down: purged at start-up"
+    );
+    let (mut w, ack) =
+        RawClient::connect_with(b.addr, durable_client(Protocol::V5, "w-watch")).await;
+    assert!(ack.session_present);
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let m = w.expect_publish().await;
+        w.send(&Packet::PubAck(Ack::new(m.packet_id, 0))).await;
+        got.push((m.topic.clone(), stopped.elapsed()));
+    }
+    got.sort();
+    assert_eq!(got[0].0, "will/delayed");
+    assert!(
+        got[0].1 >= Duration::from_millis(1900),
+        "the delay was kept: {:?}",
+        got[0].1
+    );
+    assert_eq!(got[1].0, "will/short-lived");
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn clean_sessions_never_touch_the_disk() {
+    let b = TestBroker::start().await;
+    let count = |b: &TestBroker| {
+        [
+            persist::SESSIONS,
+            persist::SUBSCRIPTIONS,
+            persist::QUEUE,
+            persist::INFLIGHT,
+        ]
+        .iter()
+        .map(|t| b.broker.persist.store().scan(*t).count())
+        .sum::<usize>()
+    };
+    let mut s = RawClient::connect(b.addr, Protocol::V5, "clean").await;
+    s.subscribe("c/#", q(1)).await;
+    let mut p = RawClient::connect(b.addr, Protocol::V311, "clean-pub").await;
+    p.publish("c/x", q(1), 1, b"m").await;
+    s.expect_publish().await;
+    assert_eq!(count(&b), 0);
+    let (mut d, _) = RawClient::connect_with(b.addr, durable_client(Protocol::V5, "dur")).await;
+    d.subscribe("c/#", q(1)).await;
+    assert!(
+        count(&b) >= 2,
+        "a durable session and its subscription are on disk"
+    );
+    d.send(&Packet::Disconnect(Disconnect::new(0))).await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_full_store_refuses_publishes_that_need_durability_and_serves_the_rest() {
+    let b = TestBroker::start().await;
+    let (mut s, _) =
+        RawClient::connect_with(b.addr, durable_client(Protocol::V5, "full-sub")).await;
+    s.subscribe("full/#", q(1)).await;
+    drop(s);
+    b.wait_offline("full-sub").await;
+    let mut clean = RawClient::connect(b.addr, Protocol::V5, "full-clean").await;
+    clean.subscribe("mem/#", q(1)).await;
+    let b = b.restart_with(|c| c.store.max_disk_bytes = Some(1)).await;
+    b.broker.persist.store().refresh_disk_used();
+    let mut clean = RawClient::connect(b.addr, Protocol::V5, "full-clean").await;
+    clean.subscribe("mem/#", q(1)).await;
+    let mut p = RawClient::connect(b.addr, Protocol::V5, "full-pub").await;
+    p.send(&numbered("full/x", QoS::AtLeastOnce, 1, 1)).await;
+    match p.recv().await {
+        Some(Packet::PubAck(a)) => assert_eq!(a.reason, reason::QUOTA_EXCEEDED),
+        other => panic!("{other:?}"),
+    }
+    // What needs no durability still flows.
+    p.send(&numbered("mem/x", QoS::AtLeastOnce, 2, 2)).await;
+    assert!(matches!(p.recv().await, Some(Packet::PubAck(a)) if a.reason == 0));
+    assert_eq!(number(&clean.expect_publish().await), 2);
+    // 3.1.1 cannot be told: the connection is closed.
+    let mut v3 = RawClient::connect(b.addr, Protocol::V311, "full-v3").await;
+    v3.send(&numbered("full/y", QoS::AtLeastOnce, 1, 3)).await;
+    assert_eq!(v3.recv().await, None);
+    let mut again = RawClient::connect(b.addr, Protocol::V311, "still-serving").await;
+    again.subscribe("ok", q(0)).await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_failing_disk_refuses_durable_publishes_until_it_recovers() {
+    let b = TestBroker::start().await;
+    let (mut s, _) = RawClient::connect_with(b.addr, durable_client(Protocol::V5, "io-sub")).await;
+    s.subscribe("io", q(1)).await;
+    drop(s);
+    b.wait_offline("io-sub").await;
+    let mut p = RawClient::connect(b.addr, Protocol::V5, "io-pub").await;
+    b.broker.persist.store().set_fail_writes(true);
+    p.send(&numbered("io", QoS::AtLeastOnce, 1, 1)).await;
+    match p.recv().await {
+        Some(Packet::PubAck(a)) => assert_eq!(a.reason, reason::UNSPECIFIED_ERROR),
+        other => panic!("{other:?}"),
+    }
+    b.broker.persist.store().set_fail_writes(false);
+    p.send(&numbered("io", QoS::AtLeastOnce, 2, 2)).await;
+    assert!(matches!(p.recv().await, Some(Packet::PubAck(a)) if a.reason == 0));
+    let (mut s, _) = RawClient::connect_with(b.addr, durable_client(Protocol::V5, "io-sub")).await;
+    assert_eq!(number(&s.expect_publish().await), 2);
+    b.stop().await;
+}
