@@ -111,6 +111,7 @@ impl Store {
     /// by an incompatible format, or one sled finds corrupt, naming the
     /// path and the problem; never wipes anything.
     pub fn open(path: &Path, opts: StoreOptions) -> Result<Store, StorageError> {
+        let marked = check_directory(path)?;
         let db = sled::Config::new()
             .path(path)
             .cache_capacity(opts.cache_bytes)
@@ -146,16 +147,19 @@ impl Store {
                     });
                 }
             }
-            None if !data.is_empty() => {
+            None if marked || !data.is_empty() => {
+                // sled recovers a garbled log as empty; the marker says this
+                // directory held a store, so that is corruption, not news.
                 return Err(StorageError::Corrupt {
                     path: path.to_owned(),
-                    detail: "data present but no format version".into(),
-                })
+                    detail: "the database has no format record (its log did not survive)".into(),
+                });
             }
             None => {
                 meta.insert(FORMAT_KEY, &FORMAT_VERSION.to_be_bytes())
                     .map_err(open_err)?;
                 db.flush().map_err(open_err)?;
+                write_marker(path)?;
             }
         }
         let disk_used = Arc::new(AtomicU64::new(db.size_on_disk().unwrap_or(0)));
@@ -319,6 +323,84 @@ impl Store {
     }
 }
 
+/// Written (and fsynced) once a store is initialised; read before sled
+/// opens anything, because sled treats a missing or damaged directory as
+/// new and starts over in it.
+const MARKER: &str = "PORCHLIGHT_STORE";
+
+fn write_marker(path: &Path) -> Result<(), StorageError> {
+    use std::io::Write;
+    let err = |e: std::io::Error| StorageError::Open {
+        path: path.to_owned(),
+        detail: format!("cannot write {MARKER}: {e}"),
+    };
+    let mut f = std::fs::File::create(path.join(MARKER)).map_err(err)?;
+    f.write_all(format!("porchlight store format {FORMAT_VERSION}\n").as_bytes())
+        .map_err(err)?;
+    f.sync_all().map_err(err)
+}
+
+/// Refuses a directory sled would silently reset: sled files without our
+/// marker, an unreadable marker, a marker of another format, or a sled
+/// configuration file that fails its own checksum. Returns whether the
+/// directory holds an initialised store.
+fn check_directory(path: &Path) -> Result<bool, StorageError> {
+    let corrupt = |detail: String| StorageError::Corrupt {
+        path: path.to_owned(),
+        detail,
+    };
+    let entries: Vec<String> = match std::fs::read_dir(path) {
+        Ok(d) => d
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => {
+            return Err(StorageError::Open {
+                path: path.to_owned(),
+                detail: e.to_string(),
+            })
+        }
+    };
+    if !entries.iter().any(|e| e == MARKER) {
+        if entries.is_empty() {
+            return Ok(false);
+        }
+        return Err(corrupt(format!(
+            "files present ({}) but no {MARKER} marker: not a Porchlight store, or one \
+             damaged before it was initialised; refusing to open it so nothing is overwritten",
+            entries.join(", ")
+        )));
+    }
+    let marker = std::fs::read_to_string(path.join(MARKER))
+        .map_err(|e| corrupt(format!("{MARKER} unreadable: {e}")))?;
+    let found: u32 = marker
+        .trim()
+        .strip_prefix("porchlight store format ")
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| corrupt(format!("{MARKER} does not name a format: {marker:?}")))?;
+    if found != FORMAT_VERSION {
+        return Err(StorageError::Incompatible {
+            path: path.to_owned(),
+            found,
+            expected: FORMAT_VERSION,
+        });
+    }
+    // sled's configuration file ends in a CRC32 of the rest; sled itself
+    // only warns on a mismatch and starts over on a short file.
+    let conf = std::fs::read(path.join("conf"))
+        .map_err(|e| corrupt(format!("sled conf unreadable: {e}")))?;
+    if conf.len() <= 8 {
+        return Err(corrupt(format!("sled conf has {} bytes", conf.len())));
+    }
+    let (body, crc) = conf.split_at(conf.len() - 4);
+    let expected = u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]);
+    if crc32fast::hash(body) != expected {
+        return Err(corrupt("sled conf fails its checksum".into()));
+    }
+    Ok(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -379,6 +461,38 @@ mod tests {
             "{err}"
         );
         assert!(bad.path().join("db").exists(), "nothing wiped");
+    }
+
+    #[tokio::test]
+    async fn damage_to_an_initialised_store_is_refused_not_reinitialised() {
+        // A damaged sled configuration file.
+        let dir = tempfile::tempdir().expect("tempdir");
+        drop(open(dir.path()));
+        let conf = dir.path().join("conf");
+        let mut bytes = std::fs::read(&conf).expect("conf");
+        bytes[0] ^= 0xFF;
+        std::fs::write(&conf, &bytes).expect("write");
+        let err = Store::open(dir.path(), StoreOptions::default()).expect_err("refused");
+        assert!(err.to_string().contains("checksum"), "{err}");
+
+        // A destroyed log: sled would come back empty; the marker says it
+        // held a store, so it is refused.
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let s = open(dir.path());
+            let mut b = Batch::default();
+            b.put(T, b"k", b"v");
+            s.durable(s.write(b).expect("write"))
+                .await
+                .expect("durable");
+        }
+        let db = dir.path().join("db");
+        let len = std::fs::metadata(&db).expect("db").len() as usize;
+        std::fs::write(&db, vec![0u8; len]).expect("zero it");
+        match Store::open(dir.path(), StoreOptions::default()) {
+            Err(StorageError::Corrupt { .. }) => {}
+            other => panic!("expected a refusal, got {other:?}"),
+        }
     }
 
     #[tokio::test]

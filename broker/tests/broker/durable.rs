@@ -315,3 +315,156 @@ async fn a_failing_disk_refuses_durable_publishes_until_it_recovers() {
     assert_eq!(number(&s.expect_publish().await), 2);
     b.stop().await;
 }
+
+/// Flags that keep every message of a long crash run queued.
+const ROOMY: &[&str] = &[
+    "--max-queued-messages",
+    "1000000",
+    "--max-queued-bytes",
+    "1000000000",
+];
+
+#[tokio::test]
+async fn sigkill_loses_no_acknowledged_message() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let (mut broker, addr) = spawn_binary_in(&data, ROOMY);
+    let (mut s, _) = RawClient::connect_with(addr, durable_client(Protocol::V5, "crash-sub")).await;
+    s.subscribe("d/#", q(2)).await;
+    s.send(&Packet::Disconnect(Disconnect::new(0))).await;
+    drop(s);
+    let mut p = RawClient::connect(addr, Protocol::V311, "crash-pub").await;
+    publish_acknowledged(&mut p, 100).await;
+    kill9(&mut broker);
+
+    let (mut broker, addr) = spawn_binary_in(&data, ROOMY);
+    let (mut s, ack) =
+        RawClient::connect_with(addr, durable_client(Protocol::V5, "crash-sub")).await;
+    assert!(ack.session_present, "the session survived SIGKILL");
+    drain_in_order(&mut s, 100).await;
+    kill9(&mut broker);
+}
+
+/// Streams QoS 1 messages, up to 100 unacknowledged, until `until`;
+/// returns the numbers the broker acknowledged.
+async fn stream_until(
+    addr: std::net::SocketAddr,
+    first: u32,
+    until: tokio::time::Instant,
+) -> (Vec<u32>, u32) {
+    let mut p = RawClient::connect(addr, Protocol::V5, "stream-pub").await;
+    let mut next = first;
+    let mut inflight = std::collections::HashMap::new();
+    let mut acked = Vec::new();
+    let mut id: u16 = 0;
+    while tokio::time::Instant::now() < until {
+        while inflight.len() < 100 {
+            id = id.checked_add(1).unwrap_or(1);
+            p.send(&numbered("crash/stream", QoS::AtLeastOnce, id, next))
+                .await;
+            inflight.insert(id, next);
+            next += 1;
+        }
+        match p.recv_within(Duration::from_millis(5)).await {
+            Ok(Some(Packet::PubAck(a))) => {
+                assert_eq!(a.reason, 0x00);
+                if let Some(n) = inflight.remove(&a.packet_id) {
+                    acked.push(n);
+                }
+            }
+            Ok(Some(other)) => panic!("unexpected {other:?}"),
+            Ok(None) => break,
+            Err(()) => {}
+        }
+    }
+    (acked, next)
+}
+
+#[tokio::test]
+async fn randomized_sigkill_during_a_stream_loses_no_acknowledged_message() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos() as u64
+        | 1;
+    eprintln!("crash test seed {seed}");
+    let mut rand = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    {
+        let (mut broker, addr) = spawn_binary_in(&data, ROOMY);
+        let (mut s, _) =
+            RawClient::connect_with(addr, durable_client(Protocol::V5, "stream-sub")).await;
+        s.subscribe("crash/stream", q(1)).await;
+        s.send(&Packet::Disconnect(Disconnect::new(0))).await;
+        drop(s);
+        kill9(&mut broker);
+    }
+    let mut acked = Vec::new();
+    let mut next = 0;
+    for _round in 0..20 {
+        let (mut broker, addr) = spawn_binary_in(&data, ROOMY);
+        // SIGKILL at a random moment 20-220 ms into the stream.
+        let until = tokio::time::Instant::now() + Duration::from_millis(20 + rand() % 200);
+        let (got, n) = stream_until(addr, next, until).await;
+        kill9(&mut broker);
+        acked.extend(got);
+        next = n;
+    }
+    assert!(
+        acked.len() > 1000,
+        "the stream made progress: {} acknowledged",
+        acked.len()
+    );
+
+    let (mut broker, addr) = spawn_binary_in(&data, ROOMY);
+    let (mut s, ack) =
+        RawClient::connect_with(addr, durable_client(Protocol::V5, "stream-sub")).await;
+    assert!(ack.session_present);
+    let mut missing: std::collections::BTreeSet<u32> = acked.iter().copied().collect();
+    let mut last_first_seen = None;
+    let mut seen = std::collections::HashSet::new();
+    while !missing.is_empty() {
+        let m = s.expect_publish().await;
+        let n = number(&m);
+        if seen.insert(n) {
+            // Per-topic order: first deliveries never go backwards.
+            assert!(last_first_seen < Some(n), "{n} after {last_first_seen:?}");
+            last_first_seen = Some(n);
+        }
+        missing.remove(&n);
+        s.send(&Packet::PubAck(Ack::new(m.packet_id, 0))).await;
+    }
+    kill9(&mut broker);
+}
+
+#[test]
+fn a_corrupt_data_directory_stops_start_up_naming_the_path() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("data").join("state");
+    std::fs::create_dir_all(&state).expect("mkdir");
+    std::fs::write(state.join("conf"), b"garbage").expect("write");
+    std::fs::write(state.join("db"), vec![0x5Au8; 8192]).expect("write");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_porchlight"))
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains(&state.display().to_string()),
+        "names the path: {text}"
+    );
+    assert_eq!(
+        std::fs::read(state.join("db")).expect("still there").len(),
+        8192,
+        "not wiped"
+    );
+}

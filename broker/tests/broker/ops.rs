@@ -1,4 +1,3 @@
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -131,48 +130,12 @@ async fn shutdown_sends_v5_clients_0x8b() {
     );
 }
 
-/// Starts the real binary on port 0 and returns it with its address.
+/// Starts the real binary on port 0 in a fresh data directory.
 fn spawn_binary(extra: &[&str]) -> (std::process::Child, std::net::SocketAddr) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_porchlight"))
-        .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn porchlight");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let addr = loop {
-        let line = lines
-            .next()
-            .expect("porchlight printed its listening address")
-            .expect("line");
-        let v: serde_like::Line = serde_like::parse(&line);
-        if let Some(a) = v.addr {
-            break a;
-        }
-    };
-    // Keep draining so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    std::mem::forget(dir);
-    (child, addr)
-}
-
-/// Just enough JSON-line parsing to find `"addr":"..."` in a log line.
-mod serde_like {
-    pub struct Line {
-        pub addr: Option<std::net::SocketAddr>,
-    }
-    pub fn parse(line: &str) -> Line {
-        let addr = line
-            .find("\"addr\":\"")
-            .and_then(|i| line[i + 8..].split('"').next())
-            .and_then(|s| s.parse().ok());
-        Line { addr }
-    }
+    let out = spawn_binary_in(&dir.path().join("data"), extra);
+    std::mem::forget(dir); // the child may outlive this frame
+    out
 }
 
 #[tokio::test]

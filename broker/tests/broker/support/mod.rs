@@ -425,3 +425,45 @@ impl V5 {
 pub fn q(n: u8) -> QoS {
     QoS::from_u8(n).expect("qos")
 }
+
+/// Starts the real `porchlight` binary on 127.0.0.1 port 0 with `data_dir`
+/// and returns it with the address it reported.
+pub fn spawn_binary_in(
+    data_dir: &std::path::Path,
+    extra: &[&str],
+) -> (std::process::Child, SocketAddr) {
+    use std::io::{BufRead, BufReader};
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_porchlight"))
+        .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(extra)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("spawn porchlight");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let addr = loop {
+        let line = lines
+            .next()
+            .expect("porchlight printed its listening address")
+            .expect("line");
+        let addr = line
+            .find("\"addr\":\"")
+            .and_then(|i| line[i + 8..].split('"').next())
+            .and_then(|s| s.parse().ok());
+        if let Some(a) = addr {
+            break a;
+        }
+    };
+    // Keep draining so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (child, addr)
+}
+
+/// SIGKILL, and wait until the process is gone.
+pub fn kill9(child: &mut std::process::Child) {
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reaped");
+}
