@@ -57,7 +57,6 @@ impl Broker {
             state.clone(),
             router.clone(),
             metrics.clone(),
-            tasks.clone(),
             shutdown.clone(),
         );
         registry.restore(restored);

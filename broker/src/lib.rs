@@ -11,7 +11,9 @@
 //!   - `outbound.rs`: deliveries from the session to the client.
 //! - `state.rs` + `command.rs`: the control state (sessions, subscriptions,
 //!   retained) and the commands that alone change it.
-//! - `registry.rs`: session ownership by connections; takeover, expiry, wills.
+//! - `registry.rs`: session ownership by connections; takeover, expiry, wills;
+//!   `sweeper.rs`: the deadlines it sweeps.
+//! - `persist.rs`: durable records on `porchlight-storage`.
 //! - `session.rs`: one session's subscriptions, queue and in-flight state.
 //! - `router.rs`: publish fan-out; `trie.rs` matches, `retained.rs` retains.
 //! - `message.rs`, `topic.rs`, `ids.rs`: the nouns.
@@ -38,6 +40,7 @@ pub mod router;
 pub mod server;
 pub mod session;
 pub mod state;
+pub mod sweeper;
 pub mod sys;
 pub mod topic;
 pub mod transport;

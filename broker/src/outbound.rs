@@ -134,7 +134,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             if front.qos != QoS::AtMostOnce && st.window_used() >= self.send_window {
                 break;
             }
-            let Some(d) = st.queue.pop_front() else {
+            let Some(d) = st.pop_queued() else {
                 break;
             };
             if d.msg.is_expired(now) {
@@ -150,7 +150,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 match st.allocate_packet_id() {
                     Some(id) => id,
                     None => {
-                        st.queue.push_front(d);
+                        st.unpop_queued(d);
                         break;
                     }
                 }

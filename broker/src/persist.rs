@@ -411,14 +411,14 @@ impl Persist {
         &self,
         key: &SessionKey,
         d: &Delivery,
-        dropped: Option<u64>,
+        dropped: &[u64],
     ) -> Result<Ticket, StorageError> {
         let mut v = vec![V1];
         encode_delivery(&mut v, d);
         let mut b = Batch::default();
         b.put(QUEUE, &Self::seq_key(key, d.seq), &v);
-        if let Some(seq) = dropped {
-            b.delete(QUEUE, &Self::seq_key(key, seq));
+        for seq in dropped {
+            b.delete(QUEUE, &Self::seq_key(key, *seq));
         }
         self.store.write(b)
     }

@@ -28,7 +28,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::debug;
 
 use crate::codec::{QoS, Will};
@@ -40,6 +39,7 @@ use crate::persist::{unix_ms, Restored};
 use crate::router::Router;
 use crate::session::{OutState, Owner, Session};
 use crate::state::State;
+use crate::sweeper::{self, Due};
 use crate::topic::TopicName;
 
 /// How long a taking-over connection waits for the old one to close. It
@@ -68,7 +68,6 @@ pub struct Registry {
     state: Arc<State>,
     router: Arc<Router>,
     metrics: Arc<Metrics>,
-    tasks: TaskTracker,
     shutdown: CancellationToken,
 }
 
@@ -77,14 +76,12 @@ impl Registry {
         state: Arc<State>,
         router: Arc<Router>,
         metrics: Arc<Metrics>,
-        tasks: TaskTracker,
         shutdown: CancellationToken,
     ) -> Registry {
         Registry {
             state,
             router,
             metrics,
-            tasks,
             shutdown,
         }
     }
@@ -219,6 +216,16 @@ impl Registry {
         }
         // Queued shared deliveries were never sent: another member takes them.
         self.redispatch_shared(session, false);
+        // Nobody sends this queue now: the sweeper purges what expires in it.
+        let earliest = session.lock().earliest_expiry();
+        if let Some(at) = earliest {
+            self.state.sweeper().at(
+                at,
+                Due::QueuedMessage {
+                    session: Arc::downgrade(session),
+                },
+            );
+        }
         if will_delay > 0 {
             self.schedule_will(
                 session,
@@ -234,46 +241,97 @@ impl Registry {
     /// Publishes the session's pending will after `delay`, unless the
     /// session resumes (or ends, which publishes it) first.
     fn schedule_will(&self, session: &Arc<Session>, timers: CancellationToken, delay: Duration) {
-        let this = self.clone();
-        let session = session.clone();
-        self.tasks.spawn(async move {
-            tokio::select! {
-                biased;
-                _ = timers.cancelled() => {}
-                _ = this.shutdown.cancelled() => {}
-                _ = tokio::time::sleep(delay) => {
-                    let will = {
-                        let mut st = session.lock();
-                        if timers.is_cancelled() {
-                            None
-                        } else {
-                            let will = st.pending_will.take();
-                            if let (Some(_), Some(p)) = (&will, &st.persist) {
-                                drop(Write::from_result(p.delete_will(&session.key)));
-                            }
-                            will
-                        }
-                    };
-                    if let Some(will) = will {
-                        this.publish_will(&session.key, will);
-                    }
-                }
-            }
-        });
+        self.state.sweeper().at(
+            Instant::now() + delay,
+            Due::Will {
+                session: Arc::downgrade(session),
+                timers,
+            },
+        );
     }
 
     /// Ends the session after `delay` unless it resumes first.
     fn schedule_expiry(&self, session: &Arc<Session>, timers: CancellationToken, delay: Duration) {
-        let this = self.clone();
-        let session = session.clone();
-        self.tasks.spawn(async move {
-            tokio::select! {
-                biased;
-                _ = timers.cancelled() => {}
-                _ = this.shutdown.cancelled() => {}
-                _ = tokio::time::sleep(delay) => this.expire(&session, &timers),
+        self.state.sweeper().at(
+            Instant::now() + delay,
+            Due::SessionExpiry {
+                session: Arc::downgrade(session),
+                timers,
+            },
+        );
+    }
+
+    /// Runs the sweep until shutdown: every tick, at most `sweeper::BUDGET`
+    /// due deadlines are handled; a full tick is followed at once by the
+    /// next, an idle one waits `sweeper::TICK`.
+    pub async fn sweep(self) {
+        loop {
+            let due = self
+                .state
+                .sweeper()
+                .take_due(Instant::now(), sweeper::BUDGET);
+            let full = due.len() == sweeper::BUDGET;
+            for d in due {
+                self.handle_due(d);
             }
-        });
+            if let Some(p) = self.state.persist() {
+                p.store().refresh_disk_used();
+            }
+            let pause = if full { Duration::ZERO } else { sweeper::TICK };
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(pause) => {}
+            }
+        }
+    }
+
+    fn handle_due(&self, due: Due) {
+        match due {
+            Due::SessionExpiry { session, timers } => {
+                if let Some(session) = session.upgrade() {
+                    self.expire(&session, &timers);
+                }
+            }
+            Due::Will { session, timers } => {
+                let Some(session) = session.upgrade() else {
+                    return;
+                };
+                let will = {
+                    let mut st = session.lock();
+                    if timers.is_cancelled() {
+                        None
+                    } else {
+                        let will = st.pending_will.take();
+                        if let (Some(_), Some(p)) = (&will, &st.persist) {
+                            drop(Write::from_result(p.delete_will(&session.key)));
+                        }
+                        will
+                    }
+                };
+                if let Some(will) = will {
+                    self.publish_will(&session.key, will);
+                }
+            }
+            Due::QueuedMessage { session } => {
+                let Some(session) = session.upgrade() else {
+                    return;
+                };
+                if session.is_online() {
+                    return; // its connection drops expired messages as it sends
+                }
+                let mut st = session.lock();
+                for d in st.take_expired(Instant::now()) {
+                    self.metrics.dropped(DropReason::Expired);
+                    if let Some(p) = &st.persist {
+                        drop(Write::from_result(p.remove_queued(&session.key, d.seq)));
+                    }
+                }
+            }
+            Due::Retained { tenant, topic } => {
+                // A lookup purges what expired (memory and disk).
+                self.state.retained_matching(&tenant, &topic);
+            }
+        }
     }
 
     /// Rebuilds the durable sessions and retained messages read at
@@ -324,6 +382,15 @@ impl Registry {
             }
             if expiry != u32::MAX {
                 self.schedule_expiry(&session, timers, Duration::from_millis(expires_ms - now_ms));
+            }
+            let earliest = session.lock().earliest_expiry();
+            if let Some(at) = earliest {
+                self.state.sweeper().at(
+                    at,
+                    Due::QueuedMessage {
+                        session: Arc::downgrade(&session),
+                    },
+                );
             }
         }
         // Wills fall due after every session is back, so subscribers of
@@ -392,7 +459,7 @@ impl Registry {
     /// Moves shared-subscription deliveries of a leaving member to other
     /// members: queued ones always, in-flight QoS 1 ones when the session
     /// has `ended`. In-flight QoS 2 ones stay (MQTT-4.8.2-4/5).
-    fn redispatch_shared(&self, session: &Session, ended: bool) {
+    fn redispatch_shared(&self, session: &Arc<Session>, ended: bool) {
         let pending: Vec<Delivery> = {
             let mut st = session.lock();
             let mut out = Vec::new();
@@ -421,6 +488,7 @@ impl Registry {
                 let (shared, rest): (Vec<_>, Vec<_>) =
                     st.queue.drain(..).partition(|d| d.share.is_some());
                 st.queue.extend(rest);
+                st.queued_bytes = st.queue.iter().map(|d| d.msg.size()).sum();
                 if let Some(p) = &st.persist {
                     for d in &shared {
                         drop(Write::from_result(p.remove_queued(&session.key, d.seq)));

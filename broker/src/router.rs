@@ -20,8 +20,9 @@ use crate::config::Config;
 use crate::ids::SessionId;
 use crate::message::{Delivery, Message, ShareRef};
 use crate::metrics::{DropReason, Metrics};
-use crate::session::{effective_qos, EnqueueOutcome, Session};
+use crate::session::{effective_qos, EnqueueOutcome, QueueLimits, Session};
 use crate::state::State;
+use crate::sweeper::Due;
 use crate::trie::{Matches, Subscriber};
 use porchlight_storage::Health;
 
@@ -130,12 +131,28 @@ impl Router {
     }
 
     /// Queues one delivery, counting overflow drops.
-    pub fn deliver(&self, session: &Session, d: Delivery) -> (EnqueueOutcome, Write) {
+    pub fn deliver(&self, session: &Arc<Session>, d: Delivery) -> (EnqueueOutcome, Write) {
+        let expires = d.msg.expires_at;
         let (outcome, write) = session.enqueue(
             d,
-            self.config.max_queued_messages,
-            self.config.queue_overflow,
+            QueueLimits {
+                max_messages: self.config.max_queued_messages,
+                max_bytes: self.config.max_queued_bytes,
+                overflow: self.config.queue_overflow,
+            },
         );
+        // An offline session does not pump: the sweeper purges what expires
+        // in its queue (an online one drops expired messages as it sends).
+        if let (Some(at), false, EnqueueOutcome::Queued | EnqueueOutcome::DroppedOldest) =
+            (expires, session.is_online(), outcome)
+        {
+            self.state.sweeper().at(
+                at,
+                Due::QueuedMessage {
+                    session: Arc::downgrade(session),
+                },
+            );
+        }
         match outcome {
             EnqueueOutcome::Queued => {}
             EnqueueOutcome::DroppedOldest | EnqueueOutcome::DroppedNew => {

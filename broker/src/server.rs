@@ -67,6 +67,7 @@ impl Server {
         for addr in self.listeners.iter().filter_map(|l| l.local_addr().ok()) {
             info!(%addr, "Listening for MQTT over TCP");
         }
+        broker.tasks.spawn(broker.registry.clone().sweep());
         if let Some(interval) = broker.config.sys_interval {
             broker
                 .tasks

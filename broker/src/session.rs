@@ -95,6 +95,8 @@ pub struct SessionState {
     pub persist: Option<Arc<Persist>>,
     /// Last queue position given to a delivery of a durable session.
     next_queue_seq: u64,
+    /// Bytes of the messages in `queue` (for `--max-queued-bytes`).
+    pub queued_bytes: usize,
     /// When the session lost its connection; `None` while connected.
     pub disconnected_at: Option<Instant>,
 }
@@ -145,6 +147,7 @@ impl Session {
                 resend: VecDeque::new(),
                 persist: None,
                 next_queue_seq: 0,
+                queued_bytes: 0,
                 disconnected_at: None,
             }),
         }
@@ -167,42 +170,46 @@ impl Session {
     /// and wakes the connection. For a durable session the queue entry is
     /// written under the session's lock, so the store sees queue changes in
     /// the order memory does.
-    pub fn enqueue(
-        &self,
-        mut delivery: Delivery,
-        max_queued: usize,
-        policy: QueueOverflow,
-    ) -> (EnqueueOutcome, Write) {
+    pub fn enqueue(&self, mut delivery: Delivery, limits: QueueLimits) -> (EnqueueOutcome, Write) {
         let (outcome, write) = {
             let mut st = self.state.lock();
             if st.persist.is_some() {
                 st.next_queue_seq += 1;
                 delivery.seq = st.next_queue_seq;
             }
-            let mut dropped = None;
-            let outcome = if st.queue.len() < max_queued {
-                st.queue.push_back(delivery);
+            let size = delivery.msg.size();
+            let fits = |st: &SessionState| {
+                st.queue.len() < limits.max_messages && st.queued_bytes + size <= limits.max_bytes
+            };
+            let mut dropped = Vec::new();
+            let outcome = if fits(&st) {
                 EnqueueOutcome::Queued
+            } else if limits.overflow == QueueOverflow::DropNew || size > limits.max_bytes {
+                EnqueueOutcome::DroppedNew
             } else {
-                match policy {
-                    QueueOverflow::DropNew => EnqueueOutcome::DroppedNew,
-                    QueueOverflow::DropOldest => {
-                        dropped = st.queue.pop_front().map(|d| d.seq);
-                        st.queue.push_back(delivery);
-                        EnqueueOutcome::DroppedOldest
+                while !fits(&st) {
+                    match st.pop_queued() {
+                        Some(d) => dropped.push(d.seq),
+                        None => break,
                     }
                 }
+                EnqueueOutcome::DroppedOldest
             };
+            if outcome != EnqueueOutcome::DroppedNew {
+                st.push_queued(delivery);
+            }
             let write = match (&st.persist, st.queue.back(), outcome) {
                 (Some(p), Some(d), EnqueueOutcome::Queued | EnqueueOutcome::DroppedOldest) => {
-                    Write::from_result(p.push_queue(&self.key, d, dropped))
+                    Write::from_result(p.push_queue(&self.key, d, &dropped))
                 }
                 _ => Write::None,
             };
             if matches!(write, Write::Failed(_)) {
                 // Not on disk, so not queued: the publisher is told, and a
                 // restart cannot disagree with what was delivered.
-                st.queue.pop_back();
+                if let Some(d) = st.queue.pop_back() {
+                    st.queued_bytes -= d.msg.size();
+                }
                 (EnqueueOutcome::NotDurable, write)
             } else {
                 (outcome, write)
@@ -218,7 +225,51 @@ impl Session {
     }
 }
 
+/// The bounds of one session's queue and what a full queue drops.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueLimits {
+    pub max_messages: usize,
+    pub max_bytes: usize,
+    pub overflow: QueueOverflow,
+}
+
 impl SessionState {
+    /// Appends to the queue, keeping `queued_bytes` in step.
+    pub fn push_queued(&mut self, d: Delivery) {
+        self.queued_bytes += d.msg.size();
+        self.queue.push_back(d);
+    }
+
+    /// Takes the oldest queued delivery, keeping `queued_bytes` in step.
+    pub fn pop_queued(&mut self) -> Option<Delivery> {
+        let d = self.queue.pop_front()?;
+        self.queued_bytes -= d.msg.size();
+        Some(d)
+    }
+
+    /// Puts a delivery back at the front (it could not be sent yet).
+    pub fn unpop_queued(&mut self, d: Delivery) {
+        self.queued_bytes += d.msg.size();
+        self.queue.push_front(d);
+    }
+
+    /// Removes expired queued deliveries; returns them.
+    pub fn take_expired(&mut self, now: Instant) -> Vec<Delivery> {
+        if !self.queue.iter().any(|d| d.msg.is_expired(now)) {
+            return Vec::new();
+        }
+        let (expired, live): (Vec<_>, Vec<_>) =
+            self.queue.drain(..).partition(|d| d.msg.is_expired(now));
+        self.queue.extend(live);
+        self.queued_bytes = self.queue.iter().map(|d| d.msg.size()).sum();
+        expired
+    }
+
+    /// The earliest expiry among queued deliveries.
+    pub fn earliest_expiry(&self) -> Option<Instant> {
+        self.queue.iter().filter_map(|d| d.msg.expires_at).min()
+    }
+
     /// Allocates a packet id not used by any in-flight message, or `None`
     /// when all 65,535 are in use.
     pub fn allocate_packet_id(&mut self) -> Option<u16> {
@@ -251,7 +302,7 @@ impl SessionState {
     ) {
         for d in queue {
             self.next_queue_seq = self.next_queue_seq.max(d.seq);
-            self.queue.push_back(d);
+            self.push_queued(d);
         }
         for f in inflight {
             self.next_seq = self.next_seq.max(f.seq);

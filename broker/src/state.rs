@@ -24,6 +24,7 @@ use crate::metrics::Metrics;
 use crate::persist::{Persist, RestoredSession};
 use crate::retained::{RetainChange, RetainedStore};
 use crate::session::{Session, SessionState, StoredSubscription};
+use crate::sweeper::{Due, Sweeper};
 use crate::topic::TopicFilter;
 use crate::trie::{Matches, Subscriber, SubscriptionTrie};
 
@@ -32,6 +33,8 @@ pub struct State {
     metrics: Arc<Metrics>,
     /// Durable store; `None` only in unit tests.
     persist: Option<Arc<Persist>>,
+    /// Deadlines: expiring retained messages are registered here.
+    sweeper: Arc<Sweeper>,
     sessions: DashMap<SessionKey, Arc<Session>>,
     trie: SubscriptionTrie,
     retained: RetainedStore,
@@ -42,6 +45,7 @@ impl State {
         State {
             metrics,
             persist,
+            sweeper: Arc::new(Sweeper::default()),
             sessions: DashMap::new(),
             trie: SubscriptionTrie::default(),
             retained: RetainedStore::default(),
@@ -128,6 +132,15 @@ impl State {
     }
 
     fn set_retained(&self, message: Arc<Message>) -> RetainChange {
+        if let (Some(at), false) = (message.expires_at, message.payload.is_empty()) {
+            self.sweeper.at(
+                at,
+                Due::Retained {
+                    tenant: message.tenant.clone(),
+                    topic: message.topic.clone(),
+                },
+            );
+        }
         let change = self.retained.set(message);
         match change {
             RetainChange::Added => self.metrics.inc(&self.metrics.retained),
@@ -214,6 +227,10 @@ impl State {
     /// Puts a retained message found on disk back, without writing.
     pub fn restore_retained(&self, message: Message) {
         self.set_retained(Arc::new(message));
+    }
+
+    pub fn sweeper(&self) -> &Arc<Sweeper> {
+        &self.sweeper
     }
 
     pub fn persist(&self) -> Option<&Arc<Persist>> {

@@ -468,3 +468,42 @@ fn a_corrupt_data_directory_stops_start_up_naming_the_path() {
         "not wiped"
     );
 }
+
+#[tokio::test]
+async fn the_sweeper_purges_expired_messages_while_running() {
+    let b = TestBroker::start().await;
+    let (mut s, _) =
+        RawClient::connect_with(b.addr, durable_client(Protocol::V5, "sweep-sub")).await;
+    s.subscribe("sweep", q(1)).await;
+    drop(s);
+    b.wait_offline("sweep-sub").await;
+    let mut p = RawClient::connect(b.addr, Protocol::V5, "sweep-pub").await;
+    let mut m = publish("sweep", q(1), 1, b"short-lived");
+    m.properties.message_expiry_interval = Some(1);
+    p.send(&Packet::Publish(m)).await;
+    assert!(matches!(p.recv().await, Some(Packet::PubAck(_))));
+    let mut r = publish("sweep/retained", q(1), 2, b"also short-lived");
+    r.retain = true;
+    r.properties.message_expiry_interval = Some(1);
+    p.send(&Packet::Publish(r)).await;
+    assert!(matches!(p.recv().await, Some(Packet::PubAck(_))));
+    let on_disk = |t| b.broker.persist.store().scan(t).count();
+    assert_eq!(on_disk(persist::QUEUE), 1);
+    assert_eq!(on_disk(persist::RETAINED), 1);
+    // Nobody connects or subscribes: the sweeper alone purges both.
+    wait_until("expired messages purged", || {
+        on_disk(persist::QUEUE) == 0 && on_disk(persist::RETAINED) == 0
+    })
+    .await;
+    assert_eq!(
+        b.session("sweep-sub").expect("session").lock().queue.len(),
+        0
+    );
+    assert_eq!(
+        b.broker
+            .metrics
+            .dropped_count(porchlight_broker::metrics::DropReason::Expired),
+        1
+    );
+    b.stop().await;
+}

@@ -448,3 +448,28 @@ fn binary_exits_64_for_any_bad_flag() {
     assert!(help.status.success());
     assert!(String::from_utf8_lossy(&help.stdout).contains("PORCHLIGHT_MAX_PACKET_SIZE"));
 }
+
+#[tokio::test]
+async fn the_queue_is_bounded_in_bytes_too() {
+    let b = TestBroker::with(|c| c.max_queued_bytes = 200).await;
+    let mut c = connect_packet(Protocol::V5, "bytes", false, 60);
+    c.properties.session_expiry_interval = Some(60);
+    let (mut s, _) = RawClient::connect_with(b.addr, c.clone()).await;
+    s.subscribe("by", q(1)).await;
+    drop(s);
+    b.wait_offline("bytes").await;
+    let mut p = RawClient::connect(b.addr, Protocol::V311, "by-pub").await;
+    for i in 0..3u8 {
+        let mut m = publish("by", q(1), u16::from(i) + 1, b"");
+        m.payload = bytes::Bytes::from(vec![i; 90]);
+        p.send(&Packet::Publish(m)).await;
+        assert!(matches!(p.recv().await, Some(Packet::PubAck(_))));
+    }
+    // 3 x (90 + 2) bytes do not fit in 200: the oldest went.
+    assert_eq!(b.broker.metrics.dropped_count(DropReason::QueueFull), 1);
+    let (mut s, _) = RawClient::connect_with(b.addr, c).await;
+    for expected in 1..3u8 {
+        assert_eq!(s.expect_publish().await.payload[0], expected);
+    }
+    b.stop().await;
+}

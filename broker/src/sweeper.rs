@@ -1,0 +1,145 @@
+//! Deadlines: when sessions expire, delayed wills fall due, and queued or
+//! retained messages expire.
+//!
+//! One min-heap of deadlines instead of a timer task per session (an
+//! offline session costs a heap entry, not a task). `registry.rs` runs the
+//! sweep: every tick (at most [`TICK`]) it takes at most [`BUDGET`] due
+//! entries and acts on them, so a burst of expiries never stalls the node;
+//! what is left waits for the next tick. Entries hold weak references and
+//! the session's timer token, so a session that resumed or ended meanwhile
+//! is skipped, not acted on.
+
+use std::cmp::{Ordering as CmpOrdering, Reverse};
+use std::collections::BinaryHeap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Weak;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use tokio_util::sync::CancellationToken;
+
+use crate::ids::TenantId;
+use crate::session::Session;
+use crate::topic::TopicName;
+
+/// Longest time between sweeps (and so the precision of expiries).
+pub const TICK: Duration = Duration::from_millis(100);
+/// Most due entries handled per tick.
+pub const BUDGET: usize = 1000;
+
+/// Something that falls due.
+#[derive(Debug)]
+pub enum Due {
+    /// The session expires unless `timers` was cancelled (it resumed).
+    SessionExpiry {
+        session: Weak<Session>,
+        timers: CancellationToken,
+    },
+    /// The session's pending will is published unless `timers` was cancelled.
+    Will {
+        session: Weak<Session>,
+        timers: CancellationToken,
+    },
+    /// A message queued for this session expires: purge its expired ones.
+    QueuedMessage { session: Weak<Session> },
+    /// The retained message of this topic may have expired.
+    Retained { tenant: TenantId, topic: TopicName },
+}
+
+#[derive(Debug)]
+struct Entry {
+    at: Instant,
+    /// Insertion order, to break ties and keep `Ord` total.
+    n: u64,
+    due: Due,
+}
+
+impl PartialEq for Entry {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.n) == (other.at, other.n)
+    }
+}
+
+impl Eq for Entry {}
+
+impl PartialOrd for Entry {
+    fn partial_cmp(&self, other: &Self) -> Option<CmpOrdering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Entry {
+    fn cmp(&self, other: &Self) -> CmpOrdering {
+        (self.at, self.n).cmp(&(other.at, other.n))
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Sweeper {
+    heap: Mutex<BinaryHeap<Reverse<Entry>>>,
+    next: AtomicU64,
+}
+
+impl Sweeper {
+    /// Schedules `due` at `at`.
+    pub fn at(&self, at: Instant, due: Due) {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        self.heap.lock().push(Reverse(Entry { at, n, due }));
+    }
+
+    /// Takes up to `budget` entries due by `now`, earliest first.
+    pub fn take_due(&self, now: Instant, budget: usize) -> Vec<Due> {
+        let mut heap = self.heap.lock();
+        let mut out = Vec::new();
+        while out.len() < budget {
+            match heap.peek() {
+                Some(Reverse(e)) if e.at <= now => {}
+                _ => break,
+            }
+            if let Some(Reverse(e)) = heap.pop() {
+                out.push(e.due);
+            }
+        }
+        out
+    }
+
+    pub fn len(&self) -> usize {
+        self.heap.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.heap.lock().is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn due_entries_come_out_in_order_within_budget() {
+        let s = Sweeper::default();
+        let now = Instant::now();
+        for i in [3u64, 1, 2, 10] {
+            s.at(
+                now + Duration::from_secs(i),
+                Due::Retained {
+                    tenant: TenantId::default_tenant(),
+                    topic: TopicName::trusted(format!("t{i}")),
+                },
+            );
+        }
+        let names = |v: Vec<Due>| -> Vec<String> {
+            v.into_iter()
+                .map(|d| match d {
+                    Due::Retained { topic, .. } => topic.to_string(),
+                    _ => String::new(),
+                })
+                .collect()
+        };
+        let later = now + Duration::from_secs(5);
+        assert_eq!(names(s.take_due(later, 2)), ["t1", "t2"]);
+        assert_eq!(names(s.take_due(later, 2)), ["t3"]);
+        assert_eq!(s.len(), 1, "t10 is not due yet");
+    }
+}
