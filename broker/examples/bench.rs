@@ -17,7 +17,9 @@ use tokio::net::TcpStream;
 
 const USAGE: &str = "usage:
   bench idle    ADDR PID CONNS          idle connections; RSS of PID per connection
-  bench fanin   ADDR PUBS SECONDS QOS   PUBS publishers -> 1 subscriber, msg/s received
+  bench fanin   ADDR PUBS SECONDS QOS [persistent]
+                                        PUBS publishers -> 1 subscriber, msg/s received
+                                        (persistent: the subscriber's session is durable)
   bench latency ADDR RATE SECONDS QOS   1 publisher at RATE msg/s -> 1 subscriber, percentiles
   bench trie                            in-process: match cost vs. non-matching subscriptions";
 
@@ -38,11 +40,15 @@ fn encode(p: &Packet) -> BytesMut {
 }
 
 async fn connect(addr: &str, id: &str) -> Result<(TcpStream, BytesMut)> {
+    connect_session(addr, id, true).await
+}
+
+async fn connect_session(addr: &str, id: &str, clean: bool) -> Result<(TcpStream, BytesMut)> {
     let mut s = TcpStream::connect(addr).await.context("connect")?;
     s.set_nodelay(true)?;
     let c = Connect {
         protocol: Protocol::V311,
-        clean_start: true,
+        clean_start: clean,
         keep_alive: 600,
         client_id: id.into(),
         will: None,
@@ -122,8 +128,14 @@ async fn subscriber(
     epoch: Instant,
     stop: Arc<AtomicBool>,
     received: Arc<AtomicU64>,
+    persistent: bool,
 ) -> Result<hdrhistogram::Histogram<u64>> {
-    let (mut s, mut buf) = connect(&addr, "bench-sub").await?;
+    let id = if persistent {
+        "bench-sub-durable"
+    } else {
+        "bench-sub"
+    };
+    let (mut s, mut buf) = connect_session(&addr, id, !persistent).await?;
     subscribe(&mut s, &mut buf, "bench/#", qos).await?;
     let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
     let mut acks = BytesMut::new();
@@ -215,7 +227,7 @@ async fn flood(
     Ok(sent)
 }
 
-async fn fanin(addr: &str, pubs: usize, secs: u64, qos: QoS) -> Result<()> {
+async fn fanin(addr: &str, pubs: usize, secs: u64, qos: QoS, persistent: bool) -> Result<()> {
     let epoch = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let received = Arc::new(AtomicU64::new(0));
@@ -225,6 +237,7 @@ async fn fanin(addr: &str, pubs: usize, secs: u64, qos: QoS) -> Result<()> {
         epoch,
         stop.clone(),
         received.clone(),
+        persistent,
     ));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let start = Instant::now();
@@ -244,8 +257,9 @@ async fn fanin(addr: &str, pubs: usize, secs: u64, qos: QoS) -> Result<()> {
     let hist = sub.await??;
     let got = received.load(Ordering::Relaxed);
     println!(
-        "fanin qos{}: {pubs} publishers, {secs}s: sent {sent} ({:.0}/s), received {got} ({:.0}/s during the run), p99 latency {:.2} ms",
+        "fanin qos{}{}: {pubs} publishers, {secs}s: sent {sent} ({:.0}/s), received {got} ({:.0}/s during the run), p99 latency {:.2} ms",
         qos as u8,
+        if persistent { " persistent" } else { "" },
         sent as f64 / elapsed,
         got_at_end as f64 / elapsed,
         hist.value_at_quantile(0.99) as f64 / 1e6
@@ -263,6 +277,7 @@ async fn latency(addr: &str, rate: u64, secs: u64, qos: QoS) -> Result<()> {
         epoch,
         stop.clone(),
         received.clone(),
+        false,
     ));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (s, _) = connect(addr, "bench-lat-pub").await?;
@@ -374,7 +389,17 @@ async fn main() -> Result<()> {
     let qos = |s: &str| -> Result<QoS> { QoS::from_u8(s.parse()?).context("qos 0, 1 or 2") };
     match arg(0)? {
         "idle" => idle(arg(1)?, arg(2)?.parse()?, arg(3)?.parse()?).await,
-        "fanin" => fanin(arg(1)?, arg(2)?.parse()?, arg(3)?.parse()?, qos(arg(4)?)?).await,
+        "fanin" => {
+            let persistent = args.get(5).is_some_and(|a| a == "persistent");
+            fanin(
+                arg(1)?,
+                arg(2)?.parse()?,
+                arg(3)?.parse()?,
+                qos(arg(4)?)?,
+                persistent,
+            )
+            .await
+        }
         "latency" => latency(arg(1)?, arg(2)?.parse()?, arg(3)?.parse()?, qos(arg(4)?)?).await,
         "trie" => {
             trie();

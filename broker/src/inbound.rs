@@ -24,6 +24,14 @@ use crate::metrics::BadPacket;
 use crate::session::{effective_qos, OutState};
 use crate::topic::{TopicFilter, TopicName};
 
+/// The queue position whose stored body an in-flight entry still uses.
+fn queue_seq_of(f: Option<crate::session::Inflight>) -> u64 {
+    match f.map(|f| f.state) {
+        Some(OutState::AwaitingAck(d)) => d.seq,
+        _ => 0,
+    }
+}
+
 /// The reason code for a refused durable write: quota when the store is
 /// at `--max-disk-bytes`, unspecified for an I/O failure.
 fn storage_reason(e: &porchlight_storage::StorageError) -> u8 {
@@ -256,9 +264,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         let mut st = self.session.lock();
         if matches!(st.inflight.get(&id), Some(f) if matches!(f.state, OutState::AwaitingAck(ref d) if d.qos == QoS::AtLeastOnce))
         {
-            st.inflight.remove(&id);
+            let queue_seq = queue_seq_of(st.inflight.remove(&id));
             if let Some(p) = &st.persist {
-                drop(Write::from_result(p.acknowledged(&self.key, id)));
+                drop(Write::from_result(p.acknowledged(&self.key, id, queue_seq)));
             }
         }
     }
@@ -276,12 +284,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         };
         if a.reason >= 0x80 {
             // The receiver refused the message: it is done.
-            st.inflight.remove(&a.packet_id);
+            let queue_seq = queue_seq_of(st.inflight.remove(&a.packet_id));
             if let Some(p) = &persist {
-                drop(Write::from_result(p.acknowledged(&self.key, a.packet_id)));
+                drop(Write::from_result(p.acknowledged(
+                    &self.key,
+                    a.packet_id,
+                    queue_seq,
+                )));
             }
             return;
         }
+        let queue_seq = match &f.state {
+            OutState::AwaitingAck(d) => d.seq,
+            OutState::AwaitingComp => 0,
+        };
         f.state = OutState::AwaitingComp;
         let order = f.seq;
         if let Some(p) = &persist {
@@ -289,6 +305,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 &self.key,
                 a.packet_id,
                 order,
+                queue_seq,
             )));
         }
         drop(st);
@@ -325,7 +342,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         if matches!(st.inflight.get(&id), Some(f) if matches!(f.state, OutState::AwaitingComp)) {
             st.inflight.remove(&id);
             if let Some(p) = &st.persist {
-                drop(Write::from_result(p.acknowledged(&self.key, id)));
+                drop(Write::from_result(p.acknowledged(&self.key, id, 0)));
             }
         }
     }

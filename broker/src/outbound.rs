@@ -121,9 +121,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 sent += 1;
             } else {
                 metrics.dropped(DropReason::PacketTooLarge);
+                let queue_seq = d.seq;
                 st.inflight.remove(&id);
                 if let Some(p) = &persist {
-                    drop(Write::from_result(p.acknowledged(&self.key, id)));
+                    drop(Write::from_result(p.acknowledged(&self.key, id, queue_seq)));
                 }
             }
         }

@@ -32,6 +32,7 @@ pub const INFLIGHT: Table = Table(4);
 pub const INCOMING: Table = Table(5);
 pub const RETAINED: Table = Table(6);
 pub const WILLS: Table = Table(7);
+/// The session record comes first: it is deleted first.
 const ALL_SESSION_TABLES: [Table; 6] = [SESSIONS, SUBSCRIPTIONS, QUEUE, INFLIGHT, INCOMING, WILLS];
 
 /// Version byte at the front of every value written by this build.
@@ -267,6 +268,10 @@ fn with_suffix(prefix: &[u8], suffix: &[u8]) -> Vec<u8> {
 pub struct RestoredInflight {
     pub packet_id: u16,
     pub seq: u64,
+    /// The queue position it was sent from (0 once released).
+    pub queue_seq: u64,
+    /// Sent, awaiting PUBACK/PUBREC (else: PUBREL sent, awaiting PUBCOMP).
+    pub awaiting_ack: bool,
     /// `None`: PUBREL sent, waiting for PUBCOMP.
     pub delivery: Option<Delivery>,
 }
@@ -326,7 +331,9 @@ impl Persist {
         self.store.write(b)
     }
 
-    /// Deletes every record of a session, in every table.
+    /// Deletes every record of a session, in every table, the session
+    /// record first: what a crash leaves behind is orphans, which `load`
+    /// ignores and purges.
     pub fn delete_session(&self, key: &SessionKey) -> Result<Ticket, StorageError> {
         let prefix = session_key_bytes(key);
         let mut b = Batch::default();
@@ -429,7 +436,8 @@ impl Persist {
         self.store.write(b)
     }
 
-    /// A queued delivery was sent: it moves from the queue to in-flight.
+    /// A queued delivery was sent and awaits its acknowledgement: a small
+    /// in-flight record pointing at its queue entry, which keeps the body.
     pub fn send(
         &self,
         key: &SessionKey,
@@ -437,33 +445,57 @@ impl Persist {
         order: u64,
         d: &Delivery,
     ) -> Result<Ticket, StorageError> {
-        let mut v = vec![V1];
-        v.extend_from_slice(&order.to_be_bytes());
-        v.push(1);
-        encode_delivery(&mut v, d);
         let mut b = Batch::default();
-        b.delete(QUEUE, &Self::seq_key(key, d.seq));
-        b.put(INFLIGHT, &Self::pkid_key(key, packet_id), &v);
+        b.put(
+            INFLIGHT,
+            &Self::pkid_key(key, packet_id),
+            &Self::inflight_value(order, d.seq, 1),
+        );
         self.store.write(b)
     }
 
-    /// PUBREC received: only the packet id is left to release.
+    fn inflight_value(order: u64, queue_seq: u64, state: u8) -> Vec<u8> {
+        let mut v = vec![V1];
+        v.extend_from_slice(&order.to_be_bytes());
+        v.extend_from_slice(&queue_seq.to_be_bytes());
+        v.push(state);
+        v
+    }
+
+    /// PUBREC received: only the packet id is left to release; the body
+    /// goes (after the record saying so, so QoS 2 is never resent).
     pub fn released(
         &self,
         key: &SessionKey,
         packet_id: u16,
         order: u64,
+        queue_seq: u64,
     ) -> Result<Ticket, StorageError> {
-        let mut v = vec![V1];
-        v.extend_from_slice(&order.to_be_bytes());
-        v.push(2);
         let mut b = Batch::default();
-        b.put(INFLIGHT, &Self::pkid_key(key, packet_id), &v);
+        b.put(
+            INFLIGHT,
+            &Self::pkid_key(key, packet_id),
+            &Self::inflight_value(order, 0, 2),
+        );
+        if queue_seq != 0 {
+            b.delete(QUEUE, &Self::seq_key(key, queue_seq));
+        }
         self.store.write(b)
     }
 
-    pub fn acknowledged(&self, key: &SessionKey, packet_id: u16) -> Result<Ticket, StorageError> {
+    /// The client acknowledged (or refused) a message: body first, then the
+    /// in-flight record. A crash in between leaves a record pointing at
+    /// nothing, which `load` drops (the client had the message).
+    pub fn acknowledged(
+        &self,
+        key: &SessionKey,
+        packet_id: u16,
+        queue_seq: u64,
+    ) -> Result<Ticket, StorageError> {
         let mut b = Batch::default();
+        if queue_seq != 0 {
+            b.delete(QUEUE, &Self::seq_key(key, queue_seq));
+        }
         b.delete(INFLIGHT, &Self::pkid_key(key, packet_id));
         self.store.write(b)
     }
@@ -544,8 +576,9 @@ impl Persist {
                 },
             );
         }
-        // Records of a session whose session record is missing would be
-        // orphans of an interrupted delete; they are ignored, not fatal.
+        // Records of a session whose session record is missing are orphans
+        // of an interrupted delete: skipped, then purged.
+        let mut orphans: Vec<(Table, Vec<u8>)> = Vec::new();
         let owner = |sessions: &mut BTreeMap<Vec<u8>, RestoredSession>, table: Table, k: &[u8]| {
             let (_, used) = parse_session_key(k).map_err(|e| corrupt(table, k, e))?;
             Ok::<_, StorageError>((
@@ -558,6 +591,7 @@ impl Persist {
             let (k, v) = r?;
             let (sk, rest, known) = owner(&mut sessions, SUBSCRIPTIONS, &k)?;
             let Some(s) = sessions.get_mut(&sk).filter(|_| known) else {
+                orphans.push((SUBSCRIPTIONS, k.clone()));
                 continue;
             };
             let raw = std::str::from_utf8(&rest)
@@ -577,6 +611,7 @@ impl Persist {
             let (k, v) = r?;
             let (sk, rest, known) = owner(&mut sessions, QUEUE, &k)?;
             let Some(s) = sessions.get_mut(&sk).filter(|_| known) else {
+                orphans.push((QUEUE, k.clone()));
                 continue;
             };
             let seq = Reader::new(&rest)
@@ -596,6 +631,7 @@ impl Persist {
             let (k, v) = r?;
             let (sk, rest, known) = owner(&mut sessions, INFLIGHT, &k)?;
             let Some(s) = sessions.get_mut(&sk).filter(|_| known) else {
+                orphans.push((INFLIGHT, k.clone()));
                 continue;
             };
             let packet_id = Reader::new(&rest)
@@ -606,15 +642,19 @@ impl Persist {
             let parsed = (|| -> Result<RestoredInflight, Bad> {
                 rd.version()?;
                 let seq = rd.u64()?;
-                let delivery = match rd.u8()? {
-                    1 => Some(decode_delivery(&mut rd, &tenant)?),
-                    2 => None,
+                let queue_seq = rd.u64()?;
+                let awaiting_ack = match rd.u8()? {
+                    1 => true,
+                    2 => false,
                     _ => return Err("invalid in-flight state"),
                 };
+                let _ = &tenant;
                 Ok(RestoredInflight {
                     packet_id,
                     seq,
-                    delivery,
+                    queue_seq,
+                    awaiting_ack,
+                    delivery: None,
                 })
             })();
             s.inflight
@@ -624,6 +664,7 @@ impl Persist {
             let (k, _) = r?;
             let (sk, rest, known) = owner(&mut sessions, INCOMING, &k)?;
             let Some(s) = sessions.get_mut(&sk).filter(|_| known) else {
+                orphans.push((INCOMING, k.clone()));
                 continue;
             };
             s.incoming.push(
@@ -636,6 +677,7 @@ impl Persist {
             let (k, v) = r?;
             let (sk, _, known) = owner(&mut sessions, WILLS, &k)?;
             let Some(s) = sessions.get_mut(&sk).filter(|_| known) else {
+                orphans.push((WILLS, k.clone()));
                 continue;
             };
             let mut rd = Reader::new(&v);
@@ -674,6 +716,54 @@ impl Persist {
             })()
             .map_err(|e| corrupt(RETAINED, &k, e))?;
             retained.push(m);
+        }
+        // In-flight messages awaiting an acknowledgement take their body
+        // from the queue entry they were sent from; one whose body is gone
+        // was acknowledged just before a crash, and is dropped.
+        for s in sessions.values_mut() {
+            let mut bodies: std::collections::HashMap<u64, Delivery> =
+                std::collections::HashMap::new();
+            let sent: std::collections::HashSet<u64> = s
+                .inflight
+                .iter()
+                .filter(|f| f.awaiting_ack)
+                .map(|f| f.queue_seq)
+                .collect();
+            if !sent.is_empty() {
+                let queue = std::mem::take(&mut s.queue);
+                for d in queue {
+                    if sent.contains(&d.seq) {
+                        bodies.insert(d.seq, d);
+                    } else {
+                        s.queue.push(d);
+                    }
+                }
+            }
+            let key = s.key.clone();
+            s.inflight.retain_mut(|f| {
+                if !f.awaiting_ack {
+                    return true;
+                }
+                match bodies.remove(&f.queue_seq) {
+                    Some(d) => {
+                        f.delivery = Some(d);
+                        true
+                    }
+                    None => {
+                        orphans.push((INFLIGHT, Self::pkid_key(&key, f.packet_id)));
+                        false
+                    }
+                }
+            });
+        }
+        // Records of sessions whose session record is gone (a delete a
+        // crash interrupted) are purged.
+        if !orphans.is_empty() {
+            let mut b = Batch::default();
+            for (table, k) in &orphans {
+                b.delete(*table, k);
+            }
+            self.store.write(b)?;
         }
         Ok(Restored {
             sessions: sessions.into_values().collect(),

@@ -475,10 +475,10 @@ impl Registry {
                     .collect();
                 for id in ids {
                     if let Some(f) = st.inflight.remove(&id) {
-                        if let Some(p) = &st.persist {
-                            drop(Write::from_result(p.acknowledged(&session.key, id)));
-                        }
                         if let OutState::AwaitingAck(d) = f.state {
+                            if let Some(p) = &st.persist {
+                                drop(Write::from_result(p.acknowledged(&session.key, id, d.seq)));
+                            }
                             out.push(d);
                         }
                     }

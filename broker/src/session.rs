@@ -306,9 +306,10 @@ impl SessionState {
         }
         for f in inflight {
             self.next_seq = self.next_seq.max(f.seq);
-            let state = match f.delivery {
-                Some(d) => OutState::AwaitingAck(d),
-                None => OutState::AwaitingComp,
+            let state = match (f.awaiting_ack, f.delivery) {
+                (true, Some(d)) => OutState::AwaitingAck(d),
+                (true, None) => continue, // dropped by `load`, never here
+                (false, _) => OutState::AwaitingComp,
             };
             self.inflight
                 .insert(f.packet_id, Inflight { seq: f.seq, state });
