@@ -199,11 +199,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             let room =
                 self.io.wbuf.len() < WRITE_HIGH_WATER && self.pending.len() < PENDING_HIGH_WATER;
             let deadline = self.keepalive_deadline();
-            let waiting = self
-                .pending
-                .front()
-                .and_then(|(t, _)| *t)
-                .filter(|t| !persist.store().is_durable(*t));
+            // Wait on the front ticket even if it became durable since
+            // `release_pending` looked: the wait then returns at once, where
+            // skipping it could leave the acks held with nothing to wake us.
+            let waiting = self.pending.front().and_then(|(t, _)| *t);
             tokio::select! {
                 biased;
                 // `kick` is a child of the node's shutdown token: one wait
