@@ -150,7 +150,7 @@ pub struct Cli {
         long,
         value_name = "MILLISECONDS",
         env = "PORCHLIGHT_FSYNC_GROUP_WINDOW",
-        default_value_t = 2
+        default_value_t = 1
     )]
     pub fsync_group_window: u64,
 

@@ -100,6 +100,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         let mut sent = 0u64;
         let mut st = self.session.lock();
         let persist = st.persist.clone();
+        let mut sent_records = Vec::new();
         // The resumed session's backlog goes first, in its original order.
         while self.io.wbuf.len() < WRITE_HIGH_WATER && st.window_used() < self.send_window {
             let Some(id) = st.resend.pop_front() else {
@@ -180,14 +181,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     drop(Write::from_result(p.remove_queued(&self.key, d.seq)));
                 }
             } else {
-                let write = persist.as_ref().map(|p| (p.clone(), d.clone()));
+                let queue_seq = d.seq;
                 let order = st.track_inflight(packet_id, OutState::AwaitingAck(d));
-                if let Some((p, d)) = write {
-                    drop(Write::from_result(p.send(&self.key, packet_id, order, &d)));
+                if persist.is_some() {
+                    sent_records.push((packet_id, order, queue_seq));
                 }
             }
         }
         drop(st);
+        // The in-flight records only point at bodies written when they were
+        // queued, and the acknowledgements that delete them are handled by
+        // this same task later: they need not hold the session's lock.
+        if let Some(p) = &persist {
+            for (packet_id, order, queue_seq) in sent_records {
+                drop(Write::from_result(
+                    p.send(&self.key, packet_id, order, queue_seq),
+                ));
+            }
+        }
         if sent > 0 {
             metrics.add(&metrics.messages_sent, sent);
         }

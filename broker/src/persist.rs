@@ -443,13 +443,13 @@ impl Persist {
         key: &SessionKey,
         packet_id: u16,
         order: u64,
-        d: &Delivery,
+        queue_seq: u64,
     ) -> Result<Ticket, StorageError> {
         let mut b = Batch::default();
         b.put(
             INFLIGHT,
             &Self::pkid_key(key, packet_id),
-            &Self::inflight_value(order, d.seq, 1),
+            &Self::inflight_value(order, queue_seq, 1),
         );
         self.store.write(b)
     }
