@@ -334,6 +334,29 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     };
     let expiry = requested_expiry.min(cfg.max_session_expiry);
 
+    // A durable session needs its session record on disk; while the store
+    // refuses writes, say so now rather than lose the session at restart.
+    if expiry > 0 {
+        let code = match broker.persist.health() {
+            porchlight_storage::Health::Ok => None,
+            porchlight_storage::Health::Full => Some(reason::QUOTA_EXCEEDED),
+            porchlight_storage::Health::Failed => Some(reason::SERVER_UNAVAILABLE),
+        };
+        if let Some(code) = code {
+            metrics.inc(&metrics.connections_refused);
+            refuse(
+                io,
+                p,
+                code,
+                "store refuses writes: no persistent sessions",
+                max_out,
+                metrics,
+            )
+            .await;
+            return None;
+        }
+    }
+
     let key = SessionKey {
         tenant: TenantId::default_tenant(),
         client: ClientId::new(client_id),

@@ -308,13 +308,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// (3.1.1 has no way to say it).
     fn fail_pending(&mut self) -> Result<(), Close> {
         let v5 = self.protocol.is_v5();
+        let mut forget = Vec::new();
         for (t, packet) in self.pending.iter_mut() {
             *t = None;
             match packet {
-                Packet::PubAck(a) | Packet::PubRec(a) | Packet::PubComp(a) if a.reason < 0x80 => {
+                Packet::PubAck(a) if a.reason < 0x80 => {
                     if !v5 {
                         return Err(Close::quiet("durable write failed", true));
                     }
+                    a.reason = reason::UNSPECIFIED_ERROR;
+                }
+                Packet::PubRec(a) if a.reason < 0x80 => {
+                    if !v5 {
+                        return Err(Close::quiet("durable write failed", true));
+                    }
+                    forget.push(a.packet_id);
                     a.reason = reason::UNSPECIFIED_ERROR;
                 }
                 Packet::SubAck(s) => {
@@ -323,6 +331,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     }
                 }
                 _ => {}
+            }
+        }
+        // A refused QoS 2 publish was not stored: its packet id is free again.
+        if !forget.is_empty() {
+            let mut st = self.session.lock();
+            for id in forget {
+                st.incoming_qos2.remove(&id);
+                if let Some(p) = &st.persist {
+                    drop(crate::command::Write::from_result(
+                        p.incoming(&self.key, id, false),
+                    ));
+                }
             }
         }
         self.release_pending();

@@ -300,16 +300,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         };
         f.state = OutState::AwaitingComp;
         let order = f.seq;
-        if let Some(p) = &persist {
-            drop(Write::from_result(p.released(
-                &self.key,
-                a.packet_id,
-                order,
-                queue_seq,
-            )));
-        }
+        let ticket = match &persist {
+            Some(p) => {
+                match Write::from_result(p.released(&self.key, a.packet_id, order, queue_seq)) {
+                    Write::Pending(t) => Some(t),
+                    _ => None,
+                }
+            }
+            None => None,
+        };
         drop(st);
-        self.send(&Packet::PubRel(Ack::new(a.packet_id, reason::SUCCESS)));
+        // Once PUBREL is out the body is gone for good: the record saying
+        // so must be on disk first, or a restart would resend the message.
+        self.send_after(
+            ticket,
+            Packet::PubRel(Ack::new(a.packet_id, reason::SUCCESS)),
+        );
     }
 
     fn on_pubrel(&mut self, id: u16) {

@@ -475,7 +475,7 @@ impl Persist {
         b.put(
             INFLIGHT,
             &Self::pkid_key(key, packet_id),
-            &Self::inflight_value(order, 0, 2),
+            &Self::inflight_value(order, queue_seq, 2),
         );
         if queue_seq != 0 {
             b.delete(QUEUE, &Self::seq_key(key, queue_seq));
@@ -719,15 +719,17 @@ impl Persist {
         }
         // In-flight messages awaiting an acknowledgement take their body
         // from the queue entry they were sent from; one whose body is gone
-        // was acknowledged just before a crash, and is dropped.
+        // was acknowledged just before a crash, and is dropped. A body still
+        // there for a released (PUBREC'd) message is never queued again: a
+        // crash came between the two writes of `released`.
         for s in sessions.values_mut() {
             let mut bodies: std::collections::HashMap<u64, Delivery> =
                 std::collections::HashMap::new();
             let sent: std::collections::HashSet<u64> = s
                 .inflight
                 .iter()
-                .filter(|f| f.awaiting_ack)
                 .map(|f| f.queue_seq)
+                .filter(|q| *q != 0)
                 .collect();
             if !sent.is_empty() {
                 let queue = std::mem::take(&mut s.queue);
@@ -742,6 +744,10 @@ impl Persist {
             let key = s.key.clone();
             s.inflight.retain_mut(|f| {
                 if !f.awaiting_ack {
+                    if bodies.remove(&f.queue_seq).is_some() {
+                        orphans.push((QUEUE, Self::seq_key(&key, f.queue_seq)));
+                    }
+                    f.queue_seq = 0;
                     return true;
                 }
                 match bodies.remove(&f.queue_seq) {

@@ -138,7 +138,11 @@ impl Registry {
                         st.owner = Some(owner.clone());
                         st.disconnected_at = None;
                         // Resumed in time: no delayed will, no expiry.
-                        st.pending_will = None;
+                        if st.pending_will.take().is_some() {
+                            if let Some(p) = &st.persist {
+                                drop(Write::from_result(p.delete_will(&key)));
+                            }
+                        }
                         st.timers.cancel();
                         st.timers = CancellationToken::new();
                         Claim::Claimed { resumed: existed }
@@ -319,12 +323,24 @@ impl Registry {
                 if session.is_online() {
                     return; // its connection drops expired messages as it sends
                 }
-                let mut st = session.lock();
-                for d in st.take_expired(Instant::now()) {
-                    self.metrics.dropped(DropReason::Expired);
-                    if let Some(p) = &st.persist {
-                        drop(Write::from_result(p.remove_queued(&session.key, d.seq)));
+                let next = {
+                    let mut st = session.lock();
+                    for d in st.take_expired(Instant::now()) {
+                        self.metrics.dropped(DropReason::Expired);
+                        if let Some(p) = &st.persist {
+                            drop(Write::from_result(p.remove_queued(&session.key, d.seq)));
+                        }
                     }
+                    st.earliest_expiry()
+                };
+                // The next message to expire in this queue.
+                if let Some(at) = next {
+                    self.state.sweeper().at(
+                        at,
+                        Due::QueuedMessage {
+                            session: Arc::downgrade(&session),
+                        },
+                    );
                 }
             }
             Due::Retained { tenant, topic } => {
@@ -348,6 +364,7 @@ impl Registry {
             self.state.restore_retained(m);
         }
         let mut due_wills = Vec::new();
+        let mut expired = Vec::new();
         for r in restored.sessions {
             // A session that was connected at the crash counts as
             // disconnected now.
@@ -362,10 +379,9 @@ impl Registry {
             let session = self.state.restore_session(r);
             let timers = session.lock().timers.clone();
             if expiry != u32::MAX && expires_ms <= now_ms {
-                session.lock().ended = true;
-                debug!(session = %session.key, "Session expired while the node was down");
-                // Its will, if still pending, is due now: the session ended.
-                self.end_instance(&session, will.map(|(w, _)| w));
+                // Ended once every session is back: its shared messages
+                // may go to members restored after it.
+                expired.push((session, will.map(|(w, _)| w)));
                 continue;
             }
             if let Some((w, due_ms)) = will {
@@ -392,6 +408,12 @@ impl Registry {
                     },
                 );
             }
+        }
+        for (session, will) in expired {
+            session.lock().ended = true;
+            debug!(session = %session.key, "Session expired while the node was down");
+            // Its will, if still pending, is due now: the session ended.
+            self.end_instance(&session, will);
         }
         // Wills fall due after every session is back, so subscribers of
         // the will topics receive them.
@@ -432,10 +454,11 @@ impl Registry {
     /// other members; a will that was waiting for its delay is published.
     fn end_instance(&self, session: &Arc<Session>, will: Option<Box<Will>>) {
         session.lock().timers.cancel();
+        // Shared deliveries move before the session's records go.
+        self.redispatch_shared(session, true);
         self.state.apply(Command::DeleteSession {
             key: session.key.clone(),
         });
-        self.redispatch_shared(session, true);
         if let Some(will) = will {
             self.publish_will(&session.key, will);
         }
@@ -460,9 +483,12 @@ impl Registry {
     /// members: queued ones always, in-flight QoS 1 ones when the session
     /// has `ended`. In-flight QoS 2 ones stay (MQTT-4.8.2-4/5).
     fn redispatch_shared(&self, session: &Arc<Session>, ended: bool) {
-        let pending: Vec<Delivery> = {
+        // Take them out of memory first; their records stay on disk until
+        // the copy at the other member is written (a crash in between
+        // duplicates a QoS 1 message rather than losing it).
+        let (pending, persist) = {
             let mut st = session.lock();
-            let mut out = Vec::new();
+            let mut out: Vec<(Delivery, Source)> = Vec::new();
             if ended {
                 let ids: Vec<u16> = st
                     .inflight
@@ -476,10 +502,8 @@ impl Registry {
                 for id in ids {
                     if let Some(f) = st.inflight.remove(&id) {
                         if let OutState::AwaitingAck(d) = f.state {
-                            if let Some(p) = &st.persist {
-                                drop(Write::from_result(p.acknowledged(&session.key, id, d.seq)));
-                            }
-                            out.push(d);
+                            let seq = d.seq;
+                            out.push((d, Source::InFlight(id, seq)));
                         }
                     }
                 }
@@ -489,16 +513,14 @@ impl Registry {
                     st.queue.drain(..).partition(|d| d.share.is_some());
                 st.queue.extend(rest);
                 st.queued_bytes = st.queue.iter().map(|d| d.msg.size()).sum();
-                if let Some(p) = &st.persist {
-                    for d in &shared {
-                        drop(Write::from_result(p.remove_queued(&session.key, d.seq)));
-                    }
-                }
-                out.extend(shared);
+                out.extend(shared.into_iter().map(|d| {
+                    let seq = d.seq;
+                    (d, Source::Queued(seq))
+                }));
             }
-            out
+            (out, st.persist.clone())
         };
-        for d in pending {
+        for (d, source) in pending {
             let Some(share) = d.share.clone() else {
                 continue;
             };
@@ -506,13 +528,26 @@ impl Registry {
             if !self.router.redispatch_shared(d, &share, session.id) {
                 match keep {
                     // No other member: a live session keeps its delivery
-                    // (re-queued, so also re-written if durable).
+                    // (queued again, under a new position).
                     Some(d) => {
                         let _ = self.router.deliver(session, d);
                     }
                     None => self.metrics.dropped(DropReason::SessionEnded),
                 }
             }
+            if let Some(p) = &persist {
+                let r = match source {
+                    Source::InFlight(id, seq) => p.acknowledged(&session.key, id, seq),
+                    Source::Queued(seq) => p.remove_queued(&session.key, seq),
+                };
+                drop(Write::from_result(r));
+            }
         }
     }
+}
+
+/// Where a redispatched delivery's record lives in the leaving session.
+enum Source {
+    InFlight(u16, u64),
+    Queued(u64),
 }

@@ -306,6 +306,8 @@ impl SessionState {
         }
         for f in inflight {
             self.next_seq = self.next_seq.max(f.seq);
+            // Its body keeps its queue position: never hand that out again.
+            self.next_queue_seq = self.next_queue_seq.max(f.queue_seq);
             let state = match (f.awaiting_ack, f.delivery) {
                 (true, Some(d)) => OutState::AwaitingAck(d),
                 (true, None) => continue, // dropped by `load`, never here

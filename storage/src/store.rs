@@ -120,12 +120,9 @@ impl Store {
             .path(path)
             .cache_capacity(opts.cache_bytes)
             .mode(sled::Mode::HighThroughput)
-            // Under always/group our committer flushes; sled's own timer
-            // would only add flushes competing with it.
-            .flush_every_ms(match opts.fsync {
-                FsyncMode::Never => Some(500),
-                FsyncMode::Always | FsyncMode::Group => None,
-            })
+            // Writes nobody waits for (disconnect times, wills, deletions)
+            // still reach the disk within 500 ms, in every mode.
+            .flush_every_ms(Some(500))
             .open()
             .map_err(|e| match e {
                 sled::Error::Corruption { .. } => StorageError::Corrupt {

@@ -507,3 +507,92 @@ async fn the_sweeper_purges_expired_messages_while_running() {
     );
     b.stop().await;
 }
+
+#[tokio::test]
+async fn queue_positions_are_not_reused_after_a_restart() {
+    let b = TestBroker::start().await;
+    let (mut s, _) = RawClient::connect_with(b.addr, durable_client(Protocol::V5, "reuse")).await;
+    s.subscribe("ru", q(1)).await;
+    let mut p = RawClient::connect(b.addr, Protocol::V311, "ru-pub").await;
+    for i in 1..=3u32 {
+        p.send(&numbered("ru", QoS::AtLeastOnce, i as u16, i)).await;
+        assert!(matches!(p.recv().await, Some(Packet::PubAck(_))));
+    }
+    for _ in 0..3 {
+        s.expect_publish().await; // in flight, never acknowledged
+    }
+    drop((s, p));
+    b.wait_offline("reuse").await;
+    let b = b.restart().await;
+    let (mut s, _) = RawClient::connect_with(b.addr, durable_client(Protocol::V5, "reuse")).await;
+    let mut old = Vec::new();
+    for _ in 0..3 {
+        old.push(s.expect_publish().await.packet_id);
+    }
+    // New messages after the restart, then the old ones are acknowledged:
+    // that must not delete the new ones' stored bodies.
+    let mut p = RawClient::connect(b.addr, Protocol::V311, "ru-pub").await;
+    for i in 4..=6u32 {
+        p.send(&numbered("ru", QoS::AtLeastOnce, i as u16, i)).await;
+        assert!(matches!(p.recv().await, Some(Packet::PubAck(_))));
+    }
+    for id in old {
+        s.send(&Packet::PubAck(Ack::new(id, 0))).await;
+    }
+    let mut newer = Vec::new();
+    for _ in 0..3 {
+        newer.push(number(&s.expect_publish().await));
+    }
+    assert_eq!(newer, vec![4, 5, 6]);
+    drop((s, p));
+    b.wait_offline("reuse").await;
+    let b = b.restart().await;
+    let (mut s, _) = RawClient::connect_with(b.addr, durable_client(Protocol::V5, "reuse")).await;
+    let mut again = Vec::new();
+    for _ in 0..3 {
+        again.push(number(&s.expect_publish().await));
+    }
+    assert_eq!(
+        again,
+        vec![4, 5, 6],
+        "unacknowledged messages survive the second restart"
+    );
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_will_cancelled_by_reconnecting_stays_cancelled_after_a_restart() {
+    let b = TestBroker::start().await;
+    let (mut w, _) =
+        RawClient::connect_with(b.addr, durable_client(Protocol::V5, "wc-watch")).await;
+    w.subscribe("will/#", q(1)).await;
+    drop(w);
+    let mut c = durable_client(Protocol::V5, "wc");
+    c.will = Some(Will {
+        topic: "will/wc".into(),
+        payload: Bytes::from_static(b"should not appear"),
+        qos: q(1),
+        retain: false,
+        properties: Properties {
+            will_delay_interval: Some(1),
+            ..Properties::default()
+        },
+    });
+    let (first, _) = RawClient::connect_with(b.addr, c).await;
+    drop(first);
+    b.wait_offline("wc").await;
+    let (mut again, ack) =
+        RawClient::connect_with(b.addr, durable_client(Protocol::V5, "wc")).await;
+    assert!(
+        ack.session_present,
+        "reconnected within the delay: will cancelled"
+    );
+    again.send(&Packet::Disconnect(Disconnect::new(0))).await;
+    b.wait_offline("wc").await;
+    let b = b.restart().await;
+    let (mut w, _) =
+        RawClient::connect_with(b.addr, durable_client(Protocol::V5, "wc-watch")).await;
+    // Longer than the will's 1 s delay: a stale will record would fire.
+    w.expect_silence(Duration::from_millis(1500)).await;
+    b.stop().await;
+}
