@@ -407,6 +407,7 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         overflowed: false,
         pending: std::collections::VecDeque::new(),
         pending_pubacks: 0,
+        held_publish: None,
         problem_info: c.properties.request_problem_information != Some(0),
     };
     conn.send(&Packet::ConnAck(ConnAck {

@@ -109,6 +109,9 @@ pub struct Conn<S> {
     /// Acknowledgements held until the writes they promise are on disk
     /// (`--fsync`), in the order they must reach the client.
     pub pending: VecDeque<(Option<Ticket>, Packet)>,
+    /// A QoS 2 PUBLISH to a durable session, encoded, waiting for its
+    /// in-flight record to reach the disk (see `outbound.rs`).
+    pub held_publish: Option<(Ticket, bytes::BytesMut)>,
     /// PUBACKs among `pending`: with the QoS 2 ids awaiting PUBREL, what
     /// counts against our Receive Maximum.
     pub pending_pubacks: usize,
@@ -202,7 +205,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             // Wait on the front ticket even if it became durable since
             // `release_pending` looked: the wait then returns at once, where
             // skipping it could leave the acks held with nothing to wake us.
-            let waiting = self.pending.front().and_then(|(t, _)| *t);
+            let waiting = [
+                self.pending.front().and_then(|(t, _)| *t),
+                self.held_publish.as_ref().map(|(t, _)| *t),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             tokio::select! {
                 biased;
                 // `kick` is a child of the node's shutdown token: one wait

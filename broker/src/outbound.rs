@@ -98,6 +98,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         let now = Instant::now();
         let metrics = self.broker.metrics.clone();
         let mut sent = 0u64;
+        // A held QoS 2 PUBLISH goes first, once its record is on disk;
+        // until then nothing else may overtake it.
+        if let Some((t, _)) = &self.held_publish {
+            if !self.broker.persist.store().is_durable(*t) {
+                return;
+            }
+            if let Some((_, bytes)) = self.held_publish.take() {
+                self.io.wbuf.extend_from_slice(&bytes);
+            }
+        }
         let mut st = self.session.lock();
         let persist = st.persist.clone();
         let mut sent_records = Vec::new();
@@ -157,8 +167,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     }
                 }
             };
+            // Exactly once to a durable session: the PUBLISH may only leave
+            // once its in-flight record is on disk, or a crash right after
+            // would resend it under a new packet id. It is held, and so is
+            // everything after it (per-topic order).
+            let hold = d.qos == QoS::ExactlyOnce && persist.is_some();
+            let mut held = BytesMut::new();
+            let out = if hold { &mut held } else { &mut self.io.wbuf };
             let ok = encode_delivery(
-                &mut self.io.wbuf,
+                out,
                 self.protocol,
                 &d,
                 packet_id,
@@ -174,6 +191,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 continue;
             }
             sent += 1;
+            if let (true, Some(p)) = (hold, &persist) {
+                let queue_seq = d.seq;
+                let order = st.track_inflight(packet_id, OutState::AwaitingAck(d));
+                match Write::from_result(p.send(&self.key, packet_id, order, queue_seq)) {
+                    Write::Pending(t) if !p.store().is_durable(t) => {
+                        self.held_publish = Some((t, held));
+                        break;
+                    }
+                    // On disk already, or not writable (the message is
+                    // still delivered: the store said why in the log).
+                    _ => self.io.wbuf.extend_from_slice(&held),
+                }
+                continue;
+            }
             // Durable: the queue entry becomes an in-flight record in one
             // atomic write (a QoS 0 one is simply gone).
             if d.qos == QoS::AtMostOnce {

@@ -52,8 +52,15 @@ impl RetainedStore {
     /// Stores `msg` as the retained message of its topic, or deletes the
     /// retained message when the payload is empty.
     pub fn set(&self, msg: Arc<Message>) -> RetainChange {
+        self.set_with(msg, |_| {})
+    }
+
+    /// Like `set`, calling `durable` under the tenant's lock first, so the
+    /// store on disk changes in the same order as memory.
+    pub fn set_with(&self, msg: Arc<Message>, durable: impl FnOnce(&Message)) -> RetainChange {
         let root = self.tenant(&msg.tenant);
         let mut root = root.write();
+        durable(&msg);
         let levels: Vec<&str> = msg.topic.split('/').collect();
         if msg.payload.is_empty() {
             return if remove(&mut root, &levels) {
@@ -80,6 +87,18 @@ impl RetainedStore {
         filter: &str,
         now: Instant,
     ) -> (Vec<Arc<Message>>, Vec<Arc<Message>>) {
+        self.matching_with(tenant, filter, now, |_| {})
+    }
+
+    /// Like `matching`, calling `purged` under the tenant's write lock for
+    /// each expired message removed, so the disk never loses a newer one.
+    pub fn matching_with(
+        &self,
+        tenant: &TenantId,
+        filter: &str,
+        now: Instant,
+        mut purged: impl FnMut(&Message),
+    ) -> (Vec<Arc<Message>>, Vec<Arc<Message>>) {
         let Some(root) = self.tenants.get(tenant).map(|t| t.clone()) else {
             return (Vec::new(), Vec::new());
         };
@@ -94,6 +113,7 @@ impl RetainedStore {
                 let levels: Vec<&str> = m.topic.split('/').collect();
                 // Only if it was not replaced meanwhile.
                 if remove_if_same(&mut w, &levels, &m) {
+                    purged(&m);
                     removed.push(m);
                 }
             }

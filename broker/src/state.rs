@@ -97,11 +97,13 @@ impl State {
                 (Applied::Existed(existed), write)
             }
             Command::Retain { message } => {
-                let write = match &self.persist {
-                    Some(p) => Write::from_result(p.put_retained(&message)),
-                    None => Write::None,
-                };
-                (Applied::Retained(self.set_retained(message)), write)
+                let mut write = Write::None;
+                let change = self.set_retained(message, |m| {
+                    if let Some(p) = &self.persist {
+                        write = Write::from_result(p.put_retained(m));
+                    }
+                });
+                (Applied::Retained(change), write)
             }
         }
     }
@@ -131,7 +133,7 @@ impl State {
         existed
     }
 
-    fn set_retained(&self, message: Arc<Message>) -> RetainChange {
+    fn set_retained(&self, message: Arc<Message>, durable: impl FnOnce(&Message)) -> RetainChange {
         if let (Some(at), false) = (message.expires_at, message.payload.is_empty()) {
             self.sweeper.at(
                 at,
@@ -141,7 +143,7 @@ impl State {
                 },
             );
         }
-        let change = self.retained.set(message);
+        let change = self.retained.set_with(message, durable);
         match change {
             RetainChange::Added => self.metrics.inc(&self.metrics.retained),
             RetainChange::Removed => self.metrics.dec(&self.metrics.retained),
@@ -226,7 +228,7 @@ impl State {
 
     /// Puts a retained message found on disk back, without writing.
     pub fn restore_retained(&self, message: Message) {
-        self.set_retained(Arc::new(message));
+        self.set_retained(Arc::new(message), |_| {});
     }
 
     pub fn sweeper(&self) -> &Arc<Sweeper> {
@@ -254,14 +256,18 @@ impl State {
     /// way are purged (their expiry was fixed when they were retained, so
     /// this is deterministic, not a new decision).
     pub fn retained_matching(&self, tenant: &TenantId, filter: &str) -> Vec<Arc<Message>> {
-        let (live, expired) = self.retained.matching(tenant, filter, Instant::now());
-        for m in expired {
-            self.metrics.dec(&self.metrics.retained);
-            if let Some(p) = &self.persist {
-                if let Err(e) = p.delete_retained(&m.tenant, &m.topic) {
-                    tracing::warn!(error = %e, "Cannot delete an expired retained message");
+        let persist = self.persist.clone();
+        let (live, expired) = self
+            .retained
+            .matching_with(tenant, filter, Instant::now(), |m| {
+                if let Some(p) = &persist {
+                    if let Err(e) = p.delete_retained(&m.tenant, &m.topic) {
+                        tracing::warn!(error = %e, "Cannot delete an expired retained message");
+                    }
                 }
-            }
+            });
+        for _ in expired {
+            self.metrics.dec(&self.metrics.retained);
         }
         live
     }
