@@ -58,10 +58,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 self.on_pubrec(a);
                 Ok(())
             }
-            Packet::PubRel(a) => {
-                self.on_pubrel(a.packet_id);
-                Ok(())
-            }
+            Packet::PubRel(a) => self.on_pubrel(a.packet_id),
             Packet::PubComp(a) => {
                 self.on_pubcomp(a.packet_id);
                 Ok(())
@@ -154,7 +151,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         // Exactly-once: a QoS 2 packet id still awaiting PUBREL is a
         // retransmission and is not routed again.
         if p.qos == QoS::ExactlyOnce && self.session.lock().incoming_qos2.contains(&p.packet_id) {
-            self.send_after(None, Packet::PubRec(Ack::new(p.packet_id, reason::SUCCESS)));
+            // The first copy's writes may still be on their way to disk.
+            let ticket = self
+                .session
+                .lock()
+                .persist
+                .as_ref()
+                .map(|p| p.store().current_ticket());
+            self.send_after(
+                ticket,
+                Packet::PubRec(Ack::new(p.packet_id, reason::SUCCESS)),
+            );
             return Ok(());
         }
         // Receive Maximum (an MQTT 5 notion; 3.1.1 clients are bound by
@@ -318,7 +325,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         );
     }
 
-    fn on_pubrel(&mut self, id: u16) {
+    fn on_pubrel(&mut self, id: u16) -> Result<(), Close> {
         let (known, write) = {
             let mut st = self.session.lock();
             let known = st.incoming_qos2.remove(&id);
@@ -335,12 +342,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         };
         // PUBCOMP frees the packet id for reuse: the forgetting must be on
         // disk first, or a restart would take the next PUBLISH with this id
-        // for a duplicate.
+        // for a duplicate. If it cannot be written, the id stays and the
+        // connection closes: the client resends PUBREL when it comes back.
         let ticket = match write {
             Write::Pending(t) => Some(t),
-            _ => None,
+            Write::Failed(_) => {
+                self.session.lock().incoming_qos2.insert(id);
+                return Err(Close {
+                    reason: Some(reason::UNSPECIFIED_ERROR),
+                    bad: None,
+                    detail: "cannot record the release on disk".into(),
+                    will: true,
+                });
+            }
+            Write::None => None,
         };
         self.send_after(ticket, Packet::PubComp(Ack::new(id, code)));
+        Ok(())
     }
 
     fn on_pubcomp(&mut self, id: u16) {

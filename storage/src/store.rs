@@ -240,6 +240,11 @@ impl Store {
         Ok(self.commit.issue())
     }
 
+    /// The newest ticket issued: on disk, it covers every write so far.
+    pub fn current_ticket(&self) -> Ticket {
+        self.commit.current()
+    }
+
     /// Resolves when `ticket` is on disk (at once under `FsyncMode::Never`).
     pub async fn durable(&self, ticket: Ticket) -> Result<(), StorageError> {
         self.commit.wait(ticket).await
