@@ -47,7 +47,7 @@ impl Broker {
         shutdown: CancellationToken,
     ) -> Result<Arc<Broker>, BrokerError> {
         let path = config.data_dir.join("state");
-        let persist = Arc::new(Persist::open(&path, config.store.clone())?);
+        let persist = Persist::open(&path, config.store.clone())?;
         let restored = persist.load(config.topic_limits())?;
         let metrics = Arc::new(Metrics::default());
         let state = Arc::new(State::new(metrics.clone(), Some(persist.clone())));

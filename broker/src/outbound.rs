@@ -220,14 +220,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             }
         }
         drop(st);
-        // The in-flight records only point at bodies written when they were
-        // queued, and the acknowledgements that delete them are handled by
-        // this same task later: they need not hold the session's lock.
+        // QoS 1 in-flight records only point at bodies written when they
+        // were queued, and need only be as durable as the next fsync: they
+        // are written just before it, unless acknowledged by then.
         if let Some(p) = &persist {
             for (packet_id, order, queue_seq) in sent_records {
-                drop(Write::from_result(
-                    p.send(&self.key, packet_id, order, queue_seq),
-                ));
+                p.send_deferred(&self.key, packet_id, order, queue_seq);
             }
         }
         if sent > 0 {

@@ -296,17 +296,62 @@ pub struct Restored {
     pub retained: Vec<Message>,
 }
 
+/// Deferred in-flight records: (session key bytes, packet id) to
+/// (send order, queue position).
+type DeferredRefs = std::collections::HashMap<(Vec<u8>, u16), (u64, u64)>;
+
 /// The broker's handle on the store.
 #[derive(Debug)]
 pub struct Persist {
     store: Store,
+    /// In-flight records of QoS 1 sends not yet written: they only need to
+    /// be as durable as the next fsync, so they are written just before it
+    /// (`flush_refs`), and one acknowledged before then is never written.
+    refs: parking_lot::Mutex<DeferredRefs>,
 }
 
 impl Persist {
-    pub fn open(path: &Path, opts: StoreOptions) -> Result<Persist, StorageError> {
-        Ok(Persist {
+    /// Opens the store and registers the deferred writes with its group
+    /// committer.
+    pub fn open(path: &Path, opts: StoreOptions) -> Result<Arc<Persist>, StorageError> {
+        let persist = Arc::new(Persist {
             store: Store::open(path, opts)?,
-        })
+            refs: parking_lot::Mutex::new(std::collections::HashMap::new()),
+        });
+        let weak = Arc::downgrade(&persist);
+        persist.store.set_pre_flush(move || {
+            if let Some(p) = weak.upgrade() {
+                p.flush_refs();
+            }
+        });
+        Ok(persist)
+    }
+
+    /// Writes the deferred in-flight records (before an fsync, on each
+    /// sweeper tick, at shutdown).
+    pub fn flush_refs(&self) {
+        let refs = std::mem::take(&mut *self.refs.lock());
+        if refs.is_empty() {
+            return;
+        }
+        let mut b = Batch::default();
+        for ((skey, packet_id), (order, queue_seq)) in refs {
+            b.put(
+                INFLIGHT,
+                &with_suffix(&skey, &packet_id.to_be_bytes()),
+                &Self::inflight_value(order, queue_seq, 1),
+            );
+        }
+        if let Err(e) = self.store.write(b) {
+            tracing::warn!(error = %e, "Cannot write in-flight records");
+        }
+    }
+
+    /// Records a QoS 1 send, to be written with the next fsync.
+    pub fn send_deferred(&self, key: &SessionKey, packet_id: u16, order: u64, queue_seq: u64) {
+        self.refs
+            .lock()
+            .insert((session_key_bytes(key), packet_id), (order, queue_seq));
     }
 
     pub fn store(&self) -> &Store {
@@ -336,6 +381,7 @@ impl Persist {
     /// ignores and purges.
     pub fn delete_session(&self, key: &SessionKey) -> Result<Ticket, StorageError> {
         let prefix = session_key_bytes(key);
+        self.refs.lock().retain(|(skey, _), _| *skey != prefix);
         let mut b = Batch::default();
         for table in ALL_SESSION_TABLES {
             for k in self.store.keys_with_prefix(table, &prefix)? {
@@ -471,6 +517,9 @@ impl Persist {
         order: u64,
         queue_seq: u64,
     ) -> Result<Ticket, StorageError> {
+        self.refs
+            .lock()
+            .remove(&(session_key_bytes(key), packet_id));
         let mut b = Batch::default();
         b.put(
             INFLIGHT,
@@ -492,11 +541,18 @@ impl Persist {
         packet_id: u16,
         queue_seq: u64,
     ) -> Result<Ticket, StorageError> {
+        let deferred = self
+            .refs
+            .lock()
+            .remove(&(session_key_bytes(key), packet_id))
+            .is_some();
         let mut b = Batch::default();
         if queue_seq != 0 {
             b.delete(QUEUE, &Self::seq_key(key, queue_seq));
         }
-        b.delete(INFLIGHT, &Self::pkid_key(key, packet_id));
+        if !deferred {
+            b.delete(INFLIGHT, &Self::pkid_key(key, packet_id));
+        }
         self.store.write(b)
     }
 

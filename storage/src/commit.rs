@@ -54,6 +54,34 @@ struct Shared {
     wake: Condvar,
 }
 
+type Hook = Box<dyn Fn() + Send + Sync>;
+
+/// Called by the flusher just before each fsync (see `Store::set_pre_flush`).
+#[derive(Clone, Default)]
+pub(crate) struct PreFlush(Arc<std::sync::RwLock<Option<Hook>>>);
+
+impl std::fmt::Debug for PreFlush {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PreFlush")
+    }
+}
+
+impl PreFlush {
+    pub(crate) fn set(&self, hook: Hook) {
+        if let Ok(mut h) = self.0.write() {
+            *h = Some(hook);
+        }
+    }
+
+    fn run(&self) {
+        if let Ok(h) = self.0.read() {
+            if let Some(hook) = h.as_ref() {
+                hook();
+            }
+        }
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct Committer {
     mode: FsyncMode,
@@ -75,6 +103,7 @@ impl Committer {
         mode: FsyncMode,
         window: Duration,
         disk_used: Arc<AtomicU64>,
+        pre_flush: PreFlush,
     ) -> Committer {
         let issued = Arc::new(AtomicU64::new(0));
         let (tx, durable) = watch::channel(Durable::default());
@@ -99,7 +128,11 @@ impl Committer {
             );
             let spawned = std::thread::Builder::new()
                 .name("porchlight-fsync".into())
-                .spawn(move || flusher(db, tx, issued, shared, failed, flushes, window, disk_used));
+                .spawn(move || {
+                    flusher(
+                        db, tx, issued, shared, failed, flushes, window, disk_used, pre_flush,
+                    )
+                });
             match spawned {
                 Ok(t) => thread = Some(t),
                 Err(e) => {
@@ -206,6 +239,7 @@ fn flusher(
     flushes: Arc<AtomicU64>,
     window: Duration,
     disk_used: Arc<AtomicU64>,
+    pre_flush: PreFlush,
 ) {
     loop {
         {
@@ -220,6 +254,7 @@ fn flusher(
         if !window.is_zero() {
             std::thread::sleep(window);
         }
+        pre_flush.run();
         let target = issued.load(Ordering::Acquire);
         match db.flush() {
             Ok(_) => {

@@ -108,6 +108,8 @@ pub struct Store {
     failed: AtomicBool,
     /// Fault injection: every write fails while set (tests and drills).
     fail_writes: AtomicBool,
+    /// Run by the group committer before each fsync.
+    pre_flush: crate::commit::PreFlush,
 }
 
 impl Store {
@@ -171,17 +173,20 @@ impl Store {
             }
         }
         let disk_used = Arc::new(AtomicU64::new(db.size_on_disk().unwrap_or(0)));
+        let pre_flush = crate::commit::PreFlush::default();
         let commit = Committer::start(
             db.clone(),
             path.to_owned(),
             opts.fsync,
             opts.group_window,
             disk_used.clone(),
+            pre_flush.clone(),
         );
         Ok(Store {
             path: path.to_owned(),
             db,
             data,
+            pre_flush,
             commit,
             max_disk_bytes: opts.max_disk_bytes,
             disk_used,
@@ -238,6 +243,13 @@ impl Store {
         }
         self.failed.store(false, Ordering::Relaxed);
         Ok(self.commit.issue())
+    }
+
+    /// Registers work to do just before every group-commit fsync: writes
+    /// that only need to be as durable as the next fsync can be deferred
+    /// (and often skipped) instead of written at once.
+    pub fn set_pre_flush(&self, hook: impl Fn() + Send + Sync + 'static) {
+        self.pre_flush.set(Box::new(hook));
     }
 
     /// The newest ticket issued: on disk, it covers every write so far.
