@@ -13,7 +13,8 @@
 //!   retained) and the commands that alone change it.
 //! - `registry.rs`: session ownership by connections; takeover, expiry, wills;
 //!   `sweeper.rs`: the deadlines it sweeps.
-//! - `persist.rs`: durable records on `porchlight-storage`.
+//! - `persist/`: durable records on `porchlight-storage`; `load.rs` reads
+//!   them back at start-up.
 //! - `session.rs`: one session's subscriptions, queue and in-flight state.
 //! - `router.rs`: publish fan-out; `trie.rs` matches, `retained.rs` retains.
 //! - `message.rs`, `topic.rs`, `ids.rs`: the nouns.

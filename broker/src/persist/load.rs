@@ -1,0 +1,286 @@
+//! Reading the store back at start-up: every record of every table, into
+//! [`Restored`] sessions and retained messages for `registry.rs` to rebuild.
+//!
+//! A record that cannot be read stops start-up with its table and key
+//! named; orphans of interrupted deletes are skipped and purged; crash
+//! remnants described in decision 0004 are resolved here (bodies of
+//! in-flight and released messages, dangling in-flight records).
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use porchlight_storage::{Batch, StorageError, Table};
+
+use super::*;
+use crate::codec::{Properties, SubscriptionOptions, Will};
+use crate::ids::SessionKey;
+use crate::message::{Delivery, Message};
+use crate::topic::{TopicFilter, TopicLimits};
+
+/// An in-flight record as stored.
+#[derive(Debug)]
+pub struct RestoredInflight {
+    pub packet_id: u16,
+    pub seq: u64,
+    /// The queue position it was sent from (0 once released).
+    pub queue_seq: u64,
+    /// Sent, awaiting PUBACK/PUBREC (else: PUBREL sent, awaiting PUBCOMP).
+    pub awaiting_ack: bool,
+    /// `None`: PUBREL sent, waiting for PUBCOMP.
+    pub delivery: Option<Delivery>,
+}
+
+/// One durable session as found on disk.
+#[derive(Debug)]
+pub struct RestoredSession {
+    pub key: SessionKey,
+    pub expiry_interval: u32,
+    /// When it lost its connection (Unix ms); 0 if it had one at the crash.
+    pub disconnected_at_ms: u64,
+    pub subscriptions: Vec<(TopicFilter, SubscriptionOptions, Option<u32>)>,
+    pub queue: Vec<Delivery>,
+    pub inflight: Vec<RestoredInflight>,
+    pub incoming: Vec<u16>,
+    pub will: Option<(Box<Will>, u64)>,
+}
+
+#[derive(Debug, Default)]
+pub struct Restored {
+    pub sessions: Vec<RestoredSession>,
+    pub retained: Vec<Message>,
+}
+
+impl Persist {
+    /// Reads everything back. A record that cannot be read stops start-up
+    /// with the table and key named: nothing is skipped silently.
+    pub fn load(&self, limits: TopicLimits) -> Result<Restored, StorageError> {
+        let corrupt = |table: Table, key: &[u8], why: &str| StorageError::Corrupt {
+            path: self.store.path().to_owned(),
+            detail: format!("table {} key {:02x?}: {why}", table.0, key),
+        };
+        let mut sessions: BTreeMap<Vec<u8>, RestoredSession> = BTreeMap::new();
+        for r in self.store.scan(SESSIONS) {
+            let (k, v) = r?;
+            let (key, _) = parse_session_key(&k).map_err(|e| corrupt(SESSIONS, &k, e))?;
+            let mut rd = Reader::new(&v);
+            let parsed = (|| -> Result<(u32, u64), Bad> {
+                rd.version()?;
+                Ok((rd.u32()?, rd.u64()?))
+            })();
+            let (expiry_interval, disconnected_at_ms) =
+                parsed.map_err(|e| corrupt(SESSIONS, &k, e))?;
+            sessions.insert(
+                k.clone(),
+                RestoredSession {
+                    key,
+                    expiry_interval,
+                    disconnected_at_ms,
+                    subscriptions: Vec::new(),
+                    queue: Vec::new(),
+                    inflight: Vec::new(),
+                    incoming: Vec::new(),
+                    will: None,
+                },
+            );
+        }
+        // Records of a session whose session record is missing are orphans
+        // of an interrupted delete: skipped, then purged.
+        let mut orphans: Vec<(Table, Vec<u8>)> = Vec::new();
+        let owner = |sessions: &mut BTreeMap<Vec<u8>, RestoredSession>, table: Table, k: &[u8]| {
+            let (_, used) = parse_session_key(k).map_err(|e| corrupt(table, k, e))?;
+            Ok::<_, StorageError>((
+                k[..used].to_vec(),
+                k[used..].to_vec(),
+                sessions.contains_key(&k[..used]),
+            ))
+        };
+        for r in self.store.scan(SUBSCRIPTIONS) {
+            let (k, v) = r?;
+            let (sk, rest, known) = owner(&mut sessions, SUBSCRIPTIONS, &k)?;
+            let Some(s) = sessions.get_mut(&sk).filter(|_| known) else {
+                orphans.push((SUBSCRIPTIONS, k.clone()));
+                continue;
+            };
+            let raw = std::str::from_utf8(&rest)
+                .map_err(|_| corrupt(SUBSCRIPTIONS, &k, "filter not UTF-8"))?;
+            let filter = TopicFilter::parse(raw, limits)
+                .map_err(|_| corrupt(SUBSCRIPTIONS, &k, "invalid filter"))?;
+            let mut rd = Reader::new(&v);
+            let parsed = (|| -> Result<(SubscriptionOptions, u32), Bad> {
+                rd.version()?;
+                Ok((options_from(rd.u8()?)?, rd.u32()?))
+            })();
+            let (options, id) = parsed.map_err(|e| corrupt(SUBSCRIPTIONS, &k, e))?;
+            s.subscriptions
+                .push((filter, options, (id != 0).then_some(id)));
+        }
+        for r in self.store.scan(QUEUE) {
+            let (k, v) = r?;
+            let (sk, rest, known) = owner(&mut sessions, QUEUE, &k)?;
+            let Some(s) = sessions.get_mut(&sk).filter(|_| known) else {
+                orphans.push((QUEUE, k.clone()));
+                continue;
+            };
+            let seq = Reader::new(&rest)
+                .u64()
+                .map_err(|e| corrupt(QUEUE, &k, e))?;
+            let mut rd = Reader::new(&v);
+            let tenant = s.key.tenant.clone();
+            let mut d = (|| {
+                rd.version()?;
+                decode_delivery(&mut rd, &tenant)
+            })()
+            .map_err(|e| corrupt(QUEUE, &k, e))?;
+            d.seq = seq;
+            s.queue.push(d);
+        }
+        for r in self.store.scan(INFLIGHT) {
+            let (k, v) = r?;
+            let (sk, rest, known) = owner(&mut sessions, INFLIGHT, &k)?;
+            let Some(s) = sessions.get_mut(&sk).filter(|_| known) else {
+                orphans.push((INFLIGHT, k.clone()));
+                continue;
+            };
+            let packet_id = Reader::new(&rest)
+                .u16()
+                .map_err(|e| corrupt(INFLIGHT, &k, e))?;
+            let mut rd = Reader::new(&v);
+            let tenant = s.key.tenant.clone();
+            let parsed = (|| -> Result<RestoredInflight, Bad> {
+                rd.version()?;
+                let seq = rd.u64()?;
+                let queue_seq = rd.u64()?;
+                let awaiting_ack = match rd.u8()? {
+                    1 => true,
+                    2 => false,
+                    _ => return Err("invalid in-flight state"),
+                };
+                let _ = &tenant;
+                Ok(RestoredInflight {
+                    packet_id,
+                    seq,
+                    queue_seq,
+                    awaiting_ack,
+                    delivery: None,
+                })
+            })();
+            s.inflight
+                .push(parsed.map_err(|e| corrupt(INFLIGHT, &k, e))?);
+        }
+        for r in self.store.scan(INCOMING) {
+            let (k, _) = r?;
+            let (sk, rest, known) = owner(&mut sessions, INCOMING, &k)?;
+            let Some(s) = sessions.get_mut(&sk).filter(|_| known) else {
+                orphans.push((INCOMING, k.clone()));
+                continue;
+            };
+            s.incoming.push(
+                Reader::new(&rest)
+                    .u16()
+                    .map_err(|e| corrupt(INCOMING, &k, e))?,
+            );
+        }
+        for r in self.store.scan(WILLS) {
+            let (k, v) = r?;
+            let (sk, _, known) = owner(&mut sessions, WILLS, &k)?;
+            let Some(s) = sessions.get_mut(&sk).filter(|_| known) else {
+                orphans.push((WILLS, k.clone()));
+                continue;
+            };
+            let mut rd = Reader::new(&v);
+            let parsed = (|| -> Result<(Box<Will>, u64), Bad> {
+                rd.version()?;
+                let due = rd.u64()?;
+                let qos = rd.qos()?;
+                let retain = rd.u8()? != 0;
+                let topic = rd.str()?.to_owned();
+                let payload = Bytes::copy_from_slice(rd.bytes()?);
+                let mut props = Bytes::copy_from_slice(rd.bytes()?);
+                let properties = Properties::read(&mut props, crate::codec::PropertyContext::Will)
+                    .map_err(|_| "invalid will properties")?;
+                Ok((
+                    Box::new(Will {
+                        topic,
+                        payload,
+                        qos,
+                        retain,
+                        properties,
+                    }),
+                    due,
+                ))
+            })();
+            s.will = Some(parsed.map_err(|e| corrupt(WILLS, &k, e))?);
+        }
+        let mut retained = Vec::new();
+        for r in self.store.scan(RETAINED) {
+            let (k, v) = r?;
+            let mut kr = Reader::new(&k);
+            let tenant = TenantId::new(kr.str().map_err(|e| corrupt(RETAINED, &k, e))?);
+            let mut rd = Reader::new(&v);
+            let m = (|| {
+                rd.version()?;
+                decode_message(&mut rd, &tenant)
+            })()
+            .map_err(|e| corrupt(RETAINED, &k, e))?;
+            retained.push(m);
+        }
+        // In-flight messages awaiting an acknowledgement take their body
+        // from the queue entry they were sent from; one whose body is gone
+        // was acknowledged just before a crash, and is dropped. A body still
+        // there for a released (PUBREC'd) message is never queued again: a
+        // crash came between the two writes of `released`.
+        for s in sessions.values_mut() {
+            let mut bodies: std::collections::HashMap<u64, Delivery> =
+                std::collections::HashMap::new();
+            let sent: std::collections::HashSet<u64> = s
+                .inflight
+                .iter()
+                .map(|f| f.queue_seq)
+                .filter(|q| *q != 0)
+                .collect();
+            if !sent.is_empty() {
+                let queue = std::mem::take(&mut s.queue);
+                for d in queue {
+                    if sent.contains(&d.seq) {
+                        bodies.insert(d.seq, d);
+                    } else {
+                        s.queue.push(d);
+                    }
+                }
+            }
+            let key = s.key.clone();
+            s.inflight.retain_mut(|f| {
+                if !f.awaiting_ack {
+                    if bodies.remove(&f.queue_seq).is_some() {
+                        orphans.push((QUEUE, Self::seq_key(&key, f.queue_seq)));
+                    }
+                    f.queue_seq = 0;
+                    return true;
+                }
+                match bodies.remove(&f.queue_seq) {
+                    Some(d) => {
+                        f.delivery = Some(d);
+                        true
+                    }
+                    None => {
+                        orphans.push((INFLIGHT, Self::pkid_key(&key, f.packet_id)));
+                        false
+                    }
+                }
+            });
+        }
+        // Records of sessions whose session record is gone (a delete a
+        // crash interrupted) are purged.
+        if !orphans.is_empty() {
+            let mut b = Batch::default();
+            for (table, k) in &orphans {
+                b.delete(*table, k);
+            }
+            self.store.write(b)?;
+        }
+        Ok(Restored {
+            sessions: sessions.into_values().collect(),
+            retained,
+        })
+    }
+}
