@@ -7,7 +7,7 @@
 //!   according to the [`FsyncMode`].
 //! - `error.rs`: [`StorageError`].
 //!
-//! The crate knows no MQTT types: callers (the broker's `persist.rs`, and
+//! The crate knows no MQTT types: callers (the broker's `persist/`, and
 //! later the Raft log store) encode their own records and put a
 //! format-version byte at the front of every value.
 #![forbid(unsafe_code)]
