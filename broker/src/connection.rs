@@ -408,13 +408,15 @@ pub fn count_bytes<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-/// Waits until `ticket` is on disk. Cancel-safe (a watch receiver).
+/// Waits until `ticket` is on disk. Cancel-safe (a watch receiver). The
+/// wait is boxed: only connections with held acknowledgements pay for its
+/// state, not every idle connection's future.
 async fn wait_durable(
     persist: &crate::persist::Persist,
     ticket: Option<Ticket>,
 ) -> Result<(), porchlight_storage::StorageError> {
     match ticket {
-        Some(t) => persist.store().durable(t).await,
+        Some(t) => Box::pin(persist.store().durable(t)).await,
         None => std::future::pending().await,
     }
 }
