@@ -196,7 +196,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
 
         if code == reason::SUCCESS {
-            let msg = Message::new(
+            let msg = Arc::new(Message::new(
                 self.key.tenant.clone(),
                 topic,
                 p.payload,
@@ -204,8 +204,37 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 p.retain,
                 &p.properties,
                 Some(self.key.client.clone()),
+            ));
+            let qos2 = p.qos == QoS::ExactlyOnce;
+            let (router, session, key, packet_id) = (
+                self.broker.router.clone(),
+                self.session.clone(),
+                self.key.clone(),
+                p.packet_id,
             );
-            let outcome = self.broker.router.publish(Arc::new(msg));
+            // Route, and for QoS 2 remember the packet id: for a durable
+            // session both are deferred under one barrier guard, so they
+            // reach the disk in the same atomic batch (a retransmit after a
+            // crash is then either routed once or recognised).
+            let route = move || {
+                let outcome = router.publish(msg);
+                let mut incoming = Write::None;
+                if qos2 && outcome.refused.is_none() {
+                    let mut st = session.lock();
+                    st.incoming_qos2.insert(packet_id);
+                    if let Some(persist) = &st.persist {
+                        incoming = Write::from_result(persist.incoming(&key, packet_id, true));
+                    }
+                }
+                (outcome, incoming)
+            };
+            let durable_qos2 = qos2 && self.session.lock().persist.is_some();
+            let ((outcome, incoming), outer) = if durable_qos2 {
+                let (r, t) = self.broker.persist.store().defer(route);
+                (r, Write::Pending(t))
+            } else {
+                (route(), Write::None)
+            };
             if let Some(refused) = outcome.refused {
                 if !v5 && p.qos != QoS::AtMostOnce {
                     // 3.1.1 has no reason codes: the connection is closed.
@@ -216,17 +245,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 code = reason::NO_MATCHING_SUBSCRIBERS;
             }
             self.overflowed |= outcome.overflowed;
-            write = outcome.write;
-        }
-        if p.qos == QoS::ExactlyOnce && code < 0x80 {
-            let mut st = self.session.lock();
-            st.incoming_qos2.insert(p.packet_id);
-            if let Some(persist) = &st.persist {
-                write = write.and(Write::from_result(persist.incoming(
-                    &self.key,
-                    p.packet_id,
-                    true,
-                )));
+            write = outcome.write.and(incoming);
+            if !matches!(write, Write::Failed(_)) {
+                write = write.and(outer);
             }
         }
         // The acknowledgement promises durability: it waits for the writes,

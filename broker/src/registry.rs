@@ -279,9 +279,9 @@ impl Registry {
                 self.handle_due(d);
             }
             if let Some(p) = self.state.persist() {
-                // Deferred in-flight records reach the disk within a tick
-                // even when nobody waits for an fsync.
-                p.flush_refs();
+                // Deferred records reach the disk within a tick even when
+                // nobody waits for an fsync.
+                p.store().request_flush();
                 p.store().refresh_disk_used();
             }
             let pause = if full { Duration::ZERO } else { sweeper::TICK };

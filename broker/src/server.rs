@@ -92,7 +92,7 @@ impl Server {
             );
         }
         // Last: everything the sessions wrote reaches the disk.
-        broker.persist.flush_refs();
+        broker.persist.flush_pending();
         if let Err(e) = broker.persist.store().flush() {
             error!(error = %e, "Final flush of the store failed");
         }

@@ -54,7 +54,10 @@ struct Shared {
     wake: Condvar,
 }
 
-type Hook = Box<dyn Fn() + Send + Sync>;
+type Hook = Box<dyn Fn() -> Result<(), String> + Send + Sync>;
+
+/// See `Store::defer`.
+pub(crate) type Barrier = Arc<parking_lot::RwLock<()>>;
 
 /// Called by the flusher just before each fsync (see `Store::set_pre_flush`).
 #[derive(Clone, Default)]
@@ -73,11 +76,10 @@ impl PreFlush {
         }
     }
 
-    fn run(&self) {
-        if let Ok(h) = self.0.read() {
-            if let Some(hook) = h.as_ref() {
-                hook();
-            }
+    fn run(&self) -> Result<(), String> {
+        match self.0.read() {
+            Ok(h) => h.as_ref().map_or(Ok(()), |hook| hook()),
+            Err(_) => Err("pre-flush hook poisoned".into()),
         }
     }
 }
@@ -104,6 +106,7 @@ impl Committer {
         window: Duration,
         disk_used: Arc<AtomicU64>,
         pre_flush: PreFlush,
+        barrier: Barrier,
     ) -> Committer {
         let issued = Arc::new(AtomicU64::new(0));
         let (tx, durable) = watch::channel(Durable::default());
@@ -131,6 +134,7 @@ impl Committer {
                 .spawn(move || {
                     flusher(
                         db, tx, issued, shared, failed, flushes, window, disk_used, pre_flush,
+                        barrier,
                     )
                 });
             match spawned {
@@ -178,21 +182,24 @@ impl Committer {
         self.mode == FsyncMode::Never || self.durable.borrow().upto >= t.0
     }
 
+    /// Asks for a flush covering `t`, without waiting.
+    pub(crate) fn request(&self, t: Ticket) {
+        let mut r = self
+            .shared
+            .requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if r.wanted < t.0 {
+            r.wanted = t.0;
+            self.shared.wake.notify_one();
+        }
+    }
+
     pub(crate) async fn wait(&self, t: Ticket) -> Result<(), StorageError> {
         if self.is_durable(t) {
             return Ok(());
         }
-        {
-            let mut r = self
-                .shared
-                .requests
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            if r.wanted < t.0 {
-                r.wanted = t.0;
-                self.shared.wake.notify_one();
-            }
-        }
+        self.request(t);
         let mut rx = self.durable.clone();
         let result = rx
             .wait_for(|d| d.upto >= t.0 || d.error.is_some())
@@ -240,6 +247,7 @@ fn flusher(
     window: Duration,
     disk_used: Arc<AtomicU64>,
     pre_flush: PreFlush,
+    barrier: Barrier,
 ) {
     loop {
         {
@@ -254,9 +262,15 @@ fn flusher(
         if !window.is_zero() {
             std::thread::sleep(window);
         }
-        pre_flush.run();
-        let target = issued.load(Ordering::Acquire);
-        match db.flush() {
+        // Deferred writes and the target are taken together: every ticket
+        // up to the target had its deferred writes recorded before this.
+        let (target, hooked) = {
+            let _guard = barrier.write();
+            let hooked = pre_flush.run();
+            (issued.load(Ordering::Acquire), hooked)
+        };
+        let flushed = hooked.and_then(|()| db.flush().map(|_| ()).map_err(|e| e.to_string()));
+        match flushed {
             Ok(_) => {
                 flushes.fetch_add(1, Ordering::Relaxed);
                 failed.store(false, Ordering::Relaxed);
@@ -271,7 +285,7 @@ fn flusher(
             Err(e) => {
                 error!(error = %e, "fsync failed; durable acknowledgements are refused until it succeeds");
                 failed.store(true, Ordering::Relaxed);
-                tx.send_modify(|d| d.error = Some(e.to_string()));
+                tx.send_modify(|d| d.error = Some(e.clone()));
                 // Do not spin on a failing disk.
                 std::thread::sleep(Duration::from_millis(100));
                 let mut r = shared.requests.lock().unwrap_or_else(|p| p.into_inner());

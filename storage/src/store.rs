@@ -110,6 +110,10 @@ pub struct Store {
     fail_writes: AtomicBool,
     /// Run by the group committer before each fsync.
     pre_flush: crate::commit::PreFlush,
+    /// Deferred writers hold the read side; the committer holds the write
+    /// side while the pre-flush hook takes their writes and it reads the
+    /// newest ticket.
+    barrier: crate::commit::Barrier,
 }
 
 impl Store {
@@ -174,6 +178,7 @@ impl Store {
         }
         let disk_used = Arc::new(AtomicU64::new(db.size_on_disk().unwrap_or(0)));
         let pre_flush = crate::commit::PreFlush::default();
+        let barrier = crate::commit::Barrier::default();
         let commit = Committer::start(
             db.clone(),
             path.to_owned(),
@@ -181,12 +186,14 @@ impl Store {
             opts.group_window,
             disk_used.clone(),
             pre_flush.clone(),
+            barrier.clone(),
         );
         Ok(Store {
             path: path.to_owned(),
             db,
             data,
             pre_flush,
+            barrier,
             commit,
             max_disk_bytes: opts.max_disk_bytes,
             disk_used,
@@ -209,25 +216,7 @@ impl Store {
         if batch.is_empty() {
             return Ok(self.commit.current());
         }
-        if self.fail_writes.load(Ordering::Relaxed) {
-            self.failed.store(true, Ordering::Relaxed);
-            return Err(StorageError::Write {
-                path: self.path.clone(),
-                detail: "injected write failure".into(),
-            });
-        }
-        if batch.puts > 0 {
-            if let Some(limit) = self.max_disk_bytes {
-                let used = self.disk_used.load(Ordering::Relaxed);
-                if used >= limit {
-                    return Err(StorageError::Full {
-                        path: self.path.clone(),
-                        used,
-                        limit,
-                    });
-                }
-            }
-        }
+        self.check_writable(batch.puts > 0)?;
         for (key, value) in batch.ops {
             let r = match value {
                 Some(v) => self.data.insert(key, v).map(|_| ()),
@@ -245,10 +234,82 @@ impl Store {
         Ok(self.commit.issue())
     }
 
+    /// Whether a write (with puts, or deletes only) would be accepted now.
+    pub fn check_writable(&self, puts: bool) -> Result<(), StorageError> {
+        if self.fail_writes.load(Ordering::Relaxed) {
+            self.failed.store(true, Ordering::Relaxed);
+            return Err(StorageError::Write {
+                path: self.path.clone(),
+                detail: "injected write failure".into(),
+            });
+        }
+        if puts {
+            if let Some(limit) = self.max_disk_bytes {
+                let used = self.disk_used.load(Ordering::Relaxed);
+                if used >= limit {
+                    return Err(StorageError::Full {
+                        path: self.path.clone(),
+                        used,
+                        limit,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `f`, which records writes to be made by the pre-flush hook, and
+    /// returns a ticket that is durable only once they are: the hook takes
+    /// the deferred writes and the committer reads the newest ticket under
+    /// the write side of the same barrier. Re-entrant; `f` may write at once
+    /// too. Never call it while the pre-flush hook runs on this thread.
+    pub fn defer<R>(&self, f: impl FnOnce() -> R) -> (R, Ticket) {
+        let _guard = self.barrier.read_recursive();
+        let r = f();
+        (r, self.commit.issue())
+    }
+
+    /// Applies `batch` as one atomic sled batch: for the pre-flush hook,
+    /// whose writes must land all together or not at all. The fsync that
+    /// follows makes them durable; no ticket is issued.
+    pub fn write_atomic(&self, batch: Batch) -> Result<(), StorageError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut b = sled::Batch::default();
+        for (key, value) in batch.ops {
+            match value {
+                Some(v) => b.insert(key, v),
+                None => b.remove(key),
+            }
+        }
+        self.data.apply_batch(b).map_err(|e| {
+            self.failed.store(true, Ordering::Relaxed);
+            StorageError::Write {
+                path: self.path.clone(),
+                detail: e.to_string(),
+            }
+        })
+    }
+
+    /// Runs `f` with deferred writers kept out (the write side of the
+    /// barrier): for writing deferred work outside the committer, at
+    /// shutdown.
+    pub fn exclusive<R>(&self, f: impl FnOnce() -> R) -> R {
+        let _guard = self.barrier.write();
+        f()
+    }
+
+    /// Asks the group committer for a flush (and so the pre-flush hook)
+    /// without waiting for it.
+    pub fn request_flush(&self) {
+        self.commit.request(self.commit.current());
+    }
+
     /// Registers work to do just before every group-commit fsync: writes
     /// that only need to be as durable as the next fsync can be deferred
     /// (and often skipped) instead of written at once.
-    pub fn set_pre_flush(&self, hook: impl Fn() + Send + Sync + 'static) {
+    pub fn set_pre_flush(&self, hook: impl Fn() -> Result<(), String> + Send + Sync + 'static) {
         self.pre_flush.set(Box::new(hook));
     }
 

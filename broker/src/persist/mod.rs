@@ -266,62 +266,91 @@ fn with_suffix(prefix: &[u8], suffix: &[u8]) -> Vec<u8> {
     k
 }
 
-/// Deferred in-flight records: (session key bytes, packet id) to
-/// (send order, queue position).
-type DeferredRefs = std::collections::HashMap<(Vec<u8>, u16), (u64, u64)>;
+/// Writes held back until just before the next group-commit fsync (see
+/// `Persist::write_pending`), keyed by session key bytes.
+#[derive(Debug, Default)]
+struct Pending {
+    /// Queue bodies: (session, queue position) → encoded record.
+    bodies: std::collections::HashMap<(Vec<u8>, u64), Vec<u8>>,
+    /// QoS 1 in-flight records: (session, packet id) → (order, position).
+    refs: std::collections::HashMap<(Vec<u8>, u16), (u64, u64)>,
+    /// Incoming QoS 2 packet ids to record.
+    incoming: std::collections::HashSet<(Vec<u8>, u16)>,
+}
 
 /// The broker's handle on the store.
+///
+/// Per-message records (queue bodies, QoS 1 in-flight records, incoming
+/// QoS 2 ids) are *deferred*: they only need to be on disk by the fsync
+/// that the acknowledgement waiting on them waits for. `Store::defer` gives
+/// each deferred write a ticket, and the group committer calls
+/// `write_pending` just before every fsync, under the barrier, to apply
+/// them all as **one atomic batch**. So a message acknowledged before that
+/// fsync never touches sled, and a QoS 2 publish's queue entries and its
+/// packet id reach the disk together or not at all.
 #[derive(Debug)]
 pub struct Persist {
     store: Store,
-    /// In-flight records of QoS 1 sends not yet written: they only need to
-    /// be as durable as the next fsync, so they are written just before it
-    /// (`flush_refs`), and one acknowledged before then is never written.
-    refs: parking_lot::Mutex<DeferredRefs>,
+    pending: parking_lot::Mutex<Pending>,
 }
 
 impl Persist {
-    /// Opens the store and registers the deferred writes with its group
-    /// committer.
+    /// Opens the store and registers `write_pending` with its committer.
     pub fn open(path: &Path, opts: StoreOptions) -> Result<Arc<Persist>, StorageError> {
         let persist = Arc::new(Persist {
             store: Store::open(path, opts)?,
-            refs: parking_lot::Mutex::new(std::collections::HashMap::new()),
+            pending: parking_lot::Mutex::new(Pending::default()),
         });
         let weak = Arc::downgrade(&persist);
-        persist.store.set_pre_flush(move || {
-            if let Some(p) = weak.upgrade() {
-                p.flush_refs();
-            }
+        persist.store.set_pre_flush(move || match weak.upgrade() {
+            Some(p) => p.write_pending().map_err(|e| e.to_string()),
+            None => Ok(()),
         });
         Ok(persist)
     }
 
-    /// Writes the deferred in-flight records (before an fsync, on each
-    /// sweeper tick, at shutdown).
-    pub fn flush_refs(&self) {
-        let refs = std::mem::take(&mut *self.refs.lock());
-        if refs.is_empty() {
-            return;
-        }
+    /// Applies every deferred write as one atomic batch. Called by the
+    /// committer under the barrier; `flush_pending` for everyone else.
+    fn write_pending(&self) -> Result<(), StorageError> {
+        let pending = std::mem::take(&mut *self.pending.lock());
         let mut b = Batch::default();
-        for ((skey, packet_id), (order, queue_seq)) in refs {
+        for ((skey, seq), value) in pending.bodies {
+            b.put(QUEUE, &with_suffix(&skey, &seq.to_be_bytes()), &value);
+        }
+        for ((skey, packet_id), (order, queue_seq)) in pending.refs {
             b.put(
                 INFLIGHT,
                 &with_suffix(&skey, &packet_id.to_be_bytes()),
                 &Self::inflight_value(order, queue_seq, 1),
             );
         }
-        if let Err(e) = self.store.write(b) {
-            tracing::warn!(error = %e, "Cannot write in-flight records");
+        for (skey, packet_id) in pending.incoming {
+            b.put(
+                INCOMING,
+                &with_suffix(&skey, &packet_id.to_be_bytes()),
+                &[V1],
+            );
+        }
+        self.store.write_atomic(b)
+    }
+
+    /// Writes the deferred records now (shutdown), keeping deferred writers
+    /// out meanwhile.
+    pub fn flush_pending(&self) {
+        if let Err(e) = self.store.exclusive(|| self.write_pending()) {
+            tracing::warn!(error = %e, "Cannot write deferred records");
         }
     }
 
     /// Records a QoS 1 send, to be written with the next fsync.
     pub fn send_deferred(&self, key: &SessionKey, packet_id: u16, order: u64, queue_seq: u64) {
-        self.refs
-            .lock()
-            .insert((session_key_bytes(key), packet_id), (order, queue_seq));
+        let skey = session_key_bytes(key);
+        self.store.defer(|| {
+            self.pending
+                .lock()
+                .refs
+                .insert((skey, packet_id), (order, queue_seq));
+        });
     }
 
     pub fn store(&self) -> &Store {
@@ -351,7 +380,13 @@ impl Persist {
     /// ignores and purges.
     pub fn delete_session(&self, key: &SessionKey) -> Result<Ticket, StorageError> {
         let prefix = session_key_bytes(key);
-        self.refs.lock().retain(|(skey, _), _| *skey != prefix);
+        let (r, _) = self.store.defer(|| {
+            let mut p = self.pending.lock();
+            p.bodies.retain(|(skey, _), _| *skey != prefix);
+            p.refs.retain(|(skey, _), _| *skey != prefix);
+            p.incoming.retain(|(skey, _)| *skey != prefix);
+        });
+        let () = r;
         let mut b = Batch::default();
         for table in ALL_SESSION_TABLES {
             for k in self.store.keys_with_prefix(table, &prefix)? {
@@ -428,32 +463,55 @@ impl Persist {
         with_suffix(&session_key_bytes(key), &pkid.to_be_bytes())
     }
 
-    /// A delivery joins a durable session's queue; `dropped` is a queued
-    /// one the overflow policy removed to make room.
+    /// A delivery joins a durable session's queue (deferred); `dropped`
+    /// are queued ones the overflow policy removed to make room.
     pub fn push_queue(
         &self,
         key: &SessionKey,
         d: &Delivery,
         dropped: &[u64],
     ) -> Result<Ticket, StorageError> {
+        self.store.check_writable(true)?;
+        let skey = session_key_bytes(key);
         let mut v = vec![V1];
         encode_delivery(&mut v, d);
-        let mut b = Batch::default();
-        b.put(QUEUE, &Self::seq_key(key, d.seq), &v);
-        for seq in dropped {
-            b.delete(QUEUE, &Self::seq_key(key, *seq));
-        }
-        self.store.write(b)
+        let (r, t) = self.store.defer(|| {
+            let mut b = Batch::default();
+            {
+                let mut p = self.pending.lock();
+                p.bodies.insert((skey.clone(), d.seq), v);
+                for seq in dropped {
+                    if p.bodies.remove(&(skey.clone(), *seq)).is_none() {
+                        b.delete(QUEUE, &Self::seq_key(key, *seq));
+                    }
+                }
+            }
+            let written = self.store.write(b).map(|_| ());
+            if written.is_err() {
+                // Refused: the caller drops the delivery, so must the disk.
+                self.pending.lock().bodies.remove(&(skey, d.seq));
+            }
+            written
+        });
+        r.map(|()| t)
     }
 
+    /// A queued body is gone (expired, dropped, sent at QoS 0).
     pub fn remove_queued(&self, key: &SessionKey, seq: u64) -> Result<Ticket, StorageError> {
-        let mut b = Batch::default();
-        b.delete(QUEUE, &Self::seq_key(key, seq));
-        self.store.write(b)
+        let skey = session_key_bytes(key);
+        let (r, t) = self.store.defer(|| {
+            if self.pending.lock().bodies.remove(&(skey, seq)).is_some() {
+                return Ok(());
+            }
+            let mut b = Batch::default();
+            b.delete(QUEUE, &Self::seq_key(key, seq));
+            self.store.write(b).map(|_| ())
+        });
+        r.map(|()| t)
     }
 
-    /// A queued delivery was sent and awaits its acknowledgement: a small
-    /// in-flight record pointing at its queue entry, which keeps the body.
+    /// A QoS 2 send: its in-flight record (and its body, if still
+    /// deferred) is written at once, since the PUBLISH waits for it.
     pub fn send(
         &self,
         key: &SessionKey,
@@ -461,13 +519,20 @@ impl Persist {
         order: u64,
         queue_seq: u64,
     ) -> Result<Ticket, StorageError> {
-        let mut b = Batch::default();
-        b.put(
-            INFLIGHT,
-            &Self::pkid_key(key, packet_id),
-            &Self::inflight_value(order, queue_seq, 1),
-        );
-        self.store.write(b)
+        let skey = session_key_bytes(key);
+        let (r, t) = self.store.defer(|| {
+            let mut b = Batch::default();
+            if let Some(body) = self.pending.lock().bodies.remove(&(skey, queue_seq)) {
+                b.put(QUEUE, &Self::seq_key(key, queue_seq), &body);
+            }
+            b.put(
+                INFLIGHT,
+                &Self::pkid_key(key, packet_id),
+                &Self::inflight_value(order, queue_seq, 1),
+            );
+            self.store.write(b).map(|_| ())
+        });
+        r.map(|()| t)
     }
 
     fn inflight_value(order: u64, queue_seq: u64, state: u8) -> Vec<u8> {
@@ -487,60 +552,83 @@ impl Persist {
         order: u64,
         queue_seq: u64,
     ) -> Result<Ticket, StorageError> {
-        self.refs
-            .lock()
-            .remove(&(session_key_bytes(key), packet_id));
-        let mut b = Batch::default();
-        b.put(
-            INFLIGHT,
-            &Self::pkid_key(key, packet_id),
-            &Self::inflight_value(order, queue_seq, 2),
-        );
-        if queue_seq != 0 {
-            b.delete(QUEUE, &Self::seq_key(key, queue_seq));
-        }
-        self.store.write(b)
+        let skey = session_key_bytes(key);
+        let (r, t) = self.store.defer(|| {
+            let body_pending = {
+                let mut p = self.pending.lock();
+                p.refs.remove(&(skey.clone(), packet_id));
+                p.bodies.remove(&(skey, queue_seq)).is_some()
+            };
+            let mut b = Batch::default();
+            b.put(
+                INFLIGHT,
+                &Self::pkid_key(key, packet_id),
+                &Self::inflight_value(order, queue_seq, 2),
+            );
+            if queue_seq != 0 && !body_pending {
+                b.delete(QUEUE, &Self::seq_key(key, queue_seq));
+            }
+            self.store.write(b).map(|_| ())
+        });
+        r.map(|()| t)
     }
 
     /// The client acknowledged (or refused) a message: body first, then the
-    /// in-flight record. A crash in between leaves a record pointing at
-    /// nothing, which `load` drops (the client had the message).
+    /// in-flight record (what was never written is simply forgotten). A
+    /// crash in between leaves a record pointing at nothing, which `load`
+    /// drops (the client had the message).
     pub fn acknowledged(
         &self,
         key: &SessionKey,
         packet_id: u16,
         queue_seq: u64,
     ) -> Result<Ticket, StorageError> {
-        let deferred = self
-            .refs
-            .lock()
-            .remove(&(session_key_bytes(key), packet_id))
-            .is_some();
-        let mut b = Batch::default();
-        if queue_seq != 0 {
-            b.delete(QUEUE, &Self::seq_key(key, queue_seq));
-        }
-        if !deferred {
-            b.delete(INFLIGHT, &Self::pkid_key(key, packet_id));
-        }
-        self.store.write(b)
+        let skey = session_key_bytes(key);
+        let (r, t) = self.store.defer(|| {
+            let (ref_pending, body_pending) = {
+                let mut p = self.pending.lock();
+                (
+                    p.refs.remove(&(skey.clone(), packet_id)).is_some(),
+                    p.bodies.remove(&(skey, queue_seq)).is_some(),
+                )
+            };
+            let mut b = Batch::default();
+            if queue_seq != 0 && !body_pending {
+                b.delete(QUEUE, &Self::seq_key(key, queue_seq));
+            }
+            if !ref_pending {
+                b.delete(INFLIGHT, &Self::pkid_key(key, packet_id));
+            }
+            self.store.write(b).map(|_| ())
+        });
+        r.map(|()| t)
     }
 
     /// An incoming QoS 2 packet id awaiting PUBREL (exactly once across a
-    /// restart).
+    /// restart): recorded deferred, or forgotten.
     pub fn incoming(
         &self,
         key: &SessionKey,
         packet_id: u16,
         present: bool,
     ) -> Result<Ticket, StorageError> {
-        let mut b = Batch::default();
         if present {
-            b.put(INCOMING, &Self::pkid_key(key, packet_id), &[V1]);
-        } else {
-            b.delete(INCOMING, &Self::pkid_key(key, packet_id));
+            self.store.check_writable(true)?;
         }
-        self.store.write(b)
+        let skey = session_key_bytes(key);
+        let (r, t) = self.store.defer(|| {
+            if present {
+                self.pending.lock().incoming.insert((skey, packet_id));
+                return Ok(());
+            }
+            if self.pending.lock().incoming.remove(&(skey, packet_id)) {
+                return Ok(());
+            }
+            let mut b = Batch::default();
+            b.delete(INCOMING, &Self::pkid_key(key, packet_id));
+            self.store.write(b).map(|_| ())
+        });
+        r.map(|()| t)
     }
 
     /// A will waiting for its delay or the session's end, due at `due_ms`.
