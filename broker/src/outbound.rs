@@ -14,6 +14,7 @@
 use std::time::Instant;
 
 use bytes::{BufMut, BytesMut};
+use porchlight_storage::Ticket;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::codec::{self, vbi_len, Ack, Packet, Protocol, QoS};
@@ -111,6 +112,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         let mut st = self.session.lock();
         let persist = st.persist.clone();
         let mut sent_records = Vec::new();
+        let mut holding: Option<(Ticket, BytesMut)> = None;
         // The resumed session's backlog goes first, in its original order.
         while self.io.wbuf.len() < WRITE_HIGH_WATER && st.window_used() < self.send_window {
             let Some(id) = st.resend.pop_front() else {
@@ -139,7 +141,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 }
             }
         }
-        while self.io.wbuf.len() < WRITE_HIGH_WATER && st.resend.is_empty() {
+        while self.io.wbuf.len() + holding.as_ref().map_or(0, |(_, h)| h.len()) < WRITE_HIGH_WATER
+            && st.resend.is_empty()
+        {
             let Some(front) = st.queue.front() else {
                 break;
             };
@@ -169,11 +173,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             };
             // Exactly once to a durable session: the PUBLISH may only leave
             // once its in-flight record is on disk, or a crash right after
-            // would resend it under a new packet id. It is held, and so is
-            // everything after it (per-topic order).
-            let hold = d.qos == QoS::ExactlyOnce && persist.is_some();
-            let mut held = BytesMut::new();
-            let out = if hold { &mut held } else { &mut self.io.wbuf };
+            // would resend it under a new packet id. From the first such
+            // PUBLISH on, this pump's output is held (per-topic order) until
+            // the newest of their records is durable: one fsync releases the
+            // whole batch.
+            let needs_hold = d.qos == QoS::ExactlyOnce && persist.is_some();
+            if needs_hold && holding.is_none() {
+                holding = Some((Ticket::default(), BytesMut::new()));
+            }
+            let out = match holding.as_mut() {
+                Some((_, held)) => held,
+                None => &mut self.io.wbuf,
+            };
             let ok = encode_delivery(
                 out,
                 self.protocol,
@@ -191,17 +202,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 continue;
             }
             sent += 1;
-            if let (true, Some(p)) = (hold, &persist) {
+            if let (true, Some(p)) = (needs_hold, &persist) {
                 let queue_seq = d.seq;
                 let order = st.track_inflight(packet_id, OutState::AwaitingAck(d));
-                match Write::from_result(p.send(&self.key, packet_id, order, queue_seq)) {
-                    Write::Pending(t) if !p.store().is_durable(t) => {
-                        self.held_publish = Some((t, held));
-                        break;
+                // Not writable: still delivered (the store logged why).
+                if let Write::Pending(t) =
+                    Write::from_result(p.send(&self.key, packet_id, order, queue_seq))
+                {
+                    if let Some((held_ticket, _)) = holding.as_mut() {
+                        *held_ticket = (*held_ticket).max(t);
                     }
-                    // On disk already, or not writable (the message is
-                    // still delivered: the store said why in the log).
-                    _ => self.io.wbuf.extend_from_slice(&held),
                 }
                 continue;
             }
@@ -220,6 +230,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             }
         }
         drop(st);
+        if let Some((t, held)) = holding {
+            if self.broker.persist.store().is_durable(t) {
+                self.io.wbuf.extend_from_slice(&held);
+            } else {
+                self.held_publish = Some((t, held));
+            }
+        }
         // QoS 1 in-flight records only point at bodies written when they
         // were queued, and need only be as durable as the next fsync: they
         // are written just before it, unless acknowledged by then.

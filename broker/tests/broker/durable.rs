@@ -596,3 +596,113 @@ async fn a_will_cancelled_by_reconnecting_stays_cancelled_after_a_restart() {
     w.expect_silence(Duration::from_millis(1500)).await;
     b.stop().await;
 }
+
+/// Streams QoS 2 messages (up to 100 unfinished) until `until`; returns
+/// the numbers the broker took responsibility for (PUBREC).
+async fn stream_qos2_until(
+    addr: std::net::SocketAddr,
+    first: u32,
+    until: tokio::time::Instant,
+) -> (Vec<u32>, u32) {
+    let mut p = RawClient::connect(addr, Protocol::V5, "stream2-pub").await;
+    let mut next = first;
+    let mut open = std::collections::HashMap::new();
+    let mut recorded = Vec::new();
+    let mut id: u16 = 0;
+    while tokio::time::Instant::now() < until {
+        while open.len() < 100 {
+            id = id.checked_add(1).unwrap_or(1);
+            p.send(&numbered("crash/exactly", QoS::ExactlyOnce, id, next))
+                .await;
+            open.insert(id, next);
+            next += 1;
+        }
+        match p.recv_within(Duration::from_millis(5)).await {
+            Ok(Some(Packet::PubRec(a))) => {
+                assert_eq!(a.reason, 0x00);
+                if let Some(n) = open.get(&a.packet_id) {
+                    recorded.push(*n);
+                }
+                p.send(&Packet::PubRel(Ack::new(a.packet_id, 0))).await;
+            }
+            Ok(Some(Packet::PubComp(a))) => {
+                open.remove(&a.packet_id);
+            }
+            Ok(Some(other)) => panic!("unexpected {other:?}"),
+            Ok(None) => break,
+            Err(()) => {}
+        }
+    }
+    (recorded, next)
+}
+
+#[tokio::test]
+async fn randomized_sigkill_keeps_qos2_exactly_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos() as u64
+        | 1;
+    eprintln!("QoS 2 crash test seed {seed}");
+    let mut rand = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    {
+        let (mut broker, addr) = spawn_binary_in(&data, ROOMY);
+        let (mut s, _) =
+            RawClient::connect_with(addr, durable_client(Protocol::V5, "exact-sub")).await;
+        s.subscribe("crash/exactly", q(2)).await;
+        s.send(&Packet::Disconnect(Disconnect::new(0))).await;
+        drop(s);
+        kill9(&mut broker);
+    }
+    let mut recorded = Vec::new();
+    let mut next = 0;
+    for _round in 0..20 {
+        let (mut broker, addr) = spawn_binary_in(&data, ROOMY);
+        let until = tokio::time::Instant::now() + Duration::from_millis(20 + rand() % 200);
+        let (got, n) = stream_qos2_until(addr, next, until).await;
+        kill9(&mut broker);
+        recorded.extend(got);
+        next = n;
+    }
+    assert!(
+        recorded.len() > 200,
+        "the stream made progress: {}",
+        recorded.len()
+    );
+
+    let (mut broker, addr) = spawn_binary_in(&data, ROOMY);
+    let (mut s, ack) =
+        RawClient::connect_with(addr, durable_client(Protocol::V5, "exact-sub")).await;
+    assert!(ack.session_present);
+    let mut missing: std::collections::BTreeSet<u32> = recorded.iter().copied().collect();
+    let mut seen = std::collections::HashSet::new();
+    loop {
+        let packet = if missing.is_empty() {
+            // Everything recorded arrived; anything more must still be new.
+            match s.recv_within(Duration::from_millis(500)).await {
+                Ok(p) => p,
+                Err(()) => break,
+            }
+        } else {
+            s.recv().await
+        };
+        match packet {
+            Some(Packet::Publish(m)) => {
+                let n = number(&m);
+                assert!(seen.insert(n), "message {n} delivered twice");
+                missing.remove(&n);
+                s.send(&Packet::PubRec(Ack::new(m.packet_id, 0))).await;
+            }
+            Some(Packet::PubRel(a)) => s.send(&Packet::PubComp(Ack::new(a.packet_id, 0))).await,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    kill9(&mut broker);
+}
