@@ -248,6 +248,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 _ = self.session.notify.notified(), if room => {}
                 r = wait_durable(&persist, waiting), if waiting.is_some() => {
                     if r.is_err() {
+                        // A held QoS 2 PUBLISH cannot go out without its
+                        // record: close rather than spin on the error.
+                        if self.held_publish.is_some() {
+                            return crate::inbound::durable_write_failed();
+                        }
                         if let Err(close) = self.fail_pending() {
                             return close;
                         }
@@ -317,6 +322,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// (3.1.1 has no way to say it).
     fn fail_pending(&mut self) -> Result<(), Close> {
         let v5 = self.protocol.is_v5();
+        // PUBREL and PUBCOMP have no failure code that fits: their writes
+        // must be durable, so the connection closes and the client retries.
+        if self
+            .pending
+            .iter()
+            .any(|(_, p)| matches!(p, Packet::PubRel(_) | Packet::PubComp(_)))
+        {
+            return Err(crate::inbound::durable_write_failed());
+        }
         let mut forget = Vec::new();
         for (t, packet) in self.pending.iter_mut() {
             *t = None;

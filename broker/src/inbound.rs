@@ -24,6 +24,18 @@ use crate::metrics::BadPacket;
 use crate::session::{effective_qos, OutState};
 use crate::topic::{TopicFilter, TopicName};
 
+/// Closing a connection whose next packet promises a write the store
+/// refused (3.1.1 has no other way to say it; for PUBREL/PUBCOMP v5 has no
+/// fitting reason code either). The client retries after reconnecting.
+pub(crate) fn durable_write_failed() -> Close {
+    Close {
+        reason: Some(reason::UNSPECIFIED_ERROR),
+        bad: None,
+        detail: "a write this answer promises could not be made durable".into(),
+        will: true,
+    }
+}
+
 /// The queue position whose stored body an in-flight entry still uses.
 fn queue_seq_of(f: Option<crate::session::Inflight>) -> u64 {
     match f.map(|f| f.state) {
@@ -54,10 +66,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 self.on_puback(a.packet_id);
                 Ok(())
             }
-            Packet::PubRec(a) => {
-                self.on_pubrec(a);
-                Ok(())
-            }
+            Packet::PubRec(a) => self.on_pubrec(a),
             Packet::PubRel(a) => self.on_pubrel(a.packet_id),
             Packet::PubComp(a) => {
                 self.on_pubcomp(a.packet_id);
@@ -299,7 +308,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
     }
 
-    fn on_pubrec(&mut self, a: Ack) {
+    fn on_pubrec(&mut self, a: Ack) -> Result<(), Close> {
         let mut st = self.session.lock();
         let persist = st.persist.clone();
         let Some(f) = st.inflight.get_mut(&a.packet_id) else {
@@ -308,7 +317,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 a.packet_id,
                 reason::PACKET_IDENTIFIER_NOT_FOUND,
             )));
-            return;
+            return Ok(());
         };
         if a.reason >= 0x80 {
             // The receiver refused the message: it is done.
@@ -320,7 +329,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     queue_seq,
                 )));
             }
-            return;
+            return Ok(());
         }
         let queue_seq = match &f.state {
             OutState::AwaitingAck(d) => d.seq,
@@ -328,22 +337,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         };
         f.state = OutState::AwaitingComp;
         let order = f.seq;
-        let ticket = match &persist {
-            Some(p) => {
-                match Write::from_result(p.released(&self.key, a.packet_id, order, queue_seq)) {
-                    Write::Pending(t) => Some(t),
-                    _ => None,
-                }
-            }
-            None => None,
+        let write = match &persist {
+            Some(p) => Write::from_result(p.released(&self.key, a.packet_id, order, queue_seq)),
+            None => Write::None,
         };
         drop(st);
         // Once PUBREL is out the body is gone for good: the record saying
         // so must be on disk first, or a restart would resend the message.
+        // If it cannot be written, the connection closes instead; the
+        // client resends PUBREC when it is back.
+        let ticket = match write {
+            Write::Pending(t) => Some(t),
+            Write::None => None,
+            Write::Failed(_) => return Err(durable_write_failed()),
+        };
         self.send_after(
             ticket,
             Packet::PubRel(Ack::new(a.packet_id, reason::SUCCESS)),
         );
+        Ok(())
     }
 
     fn on_pubrel(&mut self, id: u16) -> Result<(), Close> {
@@ -369,12 +381,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             Write::Pending(t) => Some(t),
             Write::Failed(_) => {
                 self.session.lock().incoming_qos2.insert(id);
-                return Err(Close {
-                    reason: Some(reason::UNSPECIFIED_ERROR),
-                    bad: None,
-                    detail: "cannot record the release on disk".into(),
-                    will: true,
-                });
+                return Err(durable_write_failed());
             }
             Write::None => None,
         };

@@ -30,7 +30,7 @@ pub mod connect;
 pub mod connection;
 pub mod error;
 pub mod ids;
-mod inbound;
+pub(crate) mod inbound;
 pub mod message;
 pub mod metrics;
 pub mod outbound;

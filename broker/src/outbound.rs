@@ -205,13 +205,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             if let (true, Some(p)) = (needs_hold, &persist) {
                 let queue_seq = d.seq;
                 let order = st.track_inflight(packet_id, OutState::AwaitingAck(d));
-                // Not writable: still delivered (the store logged why).
-                if let Write::Pending(t) =
-                    Write::from_result(p.send(&self.key, packet_id, order, queue_seq))
-                {
-                    if let Some((held_ticket, _)) = holding.as_mut() {
-                        *held_ticket = (*held_ticket).max(t);
-                    }
+                let t = p.send(&self.key, packet_id, order, queue_seq);
+                if let Some((held_ticket, _)) = holding.as_mut() {
+                    *held_ticket = (*held_ticket).max(t);
                 }
                 continue;
             }
@@ -229,20 +225,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 }
             }
         }
+        // QoS 1 in-flight records only point at bodies written when they
+        // were queued; they are recorded (deferred to the next group
+        // commit) while the session is still ours.
+        if let Some(p) = &persist {
+            for (packet_id, order, queue_seq) in sent_records {
+                p.send_deferred(&self.key, packet_id, order, queue_seq);
+            }
+        }
         drop(st);
         if let Some((t, held)) = holding {
             if self.broker.persist.store().is_durable(t) {
                 self.io.wbuf.extend_from_slice(&held);
             } else {
                 self.held_publish = Some((t, held));
-            }
-        }
-        // QoS 1 in-flight records only point at bodies written when they
-        // were queued, and need only be as durable as the next fsync: they
-        // are written just before it, unless acknowledged by then.
-        if let Some(p) = &persist {
-            for (packet_id, order, queue_seq) in sent_records {
-                p.send_deferred(&self.key, packet_id, order, queue_seq);
             }
         }
         if sent > 0 {

@@ -280,8 +280,13 @@ impl Registry {
             }
             if let Some(p) = self.state.persist() {
                 // Deferred records reach the disk within a tick even when
-                // nobody waits for an fsync.
-                p.store().request_flush();
+                // nobody waits for an fsync (under `never` there is no group
+                // committer: they are written here, and sled flushes them).
+                if p.store().fsync_mode() == porchlight_storage::FsyncMode::Never {
+                    p.flush_pending();
+                } else {
+                    p.store().request_flush();
+                }
                 p.store().refresh_disk_used();
             }
             let pause = if full { Duration::ZERO } else { sweeper::TICK };

@@ -231,7 +231,11 @@ impl Drop for Committer {
             self.shared.wake.notify_one();
         }
         if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            // The last handle may be dropped on the fsync thread itself
+            // (from its pre-flush hook): it then simply returns.
+            if t.thread().id() != std::thread::current().id() {
+                let _ = t.join();
+            }
         }
     }
 }

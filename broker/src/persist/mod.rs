@@ -312,26 +312,31 @@ impl Persist {
     /// Applies every deferred write as one atomic batch. Called by the
     /// committer under the barrier; `flush_pending` for everyone else.
     fn write_pending(&self) -> Result<(), StorageError> {
-        let pending = std::mem::take(&mut *self.pending.lock());
+        // Nobody else touches `pending` meanwhile (the barrier's write side
+        // is held): it is cleared only once the batch is in, so a failed
+        // batch keeps everything for the next attempt.
+        let mut pending = self.pending.lock();
         let mut b = Batch::default();
-        for ((skey, seq), value) in pending.bodies {
-            b.put(QUEUE, &with_suffix(&skey, &seq.to_be_bytes()), &value);
+        for ((skey, seq), value) in &pending.bodies {
+            b.put(QUEUE, &with_suffix(skey, &seq.to_be_bytes()), value);
         }
-        for ((skey, packet_id), (order, queue_seq)) in pending.refs {
+        for ((skey, packet_id), (order, queue_seq)) in &pending.refs {
             b.put(
                 INFLIGHT,
-                &with_suffix(&skey, &packet_id.to_be_bytes()),
-                &Self::inflight_value(order, queue_seq, 1),
+                &with_suffix(skey, &packet_id.to_be_bytes()),
+                &Self::inflight_value(*order, *queue_seq, 1),
             );
         }
-        for (skey, packet_id) in pending.incoming {
+        for (skey, packet_id) in &pending.incoming {
             b.put(
                 INCOMING,
-                &with_suffix(&skey, &packet_id.to_be_bytes()),
+                &with_suffix(skey, &packet_id.to_be_bytes()),
                 &[V1],
             );
         }
-        self.store.write_atomic(b)
+        self.store.write_atomic(b)?;
+        *pending = Pending::default();
+        Ok(())
     }
 
     /// Writes the deferred records now (shutdown), keeping deferred writers
@@ -510,29 +515,19 @@ impl Persist {
         r.map(|()| t)
     }
 
-    /// A QoS 2 send: its in-flight record (and its body, if still
-    /// deferred) is written at once, since the PUBLISH waits for it.
-    pub fn send(
-        &self,
-        key: &SessionKey,
-        packet_id: u16,
-        order: u64,
-        queue_seq: u64,
-    ) -> Result<Ticket, StorageError> {
+    /// A QoS 2 send. Its in-flight record is deferred like a QoS 1 one, so
+    /// it lands in the same atomic batch as the body (if that is still
+    /// deferred) and as the publisher's incoming packet id. The PUBLISH
+    /// waits for the returned ticket.
+    pub fn send(&self, key: &SessionKey, packet_id: u16, order: u64, queue_seq: u64) -> Ticket {
         let skey = session_key_bytes(key);
-        let (r, t) = self.store.defer(|| {
-            let mut b = Batch::default();
-            if let Some(body) = self.pending.lock().bodies.remove(&(skey, queue_seq)) {
-                b.put(QUEUE, &Self::seq_key(key, queue_seq), &body);
-            }
-            b.put(
-                INFLIGHT,
-                &Self::pkid_key(key, packet_id),
-                &Self::inflight_value(order, queue_seq, 1),
-            );
-            self.store.write(b).map(|_| ())
+        let ((), t) = self.store.defer(|| {
+            self.pending
+                .lock()
+                .refs
+                .insert((skey, packet_id), (order, queue_seq));
         });
-        r.map(|()| t)
+        t
     }
 
     fn inflight_value(order: u64, queue_seq: u64, state: u8) -> Vec<u8> {

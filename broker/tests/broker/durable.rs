@@ -706,3 +706,27 @@ async fn randomized_sigkill_keeps_qos2_exactly_once() {
     }
     kill9(&mut broker);
 }
+
+#[tokio::test]
+async fn fsync_never_still_reaches_the_disk_within_its_window() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let flags = ["--fsync", "never"];
+    let (mut broker, addr) = spawn_binary_in(&data, &flags);
+    let (mut s, _) = RawClient::connect_with(addr, durable_client(Protocol::V5, "never-sub")).await;
+    s.subscribe("d/#", q(2)).await;
+    s.send(&Packet::Disconnect(Disconnect::new(0))).await;
+    drop(s);
+    let mut p = RawClient::connect(addr, Protocol::V311, "never-pub").await;
+    publish_acknowledged(&mut p, 20).await;
+    // The documented window: a sweeper tick (100 ms) to write deferred
+    // records, then sled's background flush (500 ms). Past it, SIGKILL.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    kill9(&mut broker);
+    let (mut broker, addr) = spawn_binary_in(&data, &flags);
+    let (mut s, ack) =
+        RawClient::connect_with(addr, durable_client(Protocol::V5, "never-sub")).await;
+    assert!(ack.session_present);
+    drain_in_order(&mut s, 20).await;
+    kill9(&mut broker);
+}
