@@ -380,31 +380,40 @@ async fn stream_until(
     (acked, next)
 }
 
-#[tokio::test]
-async fn randomized_sigkill_during_a_stream_loses_no_acknowledged_message() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().join("data");
+/// A xorshift generator seeded from the clock; the seed is printed so a
+/// failing run can be reproduced.
+fn seeded_rand(what: &str) -> impl FnMut() -> u64 {
     let mut seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
         .as_nanos() as u64
         | 1;
-    eprintln!("crash test seed {seed}");
-    let mut rand = move || {
+    eprintln!("{what} seed {seed}");
+    move || {
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
         seed
-    };
-    {
-        let (mut broker, addr) = spawn_binary_in(&data, ROOMY);
-        let (mut s, _) =
-            RawClient::connect_with(addr, durable_client(Protocol::V5, "stream-sub")).await;
-        s.subscribe("crash/stream", q(1)).await;
-        s.send(&Packet::Disconnect(Disconnect::new(0))).await;
-        drop(s);
-        kill9(&mut broker);
     }
+}
+
+/// Creates the durable session `id` subscribed to `filter` in a fresh
+/// broker on `data`, then kills that broker.
+async fn durable_subscriber_in(data: &std::path::Path, id: &str, filter: &str, qos: u8) {
+    let (mut broker, addr) = spawn_binary_in(data, ROOMY);
+    let (mut s, _) = RawClient::connect_with(addr, durable_client(Protocol::V5, id)).await;
+    s.subscribe(filter, q(qos)).await;
+    s.send(&Packet::Disconnect(Disconnect::new(0))).await;
+    drop(s);
+    kill9(&mut broker);
+}
+
+#[tokio::test]
+async fn randomized_sigkill_during_a_stream_loses_no_acknowledged_message() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let mut rand = seeded_rand("crash test");
+    durable_subscriber_in(&data, "stream-sub", "crash/stream", 1).await;
     let mut acked = Vec::new();
     let mut next = 0;
     for _round in 0..20 {
@@ -640,27 +649,8 @@ async fn stream_qos2_until(
 async fn randomized_sigkill_keeps_qos2_exactly_once() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
-    let mut seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_nanos() as u64
-        | 1;
-    eprintln!("QoS 2 crash test seed {seed}");
-    let mut rand = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
-    {
-        let (mut broker, addr) = spawn_binary_in(&data, ROOMY);
-        let (mut s, _) =
-            RawClient::connect_with(addr, durable_client(Protocol::V5, "exact-sub")).await;
-        s.subscribe("crash/exactly", q(2)).await;
-        s.send(&Packet::Disconnect(Disconnect::new(0))).await;
-        drop(s);
-        kill9(&mut broker);
-    }
+    let mut rand = seeded_rand("QoS 2 crash test");
+    durable_subscriber_in(&data, "exact-sub", "crash/exactly", 2).await;
     let mut recorded = Vec::new();
     let mut next = 0;
     for _round in 0..20 {
