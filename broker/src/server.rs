@@ -93,7 +93,7 @@ impl Server {
         }
         // Last: everything the sessions wrote reaches the disk.
         broker.persist.flush_pending();
-        if let Err(e) = broker.persist.store().flush() {
+        if let Err(e) = broker.persist.store().close() {
             error!(error = %e, "Final flush of the store failed");
         }
         info!("Shutdown complete");

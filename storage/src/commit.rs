@@ -95,10 +95,31 @@ pub(crate) struct Committer {
     path: PathBuf,
     /// Joined on drop: the thread holds a handle to the database, and the
     /// directory stays locked until it is gone.
-    thread: Option<std::thread::JoinHandle<()>>,
+    thread: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl Committer {
+    /// Stops the fsync thread and waits for it (unless called on it), so
+    /// its handle on the database is gone when this returns.
+    pub(crate) fn stop(&self) {
+        {
+            let mut r = self
+                .shared
+                .requests
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            r.stop = true;
+            self.shared.wake.notify_one();
+        }
+        if let Some(t) = self.thread.lock().take() {
+            // The last handle may be dropped on the fsync thread itself
+            // (from its pre-flush hook): it then simply returns.
+            if t.thread().id() != std::thread::current().id() {
+                let _ = t.join();
+            }
+        }
+    }
+
     pub(crate) fn start(
         db: sled::Db,
         path: PathBuf,
@@ -152,7 +173,7 @@ impl Committer {
             failed,
             flushes,
             path,
-            thread,
+            thread: parking_lot::Mutex::new(thread),
         }
     }
 
@@ -221,22 +242,7 @@ impl Committer {
 
 impl Drop for Committer {
     fn drop(&mut self) {
-        {
-            let mut r = self
-                .shared
-                .requests
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            r.stop = true;
-            self.shared.wake.notify_one();
-        }
-        if let Some(t) = self.thread.take() {
-            // The last handle may be dropped on the fsync thread itself
-            // (from its pre-flush hook): it then simply returns.
-            if t.thread().id() != std::thread::current().id() {
-                let _ = t.join();
-            }
-        }
+        self.stop();
     }
 }
 

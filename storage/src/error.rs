@@ -19,6 +19,9 @@ pub enum StorageError {
     #[error("cannot open data directory {path}: {detail}")]
     Open { path: PathBuf, detail: String },
 
+    #[error("data directory {path} is in use by another process (its lock was not released within 5 s); give each broker its own --data-dir")]
+    Locked { path: PathBuf },
+
     #[error("write to {path} failed: {detail}")]
     Write { path: PathBuf, detail: String },
 

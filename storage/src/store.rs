@@ -122,24 +122,7 @@ impl Store {
     /// path and the problem; never wipes anything.
     pub fn open(path: &Path, opts: StoreOptions) -> Result<Store, StorageError> {
         let marked = check_directory(path)?;
-        let db = sled::Config::new()
-            .path(path)
-            .cache_capacity(opts.cache_bytes)
-            .mode(sled::Mode::HighThroughput)
-            // Writes nobody waits for (disconnect times, wills, deletions)
-            // still reach the disk within 500 ms, in every mode.
-            .flush_every_ms(Some(500))
-            .open()
-            .map_err(|e| match e {
-                sled::Error::Corruption { .. } => StorageError::Corrupt {
-                    path: path.to_owned(),
-                    detail: e.to_string(),
-                },
-                e => StorageError::Open {
-                    path: path.to_owned(),
-                    detail: e.to_string(),
-                },
-            })?;
+        let db = open_sled(path, &opts)?;
         let open_err = |e: sled::Error| StorageError::Open {
             path: path.to_owned(),
             detail: e.to_string(),
@@ -403,6 +386,14 @@ impl Store {
         }
     }
 
+    /// Shutdown: flushes, then stops the group committer, so nothing but
+    /// the remaining `Store` handles keeps the directory locked.
+    pub fn close(&self) -> Result<(), StorageError> {
+        let flushed = self.flush();
+        self.commit.stop();
+        flushed
+    }
+
     /// Flushes everything to disk now (shutdown).
     pub fn flush(&self) -> Result<(), StorageError> {
         self.db
@@ -412,6 +403,51 @@ impl Store {
                 path: self.path.clone(),
                 detail: e.to_string(),
             })
+    }
+}
+
+/// Opens sled. A directory still locked (by a process that is exiting, or
+/// a store handle being released) is retried for up to 5 s before the
+/// error is reported.
+fn open_sled(path: &Path, opts: &StoreOptions) -> Result<sled::Db, StorageError> {
+    let mut tries = 0;
+    loop {
+        let r = sled::Config::new()
+            .path(path)
+            .cache_capacity(opts.cache_bytes)
+            .mode(sled::Mode::HighThroughput)
+            // Writes nobody waits for (disconnect times, wills, deletions)
+            // still reach the disk within 500 ms, in every mode.
+            .flush_every_ms(Some(500))
+            .open();
+        match r {
+            Ok(db) => return Ok(db),
+            // sled 0.34 reports a held lock as `ErrorKind::Other` with this text.
+            Err(sled::Error::Io(e))
+                if e.kind() == std::io::ErrorKind::Other
+                    && e.to_string().contains("could not acquire lock") =>
+            {
+                if tries == 50 {
+                    return Err(StorageError::Locked {
+                        path: path.to_owned(),
+                    });
+                }
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e @ sled::Error::Corruption { .. }) => {
+                return Err(StorageError::Corrupt {
+                    path: path.to_owned(),
+                    detail: e.to_string(),
+                })
+            }
+            Err(e) => {
+                return Err(StorageError::Open {
+                    path: path.to_owned(),
+                    detail: e.to_string(),
+                })
+            }
+        }
     }
 }
 
@@ -553,6 +589,31 @@ mod tests {
             "{err}"
         );
         assert!(bad.path().join("db").exists(), "nothing wiped");
+    }
+
+    #[test]
+    fn a_held_lock_is_waited_for_then_reported() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first = open(dir.path());
+        // Released while the second open is waiting: the open succeeds.
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            first.close().expect("close");
+            drop(first);
+        });
+        let second = Store::open(dir.path(), StoreOptions::default()).expect("open after release");
+        release.join().expect("join");
+        // Never released: reported as in use, naming the directory.
+        match Store::open(dir.path(), StoreOptions::default()) {
+            Err(e @ StorageError::Locked { .. }) => {
+                assert!(
+                    e.to_string().contains(&dir.path().display().to_string()),
+                    "{e}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        drop(second);
     }
 
     #[tokio::test]

@@ -449,6 +449,28 @@ fn binary_exits_64_for_any_bad_flag() {
     assert!(String::from_utf8_lossy(&help.stdout).contains("PORCHLIGHT_MAX_PACKET_SIZE"));
 }
 
+#[test]
+fn a_second_broker_on_the_same_data_dir_is_refused_clearly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let (mut first, _) = spawn_binary_in(&data, &[]);
+    let out = Command::new(env!("CARGO_BIN_EXE_porchlight"))
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .output()
+        .expect("run");
+    let _ = first.kill();
+    let _ = first.wait();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("in use by another process"), "{text}");
+    assert!(text.contains(&data.display().to_string()), "{text}");
+}
+
 #[tokio::test]
 async fn the_queue_is_bounded_in_bytes_too() {
     let b = TestBroker::with(|c| c.max_queued_bytes = 200).await;
