@@ -50,6 +50,33 @@ pub struct Cli {
     )]
     pub listen: Vec<SocketAddr>,
 
+    /// Address to accept MQTT over TLS on; repeat for several. Needs
+    /// --tls-cert and --tls-key.
+    #[arg(
+        long = "tls-listen",
+        value_name = "ADDR",
+        env = "PORCHLIGHT_TLS_LISTEN",
+        value_delimiter = ','
+    )]
+    pub tls_listen: Vec<SocketAddr>,
+
+    /// PEM file with the server certificate chain (leaf first).
+    #[arg(long, value_name = "FILE", env = "PORCHLIGHT_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM file with the server's private key (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "FILE", env = "PORCHLIGHT_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Lowest TLS version accepted: 1.2 or 1.3.
+    #[arg(
+        long,
+        value_name = "VERSION",
+        env = "PORCHLIGHT_TLS_MIN_VERSION",
+        default_value = "1.2"
+    )]
+    pub tls_min_version: crate::tls::TlsVersion,
+
     /// Directory for durable state (created if missing).
     #[arg(
         long,
@@ -262,6 +289,9 @@ pub struct Cli {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: Vec<SocketAddr>,
+    pub tls_listen: Vec<SocketAddr>,
+    /// Set when `tls_listen` is not empty.
+    pub tls: Option<crate::tls::TlsFiles>,
     pub data_dir: PathBuf,
     pub max_connections: usize,
     pub max_packet_size: usize,
@@ -346,8 +376,26 @@ impl Cli {
                 "must be at least 1 second (use --no-sys-topics to turn $SYS off)",
             ));
         }
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            _ if self.tls_listen.is_empty() => None,
+            (Some(cert), Some(key)) => Some(crate::tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                min_version: self.tls_min_version,
+            }),
+            (None, _) => return Err(invalid("--tls-cert", "is required by --tls-listen")),
+            (_, None) => return Err(invalid("--tls-key", "is required by --tls-listen")),
+        };
+        if tls.is_none() && (self.tls_cert.is_some() || self.tls_key.is_some()) {
+            return Err(invalid(
+                "--tls-listen",
+                "is required when --tls-cert or --tls-key is given",
+            ));
+        }
         Ok(Config {
             listen: self.listen.clone(),
+            tls_listen: self.tls_listen.clone(),
+            tls,
             data_dir: self.data_dir.clone(),
             max_connections: self.max_connections,
             max_packet_size: self.max_packet_size,

@@ -26,6 +26,13 @@ pub enum BrokerError {
         source: std::io::Error,
     },
 
+    #[error("invalid {flag} {path}: {detail}")]
+    Tls {
+        flag: &'static str,
+        path: PathBuf,
+        detail: String,
+    },
+
     #[error("{0}")]
     Storage(#[from] porchlight_storage::StorageError),
 

@@ -2,7 +2,8 @@
 //! a server in-process (`main.rs` is a thin wrapper).
 //!
 //! Layout, in the order a packet travels:
-//! - `server.rs`: binds listeners, accepts, owns node shutdown.
+//! - `server.rs`: binds listeners, accepts, owns node shutdown;
+//!   `tls.rs`: TLS material for `--tls-listen`.
 //! - `connection.rs`: one task per connection; its loop and its close.
 //!   - `transport.rs`: read/write buffers and batched socket I/O.
 //!   - `codec/`: MQTT 3.1/3.1.1/5.0 packets to and from bytes.
@@ -43,6 +44,7 @@ pub mod session;
 pub mod state;
 pub mod sweeper;
 pub mod sys;
+pub mod tls;
 pub mod topic;
 pub mod transport;
 pub mod trie;

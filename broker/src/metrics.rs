@@ -21,6 +21,7 @@ pub const MESSAGES_DROPPED: &str = "porchlight_messages_dropped_total";
 pub const BAD_PACKETS: &str = "porchlight_bad_packets_total";
 pub const RETAINED: &str = "porchlight_retained_messages";
 pub const SESSIONS: &str = "porchlight_sessions";
+pub const TLS_HANDSHAKE_FAILURES: &str = "porchlight_tls_handshake_failures_total";
 
 /// Why a message was not delivered to a subscriber.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,6 +116,8 @@ pub struct Metrics {
     pub bytes_sent: AtomicU64,
     pub retained: AtomicU64,
     pub sessions: AtomicU64,
+    /// Handshakes that failed or timed out (`--tls-listen`).
+    pub tls_handshake_failures: AtomicU64,
     dropped: [AtomicU64; 5],
     bad_packets: [AtomicU64; 9],
 }
@@ -173,6 +176,7 @@ impl Metrics {
             (BYTES_SENT, g(&self.bytes_sent)),
             (RETAINED, g(&self.retained)),
             (SESSIONS, g(&self.sessions)),
+            (TLS_HANDSHAKE_FAILURES, g(&self.tls_handshake_failures)),
         ] {
             let _ = writeln!(s, "{name} {v}");
         }

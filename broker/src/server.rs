@@ -1,10 +1,13 @@
 //! Listeners and the node's lifetime: bind, accept, shut down.
 //!
-//! [`Server::bind`] prepares the data directory and binds every `--listen`
-//! address (port 0 works: [`Server::local_addrs`] reports the real ports).
+//! [`Server::bind`] prepares the data directory, loads the TLS material and
+//! binds every `--listen` and `--tls-listen` address (port 0 works:
+//! [`Server::local_addrs`] and [`Server::tls_local_addrs`] report the real
+//! ports).
 //! [`Server::run`] accepts until the shutdown token is cancelled; each
 //! accepted socket gets its own task (`connection.rs`), so the accept loop
-//! never waits on a client. Shutdown: stop accepting, connections send v5
+//! never waits on a client (a TLS handshake runs in that task, under
+//! `--connect-timeout`). Shutdown: stop accepting, connections send v5
 //! DISCONNECT 0x8B and close, then wait for every task up to
 //! `--shutdown-grace`, then flush the store.
 
@@ -13,8 +16,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::broker::Broker;
 use crate::config::Config;
@@ -22,6 +26,7 @@ use crate::error::BrokerError;
 
 pub struct Server {
     listeners: Vec<TcpListener>,
+    tls_listeners: Vec<(TcpListener, TlsAcceptor)>,
     broker: Arc<Broker>,
 }
 
@@ -33,20 +38,27 @@ impl Server {
             path: config.data_dir.clone(),
             source,
         })?;
-        // The store is opened (and a bad one refused) before any port is bound.
+        // TLS material and then the store are checked before any port is bound.
+        let acceptor = match &config.tls {
+            Some(files) => Some(TlsAcceptor::from(crate::tls::server_config(files)?)),
+            None => None,
+        };
         let broker = Broker::open(Arc::new(config), shutdown)?;
         let config = &broker.config;
-        let mut listeners = Vec::with_capacity(config.listen.len());
-        for addr in &config.listen {
-            let l = TcpListener::bind(addr)
-                .await
-                .map_err(|source| BrokerError::Bind {
-                    addr: *addr,
-                    source,
-                })?;
-            listeners.push(l);
-        }
-        Ok(Server { listeners, broker })
+        let listeners = bind_all(&config.listen).await?;
+        let tls_listeners = match acceptor {
+            Some(a) => bind_all(&config.tls_listen)
+                .await?
+                .into_iter()
+                .map(|l| (l, a.clone()))
+                .collect(),
+            None => Vec::new(),
+        };
+        Ok(Server {
+            listeners,
+            tls_listeners,
+            broker,
+        })
     }
 
     /// The bound addresses, in `--listen` order.
@@ -54,6 +66,14 @@ impl Server {
         self.listeners
             .iter()
             .filter_map(|l| l.local_addr().ok())
+            .collect()
+    }
+
+    /// The bound TLS addresses, in `--tls-listen` order.
+    pub fn tls_local_addrs(&self) -> Vec<SocketAddr> {
+        self.tls_listeners
+            .iter()
+            .filter_map(|(l, _)| l.local_addr().ok())
             .collect()
     }
 
@@ -67,6 +87,13 @@ impl Server {
         for addr in self.listeners.iter().filter_map(|l| l.local_addr().ok()) {
             info!(%addr, "Listening for MQTT over TCP");
         }
+        for addr in self
+            .tls_listeners
+            .iter()
+            .filter_map(|(l, _)| l.local_addr().ok())
+        {
+            info!(%addr, "Listening for MQTT over TLS");
+        }
         broker.tasks.spawn(broker.registry.clone().sweep());
         if let Some(interval) = broker.config.sys_interval {
             broker
@@ -75,7 +102,10 @@ impl Server {
         }
         let mut accept_loops = tokio::task::JoinSet::new();
         for listener in self.listeners {
-            accept_loops.spawn(accept_loop(listener, broker.clone()));
+            accept_loops.spawn(accept_loop(listener, None, broker.clone()));
+        }
+        for (listener, acceptor) in self.tls_listeners {
+            accept_loops.spawn(accept_loop(listener, Some(acceptor), broker.clone()));
         }
         broker.shutdown.cancelled().await;
         info!("Shutting down: no longer accepting connections");
@@ -100,7 +130,21 @@ impl Server {
     }
 }
 
-async fn accept_loop(listener: TcpListener, broker: Arc<Broker>) {
+async fn bind_all(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, BrokerError> {
+    let mut listeners = Vec::with_capacity(addrs.len());
+    for addr in addrs {
+        let l = TcpListener::bind(addr)
+            .await
+            .map_err(|source| BrokerError::Bind {
+                addr: *addr,
+                source,
+            })?;
+        listeners.push(l);
+    }
+    Ok(listeners)
+}
+
+async fn accept_loop(listener: TcpListener, tls: Option<TlsAcceptor>, broker: Arc<Broker>) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(s) => s,
@@ -115,11 +159,30 @@ async fn accept_loop(listener: TcpListener, broker: Arc<Broker>) {
         let m = &broker.metrics;
         let current = m.connections_current.fetch_add(1, Ordering::Relaxed);
         let over_limit = current >= broker.config.max_connections as u64;
-        broker.tasks.spawn(crate::connection::serve(
-            stream,
-            peer,
-            broker.clone(),
-            over_limit,
-        ));
+        let Some(acceptor) = tls.clone() else {
+            broker.tasks.spawn(crate::connection::serve(
+                stream,
+                peer,
+                broker.clone(),
+                over_limit,
+            ));
+            continue;
+        };
+        let broker = broker.clone();
+        broker.tasks.clone().spawn(async move {
+            let timeout = broker.config.connect_timeout;
+            match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => crate::connection::serve(tls, peer, broker, over_limit).await,
+                failed => {
+                    match failed {
+                        Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
+                        _ => debug!(%peer, "TLS handshake timed out"),
+                    }
+                    let m = &broker.metrics;
+                    m.inc(&m.tls_handshake_failures);
+                    m.dec(&m.connections_current);
+                }
+            }
+        });
     }
 }

@@ -25,5 +25,8 @@ mod retained;
 mod session;
 /// Shared subscriptions.
 mod shared;
+/// TLS listeners: v3/v5 clients, ALPN, minimum version, handshake
+/// timeouts, bad flags and files.
+mod tls;
 /// Wills: abnormal close, normal DISCONNECT, 0x04, will delay.
 mod will;

@@ -33,6 +33,8 @@ pub fn init_tracing() {
 
 pub struct TestBroker {
     pub addr: SocketAddr,
+    /// The first `--tls-listen` address, when TLS is configured.
+    pub tls_addr: Option<SocketAddr>,
     pub broker: Arc<Broker>,
     pub shutdown: CancellationToken,
     handle: tokio::task::JoinHandle<()>,
@@ -60,10 +62,12 @@ impl TestBroker {
             .await
             .expect("bind");
         let addr = server.local_addrs()[0];
+        let tls_addr = server.tls_local_addrs().first().copied();
         let broker = server.broker();
         let handle = tokio::spawn(server.run());
         TestBroker {
             addr,
+            tls_addr,
             broker,
             shutdown,
             handle,
@@ -466,4 +470,69 @@ pub fn spawn_binary_in(
 pub fn kill9(child: &mut std::process::Child) {
     child.kill().expect("SIGKILL");
     child.wait().expect("reaped");
+}
+
+/// A test PKI made with rcgen: a CA and a server certificate for
+/// `localhost` and 127.0.0.1, written as PEM files in a temp dir.
+pub struct TestPki {
+    pub dir: tempfile::TempDir,
+    pub ca: rustls::pki_types::CertificateDer<'static>,
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+}
+
+impl TestPki {
+    pub fn new() -> TestPki {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca_key = KeyPair::generate().expect("ca key");
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "Porchlight test CA");
+        let ca = ca_params.self_signed(&ca_key).expect("ca");
+        let key = KeyPair::generate().expect("key");
+        let params = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .expect("params");
+        let leaf = params.signed_by(&key, &ca, &ca_key).expect("leaf");
+        let cert = dir.path().join("tls.crt");
+        let key_path = dir.path().join("tls.key");
+        std::fs::write(&cert, format!("{}{}", leaf.pem(), ca.pem())).expect("write cert");
+        std::fs::write(&key_path, key.serialize_pem()).expect("write key");
+        TestPki {
+            ca: ca.der().clone(),
+            cert,
+            key: key_path,
+            dir,
+        }
+    }
+
+    /// Configures a `--tls-listen` on 127.0.0.1 port 0 with this PKI.
+    pub fn configure(&self, c: &mut Config, min_version: porchlight_broker::tls::TlsVersion) {
+        c.tls_listen = vec!["127.0.0.1:0".parse().expect("addr")];
+        c.tls = Some(porchlight_broker::tls::TlsFiles {
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+            min_version,
+        });
+    }
+
+    /// A client configuration trusting this CA, for the given versions.
+    pub fn client(
+        &self,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+        alpn: &[&[u8]],
+    ) -> Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca.clone()).expect("root");
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut c = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(versions)
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Arc::new(c)
+    }
 }

@@ -1,0 +1,237 @@
+use std::process::Command;
+use std::time::Duration;
+
+use porchlight_broker::metrics::Metrics;
+use porchlight_broker::tls::TlsVersion;
+use rumqttc::v5;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use crate::support::*;
+
+async fn tls_broker(pki: &TestPki, min: TlsVersion) -> TestBroker {
+    TestBroker::with(|c| {
+        pki.configure(c, min);
+        c.connect_timeout = Duration::from_secs(1);
+    })
+    .await
+}
+
+async fn handshake(
+    pki: &TestPki,
+    addr: std::net::SocketAddr,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    alpn: &[&[u8]],
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let connector = TlsConnector::from(pki.client(versions, alpn));
+    let tcp = TcpStream::connect(addr).await?;
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    tokio::time::timeout(WAIT, connector.connect(name, tcp))
+        .await
+        .expect("handshake finishes")
+}
+
+#[tokio::test]
+async fn v311_and_v5_clients_publish_and_subscribe_over_tls() {
+    let pki = TestPki::new();
+    let b = tls_broker(&pki, TlsVersion::V1_2).await;
+    let addr = b.tls_addr.expect("tls addr");
+    let tls = |v: &[&'static rustls::SupportedProtocolVersion]| {
+        rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(pki.client(v, &[])))
+    };
+
+    let mut opts = v5::MqttOptions::new("tls-sub", "127.0.0.1", addr.port());
+    opts.set_transport(tls(&[&rustls::version::TLS13]));
+    let mut sub = V5::connect_opts(opts).await;
+    sub.client
+        .subscribe("tls/t", v5::mqttbytes::QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    sub.suback().await;
+
+    let mut opts = rumqttc::MqttOptions::new("tls-pub", "127.0.0.1", addr.port());
+    opts.set_transport(tls(&[&rustls::version::TLS12]));
+    let publisher = V4::connect_opts(opts).await;
+    publisher
+        .client
+        .publish("tls/t", rumqttc::QoS::AtLeastOnce, false, "over tls")
+        .await
+        .expect("publish");
+    let p = sub.next_publish().await;
+    assert_eq!(&p.payload[..], b"over tls");
+    // Plain TCP keeps working next to TLS.
+    let mut plain =
+        RawClient::connect(b.addr, porchlight_broker::codec::Protocol::V5, "plain").await;
+    plain.subscribe("tls/t", q(0)).await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn alpn_mqtt_is_offered_and_tls13_can_be_required() {
+    let pki = TestPki::new();
+    let b = tls_broker(&pki, TlsVersion::V1_3).await;
+    let addr = b.tls_addr.expect("tls addr");
+    let s = handshake(&pki, addr, &[&rustls::version::TLS13], &[b"mqtt"])
+        .await
+        .expect("TLS 1.3 accepted");
+    assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"mqtt"[..]));
+    assert_eq!(
+        s.get_ref().1.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_3)
+    );
+    // A TLS 1.2-only client is refused at the handshake, and counted.
+    let m = b.broker.metrics.clone();
+    assert!(handshake(&pki, addr, &[&rustls::version::TLS12], &[])
+        .await
+        .is_err());
+    wait_until("failure counted", || {
+        Metrics::get(&m.tls_handshake_failures) == 1
+    })
+    .await;
+    // A client offering ALPN without `mqtt` is refused too.
+    assert!(handshake(&pki, addr, &[&rustls::version::TLS13], &[b"h2"])
+        .await
+        .is_err());
+    wait_until("second failure counted", || {
+        Metrics::get(&m.tls_handshake_failures) == 2
+    })
+    .await;
+    b.stop().await;
+
+    // With the default minimum, TLS 1.2 works.
+    let b = tls_broker(&pki, TlsVersion::V1_2).await;
+    let s = handshake(
+        &pki,
+        b.tls_addr.expect("addr"),
+        &[&rustls::version::TLS12],
+        &[],
+    )
+    .await
+    .expect("TLS 1.2 accepted");
+    assert_eq!(
+        s.get_ref().1.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_2)
+    );
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_silent_or_plaintext_client_never_blocks_the_tls_listener() {
+    let pki = TestPki::new();
+    let b = tls_broker(&pki, TlsVersion::V1_2).await;
+    let addr = b.tls_addr.expect("tls addr");
+    let m = b.broker.metrics.clone();
+    // Connects and says nothing.
+    let mut silent = TcpStream::connect(addr).await.expect("connect");
+    // Meanwhile another client completes its handshake at once.
+    handshake(&pki, addr, &[&rustls::version::TLS13], &[])
+        .await
+        .expect("second client served while the first is silent");
+    // The silent one is closed after --connect-timeout (1 s), and counted.
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(WAIT, silent.read(&mut buf))
+        .await
+        .expect("closed within the timeout");
+    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    // Plain MQTT sent to the TLS port: closed, counted.
+    let mut raw = TcpStream::connect(addr).await.expect("connect");
+    let c = connect_packet(porchlight_broker::codec::Protocol::V311, "plain", true, 30);
+    let mut bytes = bytes::BytesMut::new();
+    porchlight_broker::codec::encode(
+        &porchlight_broker::codec::Packet::Connect(Box::new(c)),
+        porchlight_broker::codec::Protocol::V311,
+        &mut bytes,
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut raw, &bytes)
+        .await
+        .expect("write");
+    let mut buf = [0u8; 64];
+    let _ = tokio::time::timeout(WAIT, raw.read(&mut buf))
+        .await
+        .expect("answered or closed");
+    wait_until("both failures counted", || {
+        Metrics::get(&m.tls_handshake_failures) == 2
+    })
+    .await;
+    wait_until("no connection left", || {
+        Metrics::get(&m.connections_current) == 0
+    })
+    .await;
+    b.stop().await;
+}
+
+#[test]
+fn tls_flags_are_checked_and_bad_files_named() {
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_porchlight"))
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .output()
+            .expect("run")
+    };
+    let out = run(&["--tls-listen", "127.0.0.1:0"]);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--tls-cert"));
+    let out = run(&["--tls-cert", "x.pem", "--tls-key", "y.pem"]);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--tls-listen"));
+    let out = run(&["--tls-min-version", "1.1"]);
+    assert_eq!(out.status.code(), Some(64));
+
+    let pki = TestPki::new();
+    let data = pki.dir.path().join("data");
+    let missing = pki.dir.path().join("missing.pem");
+    let garbage = pki.dir.path().join("garbage.pem");
+    std::fs::write(&garbage, "not pem").expect("write");
+    let key = pki.key.to_str().expect("utf8");
+    let cert = pki.cert.to_str().expect("utf8");
+    for (args, flag, path) in [
+        (
+            [
+                "--tls-cert",
+                missing.to_str().expect("utf8"),
+                "--tls-key",
+                key,
+            ],
+            "--tls-cert",
+            &missing,
+        ),
+        (
+            [
+                "--tls-cert",
+                garbage.to_str().expect("utf8"),
+                "--tls-key",
+                key,
+            ],
+            "--tls-cert",
+            &garbage,
+        ),
+        (
+            [
+                "--tls-cert",
+                cert,
+                "--tls-key",
+                garbage.to_str().expect("utf8"),
+            ],
+            "--tls-key",
+            &garbage,
+        ),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_porchlight"))
+            .args(["--listen", "127.0.0.1:0", "--tls-listen", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(&data)
+            .args(args)
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains(flag), "{text}");
+        assert!(text.contains(&path.display().to_string()), "{text}");
+    }
+}
