@@ -207,20 +207,6 @@ fn binary_rejects_bad_flags_naming_them() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--max-keepalive"));
 }
 
-/// The Mosquitto clients are required in CI (`.ci/run` installs them); on
-/// a developer machine without them the interop test says so and skips.
-fn mosquitto_available() -> bool {
-    let found = Command::new("mosquitto_sub").arg("--help").output().is_ok();
-    if !found {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "mosquitto_sub/mosquitto_pub not found in CI: apt-get install mosquitto-clients"
-        );
-        eprintln!("SKIPPED interop test: apt-get install mosquitto-clients to run it");
-    }
-    found
-}
-
 #[tokio::test]
 async fn interop_with_mosquitto_clients_v311_and_v5() {
     if !mosquitto_available() {

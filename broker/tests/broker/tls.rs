@@ -235,3 +235,56 @@ fn tls_flags_are_checked_and_bad_files_named() {
         assert!(text.contains(&path.display().to_string()), "{text}");
     }
 }
+
+#[tokio::test]
+async fn interop_with_mosquitto_clients_over_tls() {
+    if !mosquitto_available() {
+        return;
+    }
+    let pki = TestPki::new();
+    let b = tls_broker(&pki, TlsVersion::V1_2).await;
+    let port = b.tls_addr.expect("tls addr").port().to_string();
+    let ca = pki.ca_file.to_str().expect("utf8");
+    for (version, tls) in [("mqttv311", "tlsv1.2"), ("mqttv5", "tlsv1.3")] {
+        let id = format!("mosq-tls-{version}");
+        let topic = format!("interop/tls/{version}");
+        let common = [
+            "-h",
+            "localhost",
+            "-p",
+            &port,
+            "-V",
+            version,
+            "--cafile",
+            ca,
+            "--tls-version",
+            tls,
+        ];
+        let sub = tokio::process::Command::new("mosquitto_sub")
+            .args(common)
+            .args(["-i", &id, "-q", "1", "-t", &topic, "-C", "1", "-W", "10"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("mosquitto_sub");
+        wait_until("mosquitto_sub subscribed over TLS", || {
+            b.session(&id)
+                .is_some_and(|s| s.lock().subscriptions.contains_key(topic.as_str()))
+        })
+        .await;
+        let out = tokio::process::Command::new("mosquitto_pub")
+            .args(common)
+            .args(["-q", "1", "-t", &topic, "-m", "tls hello"])
+            .output()
+            .await
+            .expect("mosquitto_pub");
+        assert!(out.status.success(), "mosquitto_pub {version}: {out:?}");
+        let out = tokio::time::timeout(Duration::from_secs(10), sub.wait_with_output())
+            .await
+            .expect("mosquitto_sub exits")
+            .expect("output");
+        assert!(out.status.success(), "mosquitto_sub {version}: {out:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "tls hello");
+    }
+    b.stop().await;
+}

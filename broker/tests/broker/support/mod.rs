@@ -477,6 +477,8 @@ pub fn kill9(child: &mut std::process::Child) {
 pub struct TestPki {
     pub dir: tempfile::TempDir,
     pub ca: rustls::pki_types::CertificateDer<'static>,
+    /// The CA alone, for clients (`mosquitto_sub --cafile`).
+    pub ca_file: std::path::PathBuf,
     pub cert: std::path::PathBuf,
     pub key: std::path::PathBuf,
 }
@@ -500,8 +502,11 @@ impl TestPki {
         let key_path = dir.path().join("tls.key");
         std::fs::write(&cert, format!("{}{}", leaf.pem(), ca.pem())).expect("write cert");
         std::fs::write(&key_path, key.serialize_pem()).expect("write key");
+        let ca_file = dir.path().join("ca.crt");
+        std::fs::write(&ca_file, ca.pem()).expect("write ca");
         TestPki {
             ca: ca.der().clone(),
+            ca_file,
             cert,
             key: key_path,
             dir,
@@ -535,4 +540,21 @@ impl TestPki {
         c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Arc::new(c)
     }
+}
+
+/// The Mosquitto clients are required in CI (`.ci/run` installs them); on
+/// a developer machine without them the interop test says so and skips.
+pub fn mosquitto_available() -> bool {
+    let found = std::process::Command::new("mosquitto_sub")
+        .arg("--help")
+        .output()
+        .is_ok();
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "mosquitto_sub/mosquitto_pub not found in CI: apt-get install mosquitto-clients"
+        );
+        eprintln!("SKIPPED interop test: apt-get install mosquitto-clients to run it");
+    }
+    found
 }
