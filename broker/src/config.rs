@@ -77,6 +77,26 @@ pub struct Cli {
     )]
     pub tls_min_version: crate::tls::TlsVersion,
 
+    /// PEM file with the CA(s) client certificates must chain to (mutual
+    /// TLS). Alone, it makes client certificates required.
+    #[arg(long, value_name = "FILE", env = "PORCHLIGHT_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Whether TLS clients must present a certificate: none, optional or
+    /// required (default: required with --tls-client-ca, else none).
+    #[arg(long, value_name = "MODE", env = "PORCHLIGHT_TLS_CLIENT_AUTH")]
+    pub tls_client_auth: Option<crate::tls::ClientAuth>,
+
+    /// Which field of a client certificate names the client: cn, san or
+    /// subject.
+    #[arg(
+        long,
+        value_name = "FIELD",
+        env = "PORCHLIGHT_TLS_IDENTITY_FIELD",
+        default_value = "cn"
+    )]
+    pub tls_identity_field: crate::tls::IdentityField,
+
     /// Directory for durable state (created if missing).
     #[arg(
         long,
@@ -378,11 +398,28 @@ impl Cli {
         }
         let tls = match (&self.tls_cert, &self.tls_key) {
             _ if self.tls_listen.is_empty() => None,
-            (Some(cert), Some(key)) => Some(crate::tls::TlsFiles {
-                cert: cert.clone(),
-                key: key.clone(),
-                min_version: self.tls_min_version,
-            }),
+            (Some(cert), Some(key)) => {
+                use crate::tls::ClientAuth;
+                let client_auth = match (self.tls_client_auth, &self.tls_client_ca) {
+                    (Some(ClientAuth::Optional | ClientAuth::Required), None) => {
+                        return Err(invalid(
+                            "--tls-client-ca",
+                            "is required by --tls-client-auth optional|required",
+                        ))
+                    }
+                    (Some(mode), _) => mode,
+                    (None, Some(_)) => ClientAuth::Required,
+                    (None, None) => ClientAuth::None,
+                };
+                Some(crate::tls::TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    min_version: self.tls_min_version,
+                    client_ca: self.tls_client_ca.clone(),
+                    client_auth,
+                    identity: self.tls_identity_field,
+                })
+            }
             (None, _) => return Err(invalid("--tls-cert", "is required by --tls-listen")),
             (_, None) => return Err(invalid("--tls-key", "is required by --tls-listen")),
         };

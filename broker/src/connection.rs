@@ -126,9 +126,15 @@ pub struct Conn<S> {
 
 /// Serves one accepted connection until it closes. `over_limit` is true
 /// when `--max-connections` was already reached: the CONNECT is read and
-/// answered with "quota exceeded".
-pub async fn serve<S>(stream: S, peer: SocketAddr, broker: Arc<Broker>, over_limit: bool)
-where
+/// answered with "quota exceeded". `cert_identity` is the name from a
+/// verified TLS client certificate (`--tls-identity-field`), if any.
+pub async fn serve<S>(
+    stream: S,
+    peer: SocketAddr,
+    broker: Arc<Broker>,
+    over_limit: bool,
+    cert_identity: Option<String>,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let id = ConnectionId::next();
@@ -136,6 +142,7 @@ where
         "conn",
         %peer,
         conn = %id,
+        cert = cert_identity.as_deref(),
         tenant = tracing::field::Empty,
         client = tracing::field::Empty
     );

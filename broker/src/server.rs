@@ -165,6 +165,7 @@ async fn accept_loop(listener: TcpListener, tls: Option<TlsAcceptor>, broker: Ar
                 peer,
                 broker.clone(),
                 over_limit,
+                None,
             ));
             continue;
         };
@@ -172,10 +173,25 @@ async fn accept_loop(listener: TcpListener, tls: Option<TlsAcceptor>, broker: Ar
         broker.tasks.clone().spawn(async move {
             let timeout = broker.config.connect_timeout;
             match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => crate::connection::serve(tls, peer, broker, over_limit).await,
+                Ok(Ok(tls)) => {
+                    let field = broker.config.tls.as_ref().map(|t| t.identity);
+                    let identity = tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .zip(field)
+                        .and_then(|(cert, field)| crate::tls::identity(cert, field));
+                    crate::connection::serve(tls, peer, broker, over_limit, identity).await
+                }
                 failed => {
                     match failed {
-                        Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
+                        Ok(Err(e)) => match crate::tls::certificate_problem(&e) {
+                            Some(reason) => {
+                                info!(%peer, %reason, "TLS client certificate refused")
+                            }
+                            None => debug!(%peer, error = %e, "TLS handshake failed"),
+                        },
                         _ => debug!(%peer, "TLS handshake timed out"),
                     }
                     let m = &broker.metrics;

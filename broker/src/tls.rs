@@ -3,7 +3,10 @@
 //! Owns loading the PEM certificate chain and private key (`--tls-cert`,
 //! `--tls-key`) into a rustls `ServerConfig`: TLS 1.2 and 1.3 with the
 //! provider's modern suites only, or 1.3 alone (`--tls-min-version 1.3`),
-//! and ALPN `mqtt` offered. `server.rs` builds the acceptor at bind time;
+//! and ALPN `mqtt` offered. With `--tls-client-ca`, client certificates
+//! are verified against that CA (`--tls-client-auth optional|required`),
+//! including validity dates; [`identity`] turns a verified certificate
+//! into the name given by `--tls-identity-field`. `server.rs` builds the acceptor at bind time;
 //! each accepted socket's own task runs the handshake under
 //! `--connect-timeout` and hands the encrypted stream to `connection.rs`,
 //! so the accept loop never waits on a client.
@@ -26,12 +29,39 @@ pub enum TlsVersion {
     V1_3,
 }
 
+/// Whether clients must present a certificate (`--tls-client-auth`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ClientAuth {
+    /// No certificate is asked for.
+    None,
+    /// Asked for; a client without one is accepted, a bad one refused.
+    Optional,
+    /// Required: a client without a valid certificate is refused.
+    Required,
+}
+
+/// Which part of a client certificate names the client
+/// (`--tls-identity-field`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum IdentityField {
+    /// The subject's Common Name.
+    Cn,
+    /// The first Subject Alternative Name (DNS name, email or URI).
+    San,
+    /// The whole subject, RFC 4514 style (`CN=dev-1,O=Acme`).
+    Subject,
+}
+
 /// Where the server's TLS material lives, from the flags.
 #[derive(Debug, Clone)]
 pub struct TlsFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub min_version: TlsVersion,
+    /// Set unless `client_auth` is `None`.
+    pub client_ca: Option<PathBuf>,
+    pub client_auth: ClientAuth,
+    pub identity: IdentityField,
 }
 
 fn bad(flag: &'static str, path: &Path, detail: impl ToString) -> BrokerError {
@@ -63,10 +93,10 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, BrokerError>
         TlsVersion::V1_2 => &[&rustls::version::TLS13, &rustls::version::TLS12],
         TlsVersion::V1_3 => &[&rustls::version::TLS13],
     };
-    let mut config = ServerConfig::builder_with_provider(provider)
+    let mut config = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(versions)
         .map_err(|e| bad("--tls-min-version", &files.cert, e))?
-        .with_no_client_auth()
+        .with_client_cert_verifier(client_verifier(files, provider.clone())?)
         .with_single_cert(certs, key)
         .map_err(|e| {
             bad(
@@ -77,4 +107,113 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, BrokerError>
         })?;
     config.alpn_protocols = vec![b"mqtt".to_vec()];
     Ok(Arc::new(config))
+}
+
+fn client_verifier(
+    files: &TlsFiles,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, BrokerError> {
+    let Some(ca) = files
+        .client_ca
+        .as_ref()
+        .filter(|_| files.client_auth != ClientAuth::None)
+    else {
+        return Ok(rustls::server::WebPkiClientVerifier::no_client_auth());
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).map_err(|e| bad("--tls-client-ca", ca, e))? {
+        let cert = cert.map_err(|e| bad("--tls-client-ca", ca, e))?;
+        roots.add(cert).map_err(|e| bad("--tls-client-ca", ca, e))?;
+    }
+    if roots.is_empty() {
+        return Err(bad("--tls-client-ca", ca, "no PEM CERTIFICATE block found"));
+    }
+    let builder =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+    let builder = match files.client_auth {
+        ClientAuth::Optional => builder.allow_unauthenticated(),
+        _ => builder,
+    };
+    builder.build().map_err(|e| bad("--tls-client-ca", ca, e))
+}
+
+/// The client's name from its (already verified) certificate, per
+/// `--tls-identity-field`; `None` when that field is absent or the
+/// certificate cannot be parsed.
+pub fn identity(cert: &CertificateDer<'_>, field: IdentityField) -> Option<String> {
+    use x509_parser::extensions::GeneralName;
+    let (_, x509) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    match field {
+        IdentityField::Cn => x509
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+            .map(str::to_owned),
+        IdentityField::San => x509
+            .subject_alternative_name()
+            .ok()
+            .flatten()?
+            .value
+            .general_names
+            .iter()
+            .find_map(|n| match n {
+                GeneralName::DNSName(s) | GeneralName::RFC822Name(s) | GeneralName::URI(s) => {
+                    Some((*s).to_owned())
+                }
+                _ => None,
+            }),
+        IdentityField::Subject => x509_parser::x509::X509Name::to_string_with_registry(
+            x509.subject(),
+            x509_parser::objects::oid_registry(),
+        )
+        .ok(),
+    }
+}
+
+/// A log-friendly reason for a failed handshake: certificate problems
+/// (expired, unknown CA, revoked...) are named, everything else is
+/// "handshake failed".
+pub fn certificate_problem(e: &std::io::Error) -> Option<String> {
+    let inner = e.get_ref()?.downcast_ref::<rustls::Error>()?;
+    match inner {
+        rustls::Error::InvalidCertificate(c) => Some(format!("{c:?}")),
+        rustls::Error::NoCertificatesPresented => Some("no client certificate".into()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_reads_cn_san_and_subject() {
+        let mut params =
+            rcgen::CertificateParams::new(vec!["dev-1.example".to_string()]).expect("params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "thermostat-42");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, "Acme");
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = params.self_signed(&key).expect("cert");
+        let der = cert.der();
+        assert_eq!(
+            identity(der, IdentityField::Cn).as_deref(),
+            Some("thermostat-42")
+        );
+        assert_eq!(
+            identity(der, IdentityField::San).as_deref(),
+            Some("dev-1.example")
+        );
+        let subject = identity(der, IdentityField::Subject).expect("subject");
+        assert!(subject.contains("CN=thermostat-42"), "{subject}");
+        assert!(subject.contains("O=Acme"), "{subject}");
+        assert_eq!(
+            identity(&CertificateDer::from(vec![1, 2, 3]), IdentityField::Cn),
+            None
+        );
+    }
 }

@@ -1,14 +1,26 @@
 use std::process::Command;
+use std::sync::Arc;
 use std::time::Duration;
 
 use porchlight_broker::metrics::Metrics;
-use porchlight_broker::tls::TlsVersion;
+use porchlight_broker::tls::{ClientAuth, TlsVersion};
 use rumqttc::v5;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use crate::support::*;
+
+fn connect_bytes(protocol: porchlight_broker::codec::Protocol) -> bytes::BytesMut {
+    let c = connect_packet(protocol, "over-tls", true, 30);
+    let mut bytes = bytes::BytesMut::new();
+    porchlight_broker::codec::encode(
+        &porchlight_broker::codec::Packet::Connect(Box::new(c)),
+        protocol,
+        &mut bytes,
+    );
+    bytes
+}
 
 async fn tls_broker(pki: &TestPki, min: TlsVersion) -> TestBroker {
     TestBroker::with(|c| {
@@ -136,13 +148,7 @@ async fn a_silent_or_plaintext_client_never_blocks_the_tls_listener() {
     assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
     // Plain MQTT sent to the TLS port: closed, counted.
     let mut raw = TcpStream::connect(addr).await.expect("connect");
-    let c = connect_packet(porchlight_broker::codec::Protocol::V311, "plain", true, 30);
-    let mut bytes = bytes::BytesMut::new();
-    porchlight_broker::codec::encode(
-        &porchlight_broker::codec::Packet::Connect(Box::new(c)),
-        porchlight_broker::codec::Protocol::V311,
-        &mut bytes,
-    );
+    let bytes = connect_bytes(porchlight_broker::codec::Protocol::V311);
     tokio::io::AsyncWriteExt::write_all(&mut raw, &bytes)
         .await
         .expect("write");
@@ -287,4 +293,90 @@ async fn interop_with_mosquitto_clients_over_tls() {
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "tls hello");
     }
     b.stop().await;
+}
+
+/// Handshakes with `config`, sends a v5 CONNECT and reports whether a
+/// CONNACK came back (a refused client certificate surfaces either in the
+/// handshake or, under TLS 1.3, as an alert on the first read).
+async fn mqtt_connects(addr: std::net::SocketAddr, config: Arc<rustls::ClientConfig>) -> bool {
+    use tokio::io::AsyncWriteExt;
+    let tcp = TcpStream::connect(addr).await.expect("tcp");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let Ok(Ok(mut s)) =
+        tokio::time::timeout(WAIT, TlsConnector::from(config).connect(name, tcp)).await
+    else {
+        return false;
+    };
+    let bytes = connect_bytes(porchlight_broker::codec::Protocol::V5);
+    if s.write_all(&bytes).await.is_err() || s.flush().await.is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 64];
+    match tokio::time::timeout(WAIT, s.read(&mut buf)).await {
+        Ok(Ok(n)) => n > 0 && buf[0] == 0x20,
+        _ => false,
+    }
+}
+
+async fn mtls_broker(pki: &TestPki, auth: Option<ClientAuth>) -> TestBroker {
+    TestBroker::with(|c| {
+        pki.configure(c, TlsVersion::V1_2);
+        if let Some(tls) = c.tls.as_mut() {
+            tls.client_ca = Some(pki.ca_file.clone());
+            tls.client_auth = auth.unwrap_or(ClientAuth::Required);
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn mutual_tls_required_refuses_missing_foreign_and_expired_certificates() {
+    let pki = TestPki::new();
+    let other = TestPki::new();
+    let b = mtls_broker(&pki, Some(ClientAuth::Required)).await;
+    let addr = b.tls_addr.expect("addr");
+    let m = b.broker.metrics.clone();
+    assert!(mqtt_connects(addr, pki.client_with_cert(pki.client_cert("dev-1", false))).await);
+    // No certificate.
+    assert!(!mqtt_connects(addr, pki.client(&[&rustls::version::TLS13], &[])).await);
+    // Signed by another CA (the client still trusts our server).
+    let foreign = other.client_cert("intruder", false);
+    assert!(!mqtt_connects(addr, pki.client_with_cert(foreign)).await);
+    // Expired.
+    assert!(!mqtt_connects(addr, pki.client_with_cert(pki.client_cert("old", true))).await);
+    wait_until("three refusals counted", || {
+        Metrics::get(&m.tls_handshake_failures) == 3
+    })
+    .await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn mutual_tls_optional_accepts_no_certificate_but_not_a_bad_one() {
+    let pki = TestPki::new();
+    let other = TestPki::new();
+    let b = mtls_broker(&pki, Some(ClientAuth::Optional)).await;
+    let addr = b.tls_addr.expect("addr");
+    assert!(mqtt_connects(addr, pki.client(&[&rustls::version::TLS13], &[])).await);
+    assert!(mqtt_connects(addr, pki.client_with_cert(pki.client_cert("dev-2", false))).await);
+    assert!(!mqtt_connects(addr, pki.client_with_cert(other.client_cert("x", false))).await);
+    b.stop().await;
+}
+
+#[test]
+fn client_auth_flags_need_a_ca() {
+    let out = Command::new(env!("CARGO_BIN_EXE_porchlight"))
+        .args([
+            "--tls-listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            "c",
+            "--tls-key",
+            "k",
+        ])
+        .args(["--tls-client-auth", "required"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--tls-client-ca"));
 }

@@ -472,10 +472,18 @@ pub fn kill9(child: &mut std::process::Child) {
     child.wait().expect("reaped");
 }
 
+/// A client certificate and its key.
+pub struct ClientCert {
+    pub chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    pub key: rustls::pki_types::PrivateKeyDer<'static>,
+}
+
 /// A test PKI made with rcgen: a CA and a server certificate for
 /// `localhost` and 127.0.0.1, written as PEM files in a temp dir.
 pub struct TestPki {
     pub dir: tempfile::TempDir,
+    ca_cert: rcgen::Certificate,
+    ca_key: rcgen::KeyPair,
     pub ca: rustls::pki_types::CertificateDer<'static>,
     /// The CA alone, for clients (`mosquitto_sub --cafile`).
     pub ca_file: std::path::PathBuf,
@@ -506,6 +514,8 @@ impl TestPki {
         std::fs::write(&ca_file, ca.pem()).expect("write ca");
         TestPki {
             ca: ca.der().clone(),
+            ca_cert: ca,
+            ca_key,
             ca_file,
             cert,
             key: key_path,
@@ -520,7 +530,46 @@ impl TestPki {
             cert: self.cert.clone(),
             key: self.key.clone(),
             min_version,
+            client_ca: None,
+            client_auth: porchlight_broker::tls::ClientAuth::None,
+            identity: porchlight_broker::tls::IdentityField::Cn,
         });
+    }
+
+    /// A client certificate with this Common Name signed by this CA, or
+    /// (`expired`) one whose validity ended in 2001.
+    pub fn client_cert(&self, cn: &str, expired: bool) -> ClientCert {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params =
+            rcgen::CertificateParams::new(vec![format!("{cn}.devices.example")]).expect("params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        if expired {
+            params.not_before = rcgen::date_time_ymd(2000, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2001, 1, 1);
+        }
+        let cert = params
+            .signed_by(&key, &self.ca_cert, &self.ca_key)
+            .expect("client cert");
+        ClientCert {
+            chain: vec![cert.der().clone()],
+            key: rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        }
+    }
+
+    /// Like `client`, presenting `cert`.
+    pub fn client_with_cert(&self, cert: ClientCert) -> Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca.clone()).expect("root");
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let c = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_client_auth_cert(cert.chain, cert.key)
+            .expect("client cert");
+        Arc::new(c)
     }
 
     /// A client configuration trusting this CA, for the given versions.
