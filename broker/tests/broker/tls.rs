@@ -380,3 +380,66 @@ fn client_auth_flags_need_a_ca() {
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--tls-client-ca"));
 }
+
+#[tokio::test]
+async fn interop_with_mosquitto_clients_over_mutual_tls() {
+    if !mosquitto_available() {
+        return;
+    }
+    let pki = TestPki::new();
+    let b = mtls_broker(&pki, Some(ClientAuth::Required)).await;
+    let port = b.tls_addr.expect("tls addr").port().to_string();
+    let ca = pki.ca_file.to_str().expect("utf8");
+    let (cert, key) = pki.client_cert_files("mosq-device");
+    let base = ["-h", "localhost", "-p", &port, "--cafile", ca, "-q", "1"];
+    let sub = tokio::process::Command::new("mosquitto_sub")
+        .args(base)
+        .arg("--cert")
+        .arg(&cert)
+        .arg("--key")
+        .arg(&key)
+        .args([
+            "-i",
+            "mosq-mtls-sub",
+            "-t",
+            "interop/mtls",
+            "-C",
+            "1",
+            "-W",
+            "10",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("mosquitto_sub");
+    wait_until("mosquitto_sub subscribed over mTLS", || {
+        b.session("mosq-mtls-sub")
+            .is_some_and(|s| s.lock().subscriptions.contains_key("interop/mtls"))
+    })
+    .await;
+    // Without a certificate: refused.
+    let out = tokio::process::Command::new("mosquitto_pub")
+        .args(base)
+        .args(["-t", "interop/mtls", "-m", "anonymous"])
+        .output()
+        .await
+        .expect("mosquitto_pub");
+    assert!(!out.status.success(), "{out:?}");
+    let out = tokio::process::Command::new("mosquitto_pub")
+        .args(base)
+        .arg("--cert")
+        .arg(&cert)
+        .arg("--key")
+        .arg(&key)
+        .args(["-t", "interop/mtls", "-m", "mtls hello"])
+        .output()
+        .await
+        .expect("mosquitto_pub");
+    assert!(out.status.success(), "{out:?}");
+    let out = tokio::time::timeout(Duration::from_secs(10), sub.wait_with_output())
+        .await
+        .expect("mosquitto_sub exits")
+        .expect("output");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "mtls hello");
+    b.stop().await;
+}

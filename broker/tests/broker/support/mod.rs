@@ -539,6 +539,14 @@ impl TestPki {
     /// A client certificate with this Common Name signed by this CA, or
     /// (`expired`) one whose validity ended in 2001.
     pub fn client_cert(&self, cn: &str, expired: bool) -> ClientCert {
+        let (cert, key) = self.issue(cn, expired);
+        ClientCert {
+            chain: vec![cert.der().clone()],
+            key: rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        }
+    }
+
+    fn issue(&self, cn: &str, expired: bool) -> (rcgen::Certificate, rcgen::KeyPair) {
         let key = rcgen::KeyPair::generate().expect("key");
         let mut params =
             rcgen::CertificateParams::new(vec![format!("{cn}.devices.example")]).expect("params");
@@ -552,10 +560,18 @@ impl TestPki {
         let cert = params
             .signed_by(&key, &self.ca_cert, &self.ca_key)
             .expect("client cert");
-        ClientCert {
-            chain: vec![cert.der().clone()],
-            key: rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-        }
+        (cert, key)
+    }
+
+    /// A client certificate and key for `cn`, as PEM files (for
+    /// `mosquitto_pub --cert/--key`).
+    pub fn client_cert_files(&self, cn: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+        let (c, k) = self.issue(cn, false);
+        let cert = self.dir.path().join(format!("{cn}.crt"));
+        let key = self.dir.path().join(format!("{cn}.key"));
+        std::fs::write(&cert, c.pem()).expect("write");
+        std::fs::write(&key, k.serialize_pem()).expect("write");
+        (cert, key)
     }
 
     /// Like `client`, presenting `cert`.
