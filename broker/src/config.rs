@@ -97,6 +97,16 @@ pub struct Cli {
     )]
     pub tls_identity_field: crate::tls::IdentityField,
 
+    /// Seconds between checks of the TLS files for changes (renewed
+    /// certificates are taken into use without a restart); 0: never.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        env = "PORCHLIGHT_TLS_RELOAD_INTERVAL",
+        default_value_t = 10
+    )]
+    pub tls_reload_interval: u64,
+
     /// Directory for durable state (created if missing).
     #[arg(
         long,
@@ -418,6 +428,8 @@ impl Cli {
                     client_ca: self.tls_client_ca.clone(),
                     client_auth,
                     identity: self.tls_identity_field,
+                    reload_interval: (self.tls_reload_interval > 0)
+                        .then(|| Duration::from_secs(self.tls_reload_interval)),
                 })
             }
             (None, _) => return Err(invalid("--tls-cert", "is required by --tls-listen")),

@@ -22,6 +22,8 @@ pub const BAD_PACKETS: &str = "porchlight_bad_packets_total";
 pub const RETAINED: &str = "porchlight_retained_messages";
 pub const SESSIONS: &str = "porchlight_sessions";
 pub const TLS_HANDSHAKE_FAILURES: &str = "porchlight_tls_handshake_failures_total";
+pub const TLS_RELOADS: &str = "porchlight_tls_reloads_total";
+pub const TLS_RELOAD_FAILURES: &str = "porchlight_tls_reload_failures_total";
 
 /// Why a message was not delivered to a subscriber.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,6 +120,9 @@ pub struct Metrics {
     pub sessions: AtomicU64,
     /// Handshakes that failed or timed out (`--tls-listen`).
     pub tls_handshake_failures: AtomicU64,
+    /// Certificate/key/CA changes taken into use, and refused.
+    pub tls_reloads: AtomicU64,
+    pub tls_reload_failures: AtomicU64,
     dropped: [AtomicU64; 5],
     bad_packets: [AtomicU64; 9],
 }
@@ -177,6 +182,8 @@ impl Metrics {
             (RETAINED, g(&self.retained)),
             (SESSIONS, g(&self.sessions)),
             (TLS_HANDSHAKE_FAILURES, g(&self.tls_handshake_failures)),
+            (TLS_RELOADS, g(&self.tls_reloads)),
+            (TLS_RELOAD_FAILURES, g(&self.tls_reload_failures)),
         ] {
             let _ = writeln!(s, "{name} {v}");
         }

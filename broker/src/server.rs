@@ -15,8 +15,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use crate::tls::TlsMaterial;
 use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
@@ -26,7 +26,8 @@ use crate::error::BrokerError;
 
 pub struct Server {
     listeners: Vec<TcpListener>,
-    tls_listeners: Vec<(TcpListener, TlsAcceptor)>,
+    tls_listeners: Vec<TcpListener>,
+    tls: Option<TlsMaterial>,
     broker: Arc<Broker>,
 }
 
@@ -39,24 +40,21 @@ impl Server {
             source,
         })?;
         // TLS material and then the store are checked before any port is bound.
-        let acceptor = match &config.tls {
-            Some(files) => Some(TlsAcceptor::from(crate::tls::server_config(files)?)),
+        let tls = match &config.tls {
+            Some(files) => Some(TlsMaterial::load(files)?),
             None => None,
         };
         let broker = Broker::open(Arc::new(config), shutdown)?;
         let config = &broker.config;
         let listeners = bind_all(&config.listen).await?;
-        let tls_listeners = match acceptor {
-            Some(a) => bind_all(&config.tls_listen)
-                .await?
-                .into_iter()
-                .map(|l| (l, a.clone()))
-                .collect(),
+        let tls_listeners = match tls {
+            Some(_) => bind_all(&config.tls_listen).await?,
             None => Vec::new(),
         };
         Ok(Server {
             listeners,
             tls_listeners,
+            tls,
             broker,
         })
     }
@@ -73,7 +71,7 @@ impl Server {
     pub fn tls_local_addrs(&self) -> Vec<SocketAddr> {
         self.tls_listeners
             .iter()
-            .filter_map(|(l, _)| l.local_addr().ok())
+            .filter_map(|l| l.local_addr().ok())
             .collect()
     }
 
@@ -90,7 +88,7 @@ impl Server {
         for addr in self
             .tls_listeners
             .iter()
-            .filter_map(|(l, _)| l.local_addr().ok())
+            .filter_map(|l| l.local_addr().ok())
         {
             info!(%addr, "Listening for MQTT over TLS");
         }
@@ -104,8 +102,14 @@ impl Server {
         for listener in self.listeners {
             accept_loops.spawn(accept_loop(listener, None, broker.clone()));
         }
-        for (listener, acceptor) in self.tls_listeners {
-            accept_loops.spawn(accept_loop(listener, Some(acceptor), broker.clone()));
+        if let Some(tls) = &self.tls {
+            broker.tasks.spawn(
+                tls.clone()
+                    .watch(broker.metrics.clone(), broker.shutdown.clone()),
+            );
+        }
+        for listener in self.tls_listeners {
+            accept_loops.spawn(accept_loop(listener, self.tls.clone(), broker.clone()));
         }
         broker.shutdown.cancelled().await;
         info!("Shutting down: no longer accepting connections");
@@ -144,7 +148,7 @@ async fn bind_all(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, BrokerError>
     Ok(listeners)
 }
 
-async fn accept_loop(listener: TcpListener, tls: Option<TlsAcceptor>, broker: Arc<Broker>) {
+async fn accept_loop(listener: TcpListener, tls: Option<TlsMaterial>, broker: Arc<Broker>) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(s) => s,
@@ -159,7 +163,7 @@ async fn accept_loop(listener: TcpListener, tls: Option<TlsAcceptor>, broker: Ar
         let m = &broker.metrics;
         let current = m.connections_current.fetch_add(1, Ordering::Relaxed);
         let over_limit = current >= broker.config.max_connections as u64;
-        let Some(acceptor) = tls.clone() else {
+        let Some(acceptor) = tls.as_ref().map(TlsMaterial::acceptor) else {
             broker.tasks.spawn(crate::connection::serve(
                 stream,
                 peer,

@@ -6,7 +6,11 @@
 //! and ALPN `mqtt` offered. With `--tls-client-ca`, client certificates
 //! are verified against that CA (`--tls-client-auth optional|required`),
 //! including validity dates; [`identity`] turns a verified certificate
-//! into the name given by `--tls-identity-field`. `server.rs` builds the acceptor at bind time;
+//! into the name given by `--tls-identity-field`. [`TlsMaterial`] holds
+//! the configuration in use and [`TlsMaterial::watch`] replaces it when
+//! the files change (polled every `--tls-reload-interval`, which follows
+//! Kubernetes' symlink swaps); a bad new file is logged and the old
+//! material stays. `server.rs` builds the acceptor at bind time;
 //! each accepted socket's own task runs the handshake under
 //! `--connect-timeout` and hands the encrypted stream to `connection.rs`,
 //! so the accept loop never waits on a client.
@@ -62,6 +66,97 @@ pub struct TlsFiles {
     pub client_ca: Option<PathBuf>,
     pub client_auth: ClientAuth,
     pub identity: IdentityField,
+    /// How often the files are checked for changes; `None`: never.
+    pub reload_interval: Option<std::time::Duration>,
+}
+
+/// The TLS configuration new connections get; existing connections keep
+/// the one they started with.
+#[derive(Clone)]
+pub struct TlsMaterial {
+    files: TlsFiles,
+    current: Arc<parking_lot::RwLock<Arc<ServerConfig>>>,
+}
+
+impl std::fmt::Debug for TlsMaterial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsMaterial")
+            .field("files", &self.files)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The bytes of every file the configuration is built from.
+fn fingerprint(files: &TlsFiles) -> Vec<Option<Vec<u8>>> {
+    [
+        Some(&files.cert),
+        Some(&files.key),
+        files.client_ca.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|p| std::fs::read(p).ok())
+    .collect()
+}
+
+impl TlsMaterial {
+    pub fn load(files: &TlsFiles) -> Result<TlsMaterial, BrokerError> {
+        Ok(TlsMaterial {
+            current: Arc::new(parking_lot::RwLock::new(server_config(files)?)),
+            files: files.clone(),
+        })
+    }
+
+    /// An acceptor with the material in use now.
+    pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        tokio_rustls::TlsAcceptor::from(self.current.read().clone())
+    }
+
+    /// Polls the files until `shutdown`; when their contents change,
+    /// builds a new configuration and swaps it in, or logs why not and
+    /// keeps the old one (each distinct bad content is reported once).
+    pub async fn watch(
+        self,
+        metrics: Arc<crate::metrics::Metrics>,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        let Some(every) = self.files.reload_interval else {
+            return;
+        };
+        let files = self.files.clone();
+        let mut seen = fingerprint(&files);
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let f = files.clone();
+            let Ok(now) = tokio::task::spawn_blocking(move || fingerprint(&f)).await else {
+                continue;
+            };
+            if now == seen {
+                continue;
+            }
+            let f = files.clone();
+            let Ok(built) = tokio::task::spawn_blocking(move || server_config(&f)).await else {
+                continue;
+            };
+            seen = now;
+            match built {
+                Ok(config) => {
+                    *self.current.write() = config;
+                    metrics.inc(&metrics.tls_reloads);
+                    tracing::info!("TLS material changed: new connections use it");
+                }
+                Err(e) => {
+                    metrics.inc(&metrics.tls_reload_failures);
+                    tracing::warn!(error = %e, "TLS material changed but is unusable; keeping the previous one");
+                }
+            }
+        }
+    }
 }
 
 fn bad(flag: &'static str, path: &Path, detail: impl ToString) -> BrokerError {

@@ -443,3 +443,98 @@ async fn interop_with_mosquitto_clients_over_mutual_tls() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "mtls hello");
     b.stop().await;
 }
+
+/// Points `..data` (as Kubernetes does for a mounted Secret) at a new
+/// directory holding `cert` and `key`, atomically.
+fn swap_secret(root: &std::path::Path, version: &str, cert: &[u8], key: &[u8]) {
+    let dir = root.join(version);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    std::fs::write(dir.join("tls.crt"), cert).expect("write");
+    std::fs::write(dir.join("tls.key"), key).expect("write");
+    let tmp = root.join("..data_tmp");
+    std::os::unix::fs::symlink(version, &tmp).expect("symlink");
+    std::fs::rename(&tmp, root.join("..data")).expect("swap");
+}
+
+#[tokio::test]
+async fn renewed_certificates_are_used_without_a_restart_and_bad_ones_ignored() {
+    let old_pki = TestPki::new();
+    let new_pki = TestPki::new();
+    let secret = tempfile::tempdir().expect("tempdir");
+    let read = |p: &std::path::Path| std::fs::read(p).expect("read");
+    swap_secret(
+        secret.path(),
+        "v1",
+        &read(&old_pki.cert),
+        &read(&old_pki.key),
+    );
+    for f in ["tls.crt", "tls.key"] {
+        std::os::unix::fs::symlink(format!("..data/{f}"), secret.path().join(f)).expect("link");
+    }
+    let b = TestBroker::with(|c| {
+        old_pki.configure(c, TlsVersion::V1_2);
+        if let Some(t) = c.tls.as_mut() {
+            t.cert = secret.path().join("tls.crt");
+            t.key = secret.path().join("tls.key");
+        }
+    })
+    .await;
+    let addr = b.tls_addr.expect("addr");
+    let m = b.broker.metrics.clone();
+    let tls13 = [&rustls::version::TLS13];
+
+    // A connection made with the old certificate.
+    let mut opts = v5::MqttOptions::new("before-renewal", "127.0.0.1", addr.port());
+    opts.set_transport(rumqttc::Transport::tls_with_config(
+        rumqttc::TlsConfiguration::Rustls(old_pki.client(&tls13, &[])),
+    ));
+    let mut old_conn = V5::connect_opts(opts).await;
+    old_conn
+        .client
+        .subscribe("renewal/t", v5::mqttbytes::QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    old_conn.suback().await;
+
+    // The Secret is renewed with a certificate from another CA.
+    swap_secret(
+        secret.path(),
+        "v2",
+        &read(&new_pki.cert),
+        &read(&new_pki.key),
+    );
+    wait_until("renewal taken into use", || {
+        Metrics::get(&m.tls_reloads) == 1
+    })
+    .await;
+    assert!(handshake(&old_pki, addr, &tls13, &[]).await.is_err());
+    let mut opts = rumqttc::MqttOptions::new("after-renewal", "127.0.0.1", addr.port());
+    opts.set_transport(rumqttc::Transport::tls_with_config(
+        rumqttc::TlsConfiguration::Rustls(new_pki.client(&tls13, &[])),
+    ));
+    let new_conn = V4::connect_opts(opts).await;
+    new_conn
+        .client
+        .publish("renewal/t", rumqttc::QoS::AtLeastOnce, false, "still here")
+        .await
+        .expect("publish");
+    // The old connection stayed up through the renewal.
+    assert_eq!(&old_conn.next_publish().await.payload[..], b"still here");
+
+    // A broken renewal is refused and the current material stays.
+    swap_secret(
+        secret.path(),
+        "v3",
+        b"not a certificate",
+        &read(&new_pki.key),
+    );
+    wait_until("bad renewal refused", || {
+        Metrics::get(&m.tls_reload_failures) == 1
+    })
+    .await;
+    handshake(&new_pki, addr, &tls13, &[])
+        .await
+        .expect("previous material still served");
+    assert_eq!(Metrics::get(&m.tls_reloads), 1);
+    b.stop().await;
+}

@@ -533,6 +533,7 @@ impl TestPki {
             client_ca: None,
             client_auth: porchlight_broker::tls::ClientAuth::None,
             identity: porchlight_broker::tls::IdentityField::Cn,
+            reload_interval: Some(Duration::from_millis(100)),
         });
     }
 
