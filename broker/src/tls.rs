@@ -75,6 +75,7 @@ pub struct TlsFiles {
 #[derive(Clone)]
 pub struct TlsMaterial {
     files: TlsFiles,
+    resumption: Resumption,
     current: Arc<parking_lot::RwLock<Arc<ServerConfig>>>,
 }
 
@@ -101,9 +102,11 @@ fn fingerprint(files: &TlsFiles) -> Vec<Option<Vec<u8>>> {
 
 impl TlsMaterial {
     pub fn load(files: &TlsFiles) -> Result<TlsMaterial, BrokerError> {
+        let resumption = Resumption::new()?;
         Ok(TlsMaterial {
-            current: Arc::new(parking_lot::RwLock::new(server_config(files)?)),
+            current: Arc::new(parking_lot::RwLock::new(server_config(files, &resumption)?)),
             files: files.clone(),
+            resumption,
         })
     }
 
@@ -139,8 +142,8 @@ impl TlsMaterial {
             if now == seen {
                 continue;
             }
-            let f = files.clone();
-            let Ok(built) = tokio::task::spawn_blocking(move || server_config(&f)).await else {
+            let (f, r) = (files.clone(), self.resumption.clone());
+            let Ok(built) = tokio::task::spawn_blocking(move || server_config(&f, &r)).await else {
                 continue;
             };
             seen = now;
@@ -167,9 +170,42 @@ fn bad(flag: &'static str, path: &Path, detail: impl ToString) -> BrokerError {
     }
 }
 
+/// Sessions remembered for TLS 1.2 session-id resumption (and TLS 1.3
+/// clients that do not take tickets); about 1 KiB each at most.
+pub const SESSION_CACHE_ENTRIES: usize = 65_536;
+
+/// State that lets a reconnecting client skip the full handshake, shared
+/// by every configuration a node builds (so it survives certificate
+/// reloads): stateless tickets for TLS 1.3 and 1.2, encrypted with keys
+/// that rotate every 6 hours (the previous key still decrypts), and a
+/// bounded session-id cache.
+#[derive(Clone)]
+pub struct Resumption {
+    ticketer: Arc<dyn rustls::server::ProducesTickets>,
+    cache: Arc<dyn rustls::server::StoresServerSessions>,
+}
+
+impl Resumption {
+    fn new() -> Result<Resumption, BrokerError> {
+        let ticketer =
+            rustls::crypto::aws_lc_rs::Ticketer::new().map_err(|e| BrokerError::Tls {
+                flag: "--tls-listen",
+                path: PathBuf::new(),
+                detail: format!("cannot create session ticket keys: {e}"),
+            })?;
+        Ok(Resumption {
+            ticketer,
+            cache: rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES),
+        })
+    }
+}
+
 /// Reads the files and builds the server configuration; every failure
 /// names the flag and the file.
-pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, BrokerError> {
+pub fn server_config(
+    files: &TlsFiles,
+    resumption: &Resumption,
+) -> Result<Arc<ServerConfig>, BrokerError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
         .map_err(|e| bad("--tls-cert", &files.cert, e))?
         .collect::<Result<_, _>>()
@@ -201,6 +237,8 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, BrokerError>
             )
         })?;
     config.alpn_protocols = vec![b"mqtt".to_vec()];
+    config.ticketer = resumption.ticketer.clone();
+    config.session_storage = resumption.cache.clone();
     Ok(Arc::new(config))
 }
 

@@ -538,3 +538,52 @@ async fn renewed_certificates_are_used_without_a_restart_and_bad_ones_ignored() 
     assert_eq!(Metrics::get(&m.tls_reloads), 1);
     b.stop().await;
 }
+
+/// Handshakes, does an MQTT CONNECT/CONNACK (so TLS 1.3 tickets sent after
+/// the handshake are read), and reports how the handshake went.
+async fn connect_and_report(
+    addr: std::net::SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+) -> rustls::HandshakeKind {
+    use tokio::io::AsyncWriteExt;
+    let tcp = TcpStream::connect(addr).await.expect("tcp");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let mut s = tokio::time::timeout(WAIT, TlsConnector::from(config).connect(name, tcp))
+        .await
+        .expect("in time")
+        .expect("handshake");
+    s.write_all(&connect_bytes(porchlight_broker::codec::Protocol::V5))
+        .await
+        .expect("write");
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(WAIT, s.read(&mut buf))
+        .await
+        .expect("in time")
+        .expect("read");
+    assert!(n > 0 && buf[0] == 0x20, "CONNACK");
+    let kind = s.get_ref().1.handshake_kind().expect("handshake done");
+    s.shutdown().await.expect("close");
+    kind
+}
+
+#[tokio::test]
+async fn reconnects_resume_the_tls_session_in_1_2_and_1_3() {
+    let pki = TestPki::new();
+    let b = tls_broker(&pki, TlsVersion::V1_2).await;
+    let addr = b.tls_addr.expect("addr");
+    for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        // One client configuration = one client-side session cache.
+        let client = pki.client(&[version], &[]);
+        assert_eq!(
+            connect_and_report(addr, client.clone()).await,
+            rustls::HandshakeKind::Full,
+            "{version:?}"
+        );
+        assert_eq!(
+            connect_and_report(addr, client).await,
+            rustls::HandshakeKind::Resumed,
+            "{version:?}"
+        );
+    }
+    b.stop().await;
+}
