@@ -36,10 +36,21 @@ pub enum LogFormat {
     Json,
 }
 
+/// Tools run instead of the broker.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Subcommand {
+    /// Read a password from standard input (one line) and print its PHC
+    /// string (argon2id), for the users of --auth-file.
+    HashPassword,
+}
+
 /// Porchlight: an MQTT 3.1.1 and 5.0 broker for IoT ingress.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "porchlight", version, about)]
 pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Subcommand>,
+
     /// Address to accept MQTT over TCP on; repeat for several.
     #[arg(
         long = "listen",

@@ -20,7 +20,7 @@
 //! - `router.rs`: publish fan-out; `trie.rs` matches, `retained.rs` retains.
 //! - `message.rs`, `topic.rs`, `ids.rs`: the nouns.
 //! - `broker.rs`: the shared state; `config.rs`, `metrics.rs`, `sys.rs`,
-//!   `error.rs`.
+//!   `error.rs`; `password.rs`: PHC password hashes.
 #![forbid(unsafe_code)]
 
 pub mod broker;
@@ -35,6 +35,7 @@ pub(crate) mod inbound;
 pub mod message;
 pub mod metrics;
 pub mod outbound;
+pub mod password;
 pub mod persist;
 pub mod registry;
 pub mod retained;

@@ -1,11 +1,12 @@
 //! The `porchlight` binary: parse flags, validate, set up logging, bind,
-//! serve until SIGTERM/SIGINT, exit. Everything else is in the library.
+//! serve until SIGTERM/SIGINT, exit; or run the `hash-password` tool.
+//! Everything else is in the library.
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use porchlight_broker::config::{Cli, LogFormat};
+use porchlight_broker::config::{Cli, LogFormat, Subcommand};
 use porchlight_broker::Server;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
@@ -26,6 +27,9 @@ fn main() -> ExitCode {
             };
         }
     };
+    if let Some(Subcommand::HashPassword) = cli.command {
+        return hash_password();
+    }
     let config = match cli.validate() {
         Ok(c) => c,
         Err(e) => {
@@ -76,4 +80,29 @@ async fn run(config: porchlight_broker::Config) -> anyhow::Result<()> {
     });
     server.run().await;
     Ok(())
+}
+
+/// `porchlight hash-password`: one line from standard input to a PHC
+/// string on standard output.
+fn hash_password() -> ExitCode {
+    use std::io::Read;
+    let mut text = String::new();
+    if let Err(e) = std::io::stdin().take(64 * 1024).read_to_string(&mut text) {
+        eprintln!("porchlight hash-password: cannot read standard input: {e}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let Some(password) = porchlight_broker::password::from_stdin_text(&text) else {
+        eprintln!("porchlight hash-password: no password on standard input (one line expected)");
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    match porchlight_broker::password::hash(password.as_bytes()) {
+        Ok(phc) => {
+            println!("{phc}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("porchlight hash-password: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -481,3 +481,36 @@ async fn the_queue_is_bounded_in_bytes_too() {
     }
     b.stop().await;
 }
+
+#[test]
+fn hash_password_prints_a_phc_string_that_verifies() {
+    use std::io::Write;
+    let run = |input: &str| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_porchlight"))
+            .arg("hash-password")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("write");
+        child.wait_with_output().expect("output")
+    };
+    let out = run("correct horse\n");
+    assert!(out.status.success(), "{out:?}");
+    let phc = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(phc.starts_with("$argon2id$"), "{phc}");
+    assert!(porchlight_broker::password::verify(&phc, b"correct horse"));
+    assert!(!porchlight_broker::password::verify(
+        &phc,
+        b"correct horse\n"
+    ));
+    let out = run("");
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no password"));
+}
