@@ -227,7 +227,15 @@ async fn flood(
     Ok(sent)
 }
 
-async fn fanin(addr: &str, pubs: usize, secs: u64, qos: QoS, persistent: bool) -> Result<()> {
+/// The subscriber of a run, started and given time to subscribe.
+struct Measuring {
+    epoch: Instant,
+    stop: Arc<AtomicBool>,
+    received: Arc<AtomicU64>,
+    sub: tokio::task::JoinHandle<Result<hdrhistogram::Histogram<u64>>>,
+}
+
+async fn measuring(addr: &str, qos: QoS, persistent: bool) -> Measuring {
     let epoch = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let received = Arc::new(AtomicU64::new(0));
@@ -240,6 +248,21 @@ async fn fanin(addr: &str, pubs: usize, secs: u64, qos: QoS, persistent: bool) -
         persistent,
     ));
     tokio::time::sleep(Duration::from_millis(300)).await;
+    Measuring {
+        epoch,
+        stop,
+        received,
+        sub,
+    }
+}
+
+async fn fanin(addr: &str, pubs: usize, secs: u64, qos: QoS, persistent: bool) -> Result<()> {
+    let Measuring {
+        epoch,
+        stop,
+        received,
+        sub,
+    } = measuring(addr, qos, persistent).await;
     let start = Instant::now();
     let deadline = start + Duration::from_secs(secs);
     let mut tasks = Vec::new();
@@ -268,18 +291,12 @@ async fn fanin(addr: &str, pubs: usize, secs: u64, qos: QoS, persistent: bool) -
 }
 
 async fn latency(addr: &str, rate: u64, secs: u64, qos: QoS) -> Result<()> {
-    let epoch = Instant::now();
-    let stop = Arc::new(AtomicBool::new(false));
-    let received = Arc::new(AtomicU64::new(0));
-    let sub = tokio::spawn(subscriber(
-        addr.into(),
-        qos,
+    let Measuring {
         epoch,
-        stop.clone(),
-        received.clone(),
-        false,
-    ));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+        stop,
+        received: _,
+        sub,
+    } = measuring(addr, qos, false).await;
     let (s, _) = connect(addr, "bench-lat-pub").await?;
     let (mut rd, mut wr) = s.into_split();
     let total = rate * secs;

@@ -171,7 +171,7 @@ fn bad(flag: &'static str, path: &Path, detail: impl ToString) -> BrokerError {
 }
 
 /// Sessions remembered for TLS 1.2 session-id resumption (and TLS 1.3
-/// clients that do not take tickets); about 1 KiB each at most.
+/// clients that do not take tickets).
 pub const SESSION_CACHE_ENTRIES: usize = 65_536;
 
 /// State that lets a reconnecting client skip the full handshake, shared

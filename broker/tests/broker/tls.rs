@@ -295,27 +295,34 @@ async fn interop_with_mosquitto_clients_over_tls() {
     b.stop().await;
 }
 
-/// Handshakes with `config`, sends a v5 CONNECT and reports whether a
-/// CONNACK came back (a refused client certificate surfaces either in the
-/// handshake or, under TLS 1.3, as an alert on the first read).
-async fn mqtt_connects(addr: std::net::SocketAddr, config: Arc<rustls::ClientConfig>) -> bool {
+/// Handshakes with `config`, does a v5 CONNECT/CONNACK and closes;
+/// returns how the handshake went, or `None` if no CONNACK came back (a
+/// refused client certificate surfaces either in the handshake or, under
+/// TLS 1.3, as an alert on the first read). Reading the CONNACK also
+/// takes in TLS 1.3 tickets, which arrive after the handshake.
+async fn mqtt_connect(
+    addr: std::net::SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+) -> Option<rustls::HandshakeKind> {
     use tokio::io::AsyncWriteExt;
     let tcp = TcpStream::connect(addr).await.expect("tcp");
     let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
-    let Ok(Ok(mut s)) =
-        tokio::time::timeout(WAIT, TlsConnector::from(config).connect(name, tcp)).await
-    else {
-        return false;
-    };
+    let connect = TlsConnector::from(config).connect(name, tcp);
+    let mut s = tokio::time::timeout(WAIT, connect).await.ok()?.ok()?;
     let bytes = connect_bytes(porchlight_broker::codec::Protocol::V5);
-    if s.write_all(&bytes).await.is_err() || s.flush().await.is_err() {
-        return false;
-    }
+    s.write_all(&bytes).await.ok()?;
+    s.flush().await.ok()?;
     let mut buf = [0u8; 64];
-    match tokio::time::timeout(WAIT, s.read(&mut buf)).await {
-        Ok(Ok(n)) => n > 0 && buf[0] == 0x20,
-        _ => false,
+    let n = tokio::time::timeout(WAIT, s.read(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    if n == 0 || buf[0] != 0x20 {
+        return None;
     }
+    let kind = s.get_ref().1.handshake_kind();
+    s.shutdown().await.ok()?;
+    kind
 }
 
 async fn mtls_broker(pki: &TestPki, auth: Option<ClientAuth>) -> TestBroker {
@@ -336,14 +343,28 @@ async fn mutual_tls_required_refuses_missing_foreign_and_expired_certificates() 
     let b = mtls_broker(&pki, Some(ClientAuth::Required)).await;
     let addr = b.tls_addr.expect("addr");
     let m = b.broker.metrics.clone();
-    assert!(mqtt_connects(addr, pki.client_with_cert(pki.client_cert("dev-1", false))).await);
+    assert!(
+        mqtt_connect(addr, pki.client_with_cert(pki.client_cert("dev-1", false)))
+            .await
+            .is_some()
+    );
     // No certificate.
-    assert!(!mqtt_connects(addr, pki.client(&[&rustls::version::TLS13], &[])).await);
+    assert!(
+        mqtt_connect(addr, pki.client(&[&rustls::version::TLS13], &[]))
+            .await
+            .is_none()
+    );
     // Signed by another CA (the client still trusts our server).
     let foreign = other.client_cert("intruder", false);
-    assert!(!mqtt_connects(addr, pki.client_with_cert(foreign)).await);
+    assert!(mqtt_connect(addr, pki.client_with_cert(foreign))
+        .await
+        .is_none());
     // Expired.
-    assert!(!mqtt_connects(addr, pki.client_with_cert(pki.client_cert("old", true))).await);
+    assert!(
+        mqtt_connect(addr, pki.client_with_cert(pki.client_cert("old", true)))
+            .await
+            .is_none()
+    );
     wait_until("three refusals counted", || {
         Metrics::get(&m.tls_handshake_failures) == 3
     })
@@ -357,9 +378,21 @@ async fn mutual_tls_optional_accepts_no_certificate_but_not_a_bad_one() {
     let other = TestPki::new();
     let b = mtls_broker(&pki, Some(ClientAuth::Optional)).await;
     let addr = b.tls_addr.expect("addr");
-    assert!(mqtt_connects(addr, pki.client(&[&rustls::version::TLS13], &[])).await);
-    assert!(mqtt_connects(addr, pki.client_with_cert(pki.client_cert("dev-2", false))).await);
-    assert!(!mqtt_connects(addr, pki.client_with_cert(other.client_cert("x", false))).await);
+    assert!(
+        mqtt_connect(addr, pki.client(&[&rustls::version::TLS13], &[]))
+            .await
+            .is_some()
+    );
+    assert!(
+        mqtt_connect(addr, pki.client_with_cert(pki.client_cert("dev-2", false)))
+            .await
+            .is_some()
+    );
+    assert!(
+        mqtt_connect(addr, pki.client_with_cert(other.client_cert("x", false)))
+            .await
+            .is_none()
+    );
     b.stop().await;
 }
 
@@ -539,33 +572,6 @@ async fn renewed_certificates_are_used_without_a_restart_and_bad_ones_ignored() 
     b.stop().await;
 }
 
-/// Handshakes, does an MQTT CONNECT/CONNACK (so TLS 1.3 tickets sent after
-/// the handshake are read), and reports how the handshake went.
-async fn connect_and_report(
-    addr: std::net::SocketAddr,
-    config: Arc<rustls::ClientConfig>,
-) -> rustls::HandshakeKind {
-    use tokio::io::AsyncWriteExt;
-    let tcp = TcpStream::connect(addr).await.expect("tcp");
-    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
-    let mut s = tokio::time::timeout(WAIT, TlsConnector::from(config).connect(name, tcp))
-        .await
-        .expect("in time")
-        .expect("handshake");
-    s.write_all(&connect_bytes(porchlight_broker::codec::Protocol::V5))
-        .await
-        .expect("write");
-    let mut buf = [0u8; 64];
-    let n = tokio::time::timeout(WAIT, s.read(&mut buf))
-        .await
-        .expect("in time")
-        .expect("read");
-    assert!(n > 0 && buf[0] == 0x20, "CONNACK");
-    let kind = s.get_ref().1.handshake_kind().expect("handshake done");
-    s.shutdown().await.expect("close");
-    kind
-}
-
 #[tokio::test]
 async fn reconnects_resume_the_tls_session_in_1_2_and_1_3() {
     let pki = TestPki::new();
@@ -575,13 +581,13 @@ async fn reconnects_resume_the_tls_session_in_1_2_and_1_3() {
         // One client configuration = one client-side session cache.
         let client = pki.client(&[version], &[]);
         assert_eq!(
-            connect_and_report(addr, client.clone()).await,
-            rustls::HandshakeKind::Full,
+            mqtt_connect(addr, client.clone()).await,
+            Some(rustls::HandshakeKind::Full),
             "{version:?}"
         );
         assert_eq!(
-            connect_and_report(addr, client).await,
-            rustls::HandshakeKind::Resumed,
+            mqtt_connect(addr, client).await,
+            Some(rustls::HandshakeKind::Resumed),
             "{version:?}"
         );
     }
