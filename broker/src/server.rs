@@ -18,7 +18,7 @@ use std::sync::Arc;
 use crate::tls::TlsMaterial;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info, warn};
+use tracing::{error, info, warn};
 
 use crate::broker::Broker;
 use crate::config::Config;
@@ -163,46 +163,17 @@ async fn accept_loop(listener: TcpListener, tls: Option<TlsMaterial>, broker: Ar
         let m = &broker.metrics;
         let current = m.connections_current.fetch_add(1, Ordering::Relaxed);
         let over_limit = current >= broker.config.max_connections as u64;
-        let Some(acceptor) = tls.as_ref().map(TlsMaterial::acceptor) else {
-            broker.tasks.spawn(crate::connection::serve(
+        match &tls {
+            None => broker.tasks.spawn(crate::connection::serve(
                 stream,
                 peer,
                 broker.clone(),
                 over_limit,
                 None,
-            ));
-            continue;
+            )),
+            Some(tls) => broker
+                .tasks
+                .spawn(tls.serve(stream, peer, broker.clone(), over_limit)),
         };
-        let broker = broker.clone();
-        broker.tasks.clone().spawn(async move {
-            let timeout = broker.config.connect_timeout;
-            match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => {
-                    let field = broker.config.tls.as_ref().map(|t| t.identity);
-                    let identity = tls
-                        .get_ref()
-                        .1
-                        .peer_certificates()
-                        .and_then(|c| c.first())
-                        .zip(field)
-                        .and_then(|(cert, field)| crate::tls::identity(cert, field));
-                    crate::connection::serve(tls, peer, broker, over_limit, identity).await
-                }
-                failed => {
-                    match failed {
-                        Ok(Err(e)) => match crate::tls::certificate_problem(&e) {
-                            Some(reason) => {
-                                info!(%peer, %reason, "TLS client certificate refused")
-                            }
-                            None => debug!(%peer, error = %e, "TLS handshake failed"),
-                        },
-                        _ => debug!(%peer, "TLS handshake timed out"),
-                    }
-                    let m = &broker.metrics;
-                    m.inc(&m.tls_handshake_failures);
-                    m.dec(&m.connections_current);
-                }
-            }
-        });
     }
 }

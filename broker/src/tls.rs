@@ -115,6 +115,44 @@ impl TlsMaterial {
         tokio_rustls::TlsAcceptor::from(self.current.read().clone())
     }
 
+    /// Runs the handshake of one accepted socket with the material in use
+    /// now, under `--connect-timeout`, then serves the connection with the
+    /// client certificate's identity. A failure or timeout is logged
+    /// (certificate problems at info, with the reason), counted, and
+    /// closes the socket.
+    pub fn serve(
+        &self,
+        stream: tokio::net::TcpStream,
+        peer: std::net::SocketAddr,
+        broker: Arc<crate::broker::Broker>,
+        over_limit: bool,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let (acceptor, field) = (self.acceptor(), self.files.identity);
+        async move {
+            let timeout = broker.config.connect_timeout;
+            let e = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => {
+                    let identity = tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .and_then(|cert| identity(cert, field));
+                    return crate::connection::serve(tls, peer, broker, over_limit, identity).await;
+                }
+                Ok(Err(e)) => e,
+                Err(_) => std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out"),
+            };
+            match certificate_problem(&e) {
+                Some(reason) => tracing::info!(%peer, %reason, "TLS client certificate refused"),
+                None => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+            }
+            let m = &broker.metrics;
+            m.inc(&m.tls_handshake_failures);
+            m.dec(&m.connections_current);
+        }
+    }
+
     /// Polls the files until `shutdown`; when their contents change,
     /// builds a new configuration and swaps it in, or logs why not and
     /// keeps the old one (each distinct bad content is reported once).
