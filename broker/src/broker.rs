@@ -22,6 +22,8 @@ use crate::state::State;
 #[derive(Debug)]
 pub struct Broker {
     pub config: Arc<Config>,
+    /// Authentication and ACLs (`--auth-file`).
+    pub auth: Arc<crate::auth::Auth>,
     pub metrics: Arc<Metrics>,
     /// The durable store (`<data-dir>/state`).
     pub persist: Arc<Persist>,
@@ -46,6 +48,8 @@ impl Broker {
         config: Arc<Config>,
         shutdown: CancellationToken,
     ) -> Result<Arc<Broker>, BrokerError> {
+        // The auth file is checked before the store is opened.
+        let auth = Arc::new(crate::auth::Auth::load(&config.auth)?);
         let path = config.data_dir.join("state");
         let persist = Persist::open(&path, config.store.clone())?;
         let restored = persist.load(config.topic_limits())?;
@@ -62,6 +66,7 @@ impl Broker {
         registry.restore(restored);
         Ok(Arc::new(Broker {
             config,
+            auth,
             metrics,
             persist,
             state,

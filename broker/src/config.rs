@@ -303,6 +303,26 @@ pub struct Cli {
     )]
     pub max_client_id_length: usize,
 
+    /// TOML file with users (argon2id PHC hashes), JWT settings and ACL
+    /// rules (see docs/auth-file.md). Once given, anonymous clients are
+    /// refused unless --allow-anonymous.
+    #[arg(long, value_name = "FILE", env = "PORCHLIGHT_AUTH_FILE")]
+    pub auth_file: Option<PathBuf>,
+
+    /// Let clients without a username or certificate in even though
+    /// authentication is configured (--auth-file or --tls-client-auth).
+    #[arg(long, env = "PORCHLIGHT_ALLOW_ANONYMOUS")]
+    pub allow_anonymous: bool,
+
+    /// Seconds between checks of --auth-file for changes (0: never).
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        env = "PORCHLIGHT_AUTH_RELOAD_INTERVAL",
+        default_value_t = 10
+    )]
+    pub auth_reload_interval: u64,
+
     /// Seconds between `$SYS/broker/...` updates.
     #[arg(
         long,
@@ -353,6 +373,7 @@ pub struct Config {
     /// `None` when `$SYS` topics are off.
     pub sys_interval: Option<Duration>,
     pub shutdown_grace: Duration,
+    pub auth: crate::auth::AuthOptions,
 }
 
 fn invalid(flag: &'static str, reason: impl Into<String>) -> BrokerError {
@@ -455,7 +476,7 @@ impl Cli {
         Ok(Config {
             listen: self.listen.clone(),
             tls_listen: self.tls_listen.clone(),
-            tls,
+            tls: tls.clone(),
             data_dir: self.data_dir.clone(),
             max_connections: self.max_connections,
             max_packet_size: self.max_packet_size,
@@ -484,6 +505,15 @@ impl Cli {
             max_client_id_length: self.max_client_id_length,
             sys_interval: (!self.no_sys_topics).then(|| Duration::from_secs(self.sys_interval)),
             shutdown_grace: Duration::from_secs(self.shutdown_grace),
+            auth: crate::auth::AuthOptions {
+                file: self.auth_file.clone(),
+                reload_interval: (self.auth_reload_interval > 0)
+                    .then(|| Duration::from_secs(self.auth_reload_interval)),
+                allow_anonymous: self.allow_anonymous,
+                client_certificates: tls
+                    .as_ref()
+                    .is_some_and(|t| t.client_auth != crate::tls::ClientAuth::None),
+            },
         })
     }
 }

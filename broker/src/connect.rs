@@ -13,9 +13,11 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use crate::auth::acl::Access;
+use crate::auth::{Credentials, Decision};
 use crate::broker::Broker;
 use crate::codec::{self, reason, ConnAck, Connect, DecodeError, Packet, Properties, Protocol};
-use crate::connection::{count_bytes, Conn};
+use crate::connection::{count_bytes, Conn, Origin};
 use crate::ids::{ClientId, ConnectionId, SessionKey, TenantId};
 use crate::metrics::{BadPacket, Metrics};
 use crate::registry::PendingWill;
@@ -99,6 +101,7 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     broker: &Arc<Broker>,
     id: ConnectionId,
     over_limit: bool,
+    origin: &Origin,
 ) -> Option<Conn<S>> {
     let cfg = broker.config.clone();
     let metrics = &broker.metrics;
@@ -243,6 +246,24 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         c.client_id.clone()
     };
 
+    // Who is connecting (certificate, password, JWT or anonymous).
+    let credentials = Credentials {
+        client_id: client_id.clone(),
+        username: c.username.clone(),
+        password: c.password.as_ref().map(|p| p.to_vec()),
+        cert_identity: origin.cert_identity.clone(),
+        address: origin.peer.ip(),
+    };
+    let principal = match broker.auth.authenticate(credentials, metrics).await {
+        Decision::Allow(p) => p,
+        Decision::Refuse { code, why } => {
+            metrics.inc(&metrics.connections_refused);
+            refuse(io, p, code, why, max_out, metrics).await;
+            return None;
+        }
+    };
+    let mut authz = broker.auth.authz(principal, &client_id, origin.peer.ip());
+
     // Keepalive: v5 gets Server Keep Alive; v3 asking too much is refused
     // (as Mosquitto does), since 3.1.1 cannot tell the client.
     let max_ka = cfg.max_keepalive;
@@ -288,13 +309,14 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
                 }
                 return None;
             }
-            if topic::is_reserved(&w.topic) {
+            let denied = !authz.allows(&broker.auth, Access::Publish, &w.topic, metrics);
+            if topic::is_reserved(&w.topic) || denied {
                 metrics.inc(&metrics.connections_refused);
                 refuse(
                     io,
                     p,
                     reason::NOT_AUTHORIZED,
-                    "will topic is reserved",
+                    "will topic not authorized",
                     max_out,
                     metrics,
                 )
@@ -409,6 +431,8 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         pending_pubacks: 0,
         held_publish: None,
         problem_info: c.properties.request_problem_information != Some(0),
+        auth_deadline: authz.expires_at(),
+        authz,
     };
     conn.send(&Packet::ConnAck(ConnAck {
         session_present: present,
@@ -417,6 +441,14 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     }));
     metrics.inc(&metrics.connections_total);
     metrics.inc(&metrics.clients_connected);
-    debug!(client = %conn.key.client, ?p, present, keep_alive, "Client connected");
+    debug!(
+        client = %conn.key.client,
+        ?p,
+        present,
+        keep_alive,
+        auth = conn.authz.principal.method,
+        user = conn.authz.principal.username.as_deref(),
+        "Client connected"
+    );
     Some(conn)
 }

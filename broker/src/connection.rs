@@ -81,6 +81,15 @@ impl Close {
     }
 }
 
+/// Where a connection comes from: the client's address (from the PROXY
+/// header when the listener takes one) and its verified TLS client
+/// certificate's identity (`--tls-identity-field`), if any.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    pub peer: SocketAddr,
+    pub cert_identity: Option<String>,
+}
+
 /// The state of a connected client, after a successful CONNECT.
 pub struct Conn<S> {
     pub io: Transport<S>,
@@ -122,27 +131,25 @@ pub struct Conn<S> {
     /// the connection yields before reading more, so the runtime spends
     /// its time draining queues rather than accepting messages it drops.
     pub overflowed: bool,
+    /// Who the client is and what it may do (`auth/`).
+    pub authz: crate::auth::Authz,
+    /// When the credentials expire (a JWT's `exp`): the connection closes.
+    pub auth_deadline: Option<Instant>,
 }
 
 /// Serves one accepted connection until it closes. `over_limit` is true
 /// when `--max-connections` was already reached: the CONNECT is read and
-/// answered with "quota exceeded". `cert_identity` is the name from a
-/// verified TLS client certificate (`--tls-identity-field`), if any.
-pub async fn serve<S>(
-    stream: S,
-    peer: SocketAddr,
-    broker: Arc<Broker>,
-    over_limit: bool,
-    cert_identity: Option<String>,
-) where
+/// answered with "quota exceeded".
+pub async fn serve<S>(stream: S, origin: Origin, broker: Arc<Broker>, over_limit: bool)
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let id = ConnectionId::next();
     let span = tracing::debug_span!(
         "conn",
-        %peer,
+        peer = %origin.peer,
         conn = %id,
-        cert = cert_identity.as_deref(),
+        cert = origin.cert_identity.as_deref(),
         tenant = tracing::field::Empty,
         client = tracing::field::Empty
     );
@@ -151,7 +158,9 @@ pub async fn serve<S>(
         let io = Transport::new(stream);
         // Boxed: its state is large and needed only once, so it must not
         // size the future every idle connection keeps for its lifetime.
-        let handshake = Box::pin(crate::connect::handshake(io, &broker, id, over_limit));
+        let handshake = Box::pin(crate::connect::handshake(
+            io, &broker, id, over_limit, &origin,
+        ));
         let Some(conn) = handshake.await else {
             return;
         };
@@ -209,6 +218,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             let room =
                 self.io.wbuf.len() < WRITE_HIGH_WATER && self.pending.len() < PENDING_HIGH_WATER;
             let deadline = self.keepalive_deadline();
+            let auth_deadline = self.auth_deadline.map(tokio::time::Instant::from_std);
             // Wait on the front ticket even if it became durable since
             // `release_pending` looked: the wait then returns at once, where
             // skipping it could leave the acks held with nothing to wake us.
@@ -264,6 +274,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                             return close;
                         }
                     }
+                }
+                _ = sleep_until_opt(auth_deadline), if auth_deadline.is_some() => {
+                    return Close {
+                        reason: Some(reason::NOT_AUTHORIZED),
+                        bad: None,
+                        detail: "credentials expired".into(),
+                        will: true,
+                    };
                 }
                 _ = sleep_until_opt(deadline), if deadline.is_some() => {
                     return Close::protocol(

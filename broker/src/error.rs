@@ -33,6 +33,9 @@ pub enum BrokerError {
         detail: String,
     },
 
+    #[error("invalid --auth-file {path}: {detail}")]
+    AuthFile { path: PathBuf, detail: String },
+
     #[error("{0}")]
     Storage(#[from] porchlight_storage::StorageError),
 

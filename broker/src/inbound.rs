@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use crate::auth::acl::Access;
 use crate::codec::{
     reason, Ack, Packet, Properties, Publish, QoS, RetainHandling, SubAck, Subscribe, UnsubAck,
     Unsubscribe,
@@ -189,7 +190,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 
         let mut code = reason::SUCCESS;
         let mut write = Write::None;
-        if topic.is_reserved() {
+        let denied = topic.is_reserved()
+            || !self.authz.allows(
+                &self.broker.auth,
+                Access::Publish,
+                topic.as_str(),
+                &self.broker.metrics,
+            );
+        if denied {
+            // v5 hears 0x87; 3.1.1 has no way to say it: the message is
+            // dropped (counted in porchlight_acl_denied_total) and the
+            // acknowledgement sent as usual, as Mosquitto does.
             code = reason::NOT_AUTHORIZED;
         } else if p.properties.payload_format_indicator == Some(1)
             && std::str::from_utf8(&p.payload).is_err()
@@ -420,6 +431,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             };
             if filter.group().is_some() && opts.no_local {
                 return Err(protocol_error("no-local on a shared subscription"));
+            }
+            if !self.authz.allows(
+                &self.broker.auth,
+                Access::Subscribe,
+                filter.filter(),
+                &self.broker.metrics,
+            ) {
+                // The codec sends 3.1.1 clients 0x80 (failure).
+                reasons.push(reason::NOT_AUTHORIZED);
+                continue;
             }
             {
                 let st = self.session.lock();

@@ -21,8 +21,13 @@
 //! - `message.rs`, `topic.rs`, `ids.rs`: the nouns.
 //! - `broker.rs`: the shared state; `config.rs`, `metrics.rs`, `sys.rs`,
 //!   `error.rs`; `password.rs`: PHC password hashes.
+//! - `reload.rs`: polls flag-named files (TLS material, auth file) for
+//!   changes.
+//! - `auth/`: who a client is (certificate, password, JWT) and what it may
+//!   publish and subscribe (ACL rules).
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod broker;
 pub mod codec;
 pub mod command;
@@ -38,6 +43,7 @@ pub mod outbound;
 pub mod password;
 pub mod persist;
 pub mod registry;
+pub mod reload;
 pub mod retained;
 pub mod router;
 pub mod server;

@@ -60,7 +60,15 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "Porchlight stopped");
-            ExitCode::FAILURE
+            // A file named by a flag that does not load is a configuration
+            // error, like a bad flag.
+            match e.downcast_ref::<porchlight_broker::BrokerError>() {
+                Some(
+                    porchlight_broker::BrokerError::Tls { .. }
+                    | porchlight_broker::BrokerError::AuthFile { .. },
+                ) => ExitCode::from(EXIT_CONFIG),
+                _ => ExitCode::FAILURE,
+            }
         }
     }
 }

@@ -24,6 +24,15 @@ pub const SESSIONS: &str = "porchlight_sessions";
 pub const TLS_HANDSHAKE_FAILURES: &str = "porchlight_tls_handshake_failures_total";
 pub const TLS_RELOADS: &str = "porchlight_tls_reloads_total";
 pub const TLS_RELOAD_FAILURES: &str = "porchlight_tls_reload_failures_total";
+/// CONNECTs refused for bad credentials or refused anonymous access.
+pub const AUTH_FAILURES: &str = "porchlight_auth_failures_total";
+/// `--auth-file` changes taken into use, and refused.
+pub const AUTH_RELOADS: &str = "porchlight_auth_reloads_total";
+pub const AUTH_RELOAD_FAILURES: &str = "porchlight_auth_reload_failures_total";
+/// PUBLISH and SUBSCRIBE refused by the ACL, by action.
+pub const ACL_DENIED: &str = "porchlight_acl_denied_total";
+/// PROXY-protocol headers that were malformed or missing.
+pub const PROXY_HEADER_ERRORS: &str = "porchlight_proxy_header_errors_total";
 
 /// Why a message was not delivered to a subscriber.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,6 +132,12 @@ pub struct Metrics {
     /// Certificate/key/CA changes taken into use, and refused.
     pub tls_reloads: AtomicU64,
     pub tls_reload_failures: AtomicU64,
+    pub auth_failures: AtomicU64,
+    pub auth_reloads: AtomicU64,
+    pub auth_reload_failures: AtomicU64,
+    pub acl_denied_publish: AtomicU64,
+    pub acl_denied_subscribe: AtomicU64,
+    pub proxy_header_errors: AtomicU64,
     dropped: [AtomicU64; 5],
     bad_packets: [AtomicU64; 9],
 }
@@ -184,8 +199,18 @@ impl Metrics {
             (TLS_HANDSHAKE_FAILURES, g(&self.tls_handshake_failures)),
             (TLS_RELOADS, g(&self.tls_reloads)),
             (TLS_RELOAD_FAILURES, g(&self.tls_reload_failures)),
+            (AUTH_FAILURES, g(&self.auth_failures)),
+            (AUTH_RELOADS, g(&self.auth_reloads)),
+            (AUTH_RELOAD_FAILURES, g(&self.auth_reload_failures)),
+            (PROXY_HEADER_ERRORS, g(&self.proxy_header_errors)),
         ] {
             let _ = writeln!(s, "{name} {v}");
+        }
+        for (action, v) in [
+            ("publish", g(&self.acl_denied_publish)),
+            ("subscribe", g(&self.acl_denied_subscribe)),
+        ] {
+            let _ = writeln!(s, "{ACL_DENIED}{{action=\"{action}\"}} {v}");
         }
         for r in DropReason::ALL {
             let _ = writeln!(

@@ -93,6 +93,12 @@ impl Server {
             info!(%addr, "Listening for MQTT over TLS");
         }
         broker.tasks.spawn(broker.registry.clone().sweep());
+        broker.tasks.spawn(
+            broker
+                .auth
+                .clone()
+                .watch(broker.metrics.clone(), broker.shutdown.clone()),
+        );
         if let Some(interval) = broker.config.sys_interval {
             broker
                 .tasks
@@ -166,10 +172,12 @@ async fn accept_loop(listener: TcpListener, tls: Option<TlsMaterial>, broker: Ar
         match &tls {
             None => broker.tasks.spawn(crate::connection::serve(
                 stream,
-                peer,
+                crate::connection::Origin {
+                    peer,
+                    cert_identity: None,
+                },
                 broker.clone(),
                 over_limit,
-                None,
             )),
             Some(tls) => broker
                 .tasks

@@ -87,8 +87,8 @@ impl std::fmt::Debug for TlsMaterial {
     }
 }
 
-/// The bytes of every file the configuration is built from.
-fn fingerprint(files: &TlsFiles) -> Vec<Option<Vec<u8>>> {
+/// Every file the configuration is built from.
+fn watched(files: &TlsFiles) -> Vec<std::path::PathBuf> {
     [
         Some(&files.cert),
         Some(&files.key),
@@ -96,7 +96,7 @@ fn fingerprint(files: &TlsFiles) -> Vec<Option<Vec<u8>>> {
     ]
     .into_iter()
     .flatten()
-    .map(|p| std::fs::read(p).ok())
+    .cloned()
     .collect()
 }
 
@@ -138,7 +138,11 @@ impl TlsMaterial {
                         .peer_certificates()
                         .and_then(|c| c.first())
                         .and_then(|cert| identity(cert, field));
-                    return crate::connection::serve(tls, peer, broker, over_limit, identity).await;
+                    let origin = crate::connection::Origin {
+                        peer,
+                        cert_identity: identity,
+                    };
+                    return crate::connection::serve(tls, origin, broker, over_limit).await;
                 }
                 Ok(Err(e)) => e,
                 Err(_) => std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out"),
@@ -153,9 +157,9 @@ impl TlsMaterial {
         }
     }
 
-    /// Polls the files until `shutdown`; when their contents change,
-    /// builds a new configuration and swaps it in, or logs why not and
-    /// keeps the old one (each distinct bad content is reported once).
+    /// Polls the files until `shutdown` (`reload.rs`); when their contents
+    /// change, builds a new configuration and swaps it in, or logs why not
+    /// and keeps the old one.
     pub async fn watch(
         self,
         metrics: Arc<crate::metrics::Metrics>,
@@ -164,28 +168,9 @@ impl TlsMaterial {
         let Some(every) = self.files.reload_interval else {
             return;
         };
-        let files = self.files.clone();
-        let mut seen = fingerprint(&files);
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tick.tick() => {}
-            }
-            let f = files.clone();
-            let Ok(now) = tokio::task::spawn_blocking(move || fingerprint(&f)).await else {
-                continue;
-            };
-            if now == seen {
-                continue;
-            }
-            let (f, r) = (files.clone(), self.resumption.clone());
-            let Ok(built) = tokio::task::spawn_blocking(move || server_config(&f, &r)).await else {
-                continue;
-            };
-            seen = now;
-            match built {
+        let paths = watched(&self.files);
+        crate::reload::watch_files(paths, every, shutdown, move || {
+            match server_config(&self.files, &self.resumption) {
                 Ok(config) => {
                     *self.current.write() = config;
                     metrics.inc(&metrics.tls_reloads);
@@ -196,7 +181,8 @@ impl TlsMaterial {
                     tracing::warn!(error = %e, "TLS material changed but is unusable; keeping the previous one");
                 }
             }
-        }
+        })
+        .await;
     }
 }
 

@@ -5,6 +5,9 @@
 
 mod support;
 
+/// Authentication (passwords, JWT, certificates, anonymous), ACLs, the
+/// auth file and its reload, failure backoff.
+mod auth;
 /// Malformed input and protocol violations: each closes only its own
 /// connection, is counted, and the broker keeps serving.
 mod bad_input;

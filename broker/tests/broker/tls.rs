@@ -231,7 +231,7 @@ fn tls_flags_are_checked_and_bad_files_named() {
             .args(args)
             .output()
             .expect("run");
-        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert_eq!(out.status.code(), Some(64), "{args:?}");
         let text = format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),
@@ -332,6 +332,10 @@ async fn mtls_broker(pki: &TestPki, auth: Option<ClientAuth>) -> TestBroker {
             tls.client_ca = Some(pki.ca_file.clone());
             tls.client_auth = auth.unwrap_or(ClientAuth::Required);
         }
+        // As `validate` sets it: client certificates are authentication,
+        // and in optional mode clients without one come in anonymously.
+        c.auth.client_certificates = true;
+        c.auth.allow_anonymous = auth == Some(ClientAuth::Optional);
     })
     .await
 }

@@ -134,8 +134,13 @@ pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
 }
 
 /// A client speaking packets through our codec, or raw bytes.
+/// Any byte stream a raw client can speak MQTT over (TCP, TLS,
+/// WebSocket).
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Io for T {}
+
 pub struct RawClient {
-    pub stream: TcpStream,
+    pub stream: Box<dyn Io>,
     pub buf: BytesMut,
     pub protocol: Protocol,
 }
@@ -161,7 +166,7 @@ pub fn connect_packet(
 impl RawClient {
     pub async fn open(addr: SocketAddr, protocol: Protocol) -> RawClient {
         RawClient {
-            stream: TcpStream::connect(addr).await.expect("connect"),
+            stream: Box::new(TcpStream::connect(addr).await.expect("connect")),
             buf: BytesMut::new(),
             protocol,
         }
@@ -175,7 +180,22 @@ impl RawClient {
     }
 
     pub async fn connect_with(addr: SocketAddr, c: Connect) -> (RawClient, codec::ConnAck) {
-        let mut client = RawClient::open(addr, c.protocol).await;
+        let client = RawClient::open(addr, c.protocol).await;
+        client.handshake(c).await
+    }
+
+    /// A raw client over an already open stream (TLS, WebSocket).
+    pub fn over(stream: impl Io + 'static, protocol: Protocol) -> RawClient {
+        RawClient {
+            stream: Box::new(stream),
+            buf: BytesMut::new(),
+            protocol,
+        }
+    }
+
+    /// Sends CONNECT and returns the CONNACK, whatever its code.
+    pub async fn handshake(self, c: Connect) -> (RawClient, codec::ConnAck) {
+        let mut client = self;
         client.send(&Packet::Connect(Box::new(c))).await;
         match client.recv().await {
             Some(Packet::ConnAck(ack)) => (client, ack),

@@ -1,0 +1,553 @@
+//! Authentication and authorization: who a client is, and what it may do.
+//!
+//! At CONNECT, `connect.rs` hands [`Auth::authenticate`] the client's
+//! [`Credentials`] (username, password, the verified TLS certificate's
+//! identity, the real address). Each [`Authenticator`] in the chain —
+//! certificate identity, the auth file's users (argon2id PHC hashes), JWT
+//! — accepts, rejects, or passes to the next. The result is a
+//! [`Principal`] or a refusal with the CONNACK reason. Anonymous clients
+//! (no username, no certificate) are allowed until any authentication is
+//! configured (`--auth-file`, or `--tls-client-auth` other than `none`),
+//! then only with `--allow-anonymous`.
+//!
+//! Repeated failures from one address are slowed ([`Backoff`]), counted
+//! and logged without saying whether the username or the password was
+//! wrong. Password checks run on blocking threads, at most one per core at
+//! a time, so a flood of bad logins cannot stall the runtime.
+//!
+//! After CONNECT the connection keeps an [`Authz`]: the principal and its
+//! narrowed ACL (`acl.rs`), asked by `inbound.rs` on every PUBLISH and
+//! SUBSCRIBE. The auth file is polled (`--auth-reload-interval`); a valid
+//! change is swapped in and every connection rebuilds its ACL on its next
+//! check; an invalid one is logged and the old file stays in force.
+
+pub mod acl;
+pub mod file;
+pub mod jwt;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use dashmap::DashMap;
+use tracing::{info, warn};
+
+use crate::codec::reason;
+use crate::error::BrokerError;
+use crate::metrics::Metrics;
+use acl::{Access, ClientAcl, Permission, Rule, Subject};
+use file::Realm;
+
+/// What a client presented at CONNECT.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub client_id: String,
+    pub username: Option<String>,
+    pub password: Option<Vec<u8>>,
+    /// The name from a verified TLS client certificate.
+    pub cert_identity: Option<String>,
+    /// The client's address (from the PROXY header when the listener
+    /// takes one).
+    pub address: IpAddr,
+}
+
+/// Who a client turned out to be.
+#[derive(Debug, Clone, Default)]
+pub struct Principal {
+    /// `%u` in ACL patterns; `None` for anonymous clients.
+    pub username: Option<String>,
+    /// ACL rules the credentials carry (JWT claims), checked first.
+    pub claims: Vec<Rule>,
+    /// When the credentials stop being valid (a JWT's `exp`).
+    pub expires: Option<SystemTime>,
+    /// How the client was authenticated, for logs.
+    pub method: &'static str,
+}
+
+/// One authenticator's answer.
+#[derive(Debug)]
+pub enum Verdict {
+    Accept(Principal),
+    /// The credentials are this authenticator's to judge, and wrong. The
+    /// string is for the debug log only.
+    Reject(String),
+    /// Not this authenticator's kind of credentials.
+    Pass,
+}
+
+/// A way to authenticate a client. New backends (HTTP, LDAP, …) implement
+/// this and join the chain in [`Realm`] order.
+pub trait Authenticator: Send + Sync + std::fmt::Debug {
+    fn authenticate(&self, c: &Credentials) -> Verdict;
+}
+
+/// A verified TLS client certificate: the handshake already checked it,
+/// so its identity is the username (any CONNECT username is ignored).
+#[derive(Debug)]
+pub struct CertificateIdentity;
+
+impl Authenticator for CertificateIdentity {
+    fn authenticate(&self, c: &Credentials) -> Verdict {
+        match &c.cert_identity {
+            Some(name) => Verdict::Accept(Principal {
+                username: Some(name.clone()),
+                method: "certificate",
+                ..Principal::default()
+            }),
+            None => Verdict::Pass,
+        }
+    }
+}
+
+/// The auth file's `[[users]]`: username to PHC string.
+#[derive(Debug, Default)]
+pub struct PasswordUsers(pub HashMap<String, String>);
+
+impl Authenticator for PasswordUsers {
+    fn authenticate(&self, c: &Credentials) -> Verdict {
+        let Some(phc) = c.username.as_ref().and_then(|u| self.0.get(u)) else {
+            return Verdict::Pass;
+        };
+        match &c.password {
+            Some(p) if crate::password::verify(phc, p) => Verdict::Accept(Principal {
+                username: c.username.clone(),
+                method: "password",
+                ..Principal::default()
+            }),
+            Some(_) => Verdict::Reject("wrong password".into()),
+            None => Verdict::Reject("no password".into()),
+        }
+    }
+}
+
+impl Authenticator for jwt::JwtVerifier {
+    fn authenticate(&self, c: &Credentials) -> Verdict {
+        match &c.password {
+            Some(p) if jwt::JwtVerifier::looks_like_token(p) => match self.verify(p) {
+                Ok(principal) => Verdict::Accept(principal),
+                Err(e) => Verdict::Reject(e),
+            },
+            _ => Verdict::Pass,
+        }
+    }
+}
+
+impl Realm {
+    /// The authenticators, in the order they are asked.
+    fn chain(&self) -> impl Iterator<Item = &dyn Authenticator> {
+        let first: [&dyn Authenticator; 2] = [&CertificateIdentity, &self.users];
+        first
+            .into_iter()
+            .chain(self.jwt.iter().map(|j| j as &dyn Authenticator))
+    }
+
+    /// Whether checking credentials may cost real CPU (argon2, RSA).
+    fn expensive(&self) -> bool {
+        !self.users.0.is_empty() || self.jwt.is_some()
+    }
+}
+
+/// The outcome of CONNECT authentication.
+#[derive(Debug)]
+pub enum Decision {
+    Allow(Principal),
+    /// CONNACK with this reason (mapped to 3.1.1 return codes by the
+    /// codec: 0x86 → 4, 0x87 → 5).
+    Refuse {
+        code: u8,
+        why: &'static str,
+    },
+}
+
+/// Failures an address gets before it is slowed.
+const FREE_FAILURES: u32 = 3;
+/// First delay after the free failures; doubles with each further one.
+const BACKOFF_BASE: Duration = Duration::from_millis(100);
+/// Longest delay: below the default `--connect-timeout`, so clients
+/// behind a shared address with one broken neighbour still get in.
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// An address with no failure for this long starts afresh.
+const BACKOFF_FORGET: Duration = Duration::from_secs(600);
+/// Addresses tracked before stale ones are pruned.
+const BACKOFF_ENTRIES: usize = 100_000;
+
+/// Authentication failures per address, and the delay they earn.
+#[derive(Debug, Default)]
+pub struct Backoff {
+    failures: DashMap<IpAddr, (u32, Instant)>,
+}
+
+impl Backoff {
+    /// How long the next attempt from `addr` waits before it is checked.
+    pub fn delay(&self, addr: IpAddr) -> Duration {
+        match self.failures.get(&addr).map(|e| *e) {
+            Some((n, last)) if n >= FREE_FAILURES && last.elapsed() < BACKOFF_FORGET => {
+                let shift = (n - FREE_FAILURES).min(16);
+                BACKOFF_BASE.saturating_mul(1 << shift).min(BACKOFF_MAX)
+            }
+            _ => Duration::ZERO,
+        }
+    }
+
+    /// Records a failure; returns how many `addr` has now.
+    pub fn fail(&self, addr: IpAddr) -> u32 {
+        if self.failures.len() >= BACKOFF_ENTRIES {
+            self.failures
+                .retain(|_, (_, last)| last.elapsed() < BACKOFF_FORGET);
+        }
+        let mut e = self.failures.entry(addr).or_insert((0, Instant::now()));
+        if e.1.elapsed() >= BACKOFF_FORGET {
+            e.0 = 0;
+        }
+        e.0 = e.0.saturating_add(1);
+        e.1 = Instant::now();
+        e.0
+    }
+}
+
+/// A PHC string to verify against when no user matched, so an unknown
+/// username costs the same time as a wrong password.
+fn decoy_hash() -> &'static str {
+    static DECOY: OnceLock<String> = OnceLock::new();
+    DECOY.get_or_init(|| crate::password::hash(b"porchlight decoy").unwrap_or_default())
+}
+
+/// The node's authentication and authorization configuration.
+#[derive(Debug)]
+pub struct Auth {
+    file: Option<PathBuf>,
+    reload_interval: Option<Duration>,
+    realm: parking_lot::RwLock<Arc<Realm>>,
+    /// Bumped on every reload; connections compare it to rebuild ACLs.
+    generation: AtomicU64,
+    /// Any authentication configured: anonymous clients need
+    /// `--allow-anonymous`.
+    required: bool,
+    allow_anonymous: bool,
+    backoff: Backoff,
+    /// Expensive credential checks allowed at once.
+    slots: Arc<tokio::sync::Semaphore>,
+}
+
+/// How `Auth` is configured (from `config.rs`).
+#[derive(Debug, Clone, Default)]
+pub struct AuthOptions {
+    pub file: Option<PathBuf>,
+    pub reload_interval: Option<Duration>,
+    pub allow_anonymous: bool,
+    /// TLS client certificates are asked for (`--tls-client-auth` is not
+    /// `none`).
+    pub client_certificates: bool,
+}
+
+impl Auth {
+    /// Loads `--auth-file`, refusing a bad one with its path and the
+    /// problem.
+    pub fn load(o: &AuthOptions) -> Result<Auth, BrokerError> {
+        let realm = match &o.file {
+            Some(path) => file::load(path).map_err(|detail| BrokerError::AuthFile {
+                path: path.clone(),
+                detail,
+            })?,
+            None => Realm::open(),
+        };
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Ok(Auth {
+            file: o.file.clone(),
+            reload_interval: o.reload_interval,
+            realm: parking_lot::RwLock::new(Arc::new(realm)),
+            generation: AtomicU64::new(0),
+            required: o.file.is_some() || o.client_certificates,
+            allow_anonymous: o.allow_anonymous,
+            backoff: Backoff::default(),
+            slots: Arc::new(tokio::sync::Semaphore::new(cores)),
+        })
+    }
+
+    fn realm(&self) -> Arc<Realm> {
+        self.realm.read().clone()
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Decides a CONNECT. Waits out the address's backoff first; counts
+    /// and logs failures (never saying which part was wrong).
+    pub async fn authenticate(&self, c: Credentials, metrics: &Metrics) -> Decision {
+        let delay = self.backoff.delay(c.address);
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        let realm = self.realm();
+        let (client, addr) = (c.client_id.clone(), c.address);
+        let decision = if c.password.is_some() && c.cert_identity.is_none() && realm.expensive() {
+            // Argon2 and RSA are milliseconds of CPU: off the runtime, one
+            // per core at a time.
+            let Ok(_slot) = self.slots.clone().acquire_owned().await else {
+                return Decision::Refuse {
+                    code: reason::SERVER_UNAVAILABLE,
+                    why: "server shutting down",
+                };
+            };
+            let (required, anon) = (self.required, self.allow_anonymous);
+            tokio::task::spawn_blocking(move || decide(&realm, &c, required, anon))
+                .await
+                .unwrap_or(Decision::Refuse {
+                    code: reason::UNSPECIFIED_ERROR,
+                    why: "authentication failed",
+                })
+        } else {
+            decide(&realm, &c, self.required, self.allow_anonymous)
+        };
+        if let Decision::Refuse { code, .. } = decision {
+            if code == reason::BAD_USER_NAME_OR_PASSWORD || code == reason::NOT_AUTHORIZED {
+                metrics.inc(&metrics.auth_failures);
+                let failures = self.backoff.fail(addr);
+                // Powers of two: a flood is visible without flooding the log.
+                if failures.is_power_of_two() {
+                    info!(address = %addr, %client, failures, "Authentication failed");
+                }
+            }
+        }
+        decision
+    }
+
+    /// The connection's authorization state for `principal`.
+    pub fn authz(&self, principal: Principal, client: &str, address: IpAddr) -> Authz {
+        let mut z = Authz {
+            principal,
+            client: client.to_owned(),
+            address,
+            acl: None,
+            generation: u64::MAX,
+        };
+        z.rebuild(self);
+        z
+    }
+
+    /// Polls `--auth-file` until `shutdown`; a changed file that loads is
+    /// swapped in, a bad one is logged and counted and the old one stays.
+    pub async fn watch(
+        self: Arc<Self>,
+        metrics: Arc<Metrics>,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        let (Some(path), Some(every)) = (self.file.clone(), self.reload_interval) else {
+            return;
+        };
+        let p = path.clone();
+        crate::reload::watch_files(vec![path], every, shutdown, move || match file::load(&p) {
+            Ok(realm) => {
+                *self.realm.write() = Arc::new(realm);
+                self.generation.fetch_add(1, Ordering::AcqRel);
+                metrics.inc(&metrics.auth_reloads);
+                info!(path = %p.display(), "Auth file changed: now in force");
+            }
+            Err(e) => {
+                metrics.inc(&metrics.auth_reload_failures);
+                warn!(path = %p.display(), error = %e, "Auth file changed but is invalid; keeping the previous one");
+            }
+        })
+        .await;
+    }
+}
+
+/// Runs the chain for one CONNECT.
+fn decide(realm: &Realm, c: &Credentials, required: bool, allow_anonymous: bool) -> Decision {
+    for a in realm.chain() {
+        match a.authenticate(c) {
+            Verdict::Accept(p) => return Decision::Allow(p),
+            Verdict::Reject(why) => {
+                tracing::debug!(client = %c.client_id, %why, "Credentials rejected");
+                return bad_credentials();
+            }
+            Verdict::Pass => {}
+        }
+    }
+    match (&c.username, &c.password) {
+        (None, None) if !required || allow_anonymous => Decision::Allow(Principal {
+            method: "anonymous",
+            ..Principal::default()
+        }),
+        (None, None) => Decision::Refuse {
+            code: reason::NOT_AUTHORIZED,
+            why: "anonymous access is not allowed",
+        },
+        // Nothing is configured to check credentials against: the
+        // username is taken as given (for %u and the logs).
+        _ if !required => Decision::Allow(Principal {
+            username: c.username.clone(),
+            method: "unchecked",
+            ..Principal::default()
+        }),
+        (_, password) => {
+            // An unknown user costs what a wrong password costs.
+            if let Some(p) = password {
+                let _ = crate::password::verify(decoy_hash(), p);
+            }
+            bad_credentials()
+        }
+    }
+}
+
+fn bad_credentials() -> Decision {
+    Decision::Refuse {
+        code: reason::BAD_USER_NAME_OR_PASSWORD,
+        why: "bad user name or password",
+    }
+}
+
+/// One connection's authorization: its principal and narrowed ACL.
+#[derive(Debug)]
+pub struct Authz {
+    pub principal: Principal,
+    client: String,
+    address: IpAddr,
+    /// `None`: the realm allows everything (no rules, default allow).
+    acl: Option<ClientAcl>,
+    generation: u64,
+}
+
+impl Authz {
+    fn rebuild(&mut self, auth: &Auth) {
+        let generation = auth.generation();
+        let realm = auth.realm();
+        let open = realm.rules.is_empty()
+            && realm.default == Permission::Allow
+            && self.principal.claims.is_empty();
+        self.acl = (!open).then(|| {
+            ClientAcl::build(
+                &self.principal.claims,
+                &realm.rules,
+                realm.default,
+                &Subject {
+                    username: self.principal.username.as_deref(),
+                    client: &self.client,
+                    address: self.address,
+                },
+                generation,
+            )
+        });
+        self.generation = generation;
+    }
+
+    /// Whether the client may `access` `topic` (for subscribe: the filter
+    /// without its `$share/group/` prefix). Counts denials.
+    pub fn allows(&mut self, auth: &Auth, access: Access, topic: &str, metrics: &Metrics) -> bool {
+        if auth.generation() != self.generation {
+            self.rebuild(auth);
+        }
+        let allowed = self.acl.as_mut().is_none_or(|a| a.allows(access, topic));
+        if !allowed {
+            metrics.inc(match access {
+                Access::Publish => &metrics.acl_denied_publish,
+                Access::Subscribe => &metrics.acl_denied_subscribe,
+            });
+        }
+        allowed
+    }
+
+    /// When the credentials expire, as a deadline for the connection.
+    pub fn expires_at(&self) -> Option<Instant> {
+        let exp = self.principal.expires?;
+        let left = exp.duration_since(SystemTime::now()).unwrap_or_default();
+        Some(Instant::now() + left)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn creds(user: Option<&str>, password: Option<&str>, cert: Option<&str>) -> Credentials {
+        Credentials {
+            client_id: "c".into(),
+            username: user.map(str::to_owned),
+            password: password.map(|p| p.as_bytes().to_vec()),
+            cert_identity: cert.map(str::to_owned),
+            address: IpAddr::from([127, 0, 0, 1]),
+        }
+    }
+
+    fn code(d: Decision) -> Option<u8> {
+        match d {
+            Decision::Allow(_) => None,
+            Decision::Refuse { code, .. } => Some(code),
+        }
+    }
+
+    #[test]
+    fn the_chain_decides_as_documented() {
+        let phc = crate::password::hash(b"pw").expect("hash");
+        let mut realm = Realm::open();
+        realm.users.0.insert("alice".into(), phc);
+        let ok = decide(&realm, &creds(Some("alice"), Some("pw"), None), true, false);
+        assert!(matches!(ok, Decision::Allow(ref p) if p.username.as_deref() == Some("alice")));
+        assert_eq!(
+            code(decide(
+                &realm,
+                &creds(Some("alice"), Some("no"), None),
+                true,
+                false
+            )),
+            Some(reason::BAD_USER_NAME_OR_PASSWORD)
+        );
+        assert_eq!(
+            code(decide(
+                &realm,
+                &creds(Some("bob"), Some("pw"), None),
+                true,
+                false
+            )),
+            Some(reason::BAD_USER_NAME_OR_PASSWORD)
+        );
+        assert_eq!(
+            code(decide(&realm, &creds(None, None, None), true, false)),
+            Some(reason::NOT_AUTHORIZED)
+        );
+        assert_eq!(
+            code(decide(&realm, &creds(None, None, None), true, true)),
+            None
+        );
+        assert_eq!(
+            code(decide(&realm, &creds(None, None, None), false, false)),
+            None
+        );
+        let cert = decide(
+            &realm,
+            &creds(Some("x"), Some("y"), Some("dev-9")),
+            true,
+            false,
+        );
+        assert!(matches!(cert, Decision::Allow(ref p) if p.username.as_deref() == Some("dev-9")));
+        let open = decide(
+            &Realm::open(),
+            &creds(Some("u"), Some("p"), None),
+            false,
+            false,
+        );
+        assert!(matches!(open, Decision::Allow(ref p) if p.username.as_deref() == Some("u")));
+    }
+
+    #[test]
+    fn backoff_grows_after_the_free_failures_and_is_capped() {
+        let b = Backoff::default();
+        let a = IpAddr::from([10, 0, 0, 1]);
+        for _ in 0..FREE_FAILURES {
+            assert_eq!(b.delay(a), Duration::ZERO);
+            b.fail(a);
+        }
+        assert_eq!(b.delay(a), BACKOFF_BASE);
+        b.fail(a);
+        assert_eq!(b.delay(a), BACKOFF_BASE * 2);
+        for _ in 0..40 {
+            b.fail(a);
+        }
+        assert_eq!(b.delay(a), BACKOFF_MAX);
+        assert_eq!(b.delay(IpAddr::from([10, 0, 0, 2])), Duration::ZERO);
+    }
+}

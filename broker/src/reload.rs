@@ -1,0 +1,57 @@
+//! Hot reload of the files flags name: TLS material (`tls.rs`) and the
+//! auth file (`auth/mod.rs`).
+//!
+//! [`watch_files`] polls the files' contents (not their timestamps:
+//! Kubernetes swaps a Secret's files through a symlink, and cert-manager
+//! may rewrite identical bytes) and calls back on a blocking thread when
+//! they change. The callback builds the new state and swaps it in, or logs
+//! why not and keeps the old; each distinct content is handed over once.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+/// The files' contents, `None` for one that cannot be read.
+fn contents(paths: &[PathBuf]) -> Vec<Option<Vec<u8>>> {
+    paths.iter().map(|p| std::fs::read(p).ok()).collect()
+}
+
+/// Polls `paths` every `every` until `shutdown`; runs `changed` on a
+/// blocking thread each time their contents differ from the last look.
+pub async fn watch_files<F>(
+    paths: Vec<PathBuf>,
+    every: Duration,
+    shutdown: CancellationToken,
+    changed: F,
+) where
+    F: Fn() + Send + Sync + 'static,
+{
+    let paths = Arc::new(paths);
+    let changed = Arc::new(changed);
+    let look = || {
+        let p = paths.clone();
+        tokio::task::spawn_blocking(move || contents(&p))
+    };
+    let Ok(mut seen) = look().await else {
+        return;
+    };
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let Ok(now) = look().await else {
+            continue;
+        };
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        let c = changed.clone();
+        let _ = tokio::task::spawn_blocking(move || c()).await;
+    }
+}
