@@ -93,6 +93,12 @@ pub struct Cli {
     #[arg(long, value_name = "FILE", env = "PORCHLIGHT_TLS_CLIENT_CA")]
     pub tls_client_ca: Option<PathBuf>,
 
+    /// PEM file with certificate revocation lists (CRLs) from the client
+    /// CAs; a revoked client certificate is refused at the handshake.
+    /// Reloaded like the certificate files. Needs --tls-client-ca.
+    #[arg(long, value_name = "FILE", env = "PORCHLIGHT_TLS_CRL")]
+    pub tls_crl: Option<PathBuf>,
+
     /// Whether TLS clients must present a certificate: none, optional or
     /// required (default: required with --tls-client-ca, else none).
     #[arg(long, value_name = "MODE", env = "PORCHLIGHT_TLS_CLIENT_AUTH")]
@@ -453,11 +459,18 @@ impl Cli {
                     (None, Some(_)) => ClientAuth::Required,
                     (None, None) => ClientAuth::None,
                 };
+                if self.tls_crl.is_some() && client_auth == ClientAuth::None {
+                    return Err(invalid(
+                        "--tls-crl",
+                        "needs --tls-client-ca (and --tls-client-auth optional|required)",
+                    ));
+                }
                 Some(crate::tls::TlsFiles {
                     cert: cert.clone(),
                     key: key.clone(),
                     min_version: self.tls_min_version,
                     client_ca: self.tls_client_ca.clone(),
+                    crl: self.tls_crl.clone(),
                     client_auth,
                     identity: self.tls_identity_field,
                     reload_interval: (self.tls_reload_interval > 0)

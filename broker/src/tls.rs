@@ -64,6 +64,8 @@ pub struct TlsFiles {
     pub min_version: TlsVersion,
     /// Set unless `client_auth` is `None`.
     pub client_ca: Option<PathBuf>,
+    /// Revocation lists for client certificates (`--tls-crl`).
+    pub crl: Option<PathBuf>,
     pub client_auth: ClientAuth,
     pub identity: IdentityField,
     /// How often the files are checked for changes; `None`: never.
@@ -93,6 +95,7 @@ fn watched(files: &TlsFiles) -> Vec<std::path::PathBuf> {
         Some(&files.cert),
         Some(&files.key),
         files.client_ca.as_ref(),
+        files.crl.as_ref(),
     ]
     .into_iter()
     .flatten()
@@ -287,11 +290,41 @@ fn client_verifier(
     }
     let builder =
         rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
-    let builder = match files.client_auth {
+    let mut builder = match files.client_auth {
         ClientAuth::Optional => builder.allow_unauthenticated(),
         _ => builder,
     };
-    builder.build().map_err(|e| bad("--tls-client-ca", ca, e))
+    if let Some(crl) = &files.crl {
+        use rustls::pki_types::CertificateRevocationListDer;
+        let crls = CertificateRevocationListDer::pem_file_iter(crl)
+            .map_err(|e| bad("--tls-crl", crl, e))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad("--tls-crl", crl, e))?;
+        if crls.is_empty() {
+            return Err(bad("--tls-crl", crl, "no PEM X509 CRL block found"));
+        }
+        // Certificates from a CA the file has no CRL for are not
+        // revocation-checked (rather than all refused).
+        builder = builder.with_crls(crls).allow_unknown_revocation_status();
+    }
+    builder.build().map_err(|e| {
+        let flag = if files.crl.is_some()
+            && matches!(e, rustls::server::VerifierBuilderError::InvalidCrl(_))
+        {
+            "--tls-crl"
+        } else {
+            "--tls-client-ca"
+        };
+        bad(
+            flag,
+            files
+                .crl
+                .as_deref()
+                .filter(|_| flag == "--tls-crl")
+                .unwrap_or(ca),
+            e,
+        )
+    })
 }
 
 /// The client's name from its (already verified) certificate, per

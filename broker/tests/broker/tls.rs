@@ -369,11 +369,91 @@ async fn mutual_tls_required_refuses_missing_foreign_and_expired_certificates() 
             .await
             .is_none()
     );
-    wait_until("three refusals counted", || {
-        Metrics::get(&m.tls_handshake_failures) == 3
+    // Not yet valid.
+    let future = pki.client_cert_with("early", Validity::NotYetValid, 0);
+    assert!(mqtt_connect(addr, pki.client_with_cert(future))
+        .await
+        .is_none());
+    wait_until("four refusals counted", || {
+        Metrics::get(&m.tls_handshake_failures) == 4
     })
     .await;
     b.stop().await;
+}
+
+#[tokio::test]
+async fn revoked_client_certificates_are_refused_and_crl_updates_apply() {
+    let pki = TestPki::new();
+    let crl = pki.crl("clients.crl", &[1001]);
+    let b = TestBroker::with(|c| {
+        pki.configure(c, TlsVersion::V1_2);
+        if let Some(tls) = c.tls.as_mut() {
+            tls.client_ca = Some(pki.ca_file.clone());
+            tls.client_auth = ClientAuth::Required;
+            tls.crl = Some(crl.clone());
+        }
+        c.auth.client_certificates = true;
+    })
+    .await;
+    let addr = b.tls_addr.expect("addr");
+    let cert =
+        |serial| pki.client_with_cert(pki.client_cert_with("dev", Validity::Current, serial));
+    assert!(mqtt_connect(addr, cert(1001)).await.is_none(), "revoked");
+    assert!(
+        mqtt_connect(addr, cert(1002)).await.is_some(),
+        "not revoked"
+    );
+    // A new CRL (written elsewhere, then renamed into place) revokes 1002
+    // for new connections.
+    let next = pki.crl("next.crl", &[1001, 1002]);
+    std::fs::rename(&next, &crl).expect("replace crl");
+    let m = b.broker.metrics.clone();
+    wait_until("the new CRL is in use", || {
+        Metrics::get(&m.tls_reloads) == 1
+    })
+    .await;
+    assert!(
+        mqtt_connect(addr, cert(1002)).await.is_none(),
+        "revoked now"
+    );
+    assert!(mqtt_connect(addr, cert(1003)).await.is_some());
+    b.stop().await;
+}
+
+#[test]
+fn a_crl_needs_client_certificates_and_a_bad_one_is_named() {
+    use clap::Parser;
+    let pki = TestPki::new();
+    let cert = pki.cert.to_str().expect("utf8");
+    let key = pki.key.to_str().expect("utf8");
+    let base = [
+        "porchlight",
+        "--tls-listen",
+        "127.0.0.1:0",
+        "--tls-cert",
+        cert,
+        "--tls-key",
+        key,
+    ];
+    let err = porchlight_broker::Cli::parse_from(base.iter().chain(&["--tls-crl", cert]))
+        .validate()
+        .expect_err("no client CA");
+    assert!(err.to_string().contains("--tls-crl"), "{err}");
+    // A file without a CRL in it.
+    let ca = pki.ca_file.to_str().expect("utf8");
+    let config = porchlight_broker::Cli::parse_from(base.iter().chain(&[
+        "--tls-client-ca",
+        ca,
+        "--tls-crl",
+        cert,
+    ]))
+    .validate()
+    .expect("flags are valid");
+    let err = porchlight_broker::tls::TlsMaterial::load(config.tls.as_ref().expect("tls"))
+        .map(|_| ())
+        .expect_err("no CRL in the file");
+    assert!(err.to_string().contains("--tls-crl"), "{err}");
+    assert!(err.to_string().contains(cert), "{err}");
 }
 
 #[tokio::test]

@@ -493,6 +493,13 @@ pub fn kill9(child: &mut std::process::Child) {
 }
 
 /// A client certificate and its key.
+/// When a test client certificate is valid.
+pub enum Validity {
+    Current,
+    Expired,
+    NotYetValid,
+}
+
 pub struct ClientCert {
     pub chain: Vec<rustls::pki_types::CertificateDer<'static>>,
     pub key: rustls::pki_types::PrivateKeyDer<'static>,
@@ -551,6 +558,7 @@ impl TestPki {
             key: self.key.clone(),
             min_version,
             client_ca: None,
+            crl: None,
             client_auth: porchlight_broker::tls::ClientAuth::None,
             identity: porchlight_broker::tls::IdentityField::Cn,
             reload_interval: Some(Duration::from_millis(100)),
@@ -560,23 +568,73 @@ impl TestPki {
     /// A client certificate with this Common Name signed by this CA, or
     /// (`expired`) one whose validity ended in 2001.
     pub fn client_cert(&self, cn: &str, expired: bool) -> ClientCert {
-        let (cert, key) = self.issue(cn, expired);
+        let validity = if expired {
+            Validity::Expired
+        } else {
+            Validity::Current
+        };
+        self.client_cert_with(cn, validity, 0)
+    }
+
+    /// A client certificate with the given validity and serial number
+    /// (0: rcgen picks one).
+    pub fn client_cert_with(&self, cn: &str, validity: Validity, serial: u64) -> ClientCert {
+        let (cert, key) = self.issue(cn, validity, serial);
         ClientCert {
             chain: vec![cert.der().clone()],
             key: rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
         }
     }
 
-    fn issue(&self, cn: &str, expired: bool) -> (rcgen::Certificate, rcgen::KeyPair) {
+    /// A CRL from this CA revoking `serials`, written as a PEM file.
+    pub fn crl(&self, name: &str, serials: &[u64]) -> std::path::PathBuf {
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: rcgen::date_time_ymd(2020, 1, 1),
+            next_update: rcgen::date_time_ymd(2120, 1, 1),
+            crl_number: rcgen::SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: serials
+                .iter()
+                .map(|s| rcgen::RevokedCertParams {
+                    serial_number: rcgen::SerialNumber::from(*s),
+                    revocation_time: rcgen::date_time_ymd(2021, 1, 1),
+                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        let crl = params.signed_by(&self.ca_cert, &self.ca_key).expect("crl");
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, crl.pem().expect("pem")).expect("write crl");
+        path
+    }
+
+    fn issue(
+        &self,
+        cn: &str,
+        validity: Validity,
+        serial: u64,
+    ) -> (rcgen::Certificate, rcgen::KeyPair) {
         let key = rcgen::KeyPair::generate().expect("key");
         let mut params =
             rcgen::CertificateParams::new(vec![format!("{cn}.devices.example")]).expect("params");
         params
             .distinguished_name
             .push(rcgen::DnType::CommonName, cn);
-        if expired {
-            params.not_before = rcgen::date_time_ymd(2000, 1, 1);
-            params.not_after = rcgen::date_time_ymd(2001, 1, 1);
+        if serial != 0 {
+            params.serial_number = Some(rcgen::SerialNumber::from(serial));
+        }
+        match validity {
+            Validity::Current => {}
+            Validity::Expired => {
+                params.not_before = rcgen::date_time_ymd(2000, 1, 1);
+                params.not_after = rcgen::date_time_ymd(2001, 1, 1);
+            }
+            Validity::NotYetValid => {
+                params.not_before = rcgen::date_time_ymd(2100, 1, 1);
+                params.not_after = rcgen::date_time_ymd(2101, 1, 1);
+            }
         }
         let cert = params
             .signed_by(&key, &self.ca_cert, &self.ca_key)
@@ -587,7 +645,7 @@ impl TestPki {
     /// A client certificate and key for `cn`, as PEM files (for
     /// `mosquitto_pub --cert/--key`).
     pub fn client_cert_files(&self, cn: &str) -> (std::path::PathBuf, std::path::PathBuf) {
-        let (c, k) = self.issue(cn, false);
+        let (c, k) = self.issue(cn, Validity::Current, 0);
         let cert = self.dir.path().join(format!("{cn}.crt"));
         let key = self.dir.path().join(format!("{cn}.key"));
         std::fs::write(&cert, c.pem()).expect("write");
