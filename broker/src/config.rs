@@ -71,6 +71,46 @@ pub struct Cli {
     )]
     pub tls_listen: Vec<SocketAddr>,
 
+    /// Address to accept MQTT over WebSocket on (HTTP upgrade at
+    /// --ws-path, subprotocol `mqtt`); repeat for several.
+    #[arg(
+        long = "ws-listen",
+        value_name = "ADDR",
+        env = "PORCHLIGHT_WS_LISTEN",
+        value_delimiter = ','
+    )]
+    pub ws_listen: Vec<SocketAddr>,
+
+    /// Address to accept MQTT over WebSocket over TLS on; uses --tls-cert
+    /// and --tls-key (and the client-certificate flags).
+    #[arg(
+        long = "wss-listen",
+        value_name = "ADDR",
+        env = "PORCHLIGHT_WSS_LISTEN",
+        value_delimiter = ','
+    )]
+    pub wss_listen: Vec<SocketAddr>,
+
+    /// HTTP path WebSocket clients connect to.
+    #[arg(
+        long,
+        value_name = "PATH",
+        env = "PORCHLIGHT_WS_PATH",
+        default_value = "/mqtt"
+    )]
+    pub ws_path: String,
+
+    /// Listeners that expect a PROXY protocol (v1 or v2) header before
+    /// anything else: a kind (tcp, tls, ws, wss) for all listeners of that
+    /// kind, or one listener's address; repeat or separate with commas.
+    #[arg(
+        long = "proxy-protocol",
+        value_name = "LISTENER",
+        env = "PORCHLIGHT_PROXY_PROTOCOL",
+        value_delimiter = ','
+    )]
+    pub proxy_protocol: Vec<String>,
+
     /// PEM file with the server certificate chain (leaf first).
     #[arg(long, value_name = "FILE", env = "PORCHLIGHT_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
@@ -357,6 +397,12 @@ pub struct Cli {
 pub struct Config {
     pub listen: Vec<SocketAddr>,
     pub tls_listen: Vec<SocketAddr>,
+    pub ws_listen: Vec<SocketAddr>,
+    pub wss_listen: Vec<SocketAddr>,
+    /// Path of the WebSocket upgrade (starts with `/`).
+    pub ws_path: String,
+    /// Listeners that read a PROXY header first.
+    pub proxy_protocol: crate::server::ProxyListeners,
     /// Set when `tls_listen` is not empty.
     pub tls: Option<crate::tls::TlsFiles>,
     pub data_dir: PathBuf,
@@ -445,7 +491,7 @@ impl Cli {
             ));
         }
         let tls = match (&self.tls_cert, &self.tls_key) {
-            _ if self.tls_listen.is_empty() => None,
+            _ if self.tls_listen.is_empty() && self.wss_listen.is_empty() => None,
             (Some(cert), Some(key)) => {
                 use crate::tls::ClientAuth;
                 let client_auth = match (self.tls_client_auth, &self.tls_client_ca) {
@@ -477,18 +523,39 @@ impl Cli {
                         .then(|| Duration::from_secs(self.tls_reload_interval)),
                 })
             }
-            (None, _) => return Err(invalid("--tls-cert", "is required by --tls-listen")),
-            (_, None) => return Err(invalid("--tls-key", "is required by --tls-listen")),
+            (None, _) => {
+                return Err(invalid(
+                    "--tls-cert",
+                    "is required by --tls-listen and --wss-listen",
+                ))
+            }
+            (_, None) => {
+                return Err(invalid(
+                    "--tls-key",
+                    "is required by --tls-listen and --wss-listen",
+                ))
+            }
         };
         if tls.is_none() && (self.tls_cert.is_some() || self.tls_key.is_some()) {
             return Err(invalid(
                 "--tls-listen",
-                "is required when --tls-cert or --tls-key is given",
+                "(or --wss-listen) is required when --tls-cert or --tls-key is given",
             ));
         }
+        if !self.ws_path.starts_with('/') || self.ws_path.contains(['?', '#', ' ']) {
+            return Err(invalid(
+                "--ws-path",
+                "must be an absolute path such as /mqtt",
+            ));
+        }
+        let proxy_protocol = self.proxy_listeners()?;
         Ok(Config {
             listen: self.listen.clone(),
             tls_listen: self.tls_listen.clone(),
+            ws_listen: self.ws_listen.clone(),
+            wss_listen: self.wss_listen.clone(),
+            ws_path: self.ws_path.clone(),
+            proxy_protocol,
             tls: tls.clone(),
             data_dir: self.data_dir.clone(),
             max_connections: self.max_connections,
@@ -528,6 +595,51 @@ impl Cli {
                     .is_some_and(|t| t.client_auth != crate::tls::ClientAuth::None),
             },
         })
+    }
+}
+
+impl Cli {
+    /// `--proxy-protocol`: kinds and addresses, each naming a listener
+    /// that is configured.
+    fn proxy_listeners(&self) -> Result<crate::server::ProxyListeners, BrokerError> {
+        use crate::server::ListenerKind;
+        let mut out = crate::server::ProxyListeners::default();
+        for v in &self.proxy_protocol {
+            let v = v.trim();
+            let kind = match v {
+                "tcp" => Some(ListenerKind::Tcp),
+                "tls" => Some(ListenerKind::Tls),
+                "ws" => Some(ListenerKind::Ws),
+                "wss" => Some(ListenerKind::Wss),
+                _ => None,
+            };
+            if let Some(k) = kind {
+                out.kinds.push(k);
+                continue;
+            }
+            let addr: SocketAddr = v.parse().map_err(|_| {
+                invalid(
+                    "--proxy-protocol",
+                    format!("{v:?} is neither tcp, tls, ws, wss nor a listener address"),
+                )
+            })?;
+            let known = [
+                &self.listen,
+                &self.tls_listen,
+                &self.ws_listen,
+                &self.wss_listen,
+            ]
+            .iter()
+            .any(|l| l.contains(&addr));
+            if !known {
+                return Err(invalid(
+                    "--proxy-protocol",
+                    format!("{addr} is not the address of any listener"),
+                ));
+            }
+            out.addrs.push(addr);
+        }
+        Ok(out)
     }
 }
 

@@ -153,7 +153,6 @@ where
         tenant = tracing::field::Empty,
         client = tracing::field::Empty
     );
-    let metrics = broker.metrics.clone();
     async move {
         let io = Transport::new(stream);
         // Boxed: its state is large and needed only once, so it must not
@@ -171,8 +170,6 @@ where
     }
     .instrument(span)
     .await;
-    // The accept loop counted this connection in.
-    metrics.dec(&metrics.connections_current);
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {

@@ -3,7 +3,8 @@
 //!
 //! Layout, in the order a packet travels:
 //! - `server.rs`: binds listeners, accepts, owns node shutdown;
-//!   `tls.rs`: TLS material for `--tls-listen`.
+//!   `proxy.rs`: PROXY protocol headers; `tls.rs`: TLS material for
+//!   `--tls-listen`/`--wss-listen`; `ws.rs`: the WebSocket upgrade.
 //! - `connection.rs`: one task per connection; its loop and its close.
 //!   - `transport.rs`: read/write buffers and batched socket I/O.
 //!   - `codec/`: MQTT 3.1/3.1.1/5.0 packets to and from bytes.
@@ -42,6 +43,7 @@ pub mod metrics;
 pub mod outbound;
 pub mod password;
 pub mod persist;
+pub mod proxy;
 pub mod registry;
 pub mod reload;
 pub mod retained;
@@ -55,6 +57,7 @@ pub mod tls;
 pub mod topic;
 pub mod transport;
 pub mod trie;
+pub mod ws;
 
 pub use config::{Cli, Config};
 pub use error::BrokerError;

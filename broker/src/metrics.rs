@@ -33,6 +33,9 @@ pub const AUTH_RELOAD_FAILURES: &str = "porchlight_auth_reload_failures_total";
 pub const ACL_DENIED: &str = "porchlight_acl_denied_total";
 /// PROXY-protocol headers that were malformed or missing.
 pub const PROXY_HEADER_ERRORS: &str = "porchlight_proxy_header_errors_total";
+/// WebSocket upgrades refused (wrong path, no `mqtt` subprotocol, not
+/// HTTP) or timed out.
+pub const WS_HANDSHAKE_FAILURES: &str = "porchlight_ws_handshake_failures_total";
 
 /// Why a message was not delivered to a subscriber.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,6 +141,7 @@ pub struct Metrics {
     pub acl_denied_publish: AtomicU64,
     pub acl_denied_subscribe: AtomicU64,
     pub proxy_header_errors: AtomicU64,
+    pub ws_handshake_failures: AtomicU64,
     dropped: [AtomicU64; 5],
     bad_packets: [AtomicU64; 9],
 }
@@ -203,6 +207,7 @@ impl Metrics {
             (AUTH_RELOADS, g(&self.auth_reloads)),
             (AUTH_RELOAD_FAILURES, g(&self.auth_reload_failures)),
             (PROXY_HEADER_ERRORS, g(&self.proxy_header_errors)),
+            (WS_HANDSHAKE_FAILURES, g(&self.ws_handshake_failures)),
         ] {
             let _ = writeln!(s, "{name} {v}");
         }

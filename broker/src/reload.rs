@@ -14,14 +14,20 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// The files' contents, `None` for one that cannot be read.
-fn contents(paths: &[PathBuf]) -> Vec<Option<Vec<u8>>> {
+pub type Snapshot = Vec<Option<Vec<u8>>>;
+
+/// Reads `paths` now. Owners take this just before loading the files, so
+/// a change made between load and the first poll is not missed.
+pub fn snapshot(paths: &[PathBuf]) -> Snapshot {
     paths.iter().map(|p| std::fs::read(p).ok()).collect()
 }
 
 /// Polls `paths` every `every` until `shutdown`; runs `changed` on a
-/// blocking thread each time their contents differ from the last look.
+/// blocking thread each time their contents differ from the last look
+/// (the first look is `loaded`).
 pub async fn watch_files<F>(
     paths: Vec<PathBuf>,
+    loaded: Snapshot,
     every: Duration,
     shutdown: CancellationToken,
     changed: F,
@@ -32,11 +38,9 @@ pub async fn watch_files<F>(
     let changed = Arc::new(changed);
     let look = || {
         let p = paths.clone();
-        tokio::task::spawn_blocking(move || contents(&p))
+        tokio::task::spawn_blocking(move || snapshot(&p))
     };
-    let Ok(mut seen) = look().await else {
-        return;
-    };
+    let mut seen = loaded;
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

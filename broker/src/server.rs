@@ -1,32 +1,77 @@
 //! Listeners and the node's lifetime: bind, accept, shut down.
 //!
 //! [`Server::bind`] prepares the data directory, loads the TLS material and
-//! binds every `--listen` and `--tls-listen` address (port 0 works:
-//! [`Server::local_addrs`] and [`Server::tls_local_addrs`] report the real
-//! ports).
+//! the auth file, and binds every `--listen`, `--tls-listen`,
+//! `--ws-listen` and `--wss-listen` address (port 0 works:
+//! [`Server::addrs`] reports the real ports).
 //! [`Server::run`] accepts until the shutdown token is cancelled; each
-//! accepted socket gets its own task (`connection.rs`), so the accept loop
-//! never waits on a client (a TLS handshake runs in that task, under
-//! `--connect-timeout`). Shutdown: stop accepting, connections send v5
-//! DISCONNECT 0x8B and close, then wait for every task up to
-//! `--shutdown-grace`, then flush the store.
+//! accepted socket gets its own task, so the accept loop never waits on a
+//! client. In that task the layers a listener needs run in order, all
+//! within one `--connect-timeout`: the PROXY header (`proxy.rs`, where
+//! `--proxy-protocol` asks for it), the TLS handshake (`tls.rs`), the
+//! WebSocket upgrade (`ws.rs`); then `connection.rs` serves the resulting
+//! byte stream. Shutdown: stop accepting, connections send v5 DISCONNECT
+//! 0x8B and close, then wait for every task up to `--shutdown-grace`, then
+//! flush the store.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use crate::tls::TlsMaterial;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::broker::Broker;
 use crate::config::Config;
+use crate::connection::Origin;
 use crate::error::BrokerError;
+use crate::tls::TlsMaterial;
+
+/// What a listener speaks below MQTT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerKind {
+    Tcp,
+    Tls,
+    Ws,
+    Wss,
+}
+
+impl ListenerKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            ListenerKind::Tcp => "TCP",
+            ListenerKind::Tls => "TLS",
+            ListenerKind::Ws => "WebSocket",
+            ListenerKind::Wss => "WebSocket over TLS",
+        }
+    }
+}
+
+/// The listeners `--proxy-protocol` names: whole kinds, or single
+/// listeners by their configured address.
+#[derive(Debug, Clone, Default)]
+pub struct ProxyListeners {
+    pub kinds: Vec<ListenerKind>,
+    pub addrs: Vec<SocketAddr>,
+}
+
+impl ProxyListeners {
+    pub fn applies(&self, kind: ListenerKind, configured: SocketAddr) -> bool {
+        self.kinds.contains(&kind) || self.addrs.contains(&configured)
+    }
+}
+
+struct Listener {
+    tcp: TcpListener,
+    kind: ListenerKind,
+    /// Reads a PROXY header before anything else.
+    proxy: bool,
+}
 
 pub struct Server {
-    listeners: Vec<TcpListener>,
-    tls_listeners: Vec<TcpListener>,
+    listeners: Vec<Listener>,
     tls: Option<TlsMaterial>,
     broker: Arc<Broker>,
 }
@@ -39,40 +84,56 @@ impl Server {
             path: config.data_dir.clone(),
             source,
         })?;
-        // TLS material and then the store are checked before any port is bound.
+        // TLS material, the auth file and then the store are checked
+        // before any port is bound.
         let tls = match &config.tls {
             Some(files) => Some(TlsMaterial::load(files)?),
             None => None,
         };
         let broker = Broker::open(Arc::new(config), shutdown)?;
         let config = &broker.config;
-        let listeners = bind_all(&config.listen).await?;
-        let tls_listeners = match tls {
-            Some(_) => bind_all(&config.tls_listen).await?,
-            None => Vec::new(),
-        };
+        let mut listeners = Vec::new();
+        for (kind, addrs) in [
+            (ListenerKind::Tcp, &config.listen),
+            (ListenerKind::Tls, &config.tls_listen),
+            (ListenerKind::Ws, &config.ws_listen),
+            (ListenerKind::Wss, &config.wss_listen),
+        ] {
+            for addr in addrs {
+                let tcp = TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| BrokerError::Bind {
+                        addr: *addr,
+                        source,
+                    })?;
+                let proxy = config.proxy_protocol.applies(kind, *addr);
+                listeners.push(Listener { tcp, kind, proxy });
+            }
+        }
         Ok(Server {
             listeners,
-            tls_listeners,
             tls,
             broker,
         })
     }
 
-    /// The bound addresses, in `--listen` order.
-    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+    /// The bound addresses of one kind, in flag order.
+    pub fn addrs(&self, kind: ListenerKind) -> Vec<SocketAddr> {
         self.listeners
             .iter()
-            .filter_map(|l| l.local_addr().ok())
+            .filter(|l| l.kind == kind)
+            .filter_map(|l| l.tcp.local_addr().ok())
             .collect()
     }
 
-    /// The bound TLS addresses, in `--tls-listen` order.
+    /// The bound `--listen` addresses.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.addrs(ListenerKind::Tcp)
+    }
+
+    /// The bound `--tls-listen` addresses.
     pub fn tls_local_addrs(&self) -> Vec<SocketAddr> {
-        self.tls_listeners
-            .iter()
-            .filter_map(|l| l.local_addr().ok())
-            .collect()
+        self.addrs(ListenerKind::Tls)
     }
 
     pub fn broker(&self) -> Arc<Broker> {
@@ -82,15 +143,10 @@ impl Server {
     /// Serves until the shutdown token is cancelled, then drains.
     pub async fn run(self) {
         let broker = self.broker;
-        for addr in self.listeners.iter().filter_map(|l| l.local_addr().ok()) {
-            info!(%addr, "Listening for MQTT over TCP");
-        }
-        for addr in self
-            .tls_listeners
-            .iter()
-            .filter_map(|l| l.local_addr().ok())
-        {
-            info!(%addr, "Listening for MQTT over TLS");
+        for l in &self.listeners {
+            if let Ok(addr) = l.tcp.local_addr() {
+                info!(%addr, proxy_protocol = l.proxy, "Listening for MQTT over {}", l.kind.label());
+            }
         }
         broker.tasks.spawn(broker.registry.clone().sweep());
         broker.tasks.spawn(
@@ -104,18 +160,15 @@ impl Server {
                 .tasks
                 .spawn(crate::sys::run(broker.clone(), interval));
         }
-        let mut accept_loops = tokio::task::JoinSet::new();
-        for listener in self.listeners {
-            accept_loops.spawn(accept_loop(listener, None, broker.clone()));
-        }
         if let Some(tls) = &self.tls {
             broker.tasks.spawn(
                 tls.clone()
                     .watch(broker.metrics.clone(), broker.shutdown.clone()),
             );
         }
-        for listener in self.tls_listeners {
-            accept_loops.spawn(accept_loop(listener, self.tls.clone(), broker.clone()));
+        let mut accept_loops = tokio::task::JoinSet::new();
+        for l in self.listeners {
+            accept_loops.spawn(accept_loop(l, self.tls.clone(), broker.clone()));
         }
         broker.shutdown.cancelled().await;
         info!("Shutting down: no longer accepting connections");
@@ -140,23 +193,20 @@ impl Server {
     }
 }
 
-async fn bind_all(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, BrokerError> {
-    let mut listeners = Vec::with_capacity(addrs.len());
-    for addr in addrs {
-        let l = TcpListener::bind(addr)
-            .await
-            .map_err(|source| BrokerError::Bind {
-                addr: *addr,
-                source,
-            })?;
-        listeners.push(l);
+/// Counts an open socket in `porchlight_connections` for as long as it
+/// lives, whatever path its task takes.
+struct Counted(Arc<crate::metrics::Metrics>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.dec(&self.0.connections_current);
     }
-    Ok(listeners)
 }
 
-async fn accept_loop(listener: TcpListener, tls: Option<TlsMaterial>, broker: Arc<Broker>) {
+async fn accept_loop(listener: Listener, tls: Option<TlsMaterial>, broker: Arc<Broker>) {
+    let (kind, proxy) = (listener.kind, listener.proxy);
     loop {
-        let (stream, peer) = match listener.accept().await {
+        let (stream, peer) = match listener.tcp.accept().await {
             Ok(s) => s,
             Err(e) => {
                 // EMFILE and friends: back off briefly instead of spinning.
@@ -168,20 +218,152 @@ async fn accept_loop(listener: TcpListener, tls: Option<TlsMaterial>, broker: Ar
         let _ = stream.set_nodelay(true);
         let m = &broker.metrics;
         let current = m.connections_current.fetch_add(1, Ordering::Relaxed);
+        let counted = Counted(m.clone());
         let over_limit = current >= broker.config.max_connections as u64;
-        match &tls {
-            None => broker.tasks.spawn(crate::connection::serve(
-                stream,
-                crate::connection::Origin {
-                    peer,
-                    cert_identity: None,
-                },
-                broker.clone(),
-                over_limit,
-            )),
-            Some(tls) => broker
-                .tasks
-                .spawn(tls.serve(stream, peer, broker.clone(), over_limit)),
+        if kind == ListenerKind::Tcp && !proxy {
+            // The common case, spawned on its own so its task is no larger
+            // than the connection needs.
+            let origin = Origin {
+                peer,
+                cert_identity: None,
+            };
+            let serve = crate::connection::serve(stream, origin, broker.clone(), over_limit);
+            broker.tasks.spawn(async move {
+                let _counted = counted;
+                serve.await;
+            });
+            continue;
+        }
+        let layers = Layers {
+            kind,
+            tls: tls.clone(),
+            broker: broker.clone(),
+            over_limit,
+            deadline: tokio::time::Instant::now() + broker.config.connect_timeout,
         };
+        broker.tasks.spawn(async move {
+            let _counted = counted;
+            if !proxy {
+                return layers.serve(stream, peer).await;
+            }
+            let m = layers.broker.metrics.clone();
+            match tokio::time::timeout_at(layers.deadline, crate::proxy::accept(stream, peer)).await
+            {
+                Ok(Ok((stream, real))) => layers.serve(stream, real).await,
+                Ok(Err(e)) => {
+                    m.inc(&m.proxy_header_errors);
+                    debug!(%peer, error = %e, "PROXY header refused");
+                }
+                Err(_) => {
+                    m.inc(&m.proxy_header_errors);
+                    debug!(%peer, "No PROXY header within the connect timeout");
+                }
+            }
+        });
+    }
+}
+
+/// The layers between an accepted socket and MQTT: TLS and WebSocket.
+struct Layers {
+    kind: ListenerKind,
+    tls: Option<TlsMaterial>,
+    broker: Arc<Broker>,
+    over_limit: bool,
+    /// The TLS handshake and WebSocket upgrade finish by then
+    /// (`--connect-timeout` after accept).
+    deadline: tokio::time::Instant,
+}
+
+impl Layers {
+    /// Runs this listener's layers on `stream` and serves MQTT over the
+    /// result. Each branch is boxed, so a task holds only the state of the
+    /// layers it uses.
+    async fn serve<S>(self, stream: S, peer: SocketAddr)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Layers {
+            kind,
+            tls,
+            broker,
+            over_limit,
+            deadline,
+        } = self;
+        let m = broker.metrics.clone();
+        let origin = |cert_identity| Origin {
+            peer,
+            cert_identity,
+        };
+        match (kind, tls) {
+            (ListenerKind::Tcp, _) => {
+                Box::pin(crate::connection::serve(
+                    stream,
+                    origin(None),
+                    broker,
+                    over_limit,
+                ))
+                .await
+            }
+            (ListenerKind::Ws, _) => {
+                let Some(ws) = upgrade(stream, peer, &broker, deadline).await else {
+                    return;
+                };
+                Box::pin(crate::connection::serve(
+                    ws,
+                    origin(None),
+                    broker,
+                    over_limit,
+                ))
+                .await
+            }
+            (ListenerKind::Tls, Some(tls)) => {
+                let Some((s, id)) = Box::pin(tls.handshake(stream, peer, deadline, &m)).await
+                else {
+                    return;
+                };
+                Box::pin(crate::connection::serve(s, origin(id), broker, over_limit)).await
+            }
+            (ListenerKind::Wss, Some(tls)) => {
+                let Some((s, id)) = Box::pin(tls.handshake(stream, peer, deadline, &m)).await
+                else {
+                    return;
+                };
+                let Some(ws) = upgrade(s, peer, &broker, deadline).await else {
+                    return;
+                };
+                Box::pin(crate::connection::serve(ws, origin(id), broker, over_limit)).await
+            }
+            // `bind` loads TLS material whenever a TLS listener exists.
+            (ListenerKind::Tls | ListenerKind::Wss, None) => {}
+        }
+    }
+}
+
+/// The WebSocket upgrade, until `deadline`; failures are logged at debug
+/// and counted as handshake failures of the listener.
+async fn upgrade<S>(
+    stream: S,
+    peer: SocketAddr,
+    broker: &Broker,
+    deadline: tokio::time::Instant,
+) -> Option<crate::ws::WsIo<S>>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    // Room for a maximum-size packet plus framing of batched packets.
+    let max = broker.config.max_packet_size.saturating_add(64 * 1024);
+    let path = &broker.config.ws_path;
+    match tokio::time::timeout_at(deadline, Box::pin(crate::ws::accept(stream, path, max))).await {
+        Ok(Ok(ws)) => Some(ws),
+        Ok(Err(e)) => {
+            broker.metrics.inc(&broker.metrics.ws_handshake_failures);
+            debug!(%peer, error = %e, "WebSocket upgrade failed");
+            None
+        }
+        Err(_) => {
+            broker.metrics.inc(&broker.metrics.ws_handshake_failures);
+            debug!(%peer, "No WebSocket upgrade within the connect timeout");
+            None
+        }
     }
 }

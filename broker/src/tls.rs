@@ -79,6 +79,8 @@ pub struct TlsMaterial {
     files: TlsFiles,
     resumption: Resumption,
     current: Arc<parking_lot::RwLock<Arc<ServerConfig>>>,
+    /// The files' contents as they were loaded (`reload.rs`).
+    loaded: Arc<crate::reload::Snapshot>,
 }
 
 impl std::fmt::Debug for TlsMaterial {
@@ -106,7 +108,9 @@ fn watched(files: &TlsFiles) -> Vec<std::path::PathBuf> {
 impl TlsMaterial {
     pub fn load(files: &TlsFiles) -> Result<TlsMaterial, BrokerError> {
         let resumption = Resumption::new()?;
+        let loaded = Arc::new(crate::reload::snapshot(&watched(files)));
         Ok(TlsMaterial {
+            loaded,
             current: Arc::new(parking_lot::RwLock::new(server_config(files, &resumption)?)),
             files: files.clone(),
             resumption,
@@ -118,46 +122,41 @@ impl TlsMaterial {
         tokio_rustls::TlsAcceptor::from(self.current.read().clone())
     }
 
-    /// Runs the handshake of one accepted socket with the material in use
-    /// now, under `--connect-timeout`, then serves the connection with the
-    /// client certificate's identity. A failure or timeout is logged
+    /// Runs the handshake of one accepted stream with the material in use
+    /// now, until `deadline`; returns the encrypted stream and the client
+    /// certificate's identity. A failure or timeout is logged
     /// (certificate problems at info, with the reason), counted, and
-    /// closes the socket.
-    pub fn serve(
+    /// `None`.
+    pub async fn handshake<S>(
         &self,
-        stream: tokio::net::TcpStream,
+        stream: S,
         peer: std::net::SocketAddr,
-        broker: Arc<crate::broker::Broker>,
-        over_limit: bool,
-    ) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let (acceptor, field) = (self.acceptor(), self.files.identity);
-        async move {
-            let timeout = broker.config.connect_timeout;
-            let e = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => {
-                    let identity = tls
-                        .get_ref()
-                        .1
-                        .peer_certificates()
-                        .and_then(|c| c.first())
-                        .and_then(|cert| identity(cert, field));
-                    let origin = crate::connection::Origin {
-                        peer,
-                        cert_identity: identity,
-                    };
-                    return crate::connection::serve(tls, origin, broker, over_limit).await;
-                }
-                Ok(Err(e)) => e,
-                Err(_) => std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out"),
-            };
-            match certificate_problem(&e) {
-                Some(reason) => tracing::info!(%peer, %reason, "TLS client certificate refused"),
-                None => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+        deadline: tokio::time::Instant,
+        metrics: &crate::metrics::Metrics,
+    ) -> Option<(tokio_rustls::server::TlsStream<S>, Option<String>)>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let accept = self.acceptor().accept(stream);
+        let e = match tokio::time::timeout_at(deadline, accept).await {
+            Ok(Ok(tls)) => {
+                let identity = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .and_then(|cert| identity(cert, self.files.identity));
+                return Some((tls, identity));
             }
-            let m = &broker.metrics;
-            m.inc(&m.tls_handshake_failures);
-            m.dec(&m.connections_current);
+            Ok(Err(e)) => e,
+            Err(_) => std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out"),
+        };
+        match certificate_problem(&e) {
+            Some(reason) => tracing::info!(%peer, %reason, "TLS client certificate refused"),
+            None => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
         }
+        metrics.inc(&metrics.tls_handshake_failures);
+        None
     }
 
     /// Polls the files until `shutdown` (`reload.rs`); when their contents
@@ -171,8 +170,8 @@ impl TlsMaterial {
         let Some(every) = self.files.reload_interval else {
             return;
         };
-        let paths = watched(&self.files);
-        crate::reload::watch_files(paths, every, shutdown, move || {
+        let (paths, loaded) = (watched(&self.files), self.loaded.to_vec());
+        crate::reload::watch_files(paths, loaded, every, shutdown, move || {
             match server_config(&self.files, &self.resumption) {
                 Ok(config) => {
                     *self.current.write() = config;

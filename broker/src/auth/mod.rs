@@ -220,6 +220,8 @@ fn decoy_hash() -> &'static str {
 pub struct Auth {
     file: Option<PathBuf>,
     reload_interval: Option<Duration>,
+    /// The file's contents as loaded (`reload.rs`).
+    loaded: crate::reload::Snapshot,
     realm: parking_lot::RwLock<Arc<Realm>>,
     /// Bumped on every reload; connections compare it to rebuild ACLs.
     generation: AtomicU64,
@@ -247,6 +249,7 @@ impl Auth {
     /// Loads `--auth-file`, refusing a bad one with its path and the
     /// problem.
     pub fn load(o: &AuthOptions) -> Result<Auth, BrokerError> {
+        let loaded = crate::reload::snapshot(o.file.as_slice());
         let realm = match &o.file {
             Some(path) => file::load(path).map_err(|detail| BrokerError::AuthFile {
                 path: path.clone(),
@@ -258,6 +261,7 @@ impl Auth {
         Ok(Auth {
             file: o.file.clone(),
             reload_interval: o.reload_interval,
+            loaded,
             realm: parking_lot::RwLock::new(Arc::new(realm)),
             generation: AtomicU64::new(0),
             required: o.file.is_some() || o.client_certificates,
@@ -340,7 +344,8 @@ impl Auth {
             return;
         };
         let p = path.clone();
-        crate::reload::watch_files(vec![path], every, shutdown, move || match file::load(&p) {
+        let loaded = self.loaded.clone();
+        crate::reload::watch_files(vec![path], loaded, every, shutdown, move || match file::load(&p) {
             Ok(realm) => {
                 *self.realm.write() = Arc::new(realm);
                 self.generation.fetch_add(1, Ordering::AcqRel);

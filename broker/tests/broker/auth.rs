@@ -3,7 +3,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use porchlight_broker::codec::{
-    reason, Ack, Packet, Properties, Protocol, Subscribe, SubscriptionOptions, Will,
+    reason, Packet, Properties, Protocol, Subscribe, SubscriptionOptions, Will,
 };
 use porchlight_broker::metrics::Metrics;
 use tokio::net::TcpStream;
@@ -216,14 +216,6 @@ async fn suback(c: &mut RawClient, filter: &str) -> u8 {
     }
 }
 
-async fn puback(c: &mut RawClient, topic: &str) -> u8 {
-    c.publish(topic, q(1), 9, b"x").await;
-    match c.recv().await {
-        Some(Packet::PubAck(Ack { reason, .. })) => reason,
-        other => panic!("expected PUBACK, got {other:?}"),
-    }
-}
-
 #[tokio::test]
 async fn the_acl_matrix_for_v5_clients() {
     let (b, _dir) = acl_broker().await;
@@ -244,11 +236,7 @@ async fn the_acl_matrix_for_v5_clients() {
         (OPS, "broadcast/news", ok_pub),
         (OPS, "devices/ops/locked", denied),
     ] {
-        assert_eq!(
-            puback(&mut c[who], topic).await,
-            want,
-            "publish {who} {topic}"
-        );
+        assert_eq!(c[who].puback(topic).await, want, "publish {who} {topic}");
     }
     for (filter, want) in [
         ("devices/alice/#", 1),
@@ -326,10 +314,7 @@ async fn auth_file_changes_apply_to_new_and_existing_connections() {
     let (b, dir) = auth_broker(&v1, |_| {}).await;
     let path = dir.path().join("auth.toml");
     let mut alice = logged_in(b.addr, Protocol::V5, "a1", "alice", b"pw").await;
-    assert_eq!(
-        puback(&mut alice, "a/1").await,
-        reason::NO_MATCHING_SUBSCRIBERS
-    );
+    assert_eq!(alice.puback("a/1").await, reason::NO_MATCHING_SUBSCRIBERS);
     assert_eq!(
         connack(b.addr, login(Protocol::V5, "c", Some("carol"), Some(b"pw"))).await,
         reason::BAD_USER_NAME_OR_PASSWORD
@@ -348,11 +333,8 @@ async fn auth_file_changes_apply_to_new_and_existing_connections() {
         0
     );
     // The connected client's ACL follows the file.
-    assert_eq!(puback(&mut alice, "a/1").await, reason::NOT_AUTHORIZED);
-    assert_eq!(
-        puback(&mut alice, "b/1").await,
-        reason::NO_MATCHING_SUBSCRIBERS
-    );
+    assert_eq!(alice.puback("a/1").await, reason::NOT_AUTHORIZED);
+    assert_eq!(alice.puback("b/1").await, reason::NO_MATCHING_SUBSCRIBERS);
     // A broken file is refused and the last good one stays.
     std::fs::write(&path, "[[users]]\nusername = \"x\"\npassword = \"plain\"\n").expect("rewrite");
     wait_until("the broken file is refused", || {
@@ -476,12 +458,12 @@ async fn jwt_hs256_rs256_and_es256_tokens_carry_username_and_acl() {
         .await;
         assert_eq!(ack.reason, 0, "{alg:?} token accepted");
         assert_eq!(
-            puback(&mut c, "jwt/dev-42/t").await,
+            c.puback("jwt/dev-42/t").await,
             reason::NO_MATCHING_SUBSCRIBERS,
             "{alg:?}"
         );
         assert_eq!(
-            puback(&mut c, "jwt/dev-43/t").await,
+            c.puback("jwt/dev-43/t").await,
             reason::NOT_AUTHORIZED,
             "{alg:?}"
         );
@@ -572,13 +554,10 @@ async fn a_client_certificate_is_the_username_for_acl_rules() {
         .await;
     assert_eq!(ack.reason, 0);
     assert_eq!(
-        puback(&mut c, "devices/dev-7/t").await,
+        c.puback("devices/dev-7/t").await,
         reason::NO_MATCHING_SUBSCRIBERS
     );
-    assert_eq!(
-        puback(&mut c, "devices/dev-8/t").await,
-        reason::NOT_AUTHORIZED
-    );
+    assert_eq!(c.puback("devices/dev-8/t").await, reason::NOT_AUTHORIZED);
     // Without a certificate (optional mode) and without credentials:
     // anonymous, which configured client certificates refuse.
     let stream = tls(pki.client(&[&rustls::version::TLS13], &[])).await;

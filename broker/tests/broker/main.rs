@@ -16,6 +16,8 @@ mod durable;
 /// MQTT 5 flow control: topic aliases, receive maximum, maximum packet
 /// size, message expiry, keepalive, AUTH.
 mod flow;
+/// WebSocket and WSS listeners, PROXY protocol v1/v2 headers.
+mod listeners;
 /// Limits, `$SYS`, shutdown, the binary and Mosquitto interop.
 mod ops;
 /// QoS 0/1/2 publish/subscribe, wildcards, overlapping subscriptions,

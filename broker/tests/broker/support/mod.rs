@@ -13,6 +13,7 @@ use porchlight_broker::broker::Broker;
 use porchlight_broker::codec::{
     self, Connect, Packet, Properties, Protocol, Publish, QoS, Subscribe, SubscriptionOptions,
 };
+use porchlight_broker::server::ListenerKind;
 use porchlight_broker::{Config, Server};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -35,6 +36,9 @@ pub struct TestBroker {
     pub addr: SocketAddr,
     /// The first `--tls-listen` address, when TLS is configured.
     pub tls_addr: Option<SocketAddr>,
+    /// The first `--ws-listen` and `--wss-listen` addresses, if any.
+    pub ws_addr: Option<SocketAddr>,
+    pub wss_addr: Option<SocketAddr>,
     pub broker: Arc<Broker>,
     pub shutdown: CancellationToken,
     handle: tokio::task::JoinHandle<()>,
@@ -63,11 +67,15 @@ impl TestBroker {
             .expect("bind");
         let addr = server.local_addrs()[0];
         let tls_addr = server.tls_local_addrs().first().copied();
+        let ws_addr = server.addrs(ListenerKind::Ws).first().copied();
+        let wss_addr = server.addrs(ListenerKind::Wss).first().copied();
         let broker = server.broker();
         let handle = tokio::spawn(server.run());
         TestBroker {
             addr,
             tls_addr,
+            ws_addr,
+            wss_addr,
             broker,
             shutdown,
             handle,
@@ -286,6 +294,15 @@ impl RawClient {
     pub async fn publish(&mut self, topic: &str, qos: QoS, packet_id: u16, payload: &'static [u8]) {
         self.send(&Packet::Publish(publish(topic, qos, packet_id, payload)))
             .await;
+    }
+
+    /// Publishes at QoS 1 and returns the PUBACK's reason code.
+    pub async fn puback(&mut self, topic: &str) -> u8 {
+        self.publish(topic, q(1), 9, b"x").await;
+        match self.recv().await {
+            Some(Packet::PubAck(a)) => a.reason,
+            other => panic!("expected PUBACK, got {other:?}"),
+        }
     }
 
     /// Next PUBLISH (skipping nothing: anything else fails).
