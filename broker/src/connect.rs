@@ -252,7 +252,9 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         username: c.username.clone(),
         password: c.password.as_ref().map(|p| p.to_vec()),
         cert_identity: origin.cert_identity.clone(),
-        address: origin.peer.ip(),
+        // IPv4-mapped IPv6 (dual-stack listeners, PROXY TCP6) as IPv4, so
+        // ACL `address` rules and the backoff see one form.
+        address: origin.peer.ip().to_canonical(),
     };
     let principal = match broker.auth.authenticate(credentials, metrics).await {
         Decision::Allow(p) => p,
@@ -262,7 +264,9 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
             return None;
         }
     };
-    let mut authz = broker.auth.authz(principal, &client_id, origin.peer.ip());
+    let mut authz = broker
+        .auth
+        .authz(principal, &client_id, origin.peer.ip().to_canonical());
 
     // Keepalive: v5 gets Server Keep Alive; v3 asking too much is refused
     // (as Mosquitto does), since 3.1.1 cannot tell the client.
@@ -390,10 +394,30 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         kick: kick.clone(),
         done: done.clone(),
     };
+    // A session last held by another authenticated user is not handed
+    // over: its subscriptions and messages were granted to that user. The
+    // client gets a fresh session instead (as if it asked for clean start).
+    // Only checked usernames count (without configured authentication a
+    // username is whatever the client says).
+    let user: Option<Arc<str>> = authz
+        .principal
+        .username
+        .as_deref()
+        .filter(|_| broker.auth.required())
+        .map(Arc::from);
+    let foreign = broker.auth.required()
+        && broker.state.session(&key).is_some_and(|s| {
+            let st = s.lock();
+            st.user.is_some() && st.user != user
+        });
+    if foreign {
+        tracing::info!(client = %key.client, "Session belonged to another user: starting a clean one");
+    }
     let (session, present) = broker
         .registry
-        .attach(key.clone(), c.clean_start, expiry, owner)
+        .attach(key.clone(), c.clean_start || foreign, expiry, owner)
         .await;
+    session.lock().user = user;
 
     let mut props = Properties::default();
     if v5 {

@@ -99,6 +99,10 @@ pub struct SessionState {
     pub queued_bytes: usize,
     /// When the session lost its connection; `None` while connected.
     pub disconnected_at: Option<Instant>,
+    /// The username of the client that last attached (`None`: anonymous,
+    /// or restored from disk, which does not record it yet). A client
+    /// authenticated as someone else does not inherit the session.
+    pub user: Option<Arc<str>>,
 }
 
 /// What [`Session::enqueue`] did with a delivery.
@@ -149,6 +153,7 @@ impl Session {
                 next_queue_seq: 0,
                 queued_bytes: 0,
                 disconnected_at: None,
+                user: None,
             }),
         }
     }

@@ -79,6 +79,10 @@ pub struct TlsMaterial {
     files: TlsFiles,
     resumption: Resumption,
     current: Arc<parking_lot::RwLock<Arc<ServerConfig>>>,
+    /// The client-certificate verifier of `current`: a resumed handshake
+    /// carries the certificate of the original one, which is checked
+    /// again (CRL, expiry, CA) against the material in use now.
+    verifier: Arc<parking_lot::RwLock<Arc<dyn rustls::server::danger::ClientCertVerifier>>>,
     /// The files' contents as they were loaded (`reload.rs`).
     loaded: Arc<crate::reload::Snapshot>,
 }
@@ -109,9 +113,11 @@ impl TlsMaterial {
     pub fn load(files: &TlsFiles) -> Result<TlsMaterial, BrokerError> {
         let resumption = Resumption::new()?;
         let loaded = Arc::new(crate::reload::snapshot(&watched(files)));
+        let (config, verifier) = server_config(files, &resumption)?;
         Ok(TlsMaterial {
             loaded,
-            current: Arc::new(parking_lot::RwLock::new(server_config(files, &resumption)?)),
+            current: Arc::new(parking_lot::RwLock::new(config)),
+            verifier: Arc::new(parking_lot::RwLock::new(verifier)),
             files: files.clone(),
             resumption,
         })
@@ -140,11 +146,25 @@ impl TlsMaterial {
         let accept = self.acceptor().accept(stream);
         let e = match tokio::time::timeout_at(deadline, accept).await {
             Ok(Ok(tls)) => {
-                let identity = tls
-                    .get_ref()
-                    .1
-                    .peer_certificates()
-                    .and_then(|c| c.first())
+                let conn = tls.get_ref().1;
+                let certs = conn.peer_certificates().unwrap_or_default();
+                if conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+                    if let Some((end, rest)) = certs.split_first() {
+                        let verifier = self.verifier.read().clone();
+                        let now = rustls::pki_types::UnixTime::now();
+                        if let Err(e) = verifier.verify_client_cert(end, rest, now) {
+                            let reason = match &e {
+                                rustls::Error::InvalidCertificate(c) => format!("{c:?}"),
+                                e => e.to_string(),
+                            };
+                            tracing::info!(%peer, %reason, "TLS client certificate refused on resumption");
+                            metrics.inc(&metrics.tls_handshake_failures);
+                            return None;
+                        }
+                    }
+                }
+                let identity = certs
+                    .first()
                     .and_then(|cert| identity(cert, self.files.identity));
                 return Some((tls, identity));
             }
@@ -173,8 +193,9 @@ impl TlsMaterial {
         let (paths, loaded) = (watched(&self.files), self.loaded.to_vec());
         crate::reload::watch_files(paths, loaded, every, shutdown, move || {
             match server_config(&self.files, &self.resumption) {
-                Ok(config) => {
+                Ok((config, verifier)) => {
                     *self.current.write() = config;
+                    *self.verifier.write() = verifier;
                     metrics.inc(&metrics.tls_reloads);
                     tracing::info!("TLS material changed: new connections use it");
                 }
@@ -231,7 +252,13 @@ impl Resumption {
 pub fn server_config(
     files: &TlsFiles,
     resumption: &Resumption,
-) -> Result<Arc<ServerConfig>, BrokerError> {
+) -> Result<
+    (
+        Arc<ServerConfig>,
+        Arc<dyn rustls::server::danger::ClientCertVerifier>,
+    ),
+    BrokerError,
+> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
         .map_err(|e| bad("--tls-cert", &files.cert, e))?
         .collect::<Result<_, _>>()
@@ -250,10 +277,11 @@ pub fn server_config(
         TlsVersion::V1_2 => &[&rustls::version::TLS13, &rustls::version::TLS12],
         TlsVersion::V1_3 => &[&rustls::version::TLS13],
     };
+    let verifier = client_verifier(files, provider.clone())?;
     let mut config = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(versions)
         .map_err(|e| bad("--tls-min-version", &files.cert, e))?
-        .with_client_cert_verifier(client_verifier(files, provider.clone())?)
+        .with_client_cert_verifier(verifier.clone())
         .with_single_cert(certs, key)
         .map_err(|e| {
             bad(
@@ -269,7 +297,7 @@ pub fn server_config(
     // default, each costing a key derivation and an encryption).
     config.send_tls13_tickets = 1;
     config.session_storage = resumption.cache.clone();
-    Ok(Arc::new(config))
+    Ok((Arc::new(config), verifier))
 }
 
 fn client_verifier(

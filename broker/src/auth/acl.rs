@@ -105,7 +105,7 @@ pub struct ClientAcl {
 /// Characters that would let a username or client id change the shape of
 /// a pattern: wildcards, the level separator, and NUL.
 fn unsafe_in_pattern(s: &str) -> bool {
-    s.contains(['+', '#', '/', '\0'])
+    s.contains(['+', '#', '/', '\0']) || s.starts_with('$')
 }
 
 impl ClientAcl {
@@ -195,24 +195,40 @@ impl ClientAcl {
 /// `pattern` with `%u` and `%c` replaced; `None` when the needed value is
 /// missing or unsafe.
 fn substitute(pattern: &str, subject: &Subject<'_>) -> Option<String> {
-    let mut out = pattern.to_owned();
-    if pattern.contains("%u") {
-        let u = subject
-            .username
-            .filter(|u| !u.is_empty() && !unsafe_in_pattern(u))?;
-        out = out.replace("%u", u);
-    }
-    if pattern.contains("%c") {
-        if subject.client.is_empty() || unsafe_in_pattern(subject.client) {
-            return None;
+    let safe = |s: &str| !s.is_empty() && !unsafe_in_pattern(s);
+    // One pass, so a username containing "%c" is not substituted again.
+    let mut out = String::with_capacity(pattern.len());
+    let mut rest = pattern;
+    while let Some(i) = rest.find('%') {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        if let Some(r) = tail.strip_prefix("%u") {
+            out.push_str(subject.username.filter(|u| safe(u))?);
+            rest = r;
+        } else if let Some(r) = tail.strip_prefix("%c") {
+            out.push_str(Some(subject.client).filter(|c| safe(c))?);
+            rest = r;
+        } else {
+            out.push('%');
+            rest = &tail[1..];
         }
-        out = out.replace("%c", subject.client);
     }
+    out.push_str(rest);
     Some(out)
+}
+
+/// MQTT 4.7.2: a filter starting with a wildcard matches no topic that
+/// starts with `$`.
+fn dollar_mismatch(a: &str, b: &str) -> bool {
+    let wild = |s: &str| s.starts_with(['+', '#']);
+    (a.starts_with('$') && wild(b)) || (b.starts_with('$') && wild(a))
 }
 
 /// Whether every topic `filter` matches is also matched by `pattern`.
 pub fn covers(pattern: &str, filter: &str) -> bool {
+    if dollar_mismatch(pattern, filter) {
+        return false;
+    }
     let mut p = pattern.split('/');
     let mut f = filter.split('/');
     loop {
@@ -228,6 +244,9 @@ pub fn covers(pattern: &str, filter: &str) -> bool {
 
 /// Whether some topic is matched by both `a` and `b`.
 pub fn overlaps(a: &str, b: &str) -> bool {
+    if dollar_mismatch(a, b) {
+        return false;
+    }
     let mut x = a.split('/');
     let mut y = b.split('/');
     loop {
@@ -279,6 +298,11 @@ mod tests {
         assert!(overlaps("a/#", "a"));
         assert!(!overlaps("a/b", "a/c"));
         assert!(!overlaps("a/b", "a/b/c"));
+        // MQTT 4.7.2: `#` reaches no `$` topic.
+        assert!(!covers("#", "$SYS/#"));
+        assert!(covers("$SYS/#", "$SYS/broker/+"));
+        assert!(!overlaps("$SYS/#", "#"));
+        assert!(!overlaps("+/x", "$SYS/x"));
     }
 
     #[test]
@@ -320,7 +344,7 @@ mod tests {
         assert!(!acl.allows(Access::Publish, "devices/t18/temp"));
         assert!(acl.allows(Access::Subscribe, "clients/hub-1/cmd"));
         assert!(!acl.allows(Access::Publish, "clients/hub-1/cmd"));
-        for evil in ["+", "#", "a/b"] {
+        for evil in ["+", "#", "a/b", "$SYS"] {
             let mut acl =
                 ClientAcl::build(&[], &rules, Permission::Allow, &subject(Some(evil), "c"), 0);
             assert!(
@@ -328,6 +352,16 @@ mod tests {
                 "{evil}: the %u deny rule must deny everything"
             );
         }
+        // A username holding "%c" is not substituted twice.
+        let mut tricky = ClientAcl::build(
+            &[],
+            &rules,
+            Permission::Deny,
+            &subject(Some("x%c"), "hub-1"),
+            0,
+        );
+        assert!(tricky.allows(Access::Publish, "devices/x%c/t"));
+        assert!(!tricky.allows(Access::Publish, "devices/xhub-1/t"));
         let mut anon = ClientAcl::build(&[], &rules, Permission::Deny, &subject(None, "c"), 0);
         assert!(!anon.allows(Access::Subscribe, "devices/+/temp"));
     }

@@ -126,14 +126,21 @@ impl JwtVerifier {
         let mut validation = Validation::new(alg);
         validation.leeway = c.leeway_seconds;
         validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp"]);
+        // A configured issuer or audience must be present in the token,
+        // not only match when it happens to be there.
+        let mut required = vec!["exp"];
         if let Some(iss) = &c.issuer {
             validation.set_issuer(&[iss]);
+            required.push("iss");
         }
         match &c.audience {
-            Some(aud) => validation.set_audience(&[aud]),
+            Some(aud) => {
+                validation.set_audience(&[aud]);
+                required.push("aud");
+            }
             None => validation.validate_aud = false,
         }
+        validation.set_required_spec_claims(&required);
         Ok(JwtVerifier {
             key,
             validation,
@@ -167,7 +174,7 @@ impl JwtVerifier {
             .get("exp")
             .and_then(|v| v.as_u64())
             .filter(|_| self.disconnect_on_expiry)
-            .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s));
+            .and_then(|s| SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(s)));
         let mut rules = Vec::new();
         if let Some(acl) = claims.get(&self.acl_claim) {
             let obj = acl

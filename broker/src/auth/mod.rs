@@ -175,15 +175,37 @@ const BACKOFF_FORGET: Duration = Duration::from_secs(600);
 const BACKOFF_ENTRIES: usize = 100_000;
 
 /// Authentication failures per address, and the delay they earn.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Backoff {
     failures: DashMap<IpAddr, (u32, Instant)>,
+    pruned: parking_lot::Mutex<Instant>,
+}
+
+impl Default for Backoff {
+    fn default() -> Backoff {
+        Backoff {
+            failures: DashMap::new(),
+            pruned: parking_lot::Mutex::new(Instant::now()),
+        }
+    }
 }
 
 impl Backoff {
+    /// The key an address is tracked under: IPv4 as is (IPv4-mapped IPv6
+    /// too), IPv6 by its /64, which one host or site usually holds whole.
+    fn key(addr: IpAddr) -> IpAddr {
+        match addr.to_canonical() {
+            IpAddr::V6(v6) => {
+                let s = v6.segments();
+                IpAddr::from([s[0], s[1], s[2], s[3], 0, 0, 0, 0])
+            }
+            v4 => v4,
+        }
+    }
+
     /// How long the next attempt from `addr` waits before it is checked.
     pub fn delay(&self, addr: IpAddr) -> Duration {
-        match self.failures.get(&addr).map(|e| *e) {
+        match self.failures.get(&Self::key(addr)).map(|e| *e) {
             Some((n, last)) if n >= FREE_FAILURES && last.elapsed() < BACKOFF_FORGET => {
                 let shift = (n - FREE_FAILURES).min(16);
                 BACKOFF_BASE.saturating_mul(1 << shift).min(BACKOFF_MAX)
@@ -194,9 +216,21 @@ impl Backoff {
 
     /// Records a failure; returns how many `addr` has now.
     pub fn fail(&self, addr: IpAddr) -> u32 {
-        if self.failures.len() >= BACKOFF_ENTRIES {
-            self.failures
-                .retain(|_, (_, last)| last.elapsed() < BACKOFF_FORGET);
+        let addr = Self::key(addr);
+        if self.failures.len() >= BACKOFF_ENTRIES && !self.failures.contains_key(&addr) {
+            // Prune at most once a second; while the table stays full of
+            // recent failures, new addresses are not tracked (still
+            // counted and logged) rather than grow it.
+            let mut last = self.pruned.lock();
+            if last.elapsed() >= Duration::from_secs(1) {
+                *last = Instant::now();
+                drop(last);
+                self.failures
+                    .retain(|_, (_, last)| last.elapsed() < BACKOFF_FORGET);
+            }
+            if self.failures.len() >= BACKOFF_ENTRIES {
+                return 1;
+            }
         }
         let mut e = self.failures.entry(addr).or_insert((0, Instant::now()));
         if e.1.elapsed() >= BACKOFF_FORGET {
@@ -275,6 +309,11 @@ impl Auth {
         self.realm.read().clone()
     }
 
+    /// Whether any authentication is configured (usernames are checked).
+    pub fn required(&self) -> bool {
+        self.required
+    }
+
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
     }
@@ -291,19 +330,24 @@ impl Auth {
         let decision = if c.password.is_some() && c.cert_identity.is_none() && realm.expensive() {
             // Argon2 and RSA are milliseconds of CPU: off the runtime, one
             // per core at a time.
-            let Ok(_slot) = self.slots.clone().acquire_owned().await else {
+            let Ok(slot) = self.slots.clone().acquire_owned().await else {
                 return Decision::Refuse {
                     code: reason::SERVER_UNAVAILABLE,
                     why: "server shutting down",
                 };
             };
             let (required, anon) = (self.required, self.allow_anonymous);
-            tokio::task::spawn_blocking(move || decide(&realm, &c, required, anon))
-                .await
-                .unwrap_or(Decision::Refuse {
-                    code: reason::UNSPECIFIED_ERROR,
-                    why: "authentication failed",
-                })
+            // The permit moves into the blocking task: it is held for as
+            // long as the check runs, even if this connection goes away.
+            tokio::task::spawn_blocking(move || {
+                let _slot = slot;
+                decide(&realm, &c, required, anon)
+            })
+            .await
+            .unwrap_or(Decision::Refuse {
+                code: reason::UNSPECIFIED_ERROR,
+                why: "authentication failed",
+            })
         } else {
             decide(&realm, &c, self.required, self.allow_anonymous)
         };
@@ -368,6 +412,7 @@ fn decide(realm: &Realm, c: &Credentials, required: bool, allow_anonymous: bool)
             Verdict::Accept(p) => return Decision::Allow(p),
             Verdict::Reject(why) => {
                 tracing::debug!(client = %c.client_id, %why, "Credentials rejected");
+                decoy(realm, c);
                 return bad_credentials();
             }
             Verdict::Pass => {}
@@ -389,13 +434,23 @@ fn decide(realm: &Realm, c: &Credentials, required: bool, allow_anonymous: bool)
             method: "unchecked",
             ..Principal::default()
         }),
-        (_, password) => {
-            // An unknown user costs what a wrong password costs.
-            if let Some(p) = password {
-                let _ = crate::password::verify(decoy_hash(), p);
-            }
+        _ => {
+            decoy(realm, c);
             bad_credentials()
         }
+    }
+}
+
+/// An unknown user (or a rejected token) costs what a wrong password
+/// costs, so timing does not tell which usernames exist. Only when there
+/// are users to hide, and never twice (a wrong password already paid).
+fn decoy(realm: &Realm, c: &Credentials) {
+    let known = c
+        .username
+        .as_ref()
+        .is_some_and(|u| realm.users.0.contains_key(u));
+    if let (false, false, Some(p)) = (realm.users.0.is_empty(), known, &c.password) {
+        let _ = crate::password::verify(decoy_hash(), p);
     }
 }
 
@@ -554,5 +609,14 @@ mod tests {
         }
         assert_eq!(b.delay(a), BACKOFF_MAX);
         assert_eq!(b.delay(IpAddr::from([10, 0, 0, 2])), Duration::ZERO);
+        // IPv4-mapped IPv6 is the same address; an IPv6 /64 is one key.
+        let mapped: IpAddr = "::ffff:10.0.0.1".parse().expect("addr");
+        assert_eq!(b.delay(mapped), BACKOFF_MAX);
+        let v6a: IpAddr = "2001:db8:1:2::1".parse().expect("addr");
+        let v6b: IpAddr = "2001:db8:1:2::ffff".parse().expect("addr");
+        for _ in 0..FREE_FAILURES {
+            b.fail(v6a);
+        }
+        assert_eq!(b.delay(v6b), BACKOFF_BASE);
     }
 }

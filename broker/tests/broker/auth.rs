@@ -291,6 +291,35 @@ async fn v311_denied_publishes_are_dropped_and_subscribes_get_0x80() {
 }
 
 #[tokio::test]
+async fn another_user_does_not_inherit_a_session_by_its_client_id() {
+    let (b, _dir) = acl_broker().await;
+    let durable = |user: &str| {
+        let mut c = login(Protocol::V5, "shared-id", Some(user), Some(b"pw"));
+        c.clean_start = false;
+        c.properties.session_expiry_interval = Some(600);
+        c
+    };
+    let (mut alice, ack) = RawClient::connect_with(b.addr, durable("alice")).await;
+    assert_eq!(ack.reason, 0);
+    alice.subscribe("devices/alice/#", q(1)).await;
+    drop(alice);
+    b.wait_offline("shared-id").await;
+    // ops takes the client id: it gets a fresh session, not alice's.
+    let (mut ops, ack) = RawClient::connect_with(b.addr, durable("ops")).await;
+    assert_eq!(ack.reason, 0);
+    assert!(!ack.session_present, "alice's session is not handed over");
+    let mut feed = logged_in(b.addr, Protocol::V5, "feed", "alice", b"pw").await;
+    feed.publish("devices/alice/door", q(0), 0, b"open").await;
+    ops.expect_silence(Duration::from_millis(300)).await;
+    drop(ops);
+    b.wait_offline("shared-id").await;
+    // The same user resumes its own session as usual.
+    let (_ops, ack) = RawClient::connect_with(b.addr, durable("ops")).await;
+    assert!(ack.session_present);
+    b.stop().await;
+}
+
+#[tokio::test]
 async fn a_will_on_a_denied_topic_refuses_the_connect() {
     let (b, _dir) = acl_broker().await;
     let mut c = login(Protocol::V5, "w", Some("alice"), Some(b"pw"));
@@ -481,6 +510,9 @@ async fn jwt_hs256_rs256_and_es256_tokens_carry_username_and_acl() {
         let mut wrong_issuer = claims("dev-42", now() + 600);
         wrong_issuer["iss"] = "someone else".into();
         let wrong_issuer = sign(alg, &key, &wrong_issuer);
+        let mut no_issuer = claims("dev-42", now() + 600);
+        no_issuer.as_object_mut().expect("object").remove("iss");
+        let no_issuer = sign(alg, &key, &no_issuer);
         let other_alg = sign(
             Algorithm::HS256,
             &jsonwebtoken::EncodingKey::from_secret(b"a different secret of at least 32 bytes"),
@@ -490,6 +522,7 @@ async fn jwt_hs256_rs256_and_es256_tokens_carry_username_and_acl() {
             ("expired", expired),
             ("tampered", tampered),
             ("wrong issuer", wrong_issuer),
+            ("no issuer although one is configured", no_issuer),
             ("foreign key", other_alg),
         ] {
             assert_eq!(

@@ -265,6 +265,12 @@ async fn proxy_headers_v1_and_v2_give_the_real_address_to_rules() {
         reason::NOT_AUTHORIZED,
         "not from 192.0.2.0/24"
     );
+    // An IPv4-mapped IPv6 source is the IPv4 address to rules.
+    let mapped = b"PROXY TCP6 ::ffff:192.0.2.8 ::1 51000 1883\r\n";
+    let mut m = via_proxy(tcp(a).await, mapped, "mapped")
+        .await
+        .expect("v1 TCP6");
+    assert_eq!(m.puback("lan/x").await, reason::NO_MATCHING_SUBSCRIBERS);
     // LOCAL (a load balancer's health check) keeps the socket's address.
     let mut local = via_proxy(tcp(a).await, &v2_header("192.0.2.1:1", true), "local")
         .await

@@ -399,9 +399,18 @@ async fn revoked_client_certificates_are_refused_and_crl_updates_apply() {
     let cert =
         |serial| pki.client_with_cert(pki.client_cert_with("dev", Validity::Current, serial));
     assert!(mqtt_connect(addr, cert(1001)).await.is_none(), "revoked");
-    assert!(
-        mqtt_connect(addr, cert(1002)).await.is_some(),
+    // This client keeps its session ticket: after the revocation it tries
+    // to resume, and resumption must not skip the CRL.
+    let resuming = cert(1002);
+    assert_eq!(
+        mqtt_connect(addr, resuming.clone()).await,
+        Some(rustls::HandshakeKind::Full),
         "not revoked"
+    );
+    assert_eq!(
+        mqtt_connect(addr, resuming.clone()).await,
+        Some(rustls::HandshakeKind::Resumed),
+        "resumes while valid"
     );
     // A new CRL (written elsewhere, then renamed into place) revokes 1002
     // for new connections.
@@ -415,6 +424,10 @@ async fn revoked_client_certificates_are_refused_and_crl_updates_apply() {
     assert!(
         mqtt_connect(addr, cert(1002)).await.is_none(),
         "revoked now"
+    );
+    assert!(
+        mqtt_connect(addr, resuming).await.is_none(),
+        "a resumed handshake is refused too"
     );
     assert!(mqtt_connect(addr, cert(1003)).await.is_some());
     b.stop().await;
