@@ -247,14 +247,15 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     };
 
     // Who is connecting (certificate, password, JWT or anonymous).
+    // IPv4-mapped IPv6 (dual-stack listeners, PROXY TCP6) counts as IPv4,
+    // so ACL `address` rules and the backoff see one form.
+    let address = origin.peer.ip().to_canonical();
     let credentials = Credentials {
         client_id: client_id.clone(),
         username: c.username.clone(),
         password: c.password.as_ref().map(|p| p.to_vec()),
         cert_identity: origin.cert_identity.clone(),
-        // IPv4-mapped IPv6 (dual-stack listeners, PROXY TCP6) as IPv4, so
-        // ACL `address` rules and the backoff see one form.
-        address: origin.peer.ip().to_canonical(),
+        address,
     };
     let principal = match broker.auth.authenticate(credentials, metrics).await {
         Decision::Allow(p) => p,
@@ -264,9 +265,7 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
             return None;
         }
     };
-    let mut authz = broker
-        .auth
-        .authz(principal, &client_id, origin.peer.ip().to_canonical());
+    let mut authz = broker.auth.authz(principal, &client_id, address);
 
     // Keepalive: v5 gets Server Keep Alive; v3 asking too much is refused
     // (as Mosquitto does), since 3.1.1 cannot tell the client.
@@ -405,11 +404,10 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         .as_deref()
         .filter(|_| broker.auth.required())
         .map(Arc::from);
-    let foreign = broker.auth.required()
-        && broker.state.session(&key).is_some_and(|s| {
-            let st = s.lock();
-            st.user.is_some() && st.user != user
-        });
+    let foreign = broker.state.session(&key).is_some_and(|s| {
+        let st = s.lock();
+        st.user.is_some() && st.user != user
+    });
     if foreign {
         tracing::info!(client = %key.client, "Session belonged to another user: starting a clean one");
     }
@@ -455,7 +453,6 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         pending_pubacks: 0,
         held_publish: None,
         problem_info: c.properties.request_problem_information != Some(0),
-        auth_deadline: authz.expires_at(),
         authz,
     };
     conn.send(&Packet::ConnAck(ConnAck {

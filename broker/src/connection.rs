@@ -131,10 +131,9 @@ pub struct Conn<S> {
     /// the connection yields before reading more, so the runtime spends
     /// its time draining queues rather than accepting messages it drops.
     pub overflowed: bool,
-    /// Who the client is and what it may do (`auth/`).
+    /// Who the client is and what it may do (`auth/`); when its
+    /// credentials expire (a JWT's `exp`) the connection closes.
     pub authz: crate::auth::Authz,
-    /// When the credentials expire (a JWT's `exp`): the connection closes.
-    pub auth_deadline: Option<Instant>,
 }
 
 /// Serves one accepted connection until it closes. `over_limit` is true
@@ -215,7 +214,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             let room =
                 self.io.wbuf.len() < WRITE_HIGH_WATER && self.pending.len() < PENDING_HIGH_WATER;
             let deadline = self.keepalive_deadline();
-            let auth_deadline = self.auth_deadline.map(tokio::time::Instant::from_std);
+            let auth_deadline = self.authz.expires_at();
             // Wait on the front ticket even if it became durable since
             // `release_pending` looked: the wait then returns at once, where
             // skipping it could leave the acks held with nothing to wake us.

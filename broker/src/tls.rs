@@ -78,13 +78,19 @@ pub struct TlsFiles {
 pub struct TlsMaterial {
     files: TlsFiles,
     resumption: Resumption,
-    current: Arc<parking_lot::RwLock<Arc<ServerConfig>>>,
-    /// The client-certificate verifier of `current`: a resumed handshake
-    /// carries the certificate of the original one, which is checked
-    /// again (CRL, expiry, CA) against the material in use now.
-    verifier: Arc<parking_lot::RwLock<Arc<dyn rustls::server::danger::ClientCertVerifier>>>,
+    current: Arc<parking_lot::RwLock<Built>>,
     /// The files' contents as they were loaded (`reload.rs`).
     loaded: Arc<crate::reload::Snapshot>,
+}
+
+/// A server configuration and the client-certificate verifier inside it
+/// (rustls does not hand it back): a resumed handshake carries the
+/// certificate of the original one, which is checked again (CA, expiry,
+/// CRL) with the verifier of the material in use.
+#[derive(Clone)]
+pub struct Built {
+    pub config: Arc<ServerConfig>,
+    pub verifier: Arc<dyn rustls::server::danger::ClientCertVerifier>,
 }
 
 impl std::fmt::Debug for TlsMaterial {
@@ -113,19 +119,13 @@ impl TlsMaterial {
     pub fn load(files: &TlsFiles) -> Result<TlsMaterial, BrokerError> {
         let resumption = Resumption::new()?;
         let loaded = Arc::new(crate::reload::snapshot(&watched(files)));
-        let (config, verifier) = server_config(files, &resumption)?;
+        let built = server_config(files, &resumption)?;
         Ok(TlsMaterial {
             loaded,
-            current: Arc::new(parking_lot::RwLock::new(config)),
-            verifier: Arc::new(parking_lot::RwLock::new(verifier)),
+            current: Arc::new(parking_lot::RwLock::new(built)),
             files: files.clone(),
             resumption,
         })
-    }
-
-    /// An acceptor with the material in use now.
-    pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
-        tokio_rustls::TlsAcceptor::from(self.current.read().clone())
     }
 
     /// Runs the handshake of one accepted stream with the material in use
@@ -143,20 +143,17 @@ impl TlsMaterial {
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
-        let accept = self.acceptor().accept(stream);
+        let built = self.current.read().clone();
+        let accept = tokio_rustls::TlsAcceptor::from(built.config).accept(stream);
         let e = match tokio::time::timeout_at(deadline, accept).await {
             Ok(Ok(tls)) => {
                 let conn = tls.get_ref().1;
                 let certs = conn.peer_certificates().unwrap_or_default();
                 if conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
                     if let Some((end, rest)) = certs.split_first() {
-                        let verifier = self.verifier.read().clone();
                         let now = rustls::pki_types::UnixTime::now();
-                        if let Err(e) = verifier.verify_client_cert(end, rest, now) {
-                            let reason = match &e {
-                                rustls::Error::InvalidCertificate(c) => format!("{c:?}"),
-                                e => e.to_string(),
-                            };
+                        if let Err(e) = built.verifier.verify_client_cert(end, rest, now) {
+                            let reason = refusal_reason(&e).unwrap_or_else(|| e.to_string());
                             tracing::info!(%peer, %reason, "TLS client certificate refused on resumption");
                             metrics.inc(&metrics.tls_handshake_failures);
                             return None;
@@ -193,9 +190,8 @@ impl TlsMaterial {
         let (paths, loaded) = (watched(&self.files), self.loaded.to_vec());
         crate::reload::watch_files(paths, loaded, every, shutdown, move || {
             match server_config(&self.files, &self.resumption) {
-                Ok((config, verifier)) => {
-                    *self.current.write() = config;
-                    *self.verifier.write() = verifier;
+                Ok(built) => {
+                    *self.current.write() = built;
                     metrics.inc(&metrics.tls_reloads);
                     tracing::info!("TLS material changed: new connections use it");
                 }
@@ -249,16 +245,7 @@ impl Resumption {
 
 /// Reads the files and builds the server configuration; every failure
 /// names the flag and the file.
-pub fn server_config(
-    files: &TlsFiles,
-    resumption: &Resumption,
-) -> Result<
-    (
-        Arc<ServerConfig>,
-        Arc<dyn rustls::server::danger::ClientCertVerifier>,
-    ),
-    BrokerError,
-> {
+pub fn server_config(files: &TlsFiles, resumption: &Resumption) -> Result<Built, BrokerError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
         .map_err(|e| bad("--tls-cert", &files.cert, e))?
         .collect::<Result<_, _>>()
@@ -297,7 +284,10 @@ pub fn server_config(
     // default, each costing a key derivation and an encryption).
     config.send_tls13_tickets = 1;
     config.session_storage = resumption.cache.clone();
-    Ok((Arc::new(config), verifier))
+    Ok(Built {
+        config: Arc::new(config),
+        verifier,
+    })
 }
 
 fn client_verifier(
@@ -396,8 +386,12 @@ pub fn identity(cert: &CertificateDer<'_>, field: IdentityField) -> Option<Strin
 /// (expired, unknown CA, revoked...) are named, everything else is
 /// "handshake failed".
 pub fn certificate_problem(e: &std::io::Error) -> Option<String> {
-    let inner = e.get_ref()?.downcast_ref::<rustls::Error>()?;
-    match inner {
+    refusal_reason(e.get_ref()?.downcast_ref::<rustls::Error>()?)
+}
+
+/// The reason a client certificate was refused, if that is what `e` is.
+fn refusal_reason(e: &rustls::Error) -> Option<String> {
+    match e {
         rustls::Error::InvalidCertificate(c) => Some(format!("{c:?}")),
         rustls::Error::NoCertificatesPresented => Some("no client certificate".into()),
         _ => None,

@@ -17,7 +17,6 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Arc;
 
 use serde::Deserialize;
 
@@ -42,8 +41,8 @@ pub enum Action {
 /// The two things a client asks to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Access {
-    Publish,
-    Subscribe,
+    Publish = 0,
+    Subscribe = 1,
 }
 
 impl Access {
@@ -97,13 +96,13 @@ const CACHE_ENTRIES: usize = 256;
 pub struct ClientAcl {
     rules: Vec<ClientRule>,
     default: Permission,
-    cache: HashMap<(Access, Arc<str>), bool>,
-    /// The auth generation the rules were built from (see `auth/mod.rs`).
-    pub generation: u64,
+    /// Cached decisions by topic, one map per access kind, so a hit is a
+    /// lookup by `&str` with no allocation (the publish path).
+    cache: [HashMap<Box<str>, bool>; 2],
 }
 
 /// Characters that would let a username or client id change the shape of
-/// a pattern: wildcards, the level separator, and NUL.
+/// a pattern: wildcards, the level separator, NUL, and a leading `$`.
 fn unsafe_in_pattern(s: &str) -> bool {
     s.contains(['+', '#', '/', '\0']) || s.starts_with('$')
 }
@@ -118,7 +117,6 @@ impl ClientAcl {
         rules: &[Rule],
         default: Permission,
         subject: &Subject<'_>,
-        generation: u64,
     ) -> ClientAcl {
         let mut out = Vec::new();
         for rule in claims.iter().chain(rules) {
@@ -153,22 +151,23 @@ impl ClientAcl {
         ClientAcl {
             rules: out,
             default,
-            cache: HashMap::new(),
-            generation,
+            cache: Default::default(),
         }
     }
 
     /// Whether `access` to `topic` (a topic name for publish, a filter
     /// without any `$share/group/` prefix for subscribe) is allowed.
     pub fn allows(&mut self, access: Access, topic: &str) -> bool {
-        if let Some(&d) = self.cache.get(&(access, Arc::from(topic))) {
+        let i = access as usize;
+        if let Some(&d) = self.cache[i].get(topic) {
             return d;
         }
         let decision = self.decide(access, topic);
-        if self.cache.len() >= CACHE_ENTRIES {
-            self.cache.clear();
+        let cache = &mut self.cache[i];
+        if cache.len() >= CACHE_ENTRIES {
+            cache.clear();
         }
-        self.cache.insert((access, Arc::from(topic)), decision);
+        cache.insert(topic.into(), decision);
         decision
     }
 
@@ -311,7 +310,7 @@ mod tests {
             rule(Permission::Deny, Action::All, "secret/#"),
             rule(Permission::Allow, Action::All, "#"),
         ];
-        let mut acl = ClientAcl::build(&[], &rules, Permission::Deny, &subject(None, "c"), 0);
+        let mut acl = ClientAcl::build(&[], &rules, Permission::Deny, &subject(None, "c"));
         assert!(acl.allows(Access::Publish, "a/b"));
         assert!(!acl.allows(Access::Publish, "secret/x"));
         assert!(
@@ -337,7 +336,6 @@ mod tests {
             &rules,
             Permission::Deny,
             &subject(Some("t17"), "hub-1"),
-            0,
         );
         assert!(acl.allows(Access::Publish, "devices/t17/temp"));
         assert!(!acl.allows(Access::Publish, "devices/t17/locked"));
@@ -346,7 +344,7 @@ mod tests {
         assert!(!acl.allows(Access::Publish, "clients/hub-1/cmd"));
         for evil in ["+", "#", "a/b", "$SYS"] {
             let mut acl =
-                ClientAcl::build(&[], &rules, Permission::Allow, &subject(Some(evil), "c"), 0);
+                ClientAcl::build(&[], &rules, Permission::Allow, &subject(Some(evil), "c"));
             assert!(
                 !acl.allows(Access::Publish, "anything"),
                 "{evil}: the %u deny rule must deny everything"
@@ -358,11 +356,10 @@ mod tests {
             &rules,
             Permission::Deny,
             &subject(Some("x%c"), "hub-1"),
-            0,
         );
         assert!(tricky.allows(Access::Publish, "devices/x%c/t"));
         assert!(!tricky.allows(Access::Publish, "devices/xhub-1/t"));
-        let mut anon = ClientAcl::build(&[], &rules, Permission::Deny, &subject(None, "c"), 0);
+        let mut anon = ClientAcl::build(&[], &rules, Permission::Deny, &subject(None, "c"));
         assert!(!anon.allows(Access::Subscribe, "devices/+/temp"));
     }
 
@@ -373,20 +370,14 @@ mod tests {
         let mut lan = rule(Permission::Allow, Action::Publish, "lan/#");
         lan.address = Some("10.0.0.0/8".parse().expect("net"));
         let rules = vec![only_ops, lan, rule(Permission::Deny, Action::All, "#")];
-        let mut ops =
-            ClientAcl::build(&[], &rules, Permission::Deny, &subject(Some("ops"), "x"), 0);
+        let mut ops = ClientAcl::build(&[], &rules, Permission::Deny, &subject(Some("ops"), "x"));
         assert!(ops.allows(Access::Subscribe, "#"));
         assert!(!ops.allows(Access::Publish, "lan/x"), "not from 10/8");
-        let mut other = ClientAcl::build(
-            &[],
-            &rules,
-            Permission::Allow,
-            &subject(Some("dev"), "x"),
-            0,
-        );
+        let mut other =
+            ClientAcl::build(&[], &rules, Permission::Allow, &subject(Some("dev"), "x"));
         assert!(!other.allows(Access::Subscribe, "a"));
         let claims = vec![rule(Permission::Allow, Action::Publish, "jwt/only")];
-        let mut jwt = ClientAcl::build(&claims, &rules, Permission::Deny, &subject(None, "x"), 0);
+        let mut jwt = ClientAcl::build(&claims, &rules, Permission::Deny, &subject(None, "x"));
         assert!(jwt.allows(Access::Publish, "jwt/only"));
         assert!(!jwt.allows(Access::Publish, "jwt/other"));
     }

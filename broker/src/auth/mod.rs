@@ -366,7 +366,12 @@ impl Auth {
 
     /// The connection's authorization state for `principal`.
     pub fn authz(&self, principal: Principal, client: &str, address: IpAddr) -> Authz {
+        let expires_at = principal.expires.map(|exp| {
+            let left = exp.duration_since(SystemTime::now()).unwrap_or_default();
+            tokio::time::Instant::now() + left
+        });
         let mut z = Authz {
+            expires_at,
             principal,
             client: client.to_owned(),
             address,
@@ -470,6 +475,8 @@ pub struct Authz {
     /// `None`: the realm allows everything (no rules, default allow).
     acl: Option<ClientAcl>,
     generation: u64,
+    /// `principal.expires` as a deadline, fixed at CONNECT.
+    expires_at: Option<tokio::time::Instant>,
 }
 
 impl Authz {
@@ -489,7 +496,6 @@ impl Authz {
                     client: &self.client,
                     address: self.address,
                 },
-                generation,
             )
         });
         self.generation = generation;
@@ -512,10 +518,8 @@ impl Authz {
     }
 
     /// When the credentials expire, as a deadline for the connection.
-    pub fn expires_at(&self) -> Option<Instant> {
-        let exp = self.principal.expires?;
-        let left = exp.duration_since(SystemTime::now()).unwrap_or_default();
-        Some(Instant::now() + left)
+    pub fn expires_at(&self) -> Option<tokio::time::Instant> {
+        self.expires_at
     }
 }
 

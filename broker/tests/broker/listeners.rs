@@ -319,7 +319,7 @@ async fn missing_or_malformed_proxy_headers_close_the_connection() {
 }
 
 #[tokio::test]
-async fn proxy_headers_on_tls_and_websocket_listeners_by_address() {
+async fn proxy_headers_on_tls_and_websocket_listeners() {
     let pki = TestPki::new();
     let b = TestBroker::with(|c| {
         pki.configure(c, TlsVersion::V1_2);
