@@ -5,6 +5,10 @@
 # RSA-2048 (cert-manager's default), TLS 1.3, and ECDSA with TLS 1.2. The
 # broker under test is pinned to core 1, the client to core 0. Rounds are
 # interleaved; every run is bounded by SECONDS.
+# Then the handshake alone: `tls_bench handshakes` runs handshakes in
+# memory against Porchlight's own server configuration (no TCP, no MQTT,
+# no kernel), pinned to core 1, and reports handshakes per second of
+# server time, full and resumed, for each certificate and version.
 #   usage: scripts/bench-tls.sh [ROUNDS] [SECONDS] [CONCURRENCY]
 #   needs: mosquitto (apt-get install mosquitto), taskset
 set -euo pipefail
@@ -64,7 +68,7 @@ echo "porchlight $(git rev-parse --short HEAD); $("$mosquitto" -h | head -1); $(
 echo "X25519; $secs s per run, $conc concurrent connects; broker on core 1, client on core 0"
 for r in $(seq "$rounds"); do
   echo "--- round $r"
-  for combo in "ecdsa 1.3" "rsa 1.3" "ecdsa 1.2"; do
+  for combo in "ecdsa 1.3" "rsa 1.3" "ecdsa 1.2" "rsa 1.2"; do
   read -r key ver <<<"$combo"
   for mode in full resumed; do
     for broker in porchlight mosquitto; do
@@ -82,5 +86,15 @@ for r in $(seq "$rounds"); do
       stop
     done
   done
+  done
+done
+echo "--- handshakes alone (in memory, Porchlight's server configuration, $secs s each)"
+for r in $(seq "$rounds"); do
+  for combo in "ecdsa 1.3" "rsa 1.3" "ecdsa 1.2" "rsa 1.2"; do
+    read -r key ver <<<"$combo"
+    for mode in full resumed; do
+      printf '%-5s %s %-8s %s\n' $key $ver $mode \
+        "$(taskset -c 1 $tb handshakes "$work/pki-$key" $mode "$secs" "$ver")"
+    done
   done
 done

@@ -3,7 +3,9 @@
 //! Owns loading the PEM certificate chain and private key (`--tls-cert`,
 //! `--tls-key`) into a rustls `ServerConfig`: TLS 1.2 and 1.3 with the
 //! provider's modern suites only, or 1.3 alone (`--tls-min-version 1.3`),
-//! and ALPN `mqtt` offered. With `--tls-client-ca`, client certificates
+//! and ALPN `mqtt` offered; the server picks AES-128-GCM first unless the
+//! client lists ChaCha20 first (two configurations, chosen after reading
+//! the ClientHello; `docs/decisions/0005-tls-handshake-rate.md`). With `--tls-client-ca`, client certificates
 //! are verified against that CA (`--tls-client-auth optional|required`),
 //! including validity dates; [`identity`] turns a verified certificate
 //! into the name given by `--tls-identity-field`. [`TlsMaterial`] holds
@@ -89,7 +91,11 @@ pub struct TlsMaterial {
 /// CRL) with the verifier of the material in use.
 #[derive(Clone)]
 pub struct Built {
+    /// Server cipher-suite order: AES-128-GCM first.
     pub config: Arc<ServerConfig>,
+    /// The same, honouring the client's order: for clients that put
+    /// ChaCha20 first (devices without AES hardware).
+    pub client_order: Arc<ServerConfig>,
     pub verifier: Arc<dyn rustls::server::danger::ClientCertVerifier>,
 }
 
@@ -128,6 +134,12 @@ impl TlsMaterial {
         })
     }
 
+    /// The configuration a new connection gets now (the server's
+    /// cipher-suite order), for benchmarks and tests.
+    pub fn config(&self) -> Arc<ServerConfig> {
+        self.current.read().config.clone()
+    }
+
     /// Runs the handshake of one accepted stream with the material in use
     /// now, until `deadline`; returns the encrypted stream and the client
     /// certificate's identity. A failure or timeout is logged
@@ -144,7 +156,16 @@ impl TlsMaterial {
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
         let built = self.current.read().clone();
-        let accept = tokio_rustls::TlsAcceptor::from(built.config).accept(stream);
+        let accept = async {
+            let acceptor = rustls::server::Acceptor::default();
+            let start = tokio_rustls::LazyConfigAcceptor::new(acceptor, stream).await?;
+            let config = if prefers_chacha(start.client_hello().cipher_suites()) {
+                built.client_order.clone()
+            } else {
+                built.config.clone()
+            };
+            start.into_stream(config).await
+        };
         let e = match tokio::time::timeout_at(deadline, accept).await {
             Ok(Ok(tls)) => {
                 let conn = tls.get_ref().1;
@@ -259,7 +280,11 @@ pub fn server_config(files: &TlsFiles, resumption: &Resumption) -> Result<Built,
     }
     let key =
         PrivateKeyDer::from_pem_file(&files.key).map_err(|e| bad("--tls-key", &files.key, e))?;
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    provider
+        .cipher_suites
+        .sort_by_key(|s| suite_rank(s.suite()));
+    let provider = Arc::new(provider);
     let versions: &[&rustls::SupportedProtocolVersion] = match files.min_version {
         TlsVersion::V1_2 => &[&rustls::version::TLS13, &rustls::version::TLS12],
         TlsVersion::V1_3 => &[&rustls::version::TLS13],
@@ -284,10 +309,47 @@ pub fn server_config(files: &TlsFiles, resumption: &Resumption) -> Result<Built,
     // default, each costing a key derivation and an encryption).
     config.send_tls13_tickets = 1;
     config.session_storage = resumption.cache.clone();
+    let client_order = Arc::new(config.clone());
+    config.ignore_client_order = true;
     Ok(Built {
         config: Arc::new(config),
+        client_order,
         verifier,
     })
+}
+
+/// The server's cipher-suite preference: AES-128-GCM, then AES-256-GCM,
+/// then ChaCha20-Poly1305. AES-128's key schedule runs on SHA-256, which
+/// CPUs accelerate; AES-256's runs on SHA-384, which AWS-LC computes in
+/// software on x86 (`docs/decisions/0005-tls-handshake-rate.md`).
+fn suite_rank(suite: rustls::CipherSuite) -> u8 {
+    use rustls::CipherSuite as C;
+    match suite {
+        C::TLS13_AES_128_GCM_SHA256
+        | C::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+        | C::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 => 0,
+        C::TLS13_AES_256_GCM_SHA384
+        | C::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
+        | C::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384 => 1,
+        _ => 2,
+    }
+}
+
+/// Whether the client's first cipher suite we know is ChaCha20: such a
+/// client has said it lacks AES hardware, so its order is honoured.
+fn prefers_chacha(offered: &[rustls::CipherSuite]) -> bool {
+    use rustls::CipherSuite as C;
+    offered
+        .iter()
+        .find(|s| !matches!(s, C::Unknown(_)))
+        .is_some_and(|s| {
+            matches!(
+                s,
+                C::TLS13_CHACHA20_POLY1305_SHA256
+                    | C::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256
+                    | C::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256
+            )
+        })
 }
 
 fn client_verifier(

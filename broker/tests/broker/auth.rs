@@ -600,3 +600,49 @@ async fn a_client_certificate_is_the_username_for_acl_rules() {
     assert_eq!(ack.reason, reason::NOT_AUTHORIZED);
     b.stop().await;
 }
+
+/// A failed login behind a PROXY v1 header naming `source`: the CONNACK
+/// reason and how long the answer took.
+async fn failed_via_proxy(addr: std::net::SocketAddr, source: &str, id: &str) -> (u8, Duration) {
+    let mut bytes = format!("PROXY TCP4 {source} 10.0.0.1 51000 1883\r\n").into_bytes();
+    let mut connect = bytes::BytesMut::new();
+    let c = login(Protocol::V5, id, Some("u"), Some(b"guess"));
+    porchlight_broker::codec::encode(&Packet::Connect(Box::new(c)), Protocol::V5, &mut connect);
+    bytes.extend_from_slice(&connect);
+    let started = Instant::now();
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("tcp");
+    let mut raw = RawClient::over(Box::new(stream), Protocol::V5);
+    raw.send_bytes(&bytes).await;
+    match raw.recv().await {
+        Some(Packet::ConnAck(a)) => (a.reason, started.elapsed()),
+        other => panic!("expected a CONNACK, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn behind_a_proxy_the_backoff_follows_the_real_address() {
+    let text = format!("[[users]]\nusername = \"u\"\npassword = \"{}\"\n", phc("p"));
+    let (b, _dir) = auth_broker(&text, |c| {
+        c.proxy_protocol.kinds = vec![porchlight_broker::server::ListenerKind::Tcp];
+    })
+    .await;
+    // Every connection comes from 127.0.0.1; the headers name two devices.
+    for i in 0..4 {
+        let (code, _) = failed_via_proxy(b.addr, "192.0.2.10", &format!("a{i}")).await;
+        assert_eq!(code, reason::BAD_USER_NAME_OR_PASSWORD);
+    }
+    let (_, slowed) = failed_via_proxy(b.addr, "192.0.2.10", "a5").await;
+    assert!(
+        slowed >= Duration::from_millis(200),
+        "the fifth failure waited {slowed:?}"
+    );
+    // Keyed by the socket address, this would be the sixth failure (400 ms).
+    let (code, other) = failed_via_proxy(b.addr, "192.0.2.11", "b1").await;
+    assert_eq!(code, reason::BAD_USER_NAME_OR_PASSWORD);
+    assert!(
+        other + Duration::from_millis(100) < slowed,
+        "another device behind the same proxy waited {other:?} (the slowed one {slowed:?})"
+    );
+    assert_eq!(Metrics::get(&b.broker.metrics.auth_failures), 6);
+    b.stop().await;
+}

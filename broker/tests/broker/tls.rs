@@ -690,3 +690,87 @@ async fn reconnects_resume_the_tls_session_in_1_2_and_1_3() {
     }
     b.stop().await;
 }
+
+/// Clients listing `suites` first (then the provider's others), over TLS
+/// `version`: the suite the broker picks.
+async fn negotiated_suite(
+    pki: &TestPki,
+    addr: std::net::SocketAddr,
+    version: &'static rustls::SupportedProtocolVersion,
+    first: &[rustls::CipherSuite],
+) -> rustls::CipherSuite {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pki.ca.clone()).expect("root");
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    provider
+        .cipher_suites
+        .sort_by_key(|s| !first.contains(&s.suite()));
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(&[version])
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = TcpStream::connect(addr).await.expect("tcp");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let s = tokio::time::timeout(
+        WAIT,
+        TlsConnector::from(Arc::new(config)).connect(name, tcp),
+    )
+    .await
+    .expect("in time")
+    .expect("handshake");
+    s.get_ref()
+        .1
+        .negotiated_cipher_suite()
+        .expect("suite")
+        .suite()
+}
+
+#[tokio::test]
+async fn aes_128_is_preferred_unless_the_client_puts_chacha20_first() {
+    use rustls::CipherSuite as C;
+    let pki = TestPki::new();
+    let b = tls_broker(&pki, TlsVersion::V1_2).await;
+    let addr = b.tls_addr.expect("addr");
+    let cases: [(&'static rustls::SupportedProtocolVersion, &[C], C); 6] = [
+        // rustls and OpenSSL clients list AES-256 first.
+        (
+            &rustls::version::TLS13,
+            &[C::TLS13_AES_256_GCM_SHA384],
+            C::TLS13_AES_128_GCM_SHA256,
+        ),
+        (&rustls::version::TLS13, &[], C::TLS13_AES_128_GCM_SHA256),
+        (
+            &rustls::version::TLS13,
+            &[C::TLS13_CHACHA20_POLY1305_SHA256],
+            C::TLS13_CHACHA20_POLY1305_SHA256,
+        ),
+        (
+            &rustls::version::TLS12,
+            &[C::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384],
+            C::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        ),
+        (
+            &rustls::version::TLS12,
+            &[C::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256],
+            C::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+        ),
+        // ChaCha20 second is still the server's choice.
+        (
+            &rustls::version::TLS13,
+            &[
+                C::TLS13_AES_256_GCM_SHA384,
+                C::TLS13_CHACHA20_POLY1305_SHA256,
+            ],
+            C::TLS13_AES_128_GCM_SHA256,
+        ),
+    ];
+    for (version, first, want) in cases {
+        assert_eq!(
+            negotiated_suite(&pki, addr, version, first).await,
+            want,
+            "{version:?} client first {first:?}"
+        );
+    }
+    b.stop().await;
+}
