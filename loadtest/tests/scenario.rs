@@ -1,0 +1,221 @@
+//! porchlight-loadtest against a real Porchlight broker in this process
+//! (127.0.0.1, port 0): the numbers of a mixed scenario must add up, and
+//! the report files must be written.
+
+use std::time::Duration;
+
+use porchlight_broker::server::Server;
+use porchlight_loadtest::plan::{Connection, Group, Plan, Role, Version};
+use porchlight_loadtest::run::{self, Options, Progress};
+use tokio_util::sync::CancellationToken;
+
+struct Broker {
+    addr: std::net::SocketAddr,
+    shutdown: CancellationToken,
+    handle: tokio::task::JoinHandle<()>,
+    _dir: tempfile::TempDir,
+}
+
+async fn broker() -> Broker {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = porchlight_broker::Config::for_tests(dir.path().join("data"));
+    config.sys_interval = None;
+    let shutdown = CancellationToken::new();
+    let server = Server::bind(config, shutdown.clone()).await.expect("bind");
+    let addr = server.local_addrs()[0];
+    let handle = tokio::spawn(server.run());
+    Broker {
+        addr,
+        shutdown,
+        handle,
+        _dir: dir,
+    }
+}
+
+impl Broker {
+    async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.handle).await;
+    }
+}
+
+fn connection(addr: std::net::SocketAddr, version: Version) -> Connection {
+    Connection {
+        hosts: vec![addr.to_string()],
+        version,
+        keepalive: 30,
+        username: None,
+        password: None,
+        clean: true,
+        session_expiry: 0,
+        src_ips: vec![],
+        tls: None,
+        connect_rate: 0.0,
+        connect_timeout: Duration::from_secs(5),
+        reconnect: None,
+        client_prefix: format!("it{}", std::process::id()),
+    }
+}
+
+fn options() -> Options {
+    Options {
+        broker_pid: Some(std::process::id()),
+        progress: Progress::Quiet,
+        command: "test".into(),
+    }
+}
+
+fn sub(name: &str, count: usize, topic: &str, qos: u8, shared: Option<&str>) -> Group {
+    Group {
+        name: name.into(),
+        count,
+        role: Role::Subscriber {
+            topic: topic.into(),
+            qos,
+            shared: shared.map(str::to_owned),
+        },
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mixed_scenario_adds_up_in_both_versions() {
+    for version in [Version::V4, Version::V5] {
+        let b = broker().await;
+        let plan = Plan {
+            name: "mixed".into(),
+            connection: connection(b.addr, version),
+            groups: vec![
+                Group {
+                    name: "idle".into(),
+                    count: 20,
+                    role: Role::Idle,
+                },
+                // Every message twice, once more through the shared
+                // group, and each publisher's own once more: 4 × sent.
+                sub("all", 2, "bench/#", 1, None),
+                sub("shared", 3, "bench/#", 1, Some("g")),
+                sub("p2p", 5, "bench/%i", 0, None),
+                // Matches nothing the publishers send.
+                sub("other", 1, "elsewhere/+", 1, None),
+                Group {
+                    name: "pub".into(),
+                    count: 5,
+                    role: Role::Publisher {
+                        topic: "bench/%i".into(),
+                        qos: 1,
+                        size: 100,
+                        rate: 200.0,
+                        limit: None,
+                        inflight: 50,
+                        retain: false,
+                    },
+                },
+            ],
+            duration: Duration::from_secs(1),
+            drain: Duration::from_secs(5),
+            connect_deadline: Duration::from_secs(30),
+        };
+        let s = run::run(plan, options()).await.expect("runs");
+        assert_eq!(s.clients, 36);
+        assert_eq!(s.connects, 36, "{version:?}");
+        assert_eq!(
+            (s.connect_failures, s.dropped, s.subscribe_failures),
+            (0, 0, 0)
+        );
+        // 5 publishers at 200/s for a second: about 1,000 messages.
+        assert!((800..=1_300).contains(&s.sent), "sent {}", s.sent);
+        assert_eq!(s.acked, s.sent, "every QoS 1 publish acknowledged");
+        let expected = s.expected.expect("publishers ran here");
+        assert_eq!(expected, 4 * s.sent);
+        assert_eq!(s.unique + s.lost, expected);
+        assert_eq!(s.lost, 0, "{version:?}: nothing lost at this rate");
+        assert_eq!(s.received, s.unique + s.duplicates);
+        assert_eq!(
+            (s.duplicates, s.out_of_order, s.unexpected, s.foreign),
+            (0, 0, 0, 0)
+        );
+        assert_eq!(s.latency_us.count, s.received);
+        assert!(s.latency_us.p50 > 0 && s.latency_us.p50 <= s.latency_us.p99);
+        assert!(s.latency_us.p99 <= s.latency_us.max);
+        assert_eq!(s.connect_latency_us.count, 36);
+        assert!(s.broker.is_some() && s.broker_bytes_per_connection.is_some());
+        assert!(!s.series.is_empty());
+        b.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_reports_and_a_missing_broker() {
+    let b = broker().await;
+    let plan = Plan {
+        name: "limited".into(),
+        connection: connection(b.addr, Version::V4),
+        groups: vec![
+            sub("s", 1, "t/#", 0, None),
+            Group {
+                name: "p".into(),
+                count: 2,
+                role: Role::Publisher {
+                    topic: "t/%c".into(),
+                    qos: 0,
+                    size: 10,
+                    rate: 0.0,
+                    limit: Some(500),
+                    inflight: 1,
+                    retain: false,
+                },
+            },
+        ],
+        duration: Duration::from_secs(1),
+        drain: Duration::from_secs(5),
+        connect_deadline: Duration::from_secs(30),
+    };
+    let s = run::run(plan, options()).await.expect("runs");
+    assert_eq!(s.sent, 1_000, "2 publishers × limit 500");
+    assert_eq!(s.expected, Some(1_000));
+    assert_eq!(s.unique + s.lost, 1_000);
+    assert_eq!(s.overrun, 0, "unlimited rate is never behind");
+    let dir = tempfile::tempdir().expect("tempdir");
+    porchlight_loadtest::report::write_json(&s, &dir.path().join("s.json")).expect("json");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("s.json")).expect("read"))
+            .expect("parses");
+    assert_eq!(json["sent"], 1_000);
+    porchlight_loadtest::report::write_report(&s, &dir.path().join("r")).expect("report");
+    for f in [
+        "report.md",
+        "throughput.svg",
+        "latency.svg",
+        "connections.svg",
+        "cpu.svg",
+    ] {
+        let text = std::fs::read_to_string(dir.path().join("r").join(f)).expect(f);
+        assert!(!text.is_empty(), "{f}");
+    }
+    let table = porchlight_loadtest::report::table(&s);
+    assert!(table.contains("expected 1000"), "{table}");
+    let gone = b.addr;
+    b.stop().await;
+
+    // Nobody listening: every connect fails, the run still ends.
+    let plan = Plan {
+        name: "nobody".into(),
+        connection: Connection {
+            connect_timeout: Duration::from_secs(2),
+            ..connection(gone, Version::V4)
+        },
+        groups: vec![Group {
+            name: "c".into(),
+            count: 3,
+            role: Role::Idle,
+        }],
+        duration: Duration::from_millis(200),
+        drain: Duration::from_millis(200),
+        connect_deadline: Duration::from_secs(10),
+    };
+    let s = tokio::time::timeout(Duration::from_secs(30), run::run(plan, options()))
+        .await
+        .expect("ends")
+        .expect("runs");
+    assert_eq!((s.connects, s.connect_failures), (0, 3));
+}
