@@ -102,7 +102,7 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     id: ConnectionId,
     over_limit: bool,
     origin: &Origin,
-) -> Option<Conn<S>> {
+) -> Option<Box<Conn<S>>> {
     let cfg = broker.config.clone();
     let metrics = &broker.metrics;
     let first = tokio::time::timeout(
@@ -431,7 +431,7 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         props.server_keep_alive = server_keep_alive;
     }
     let client_receive_max = c.properties.receive_maximum.unwrap_or(u16::MAX);
-    let mut conn = Conn {
+    let mut conn = Box::new(Conn {
         io,
         broker: broker.clone(),
         id,
@@ -454,7 +454,7 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         held_publish: None,
         problem_info: c.properties.request_problem_information != Some(0),
         authz,
-    };
+    });
     conn.send(&Packet::ConnAck(ConnAck {
         session_present: present,
         reason: reason::SUCCESS,

@@ -139,10 +139,16 @@ pub struct Conn<S> {
 /// Serves one accepted connection until it closes. `over_limit` is true
 /// when `--max-connections` was already reached: the CONNECT is read and
 /// answered with "quota exceeded".
-pub async fn serve<S>(stream: S, origin: Origin, broker: Arc<Broker>, over_limit: bool)
+///
+/// `guard` is held until the connection ends (the listener's connection
+/// count): passing it in, rather than wrapping this future in another
+/// that holds it, keeps the task from laying this future out twice.
+pub async fn serve<S, G>(stream: S, origin: Origin, broker: Arc<Broker>, over_limit: bool, guard: G)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    G: Send + 'static,
 {
+    let _guard = guard;
     let id = ConnectionId::next();
     let span = tracing::debug_span!(
         "conn",
@@ -172,7 +178,11 @@ where
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
-    async fn run(mut self) {
+    /// Boxed (by `connect::handshake`) so the connection's state is one
+    /// allocation of its own size that the task's future only points to:
+    /// a `Conn` held by value across the handshake's await and then moved
+    /// into this future would be laid out twice in the task.
+    async fn run(mut self: Box<Self>) {
         self.redeliver_inflight();
         let close = self.main_loop().await;
         // Boxed for the same reason as the handshake.
@@ -401,7 +411,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         self.send(&packet);
     }
 
-    async fn finish(mut self, close: Close) {
+    async fn finish(mut self: Box<Self>, close: Close) {
         if let Some(bad) = close.bad {
             self.broker.metrics.bad_packet(bad);
         }

@@ -227,11 +227,9 @@ async fn accept_loop(listener: Listener, tls: Option<TlsMaterial>, broker: Arc<B
                 peer,
                 cert_identity: None,
             };
-            let serve = crate::connection::serve(stream, origin, broker.clone(), over_limit);
-            broker.tasks.spawn(async move {
-                let _counted = counted;
-                serve.await;
-            });
+            let serve =
+                crate::connection::serve(stream, origin, broker.clone(), over_limit, counted);
+            broker.tasks.spawn(serve);
             continue;
         }
         let layers = Layers {
@@ -301,6 +299,7 @@ impl Layers {
                     origin(None),
                     broker,
                     over_limit,
+                    (),
                 ))
                 .await
             }
@@ -313,6 +312,7 @@ impl Layers {
                     origin(None),
                     broker,
                     over_limit,
+                    (),
                 ))
                 .await
             }
@@ -321,7 +321,14 @@ impl Layers {
                 else {
                     return;
                 };
-                Box::pin(crate::connection::serve(s, origin(id), broker, over_limit)).await
+                Box::pin(crate::connection::serve(
+                    s,
+                    origin(id),
+                    broker,
+                    over_limit,
+                    (),
+                ))
+                .await
             }
             (ListenerKind::Wss, Some(tls)) => {
                 let Some((s, id)) = Box::pin(tls.handshake(stream, peer, deadline, &m)).await
@@ -331,7 +338,14 @@ impl Layers {
                 let Some(ws) = upgrade(s, peer, &broker, deadline).await else {
                     return;
                 };
-                Box::pin(crate::connection::serve(ws, origin(id), broker, over_limit)).await
+                Box::pin(crate::connection::serve(
+                    ws,
+                    origin(id),
+                    broker,
+                    over_limit,
+                    (),
+                ))
+                .await
             }
             // `bind` loads TLS material whenever a TLS listener exists.
             (ListenerKind::Tls | ListenerKind::Wss, None) => {}

@@ -1,0 +1,198 @@
+#!/usr/bin/env bash
+# The comparative benchmark suite: the same porchlight-loadtest scenarios
+# against Porchlight, Mosquitto (Debian package) and rumqttd (cargo install),
+# interleaved (round 1: every scenario on every broker, then round 2, ...),
+# medians quoted. Writes the results between the bench-compare markers of
+# docs/benchmarks.md, the raw JSON under target/bench-compare/, and prints
+# the table.
+#   usage: scripts/bench-compare.sh [ROUNDS] [SECONDS] [SCENARIOS...]
+#   SCENARIOS default to all: idle-10k idle-19k conn-rate fan-in-qos0
+#   fan-in-qos1 fan-out-200 fan-out-1000 p2p shared latency
+#   BROKERS="porchlight mosquitto rumqttd" selects brokers.
+# Traffic stays on 127.0.0.1; every run is bounded by SECONDS plus the
+# connect and drain deadlines.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rounds=${1:-3}
+secs=${2:-10}
+shift $(( $# > 2 ? 2 : $# )) || true
+scenarios=("$@")
+[ ${#scenarios[@]} -gt 0 ] || scenarios=(idle-10k idle-19k conn-rate fan-in-qos0 fan-in-qos1 fan-out-200 fan-out-1000 p2p shared latency)
+brokers=(${BROKERS:-porchlight mosquitto rumqttd})
+port=18830
+
+# Open files: capped at 20,000 per process on the reference machine.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+mosquitto=$(command -v mosquitto || echo /usr/sbin/mosquitto)
+if [[ " ${brokers[*]} " == *" mosquitto "* ]] && [ ! -x "$mosquitto" ]; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null
+fi
+rumqttd=$(command -v rumqttd || echo "$HOME/.cargo/bin/rumqttd")
+if [[ " ${brokers[*]} " == *" rumqttd "* ]] && [ ! -x "$rumqttd" ]; then
+  cargo install rumqttd --version 0.20.0 --locked
+fi
+cargo build --release --bin porchlight -p porchlight-broker -p porchlight-loadtest >/dev/null
+lt=target/release/porchlight-loadtest
+out=target/bench-compare/$(date -u +%Y%m%dT%H%M%SZ)
+mkdir -p "$out"
+work=$(mktemp -d)
+pid=
+stop() { [ -n "$pid" ] && { kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true; }; pid=; }
+trap 'stop; rm -rf "$work"' EXIT
+
+cat > "$work/mosquitto.conf" <<CONF
+user root
+per_listener_settings false
+listener $port 127.0.0.1
+max_connections -1
+allow_anonymous true
+persistence false
+max_inflight_messages 100
+max_queued_messages 1000
+set_tcp_nodelay true
+sys_interval 0
+connection_messages false
+log_dest stderr
+log_type error
+CONF
+cat > "$work/rumqttd.toml" <<CONF
+id = 0
+[router]
+max_connections = 30000
+max_outgoing_packet_count = 200
+max_segment_size = 10485760
+max_segment_count = 10
+[v4.1]
+name = "v4-1"
+listen = "127.0.0.1:$port"
+next_connection_delay_ms = 0
+    [v4.1.connections]
+    connection_timeout_ms = 60000
+    max_payload_size = 1048576
+    max_inflight_count = 500
+    dynamic_filters = true
+CONF
+
+start() {
+  case $1 in
+    porchlight)
+      rm -rf "$work/data"
+      target/release/porchlight --listen 127.0.0.1:$port --data-dir "$work/data" \
+        --log-level warn --no-sys-topics --max-inflight 100 --max-connections 1000000 &
+      ;;
+    mosquitto) "$mosquitto" -c "$work/mosquitto.conf" 2>/dev/null & ;;
+    rumqttd) "$rumqttd" -q -c "$work/rumqttd.toml" >/dev/null 2>&1 & ;;
+  esac
+  pid=$!
+  for _ in $(seq 200); do
+    (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && return 0
+    sleep 0.05
+  done
+  echo "$1 did not listen on $port" >&2; exit 1
+}
+
+# Scenario files for the message scenarios, generated with SECONDS.
+scen() { # name sub_count sub_topic sub_qos shared pub_count pub_topic pub_qos rate
+  cat > "$work/$1.toml" <<TOML
+name = "$1"
+duration = $secs
+[[sub]]
+count = $2
+topic = "$3"
+qos = $4
+$( [ -n "$5" ] && echo "shared = \"$5\"" )
+[[pub]]
+count = $6
+topic = "$7"
+qos = $8
+rate = $9
+TOML
+}
+scen fan-in-qos0 1 'bench/#' 0 '' 100 'bench/%i' 0 0
+scen fan-in-qos1 1 'bench/#' 1 '' 100 'bench/%i' 1 0
+scen fan-out-200 200 'bench/fan' 0 '' 1 'bench/fan' 0 5000
+scen fan-out-1000 1000 'bench/fan' 0 '' 1 'bench/fan' 0 1000
+scen p2p 1000 'p2p/%i' 1 '' 1000 'p2p/%i' 1 100
+scen shared 10 'test/#' 1 benchmark 1000 'test/%i' 1 100
+scen latency 1 'lat/#' 1 '' 50 'lat/%i' 1 100
+
+args() { # the loadtest command for a scenario
+  case $1 in
+    idle-10k) echo "conn -c 10000 -R 5000 -d $secs" ;;
+    idle-19k) echo "conn -c 19000 -R 5000 -d $secs --src-ips 127.0.0.2-127.0.0.3" ;;
+    conn-rate) echo "conn -c 10000 -R 0 -d 1" ;;
+    *) echo "scenario $work/$1.toml" ;;
+  esac
+}
+
+echo "porchlight $(git rev-parse --short HEAD); $("$mosquitto" -h 2>/dev/null | head -1 || true); rumqttd $("$rumqttd" -V 2>/dev/null || echo '?')"
+echo "$(nproc) cores, $(awk '/MemTotal/ {print int($2/1024/1024)}' /proc/meminfo) GiB; $secs s per run, $rounds rounds; results in $out"
+for r in $(seq "$rounds"); do
+  for s in "${scenarios[@]}"; do
+    for b in "${brokers[@]}"; do
+      start "$b"
+      # shellcheck disable=SC2046
+      $lt $(args "$s") -H 127.0.0.1:$port --broker-pid "$pid" -q \
+        --client-prefix "bc$r" --json "$out/$s.$b.$r.json" > "$out/$s.$b.$r.txt" 2>&1 || true
+      stop
+      echo "round $r $s $b: $(grep -E 'received|connects ' "$out/$s.$b.$r.txt" | tr -s ' ' | head -2 | tr '\n' ';')"
+    done
+  done
+done
+
+python3 - "$out" "$rounds" "$secs" "${scenarios[*]}" "${brokers[*]}" <<'PY'
+import json, os, statistics, subprocess, sys
+out, rounds, secs, scenarios, brokers = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4].split(), sys.argv[5].split()
+def load(s, b):
+    runs = []
+    for r in range(1, rounds + 1):
+        p = f"{out}/{s}.{b}.{r}.json"
+        if os.path.exists(p):
+            runs.append(json.load(open(p)))
+    return runs
+def med(runs, f):
+    vals = [f(x) for x in runs if f(x) is not None]
+    return statistics.median(vals) if vals else None
+def fmt(v, unit=""):
+    if v is None: return "—"
+    if abs(v) >= 100: return f"{v:,.0f}{unit}"
+    return f"{v:.2f}{unit}"
+metrics = {
+    "idle": [("broker bytes / connection", lambda x: x.get("broker_bytes_per_connection")),
+             ("connected", lambda x: x["connects"]),
+             ("broker RSS MiB", lambda x: (x.get("broker") or {}).get("rss_kib_connected", 0) / 1024)],
+    "conn-rate": [("connects / s", lambda x: x["connect_rate"]),
+                  ("connect p99 ms", lambda x: x["connect_latency_us"]["p99"] / 1000)],
+    "msg": [("received / s", lambda x: x["received_per_second"]),
+            ("sent / s", lambda x: x["sent_per_second"]),
+            ("lost %", lambda x: 100 * x["lost"] / x["expected"] if x.get("expected") else None),
+            ("p50 ms", lambda x: x["latency_us"]["p50"] / 1000),
+            ("p99 ms", lambda x: x["latency_us"]["p99"] / 1000),
+            ("broker CPU %", lambda x: (x.get("broker") or {}).get("cpu_percent")),
+            ("generator CPU %", lambda x: x["generator"]["cpu_percent"])],
+}
+lines = []
+for s in scenarios:
+    kind = "idle" if s.startswith("idle") else ("conn-rate" if s == "conn-rate" else "msg")
+    lines.append(f"\n#### {s}\n")
+    lines.append("| | " + " | ".join(brokers) + " |")
+    lines.append("|---|" + "---|" * len(brokers))
+    for name, f in metrics[kind]:
+        row = [fmt(med(load(s, b), f)) for b in brokers]
+        lines.append(f"| {name} | " + " | ".join(row) + " |")
+    cmd = next((x["command"] for b in brokers for x in load(s, b)), "")
+    lines.append(f"\n`{cmd}`")
+table = "\n".join(lines)
+print(table)
+doc = "docs/benchmarks.md"
+text = open(doc).read()
+begin, end = "<!-- bench-compare:begin -->", "<!-- bench-compare:end -->"
+if begin in text and end in text:
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    body = (f"\nGenerated by `scripts/bench-compare.sh {rounds} {secs}` at commit `{rev}`: "
+            f"medians of {rounds} interleaved rounds, {secs} s each; raw JSON in `{out}`.\n" + table + "\n")
+    open(doc, "w").write(head + begin + body + end + tail)
+PY
