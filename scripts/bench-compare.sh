@@ -30,7 +30,9 @@ if [[ " ${brokers[*]} " == *" mosquitto "* ]] && [ ! -x "$mosquitto" ]; then
 fi
 rumqttd=$(command -v rumqttd || echo "$HOME/.cargo/bin/rumqttd")
 if [[ " ${brokers[*]} " == *" rumqttd "* ]] && [ ! -x "$rumqttd" ]; then
-  cargo install rumqttd --version 0.20.0 --locked
+  # Not --locked: its lock file pins metrics 0.22.1, which current rustc
+  # refuses (E0521); the newest 0.22.x builds.
+  cargo install rumqttd --version 0.20.0
 fi
 cargo build --release --bin porchlight -p porchlight-broker -p porchlight-loadtest >/dev/null
 lt=target/release/porchlight-loadtest
