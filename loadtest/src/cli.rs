@@ -292,7 +292,7 @@ impl Cli {
                 simple(
                     common,
                     "pub",
-                    Role::Publisher {
+                    Role::Publisher(plan::Publish {
                         topic: p.topic.clone(),
                         qos: p.qos,
                         size: p.size,
@@ -300,7 +300,7 @@ impl Cli {
                         limit: p.limit,
                         inflight: p.inflight,
                         retain: p.retain,
-                    },
+                    }),
                 )?,
             ),
             Command::Sub {
@@ -379,7 +379,7 @@ mod tests {
         assert_eq!(plan.connection.version, Version::V5);
         assert!(matches!(
             plan.groups[0].role,
-            Role::Publisher { qos: 1, .. }
+            Role::Publisher(plan::Publish { qos: 1, .. })
         ));
 
         assert!(Cli::try_parse_from(["porchlight-loadtest", "pub", "--qos", "2"]).is_err());

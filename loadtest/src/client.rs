@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::mqtt::{ConnectOptions, Incoming, Wire};
 use crate::pacer::Pacer;
 use crate::payload::{self, Header};
-use crate::plan::Connection;
+use crate::plan::{Connection, Publish};
 use crate::seq::Tracker;
 use crate::stats::{Counters, Stats};
 
@@ -83,13 +83,8 @@ pub enum Task {
         receiver: Arc<Mutex<Receiver>>,
     },
     Publish {
-        topic: String,
-        qos: u8,
-        size: usize,
-        rate: f64,
-        limit: Option<u64>,
-        inflight: u16,
-        retain: bool,
+        /// The group's settings, with the topic expanded.
+        spec: Publish,
         stream: u32,
         /// Where in the first period this publisher starts (0..1), so a
         /// group's publishers do not fire together.
@@ -282,13 +277,16 @@ async fn connected(
         // Generate what is due, within the window and the buffer.
         let mut wake_at = None;
         if let Task::Publish {
-            topic,
-            qos,
-            size,
-            rate,
-            limit,
-            inflight: window,
-            retain,
+            spec:
+                Publish {
+                    topic,
+                    qos,
+                    size,
+                    rate,
+                    limit,
+                    inflight: window,
+                    retain,
+                },
             stream,
             phase,
         } = &client.task

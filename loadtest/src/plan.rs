@@ -75,20 +75,24 @@ pub enum Role {
         /// Shared-subscription group: the filter becomes `$share/G/filter`.
         shared: Option<String>,
     },
-    Publisher {
-        /// Topic template.
-        topic: String,
-        qos: u8,
-        /// Payload bytes (raised to the 16-byte header).
-        size: usize,
-        /// Messages per second per client; 0: as fast as possible.
-        rate: f64,
-        /// Messages per client at most.
-        limit: Option<u64>,
-        /// QoS 1 messages awaiting PUBACK at most, per client.
-        inflight: u16,
-        retain: bool,
-    },
+    Publisher(Publish),
+}
+
+/// What each client of a publisher group sends.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Publish {
+    /// Topic template in a plan; the expanded topic in a client's task.
+    pub topic: String,
+    pub qos: u8,
+    /// Payload bytes (raised to the 16-byte header).
+    pub size: usize,
+    /// Messages per second per client; 0: as fast as possible.
+    pub rate: f64,
+    /// Messages per client at most.
+    pub limit: Option<u64>,
+    /// QoS 1 messages awaiting PUBACK at most, per client.
+    pub inflight: u16,
+    pub retain: bool,
 }
 
 /// Clients that do the same thing.
@@ -168,14 +172,14 @@ impl Plan {
                         }
                     }
                 }
-                Role::Publisher {
+                Role::Publisher(Publish {
                     topic,
                     qos,
                     size,
                     rate,
                     inflight,
                     ..
-                } => {
+                }) => {
                     if *qos > 1 {
                         return bad(
                             &format!("{}: qos", g.name),
@@ -256,7 +260,9 @@ pub fn expand(template: &str, index: usize, client_id: &str) -> String {
 }
 
 /// Whether topic name `topic` matches filter `filter` (MQTT 4.7; a filter
-/// starting with a wildcard does not match `$` topics).
+/// starting with a wildcard does not match `$` topics). Written apart from
+/// the broker's matcher on purpose: the generator judges the broker's
+/// routing, so it must not share its code.
 pub fn matches(filter: &str, topic: &str) -> bool {
     if topic.starts_with('$') && filter.starts_with(['+', '#']) {
         return false;
@@ -382,7 +388,7 @@ impl ScenarioFile {
             groups.push(Group {
                 name: g.name.unwrap_or_else(|| format!("pub{i}")),
                 count: g.count,
-                role: Role::Publisher {
+                role: Role::Publisher(Publish {
                     topic: g.topic,
                     qos: g.qos,
                     size: g.size,
@@ -390,7 +396,7 @@ impl ScenarioFile {
                     limit: g.limit,
                     inflight: g.inflight,
                     retain: g.retain,
-                },
+                }),
             });
         }
         let mut names: Vec<&str> = groups.iter().map(|g| g.name.as_str()).collect();
@@ -465,11 +471,11 @@ rate = 100
         assert_eq!(plan.drain, Duration::from_secs(5));
         assert!(matches!(
             plan.groups[1].role,
-            Role::Publisher {
+            Role::Publisher(Publish {
                 size: 16,
                 inflight: 100,
                 ..
-            }
+            })
         ));
 
         for (text, needle) in [

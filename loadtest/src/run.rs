@@ -21,7 +21,7 @@ use crate::client::{self, Client, Receiver, Shared, Task};
 use crate::error::LoadError;
 use crate::mqtt::Wire;
 use crate::pacer::Pacer;
-use crate::plan::{expand, matches, Plan, Role};
+use crate::plan::{expand, matches, Plan, Publish, Role};
 use crate::procstat::{Proc, Usage};
 use crate::seq::Counts;
 use crate::stats::{Counters, Percentiles, Stats};
@@ -56,6 +56,7 @@ pub struct Sample {
     pub broker_cpu_percent: Option<f64>,
     pub broker_rss_kib: Option<u64>,
     pub generator_cpu_percent: f64,
+    pub generator_rss_kib: u64,
 }
 
 /// CPU and memory of one process over the run.
@@ -197,26 +198,15 @@ fn build(
                         receiver,
                     }
                 }
-                Role::Publisher {
-                    topic,
-                    qos,
-                    size,
-                    rate,
-                    limit,
-                    inflight,
-                    retain,
-                } => {
-                    let name = expand(topic, i, &client_id);
+                Role::Publisher(p) => {
+                    let name = expand(&p.topic, i, &client_id);
                     let stream = topics.len() as u32;
                     topics.push(name.clone());
                     Task::Publish {
-                        topic: name,
-                        qos: *qos,
-                        size: *size,
-                        rate: *rate,
-                        limit: *limit,
-                        inflight: *inflight,
-                        retain: *retain,
+                        spec: Publish {
+                            topic: name,
+                            ..p.clone()
+                        },
                         stream,
                         phase: i as f64 / g.count as f64,
                     }
@@ -240,13 +230,21 @@ struct Sampler {
     started: Instant,
     broker: Option<Proc>,
     me: Proc,
-    last: (Instant, u64, u64, Option<Usage>, Option<Usage>),
+    last: Reading,
     series: Vec<Sample>,
     bar: Option<ProgressBar>,
     quiet: bool,
     last_line: Instant,
-    broker_max_rss: u64,
-    my_max_rss: u64,
+}
+
+/// What the previous sample saw, for the rates of the next.
+#[derive(Clone, Copy)]
+struct Reading {
+    at: Instant,
+    sent: u64,
+    received: u64,
+    broker: Option<Usage>,
+    me: Option<Usage>,
 }
 
 impl Sampler {
@@ -267,13 +265,17 @@ impl Sampler {
             started,
             broker,
             me,
-            last: (started, 0, 0, b, m),
+            last: Reading {
+                at: started,
+                sent: 0,
+                received: 0,
+                broker: b,
+                me: m,
+            },
             series: Vec::new(),
             bar,
             quiet: options.progress == Progress::Quiet,
             last_line: started,
-            broker_max_rss: b.map_or(0, |u| u.rss_kib),
-            my_max_rss: m.map_or(0, |u| u.rss_kib),
         }
     }
 
@@ -281,8 +283,8 @@ impl Sampler {
         let now = Instant::now();
         let c = &stats.counters;
         let (sent, received) = (Counters::get(&c.sent), Counters::get(&c.received));
-        let (t0, sent0, received0, b0, m0) = self.last;
-        let dt = now.duration_since(t0).as_secs_f64().max(1e-6);
+        let last = self.last;
+        let dt = now.duration_since(last.at).as_secs_f64().max(1e-6);
         let b = self.broker.as_ref().and_then(Proc::usage);
         let m = self.me.usage();
         let pct = |a: Option<Usage>, b: Option<Usage>| match (a, b) {
@@ -292,14 +294,13 @@ impl Sampler {
         let s = Sample {
             t: now.duration_since(self.started).as_secs_f64(),
             connected: Counters::get(&c.connected),
-            sent_rate: (sent - sent0) as f64 / dt,
-            received_rate: (received - received0) as f64 / dt,
-            broker_cpu_percent: pct(b0, b),
+            sent_rate: (sent - last.sent) as f64 / dt,
+            received_rate: (received - last.received) as f64 / dt,
+            broker_cpu_percent: pct(last.broker, b),
             broker_rss_kib: b.map(|u| u.rss_kib),
-            generator_cpu_percent: pct(m0, m).unwrap_or(0.0),
+            generator_cpu_percent: pct(last.me, m).unwrap_or(0.0),
+            generator_rss_kib: m.map_or(0, |u| u.rss_kib),
         };
-        self.broker_max_rss = self.broker_max_rss.max(b.map_or(0, |u| u.rss_kib));
-        self.my_max_rss = self.my_max_rss.max(m.map_or(0, |u| u.rss_kib));
         let line = format!(
             "{:>5.0}s {phase:<10} conn {} (failed {}) sent {:.0}/s recv {:.0}/s{} gen cpu {:.0}%",
             s.t,
@@ -323,7 +324,13 @@ impl Sampler {
             }
             None => {}
         }
-        self.last = (now, sent, received, b, m);
+        self.last = Reading {
+            at: now,
+            sent,
+            received,
+            broker: b,
+            me: m,
+        };
         self.series.push(s);
     }
 
@@ -350,7 +357,7 @@ async fn wait_until(
     deadline: Instant,
     mut done: impl FnMut() -> bool,
 ) {
-    let mut next_sample = sampler.last.0 + Duration::from_secs(1);
+    let mut next_sample = sampler.last.at + Duration::from_secs(1);
     while !done() && Instant::now() < deadline {
         let wake = (Instant::now() + Duration::from_millis(20)).min(deadline);
         tokio::time::sleep_until(wake).await;
@@ -498,6 +505,7 @@ pub async fn run(plan: Plan, options: Options) -> Result<Summary, LoadError> {
     for r in &receivers {
         let r = r.lock();
         foreign += r.foreign;
+        // Ascending stream ids either way (`by_topic` is filled in order).
         let matched: Vec<u32> = if r.filter.contains(['+', '#']) {
             (0..topics.len() as u32)
                 .filter(|&s| matches(&r.filter, &topics[s as usize]))
@@ -508,7 +516,7 @@ pub async fn run(plan: Plan, options: Options) -> Result<Summary, LoadError> {
         expected += matched.iter().map(|&s| sent[s as usize]).sum::<u64>();
         for (stream, t) in &r.streams {
             all.add(t.counts());
-            if matched.contains(stream) || topics.is_empty() {
+            if matched.binary_search(stream).is_ok() || topics.is_empty() {
                 unique += t.counts().unique;
             } else {
                 unexpected += t.counts().unique;
@@ -523,6 +531,18 @@ pub async fn run(plan: Plan, options: Options) -> Result<Summary, LoadError> {
     };
 
     let now = sampler.readings();
+    // The highest RSS any sample saw (the last one was taken after stop).
+    let series = &sampler.series;
+    let broker_max_rss = series
+        .iter()
+        .filter_map(|x| x.broker_rss_kib)
+        .max()
+        .unwrap_or(0);
+    let my_max_rss = series
+        .iter()
+        .map(|x| x.generator_rss_kib)
+        .max()
+        .unwrap_or(0);
     let proc_summary =
         |start: Usage, go: Usage, stop: Usage, end: Usage, max_rss: u64| ProcSummary {
             cpu_seconds: end.cpu_seconds,
@@ -532,12 +552,10 @@ pub async fn run(plan: Plan, options: Options) -> Result<Summary, LoadError> {
             rss_kib_max: max_rss,
         };
     let broker = match (at_start.0, at_go.0, at_stop.0, now.0) {
-        (Some(a), Some(b), Some(c), Some(d)) => {
-            Some(proc_summary(a, b, c, d, sampler.broker_max_rss))
-        }
+        (Some(a), Some(b), Some(c), Some(d)) => Some(proc_summary(a, b, c, d, broker_max_rss)),
         _ => None,
     };
-    let generator = proc_summary(at_start.1, at_go.1, at_stop.1, now.1, sampler.my_max_rss);
+    let generator = proc_summary(at_start.1, at_go.1, at_stop.1, now.1, my_max_rss);
     let connects = Counters::get(&c.connects);
     let per_conn = |start: u64, connected: u64| {
         (connected.saturating_sub(start) as f64 * 1024.0) / connects.max(1) as f64

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use porchlight_broker::server::Server;
-use porchlight_loadtest::plan::{Connection, Group, Plan, Role, Version};
+use porchlight_loadtest::plan::{Connection, Group, Plan, Publish, Role, Version};
 use porchlight_loadtest::run::{self, Options, Progress};
 use tokio_util::sync::CancellationToken;
 
@@ -100,7 +100,7 @@ async fn a_mixed_scenario_adds_up_in_both_versions() {
                 Group {
                     name: "pub".into(),
                     count: 5,
-                    role: Role::Publisher {
+                    role: Role::Publisher(Publish {
                         topic: "bench/%i".into(),
                         qos: 1,
                         size: 100,
@@ -108,7 +108,7 @@ async fn a_mixed_scenario_adds_up_in_both_versions() {
                         limit: None,
                         inflight: 50,
                         retain: false,
-                    },
+                    }),
                 },
             ],
             duration: Duration::from_secs(1),
@@ -155,7 +155,7 @@ async fn limits_reports_and_a_missing_broker() {
             Group {
                 name: "p".into(),
                 count: 2,
-                role: Role::Publisher {
+                role: Role::Publisher(Publish {
                     topic: "t/%c".into(),
                     qos: 0,
                     size: 10,
@@ -163,7 +163,7 @@ async fn limits_reports_and_a_missing_broker() {
                     limit: Some(500),
                     inflight: 1,
                     retain: false,
-                },
+                }),
             },
         ],
         duration: Duration::from_secs(1),
