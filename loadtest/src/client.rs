@@ -47,6 +47,9 @@ pub struct Receiver {
     /// Messages without a load-generator header (retained leftovers,
     /// other clients' traffic).
     pub foreign: u64,
+    /// A shared-subscription group: its members receive in parallel, so
+    /// arrival order across them says nothing about the broker.
+    pub shared: bool,
 }
 
 /// Everything the tasks of a run share.

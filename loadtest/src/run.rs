@@ -163,6 +163,7 @@ fn build(
             } => {
                 let r = Arc::new(Mutex::new(Receiver {
                     filter: expand(topic, 0, ""),
+                    shared: true,
                     ..Receiver::default()
                 }));
                 receivers.push(r.clone());
@@ -515,7 +516,11 @@ pub async fn run(plan: Plan, options: Options) -> Result<Summary, LoadError> {
         };
         expected += matched.iter().map(|&s| sent[s as usize]).sum::<u64>();
         for (stream, t) in &r.streams {
-            all.add(t.counts());
+            let mut counts = t.counts().clone();
+            if r.shared {
+                counts.out_of_order = 0;
+            }
+            all.add(&counts);
             if matched.binary_search(stream).is_ok() || topics.is_empty() {
                 unique += t.counts().unique;
             } else {
