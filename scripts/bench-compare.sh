@@ -6,8 +6,9 @@
 # docs/benchmarks.md, the raw JSON under target/bench-compare/, and prints
 # the table.
 #   usage: scripts/bench-compare.sh [ROUNDS] [SECONDS] [SCENARIOS...]
-#   SCENARIOS default to all: idle-10k idle-19k conn-rate fan-in-qos0
-#   fan-in-qos1 fan-out-200 fan-out-1000 p2p shared latency
+#   SCENARIOS default to all: idle-10k idle-19k conn-rate conn-tls-full
+#   conn-tls-resumed fan-in-qos0 fan-in-qos0-flood fan-in-qos1 fan-out-200
+#   fan-out-1000 p2p shared latency
 #   BROKERS="porchlight mosquitto rumqttd" selects brokers.
 # Traffic stays on 127.0.0.1; every run is bounded by SECONDS plus the
 # connect and drain deadlines.
@@ -17,9 +18,11 @@ rounds=${1:-3}
 secs=${2:-10}
 shift $(( $# > 2 ? 2 : $# )) || true
 scenarios=("$@")
-[ ${#scenarios[@]} -gt 0 ] || scenarios=(idle-10k idle-19k conn-rate fan-in-qos0 fan-in-qos1 fan-out-200 fan-out-1000 p2p shared latency)
+[ ${#scenarios[@]} -gt 0 ] || scenarios=(idle-10k idle-19k conn-rate conn-tls-full conn-tls-resumed
+  fan-in-qos0 fan-in-qos0-flood fan-in-qos1 fan-out-200 fan-out-1000 p2p shared latency)
 brokers=(${BROKERS:-porchlight mosquitto rumqttd})
 port=18830
+tls_port=18831
 
 # Open files: capped at 20,000 per process on the reference machine.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -35,6 +38,7 @@ if [[ " ${brokers[*]} " == *" rumqttd "* ]] && [ ! -x "$rumqttd" ]; then
   cargo install rumqttd --version 0.20.0
 fi
 cargo build --release --bin porchlight -p porchlight-broker -p porchlight-loadtest >/dev/null
+cargo build --release -p porchlight-broker --example tls_bench >/dev/null
 lt=target/release/porchlight-loadtest
 out=target/bench-compare/$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p "$out"
@@ -42,6 +46,8 @@ work=$(mktemp -d)
 pid=
 stop() { [ -n "$pid" ] && { kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true; }; pid=; }
 trap 'stop; rm -rf "$work"' EXIT
+# One ECDSA P-256 server certificate for every broker's TLS listener.
+target/release/examples/tls_bench certs "$work/pki" ecdsa >/dev/null
 
 cat > "$work/mosquitto.conf" <<CONF
 user root
@@ -55,6 +61,9 @@ max_queued_messages 1000
 set_tcp_nodelay true
 sys_interval 0
 connection_messages false
+listener $tls_port 127.0.0.1
+certfile $work/pki/server.crt
+keyfile $work/pki/server.key
 log_dest stderr
 log_type error
 CONF
@@ -74,6 +83,18 @@ next_connection_delay_ms = 0
     max_payload_size = 1048576
     max_inflight_count = 500
     dynamic_filters = true
+[v4.2]
+name = "v4-2"
+listen = "127.0.0.1:$tls_port"
+next_connection_delay_ms = 0
+    [v4.2.tls]
+    certpath = "$work/pki/server.crt"
+    keypath = "$work/pki/server.key"
+    [v4.2.connections]
+    connection_timeout_ms = 60000
+    max_payload_size = 1048576
+    max_inflight_count = 500
+    dynamic_filters = true
 CONF
 
 start() {
@@ -81,6 +102,7 @@ start() {
     porchlight)
       rm -rf "$work/data"
       target/release/porchlight --listen 127.0.0.1:$port --data-dir "$work/data" \
+        --tls-listen 127.0.0.1:$tls_port --tls-cert "$work/pki/server.crt" --tls-key "$work/pki/server.key" \
         --log-level warn --no-sys-topics --max-inflight 100 --max-connections 1000000 &
       ;;
     mosquitto) "$mosquitto" -c "$work/mosquitto.conf" 2>/dev/null & ;;
@@ -111,7 +133,11 @@ qos = $8
 rate = $9
 TOML
 }
-scen fan-in-qos0 1 'bench/#' 0 '' 100 'bench/%i' 0 0
+# Fan-in QoS 0 at a fixed offered load (250k/s, what the best peer is
+# known to sustain here), and as a flood (publishers unthrottled): the
+# flood shows what a broker does when offered more than it can deliver.
+scen fan-in-qos0 1 'bench/#' 0 '' 100 'bench/%i' 0 2500
+scen fan-in-qos0-flood 1 'bench/#' 0 '' 100 'bench/%i' 0 0
 scen fan-in-qos1 1 'bench/#' 1 '' 100 'bench/%i' 1 0
 scen fan-out-200 200 'bench/fan' 0 '' 1 'bench/fan' 0 5000
 scen fan-out-1000 1000 'bench/fan' 0 '' 1 'bench/fan' 0 1000
@@ -121,9 +147,15 @@ scen latency 1 'lat/#' 1 '' 50 'lat/%i' 1 100
 
 args() { # the loadtest command for a scenario
   case $1 in
-    idle-10k) echo "conn -c 10000 -R 5000 -d $secs" ;;
-    idle-19k) echo "conn -c 19000 -R 5000 -d $secs --src-ips 127.0.0.2-127.0.0.3" ;;
+    # Idle connections at 1,000/s (rumqttd accepts ~660/s here; a 30 s
+    # connect timeout lets it finish).
+    idle-10k) echo "conn -c 10000 -R 1000 -d $secs --connect-timeout 30" ;;
+    idle-19k) echo "conn -c 19000 -R 1000 -d $secs --connect-timeout 30 --src-ips 127.0.0.2-127.0.0.3" ;;
     conn-rate) echo "conn -c 10000 -R 0 -d 1" ;;
+    # Reconnect storms over TLS: 1,000 clients connect once (warm-up: the
+    # session ticket), then all reconnect 5 times as fast as they can.
+    conn-tls-full) echo "conn -c 1000 -R 0 -d 1 --cycles 6 --tls --ca $work/pki/ca.crt --no-tls-resume" ;;
+    conn-tls-resumed) echo "conn -c 1000 -R 0 -d 1 --cycles 6 --tls --ca $work/pki/ca.crt" ;;
     *) echo "scenario $work/$1.toml" ;;
   esac
 }
@@ -135,7 +167,8 @@ for r in $(seq "$rounds"); do
     for b in "${brokers[@]}"; do
       start "$b"
       # shellcheck disable=SC2046
-      $lt $(args "$s") -H 127.0.0.1:$port --broker-pid "$pid" -q \
+      p=$port; [[ $s == conn-tls-* ]] && p=$tls_port
+      $lt $(args "$s") -H 127.0.0.1:$p --broker-pid "$pid" -q \
         --client-prefix "bc$r" --json "$out/$s.$b.$r.json" > "$out/$s.$b.$r.txt" 2>&1 || true
       stop
       echo "round $r $s $b: $(grep -E 'received|connects ' "$out/$s.$b.$r.txt" | tr -s ' ' | head -2 | tr '\n' ';')"
@@ -165,7 +198,11 @@ metrics = {
              ("connected", lambda x: x["connects"]),
              ("broker RSS MiB", lambda x: (x.get("broker") or {}).get("rss_kib_connected", 0) / 1024)],
     "conn-rate": [("connects / s", lambda x: x["connect_rate"]),
-                  ("connect p99 ms", lambda x: x["connect_latency_us"]["p99"] / 1000)],
+                  ("connect p50 ms", lambda x: x["connect_latency_us"]["p50"] / 1000),
+                  ("connect p99 ms", lambda x: x["connect_latency_us"]["p99"] / 1000),
+                  ("TLS resumed %", lambda x: 100 * x["tls_resumed"] / x["tls_handshakes"] if x.get("tls_handshakes") else None),
+                  ("broker CPU s / 1k connects", lambda x: 1000 * x["broker"]["cpu_seconds_connecting"] / x["connects"] if x.get("broker") and x["connects"] else None),
+                  ("failed", lambda x: x["connect_failures"])],
     "msg": [("received / s", lambda x: x["received_per_second"]),
             ("sent / s", lambda x: x["sent_per_second"]),
             ("lost %", lambda x: 100 * x["lost"] / x["expected"] if x.get("expected") else None),
@@ -176,7 +213,7 @@ metrics = {
 }
 lines = []
 for s in scenarios:
-    kind = "idle" if s.startswith("idle") else ("conn-rate" if s == "conn-rate" else "msg")
+    kind = "idle" if s.startswith("idle") else ("conn-rate" if s.startswith("conn") else "msg")
     lines.append(f"\n#### {s}\n")
     lines.append("| | " + " | ".join(brokers) + " |")
     lines.append("|---|" + "---|" * len(brokers))

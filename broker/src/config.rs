@@ -202,6 +202,18 @@ pub struct Cli {
     )]
     pub max_connections: usize,
 
+    /// Pending TCP connections each listener queues before the kernel
+    /// drops SYNs (clients then retry after 1 s, 3 s, ...); reconnect
+    /// storms need it deep. Capped by the kernel at
+    /// `net.core.somaxconn`.
+    #[arg(
+        long,
+        value_name = "N",
+        env = "PORCHLIGHT_LISTEN_BACKLOG",
+        default_value_t = 4096
+    )]
+    pub listen_backlog: u32,
+
     /// Largest MQTT packet accepted from or sent to a client, in bytes
     /// (default 4 MiB; advertised to v5 clients as Maximum Packet Size).
     #[arg(long, value_name = "BYTES", env = "PORCHLIGHT_MAX_PACKET_SIZE", default_value_t = 4 * 1024 * 1024)]
@@ -407,6 +419,7 @@ pub struct Config {
     pub tls: Option<crate::tls::TlsFiles>,
     pub data_dir: PathBuf,
     pub max_connections: usize,
+    pub listen_backlog: u32,
     pub max_packet_size: usize,
     pub receive_maximum: u16,
     pub max_inflight: u16,
@@ -456,6 +469,9 @@ impl Cli {
         }
         if self.max_connections == 0 {
             return Err(invalid("--max-connections", "must be at least 1"));
+        }
+        if self.listen_backlog == 0 {
+            return Err(invalid("--listen-backlog", "must be at least 1"));
         }
         if self.max_queued_messages == 0 {
             return Err(invalid("--max-queued-messages", "must be at least 1"));
@@ -559,6 +575,7 @@ impl Cli {
             tls: tls.clone(),
             data_dir: self.data_dir.clone(),
             max_connections: self.max_connections,
+            listen_backlog: self.listen_backlog,
             max_packet_size: self.max_packet_size,
             receive_maximum: self.receive_maximum,
             max_inflight: self.max_inflight,
@@ -702,5 +719,9 @@ mod tests {
             .validate()
             .expect_err("invalid");
         assert!(err.to_string().contains("--max-packet-size"), "{err}");
+        let err = Cli::parse_from(["porchlight", "--listen-backlog", "0"])
+            .validate()
+            .expect_err("invalid");
+        assert!(err.to_string().contains("--listen-backlog"), "{err}");
     }
 }

@@ -100,9 +100,8 @@ impl Server {
             (ListenerKind::Wss, &config.wss_listen),
         ] {
             for addr in addrs {
-                let tcp = TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| BrokerError::Bind {
+                let tcp =
+                    listen(*addr, config.listen_backlog).map_err(|source| BrokerError::Bind {
                         addr: *addr,
                         source,
                     })?;
@@ -379,5 +378,54 @@ where
             debug!(%peer, "No WebSocket upgrade within the connect timeout");
             None
         }
+    }
+}
+
+/// Binds a listening socket with `backlog` pending connections (the
+/// kernel caps it at `net.core.somaxconn`); address reuse as
+/// `TcpListener::bind` does, so a restart does not wait out TIME_WAIT.
+fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::net::TcpStream;
+    use tokio::time::timeout;
+
+    use super::listen;
+
+    /// Connects `n` clients to a listener that never accepts; how many
+    /// the kernel completed (each waits at most `wait`).
+    async fn completed(addr: std::net::SocketAddr, n: usize, wait: Duration) -> usize {
+        let mut held = Vec::new();
+        for _ in 0..n {
+            if let Ok(Ok(s)) = timeout(wait, TcpStream::connect(addr)).await {
+                held.push(s);
+            }
+        }
+        held.len()
+    }
+
+    #[tokio::test]
+    async fn the_listen_backlog_is_the_one_asked_for() {
+        // A queue of 1: the kernel completes at most two handshakes
+        // nobody accepts; later SYNs are dropped (retried after 1 s).
+        let small = listen("127.0.0.1:0".parse().expect("addr"), 1).expect("listen");
+        let addr = small.local_addr().expect("addr");
+        let n = completed(addr, 6, Duration::from_millis(300)).await;
+        assert!(n <= 2, "{n} connections completed with a backlog of 1");
+        // A deep queue holds a burst of 200.
+        let deep = listen("127.0.0.1:0".parse().expect("addr"), 4096).expect("listen");
+        let addr = deep.local_addr().expect("addr");
+        assert_eq!(completed(addr, 200, Duration::from_secs(5)).await, 200);
     }
 }

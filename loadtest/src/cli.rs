@@ -108,6 +108,12 @@ pub struct Common {
     /// Reconnect a connection the broker closed, after this many ms.
     #[arg(long = "reconnect-ms")]
     pub reconnect_ms: Option<u64>,
+    /// Reconnect storm: each client connects once (warm-up, not measured;
+    /// it gets its TLS session ticket), then all disconnect and reconnect
+    /// CYCLES-1 times as fast as they can; connect rate and latency are
+    /// those of the reconnects.
+    #[arg(long, default_value_t = 1)]
+    pub cycles: u32,
     /// Connect with TLS.
     #[arg(long)]
     pub tls: bool,
@@ -128,6 +134,10 @@ pub struct Common {
     /// Full TLS handshake on every connect (no session resumption).
     #[arg(long = "no-tls-resume")]
     pub no_tls_resume: bool,
+    /// Offer the hybrid post-quantum key exchange X25519MLKEM768 first;
+    /// without it: X25519, P-256, P-384, as most device TLS stacks do.
+    #[arg(long = "tls-pq")]
+    pub tls_pq: bool,
     /// The broker's process id: its CPU and memory are reported.
     #[arg(long = "broker-pid")]
     pub broker_pid: Option<u32>,
@@ -207,12 +217,18 @@ impl Common {
                 self.connect_rate
             )));
         }
-        let tls_files =
-            self.ca.is_some() || self.cert.is_some() || self.key.is_some() || self.insecure;
+        let tls_files = self.ca.is_some()
+            || self.cert.is_some()
+            || self.key.is_some()
+            || self.insecure
+            || self.tls_pq;
         if tls_files && !self.tls {
             return Err(LoadError::Invalid(
-                "--ca, --cert, --key and --insecure need --tls".into(),
+                "--ca, --cert, --key, --insecure and --tls-pq need --tls".into(),
             ));
+        }
+        if self.cycles == 0 {
+            return Err(LoadError::Invalid("--cycles: at least 1".into()));
         }
         if self.session_expiry > 0 && self.mqtt_version != 5 {
             return Err(LoadError::Invalid(
@@ -242,10 +258,12 @@ impl Common {
                 insecure: self.insecure,
                 server_name: self.server_name.clone(),
                 resume: !self.no_tls_resume,
+                post_quantum: self.tls_pq,
             }),
             connect_rate: self.connect_rate,
             connect_timeout: seconds("--connect-timeout", self.connect_timeout)?,
             reconnect: self.reconnect_ms.map(Duration::from_millis),
+            cycles: self.cycles,
             client_prefix: self
                 .client_prefix
                 .clone()

@@ -17,8 +17,10 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
+use rustls::HandshakeKind;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
+use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 
 use crate::mqtt::{ConnectOptions, Incoming, Wire};
@@ -64,6 +66,8 @@ pub struct Shared {
     pub stop_publishing: CancellationToken,
     /// Everyone disconnects.
     pub stop: CancellationToken,
+    /// Reconnect storm (`--cycles`): everyone has connected once; go.
+    pub storm: CancellationToken,
     /// Messages sent per publisher stream, indexed by stream.
     pub sent: Arc<Vec<std::sync::atomic::AtomicU64>>,
 }
@@ -71,7 +75,9 @@ pub struct Shared {
 /// A TLS client configuration and the name to ask for.
 #[derive(Clone)]
 pub struct Tls {
-    pub connector: tokio_rustls::TlsConnector,
+    /// Without a resumption store: [`Tls::for_client`] adds one per client.
+    pub config: Arc<rustls::ClientConfig>,
+    pub resume: bool,
     pub name: rustls::pki_types::ServerName<'static>,
 }
 
@@ -129,13 +135,18 @@ pub async fn run(client: Client, shared: Arc<Shared>) {
         pacer: None,
         finished: false,
     };
+    let tls = shared.tls.as_ref().map(Tls::for_client);
+    let tls = tls.as_ref();
+    if shared.connection.cycles > 1 && !storm(&client, &shared, tls).await {
+        return;
+    }
     let mut first = true;
     loop {
         if !first {
             Counters::inc(&shared.stats.counters.reconnects);
         }
         first = false;
-        match session(&client, &shared, &mut progress).await {
+        match session(&client, &shared, tls, &mut progress).await {
             End::Stopped => return,
             End::Lost => {
                 let Some(delay) = shared.connection.reconnect else {
@@ -150,8 +161,56 @@ pub async fn run(client: Client, shared: Arc<Shared>) {
     }
 }
 
-/// Opens the byte stream: TCP from the chosen source, then TLS.
-async fn open(client: &Client, shared: &Shared) -> std::io::Result<Box<dyn Io>> {
+/// The reconnect storm of `--cycles`: a warm-up connect (not counted as a
+/// connect: it fetches the TLS session ticket), the wait for everyone
+/// else's, then `cycles - 2` connect-and-disconnect rounds; the caller's
+/// session is the last cycle. False: the client is done (it failed, or
+/// the run stopped).
+async fn storm(client: &Client, shared: &Shared, tls: Option<&TlsConnector>) -> bool {
+    let counters = &shared.stats.counters;
+    let mut inbuf = BytesMut::new();
+    match connect(client, shared, tls, &mut inbuf, false).await {
+        Some(stream) => {
+            hang_up(shared, stream).await;
+            Counters::inc(&counters.warm);
+        }
+        None => return false,
+    }
+    tokio::select! {
+        _ = shared.storm.cancelled() => {}
+        _ = shared.stop.cancelled() => return false,
+    }
+    for _ in 2..shared.connection.cycles {
+        inbuf.clear();
+        let Some(stream) = connect(client, shared, tls, &mut inbuf, true).await else {
+            return false;
+        };
+        counters
+            .connected
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        hang_up(shared, stream).await;
+    }
+    true
+}
+
+/// DISCONNECT and close, bounded in time.
+async fn hang_up(shared: &Shared, mut stream: Box<dyn Io>) {
+    let mut out = BytesMut::with_capacity(4);
+    let _ = shared.wire.disconnect(&mut out);
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        let _ = stream.write_all(&out).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+}
+
+/// Opens the byte stream: TCP from the chosen source, then TLS. With TLS,
+/// also says whether the handshake resumed a session.
+async fn open(
+    client: &Client,
+    shared: &Shared,
+    tls: Option<&TlsConnector>,
+) -> std::io::Result<(Box<dyn Io>, Option<bool>)> {
     let socket = match client.broker {
         SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
         SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
@@ -161,20 +220,31 @@ async fn open(client: &Client, shared: &Shared) -> std::io::Result<Box<dyn Io>> 
     }
     let tcp = socket.connect(client.broker).await?;
     tcp.set_nodelay(true)?;
-    match &shared.tls {
-        None => Ok(Box::new(tcp)),
-        Some(tls) => Ok(Box::new(
-            tls.connector.connect(tls.name.clone(), tcp).await?,
-        )),
+    match (tls, &shared.tls) {
+        (Some(connector), Some(t)) => {
+            let stream = connector.connect(t.name.clone(), tcp).await?;
+            let resumed = stream.get_ref().1.handshake_kind() == Some(HandshakeKind::Resumed);
+            Ok((Box::new(stream), Some(resumed)))
+        }
+        _ => Ok((Box::new(tcp), None)),
     }
 }
 
 /// Connects and sends CONNECT; returns the stream once CONNACK says yes.
-async fn connect(client: &Client, shared: &Shared, inbuf: &mut BytesMut) -> Option<Box<dyn Io>> {
+/// `record`: count it as a connect (a storm's warm-up is not).
+async fn connect(
+    client: &Client,
+    shared: &Shared,
+    tls: Option<&TlsConnector>,
+    inbuf: &mut BytesMut,
+    record: bool,
+) -> Option<Box<dyn Io>> {
     let c = &shared.connection;
     let started = Instant::now();
+    let mut resumed = None;
     let attempt = async {
-        let mut stream = open(client, shared).await.ok()?;
+        let (mut stream, r) = open(client, shared, tls).await.ok()?;
+        resumed = r;
         let mut out = BytesMut::with_capacity(128);
         let options = ConnectOptions {
             client_id: &client.client_id,
@@ -204,7 +274,14 @@ async fn connect(client: &Client, shared: &Shared, inbuf: &mut BytesMut) -> Opti
     };
     let counters = &shared.stats.counters;
     match stream {
+        Some(s) if !record => Some(s),
         Some(s) => {
+            if let Some(r) = resumed {
+                Counters::inc(&counters.tls_handshakes);
+                if r {
+                    Counters::inc(&counters.tls_resumed);
+                }
+            }
             let micros = started.elapsed().as_micros() as u64;
             shared.stats.connect_latency.record(client.index, micros);
             Counters::inc(&counters.connects);
@@ -221,9 +298,14 @@ async fn connect(client: &Client, shared: &Shared, inbuf: &mut BytesMut) -> Opti
 }
 
 /// One connection's life.
-async fn session(client: &Client, shared: &Shared, progress: &mut Progress) -> End {
+async fn session(
+    client: &Client,
+    shared: &Shared,
+    tls: Option<&TlsConnector>,
+    progress: &mut Progress,
+) -> End {
     let mut inbuf = BytesMut::new();
-    let Some(stream) = connect(client, shared, &mut inbuf).await else {
+    let Some(stream) = connect(client, shared, tls, &mut inbuf, true).await else {
         return if shared.stop.is_cancelled() {
             End::Stopped
         } else {

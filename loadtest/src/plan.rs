@@ -36,6 +36,10 @@ pub struct Tls {
     pub server_name: String,
     /// Keep TLS sessions so reconnects resume.
     pub resume: bool,
+    /// Offer the hybrid post-quantum key exchange X25519MLKEM768 first
+    /// (rustls's default); otherwise X25519, P-256 and P-384, as most
+    /// device TLS stacks and OpenSSL 3.0 do.
+    pub post_quantum: bool,
 }
 
 /// Connection settings shared by every client.
@@ -59,6 +63,10 @@ pub struct Connection {
     pub connect_timeout: Duration,
     /// Reconnect a connection the broker closed, after this delay.
     pub reconnect: Option<Duration>,
+    /// Reconnect storm: every client connects once (a warm-up, not
+    /// measured), then all of them disconnect and reconnect `cycles - 1`
+    /// times as fast as they can. 1: connect once.
+    pub cycles: u32,
     /// Client id prefix; ids are `PREFIX-GROUP-INDEX`.
     pub client_prefix: String,
 }
@@ -525,6 +533,7 @@ rate = 100
             connect_rate: 0.0,
             connect_timeout: Duration::from_secs(5),
             reconnect: None,
+            cycles: 1,
             client_prefix: "t".into(),
         }
     }

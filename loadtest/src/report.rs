@@ -42,6 +42,21 @@ pub fn table(s: &Summary) -> String {
             s.reconnects
         ),
     );
+    if s.cycles > 1 {
+        row(
+            "reconnect storm",
+            format!(
+                "{} cycles per client; the first (warm-up) not counted",
+                s.cycles
+            ),
+        );
+    }
+    if s.tls_handshakes > 0 {
+        row(
+            "TLS handshakes",
+            format!("{}, resumed {}", s.tls_handshakes, s.tls_resumed),
+        );
+    }
     let cl = &s.connect_latency_us;
     row(
         "connect latency ms",

@@ -63,6 +63,9 @@ pub struct Sample {
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct ProcSummary {
     pub cpu_seconds: f64,
+    /// CPU time while the counted connects were made (in a reconnect
+    /// storm, the storm's; otherwise from the start to everyone in).
+    pub cpu_seconds_connecting: f64,
     /// CPU time over wall time while publishing (or holding), in percent
     /// of one core.
     pub cpu_percent: f64,
@@ -86,10 +89,17 @@ pub struct Summary {
     pub connect_failures: u64,
     pub dropped: u64,
     pub reconnects: u64,
-    /// From the first connect to the last CONNACK (or SUBACK).
+    /// From the first connect to the last CONNACK (or SUBACK); in a
+    /// reconnect storm, from the storm's start.
     pub connect_seconds: f64,
     pub connect_rate: f64,
     pub connect_latency_us: Percentiles,
+    /// Connects per client (`--cycles`); the first of several is a
+    /// warm-up and not counted.
+    pub cycles: u32,
+    /// Counted connects over TLS, and how many resumed a session.
+    pub tls_handshakes: u64,
+    pub tls_resumed: u64,
     pub subscribe_failures: u64,
     // Messages.
     pub publish_seconds: f64,
@@ -398,6 +408,7 @@ pub async fn run(plan: Plan, options: Options) -> Result<Summary, LoadError> {
         go: CancellationToken::new(),
         stop_publishing: CancellationToken::new(),
         stop: CancellationToken::new(),
+        storm: CancellationToken::new(),
         sent: Arc::new(topics.iter().map(|_| AtomicU64::new(0)).collect()),
     });
     let started = Instant::now();
@@ -432,6 +443,19 @@ pub async fn run(plan: Plan, options: Options) -> Result<Summary, LoadError> {
             None => tokio::task::yield_now().await,
         }
     }
+    // A reconnect storm starts once every client has connected once (or
+    // failed to); its connects are the ones counted.
+    let mut connects_from = started;
+    let mut at_from = at_start;
+    if plan.connection.cycles > 1 {
+        wait_until(&mut sampler, &stats, "warming up", deadline, || {
+            Counters::get(&c.warm) + Counters::get(&c.connect_failures) >= total
+        })
+        .await;
+        connects_from = Instant::now();
+        at_from = sampler.readings();
+        shared.storm.cancel();
+    }
     // Everyone connected (and subscribed), or the deadline passed, or no
     // client can still get in (all failed without --reconnect).
     let reconnecting = plan.connection.reconnect.is_some();
@@ -443,7 +467,7 @@ pub async fn run(plan: Plan, options: Options) -> Result<Summary, LoadError> {
     })
     .await;
     let connected_at = Instant::now();
-    let connect_seconds = connected_at.duration_since(started).as_secs_f64();
+    let connect_seconds = connected_at.duration_since(connects_from).as_secs_f64();
     let at_go = sampler.readings();
 
     // Publish (or hold) for the duration.
@@ -549,18 +573,21 @@ pub async fn run(plan: Plan, options: Options) -> Result<Summary, LoadError> {
         .max()
         .unwrap_or(0);
     let proc_summary =
-        |start: Usage, go: Usage, stop: Usage, end: Usage, max_rss: u64| ProcSummary {
+        |start: Usage, from: Usage, go: Usage, stop: Usage, end: Usage, max_rss: u64| ProcSummary {
             cpu_seconds: end.cpu_seconds,
+            cpu_seconds_connecting: go.cpu_seconds - from.cpu_seconds,
             cpu_percent: (stop.cpu_seconds - go.cpu_seconds) / publish_seconds.max(1e-6) * 100.0,
             rss_kib_start: start.rss_kib,
             rss_kib_connected: go.rss_kib,
             rss_kib_max: max_rss,
         };
-    let broker = match (at_start.0, at_go.0, at_stop.0, now.0) {
-        (Some(a), Some(b), Some(c), Some(d)) => Some(proc_summary(a, b, c, d, broker_max_rss)),
+    let broker = match (at_start.0, at_from.0, at_go.0, at_stop.0, now.0) {
+        (Some(a), Some(f), Some(b), Some(c), Some(d)) => {
+            Some(proc_summary(a, f, b, c, d, broker_max_rss))
+        }
         _ => None,
     };
-    let generator = proc_summary(at_start.1, at_go.1, at_stop.1, now.1, my_max_rss);
+    let generator = proc_summary(at_start.1, at_from.1, at_go.1, at_stop.1, now.1, my_max_rss);
     let connects = Counters::get(&c.connects);
     let per_conn = |start: u64, connected: u64| {
         (connected.saturating_sub(start) as f64 * 1024.0) / connects.max(1) as f64
@@ -583,6 +610,9 @@ pub async fn run(plan: Plan, options: Options) -> Result<Summary, LoadError> {
         connect_seconds,
         connect_rate: connects as f64 / connect_seconds.max(1e-6),
         connect_latency_us: Percentiles::of(&stats.connect_latency.merged()),
+        cycles: plan.connection.cycles,
+        tls_handshakes: Counters::get(&c.tls_handshakes),
+        tls_resumed: Counters::get(&c.tls_resumed),
         subscribe_failures: Counters::get(&c.subscribe_failures),
         publish_seconds,
         sent: Counters::get(&c.sent),

@@ -42,6 +42,11 @@ pub struct Counters {
     pub publish_failures: AtomicU64,
     /// Clients subscribed and ready.
     pub ready: AtomicU64,
+    /// Reconnect storm: clients through their warm-up connect.
+    pub warm: AtomicU64,
+    /// Counted connects over TLS, and those that resumed a session.
+    pub tls_handshakes: AtomicU64,
+    pub tls_resumed: AtomicU64,
 }
 
 impl Counters {

@@ -1,7 +1,8 @@
 //! The client side of TLS for `--tls`: a rustls configuration from the
 //! CA, client certificate and key files, with session resumption on by
-//! default (one ticket store shared by every client, so reconnects
-//! resume). `run.rs` builds it once; `client.rs` uses the connector.
+//! default: each client keeps its own tickets, as a device does, so its
+//! reconnects resume. `run.rs` builds the configuration once; each
+//! client task takes its connector from it ([`Tls::for_client`]).
 
 use std::sync::Arc;
 
@@ -65,7 +66,12 @@ impl ServerCertVerifier for AnyCertificate {
 
 /// Builds the connector; errors name the flag and the file.
 pub fn connector(t: &crate::plan::Tls) -> Result<Tls, LoadError> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    if !t.post_quantum {
+        use rustls::crypto::aws_lc_rs::kx_group;
+        provider.kx_groups = vec![kx_group::X25519, kx_group::SECP256R1, kx_group::SECP384R1];
+    }
+    let provider = Arc::new(provider);
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| LoadError::Tls(e.to_string()))?;
@@ -105,15 +111,28 @@ pub fn connector(t: &crate::plan::Tls) -> Result<Tls, LoadError> {
         (None, None) => builder.with_no_client_auth(),
         _ => return Err(LoadError::Invalid("--cert and --key go together".into())),
     };
-    config.resumption = if t.resume {
-        rustls::client::Resumption::in_memory_sessions(65_536)
-    } else {
-        rustls::client::Resumption::disabled()
-    };
+    config.resumption = rustls::client::Resumption::disabled();
     let name = ServerName::try_from(t.server_name.clone())
         .map_err(|e| LoadError::Invalid(format!("--server-name {}: {e}", t.server_name)))?;
     Ok(Tls {
-        connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+        config: Arc::new(config),
+        resume: t.resume,
         name,
     })
+}
+
+impl Tls {
+    /// A connector for one client: with resumption, its own small ticket
+    /// store (a shared store keeps only a few tickets per server name, so
+    /// thousands of clients would mostly miss).
+    pub fn for_client(&self) -> tokio_rustls::TlsConnector {
+        if !self.resume {
+            return tokio_rustls::TlsConnector::from(self.config.clone());
+        }
+        let mut config = (*self.config).clone();
+        config.resumption = rustls::client::Resumption::store(Arc::new(
+            rustls::client::ClientSessionMemoryCache::new(1),
+        ));
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+    }
 }

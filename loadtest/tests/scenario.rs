@@ -17,12 +17,20 @@ struct Broker {
 }
 
 async fn broker() -> Broker {
+    broker_with(|_| {}).await
+}
+
+async fn broker_with(configure: impl FnOnce(&mut porchlight_broker::Config)) -> Broker {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut config = porchlight_broker::Config::for_tests(dir.path().join("data"));
     config.sys_interval = None;
+    configure(&mut config);
     let shutdown = CancellationToken::new();
     let server = Server::bind(config, shutdown.clone()).await.expect("bind");
-    let addr = server.local_addrs()[0];
+    let addr = match server.tls_local_addrs().first() {
+        Some(tls) => *tls,
+        None => server.local_addrs()[0],
+    };
     let handle = tokio::spawn(server.run());
     Broker {
         addr,
@@ -53,6 +61,7 @@ fn connection(addr: std::net::SocketAddr, version: Version) -> Connection {
         connect_rate: 0.0,
         connect_timeout: Duration::from_secs(5),
         reconnect: None,
+        cycles: 1,
         client_prefix: format!("it{}", std::process::id()),
     }
 }
@@ -218,4 +227,83 @@ async fn limits_reports_and_a_missing_broker() {
         .expect("ends")
         .expect("runs");
     assert_eq!((s.connects, s.connect_failures), (0, 3));
+}
+
+/// A CA and a `localhost` server certificate (rcgen), as PEM files.
+fn pki(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().expect("ca key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).expect("ca");
+    let key = KeyPair::generate().expect("key");
+    let leaf = CertificateParams::new(vec!["localhost".to_string()])
+        .expect("params")
+        .signed_by(&key, &ca, &ca_key)
+        .expect("leaf");
+    let (ca_file, cert, key_file) = (
+        dir.join("ca.crt"),
+        dir.join("server.crt"),
+        dir.join("server.key"),
+    );
+    std::fs::write(&ca_file, ca.pem()).expect("write ca");
+    std::fs::write(&cert, leaf.pem()).expect("write cert");
+    std::fs::write(&key_file, key.serialize_pem()).expect("write key");
+    (ca_file, cert, key_file)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_reconnect_storm_resumes_unless_told_not_to() {
+    let files = tempfile::tempdir().expect("tempdir");
+    let (ca, cert, key) = pki(files.path());
+    let b = broker_with(|c| {
+        c.tls_listen = vec!["127.0.0.1:0".parse().expect("addr")];
+        c.tls = Some(porchlight_broker::tls::TlsFiles {
+            cert,
+            key,
+            min_version: porchlight_broker::tls::TlsVersion::V1_2,
+            client_ca: None,
+            crl: None,
+            client_auth: porchlight_broker::tls::ClientAuth::None,
+            identity: porchlight_broker::tls::IdentityField::Cn,
+            reload_interval: None,
+        });
+    })
+    .await;
+    for resume in [true, false] {
+        let plan = Plan {
+            name: "storm".into(),
+            connection: Connection {
+                tls: Some(porchlight_loadtest::plan::Tls {
+                    ca: Some(ca.clone()),
+                    cert: None,
+                    key: None,
+                    insecure: false,
+                    server_name: "localhost".into(),
+                    resume,
+                    post_quantum: false,
+                }),
+                cycles: 4,
+                connect_rate: 0.0,
+                ..connection(b.addr, Version::V5)
+            },
+            groups: vec![Group {
+                name: "idle".into(),
+                count: 20,
+                role: Role::Idle,
+            }],
+            duration: Duration::from_millis(200),
+            drain: Duration::from_millis(200),
+            connect_deadline: Duration::from_secs(30),
+        };
+        let s = run::run(plan, options()).await.expect("runs");
+        // The warm-up connect is not counted: 3 of the 4 cycles are.
+        assert_eq!((s.connects, s.connect_failures), (60, 0), "resume {resume}");
+        assert_eq!(s.connect_latency_us.count, 60);
+        assert_eq!(s.tls_handshakes, 60);
+        let want = if resume { 60 } else { 0 };
+        assert_eq!(s.tls_resumed, want, "resume {resume}");
+        assert!(porchlight_loadtest::report::table(&s).contains("resumed"));
+    }
+    b.stop().await;
 }
