@@ -21,8 +21,11 @@ scenarios=("$@")
 [ ${#scenarios[@]} -gt 0 ] || scenarios=(idle-10k idle-19k conn-rate conn-tls-full conn-tls-resumed
   fan-in-qos0 fan-in-qos0-flood fan-in-qos1 fan-out-200 fan-out-1000 p2p shared latency)
 brokers=(${BROKERS:-porchlight mosquitto rumqttd})
-port=18830
-tls_port=18831
+# Every run gets fresh ports (20000, 20002, ...): the 28k ephemeral ports
+# toward one address stay in TIME_WAIT for a minute after a run.
+run_no=0
+port=20000
+tls_port=20001
 
 # Open files: capped at 20,000 per process on the reference machine.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -49,6 +52,7 @@ trap 'stop; rm -rf "$work"' EXIT
 # One ECDSA P-256 server certificate for every broker's TLS listener.
 target/release/examples/tls_bench certs "$work/pki" ecdsa >/dev/null
 
+configs() {
 cat > "$work/mosquitto.conf" <<CONF
 user root
 per_listener_settings false
@@ -96,8 +100,11 @@ next_connection_delay_ms = 0
     max_inflight_count = 500
     dynamic_filters = true
 CONF
+}
 
 start() {
+  port=$((20000 + 2 * run_no)); tls_port=$((port + 1)); run_no=$((run_no + 1))
+  configs
   case $1 in
     porchlight)
       rm -rf "$work/data"

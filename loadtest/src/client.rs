@@ -210,19 +210,38 @@ async fn open(
     client: &Client,
     shared: &Shared,
     tls: Option<&TlsConnector>,
-) -> std::io::Result<(Box<dyn Io>, Option<bool>)> {
+) -> Result<(Box<dyn Io>, Option<bool>), String> {
     let socket = match client.broker {
-        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
-    };
-    if let Some(ip) = client.source {
-        socket.bind(SocketAddr::new(ip, 0))?;
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
     }
-    let tcp = socket.connect(client.broker).await?;
-    tcp.set_nodelay(true)?;
+    .map_err(io_reason("socket"))?;
+    if let Some(ip) = client.source {
+        // Let connect pick the port for this 4-tuple: a port bound
+        // without knowing the destination cannot be shared across
+        // brokers or reuse a TIME_WAIT one. Best effort: without it the
+        // bind still works, with ~28k ports per source address.
+        #[cfg(target_os = "linux")]
+        let _ = nix::sys::socket::setsockopt(
+            &socket,
+            nix::sys::socket::sockopt::IpBindAddressNoPort,
+            &true,
+        );
+        socket
+            .bind(SocketAddr::new(ip, 0))
+            .map_err(io_reason("bind"))?;
+    }
+    let tcp = socket
+        .connect(client.broker)
+        .await
+        .map_err(io_reason("tcp"))?;
+    tcp.set_nodelay(true).map_err(io_reason("tcp"))?;
     match (tls, &shared.tls) {
         (Some(connector), Some(t)) => {
-            let stream = connector.connect(t.name.clone(), tcp).await?;
+            let stream = connector
+                .connect(t.name.clone(), tcp)
+                .await
+                .map_err(|e| format!("tls: {e}"))?;
             let resumed = stream.get_ref().1.handshake_kind() == Some(HandshakeKind::Resumed);
             Ok((Box::new(stream), Some(resumed)))
         }
@@ -243,7 +262,7 @@ async fn connect(
     let started = Instant::now();
     let mut resumed = None;
     let attempt = async {
-        let (mut stream, r) = open(client, shared, tls).await.ok()?;
+        let (mut stream, r) = open(client, shared, tls).await?;
         resumed = r;
         let mut out = BytesMut::with_capacity(128);
         let options = ConnectOptions {
@@ -254,28 +273,35 @@ async fn connect(
             password: c.password.as_deref(),
             session_expiry: c.session_expiry,
         };
-        shared.wire.connect(&options, &mut out).ok()?;
-        stream.write_all(&out).await.ok()?;
+        shared
+            .wire
+            .connect(&options, &mut out)
+            .map_err(|e| format!("encode: {e}"))?;
+        stream.write_all(&out).await.map_err(io_reason("write"))?;
         loop {
             match shared.wire.decode(inbuf) {
-                Ok(Some(Incoming::ConnAck { code: 0 })) => return Some(stream),
-                Ok(Some(_)) | Err(_) => return None,
+                Ok(Some(Incoming::ConnAck { code: 0 })) => return Ok(stream),
+                Ok(Some(Incoming::ConnAck { code })) => return Err(format!("connack {code}")),
+                Ok(Some(_)) => return Err("a packet before CONNACK".to_owned()),
+                Err(e) => return Err(format!("bad CONNACK: {e}")),
                 Ok(None) => {}
             }
             inbuf.reserve(256);
-            if stream.read_buf(inbuf).await.ok()? == 0 {
-                return None;
+            if stream.read_buf(inbuf).await.map_err(io_reason("read"))? == 0 {
+                return Err("closed before CONNACK".to_owned());
             }
         }
     };
     let stream = tokio::select! {
-        _ = shared.stop.cancelled() => None,
-        r = tokio::time::timeout(c.connect_timeout, attempt) => r.ok().flatten(),
+        _ = shared.stop.cancelled() => return None,
+        r = tokio::time::timeout(c.connect_timeout, attempt) => {
+            r.unwrap_or_else(|_| Err("timeout".to_owned()))
+        }
     };
     let counters = &shared.stats.counters;
     match stream {
-        Some(s) if !record => Some(s),
-        Some(s) => {
+        Ok(s) if !record => Some(s),
+        Ok(s) => {
             if let Some(r) = resumed {
                 Counters::inc(&counters.tls_handshakes);
                 if r {
@@ -288,13 +314,18 @@ async fn connect(
             Counters::inc(&counters.connected);
             Some(s)
         }
-        None => {
+        Err(reason) => {
             if !shared.stop.is_cancelled() {
-                Counters::inc(&counters.connect_failures);
+                shared.stats.connect_failed(reason);
             }
             None
         }
     }
+}
+
+/// Names an I/O failure by step and kind (`tcp: address not available`).
+fn io_reason(step: &'static str) -> impl Fn(std::io::Error) -> String {
+    move |e| format!("{step}: {}", e.kind())
 }
 
 /// One connection's life.

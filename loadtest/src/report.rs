@@ -42,6 +42,14 @@ pub fn table(s: &Summary) -> String {
             s.reconnects
         ),
     );
+    if !s.connect_errors.is_empty() {
+        let reasons: Vec<String> = s
+            .connect_errors
+            .iter()
+            .map(|(reason, n)| format!("{reason} × {n}"))
+            .collect();
+        row("connect failures", reasons.join("; "));
+    }
     if s.cycles > 1 {
         row(
             "reconnect storm",

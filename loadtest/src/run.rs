@@ -87,6 +87,8 @@ pub struct Summary {
     // Connections.
     pub connects: u64,
     pub connect_failures: u64,
+    /// Failed connects by reason.
+    pub connect_errors: std::collections::BTreeMap<String, u64>,
     pub dropped: u64,
     pub reconnects: u64,
     /// From the first connect to the last CONNACK (or SUBACK); in a
@@ -589,6 +591,7 @@ pub async fn run(plan: Plan, options: Options) -> Result<Summary, LoadError> {
     };
     let generator = proc_summary(at_start.1, at_from.1, at_go.1, at_stop.1, now.1, my_max_rss);
     let connects = Counters::get(&c.connects);
+    let connect_errors = stats.connect_errors.lock().clone();
     let per_conn = |start: u64, connected: u64| {
         (connected.saturating_sub(start) as f64 * 1024.0) / connects.max(1) as f64
     };
@@ -605,6 +608,7 @@ pub async fn run(plan: Plan, options: Options) -> Result<Summary, LoadError> {
         subscribers,
         connects,
         connect_failures: Counters::get(&c.connect_failures),
+        connect_errors,
         dropped: Counters::get(&c.dropped),
         reconnects: Counters::get(&c.reconnects),
         connect_seconds,

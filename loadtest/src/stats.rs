@@ -158,6 +158,9 @@ pub struct Stats {
     pub latency: Shards,
     /// TCP connect (plus TLS) to CONNACK.
     pub connect_latency: Shards,
+    /// Failed connects by reason (`tcp: address not available`,
+    /// `connack 5`, `timeout`, ...): rare, so one lock is enough.
+    pub connect_errors: parking_lot::Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
 impl Stats {
@@ -166,7 +169,14 @@ impl Stats {
             counters: Counters::default(),
             latency: Shards::new()?,
             connect_latency: Shards::new()?,
+            connect_errors: Default::default(),
         })
+    }
+
+    /// Counts one failed connect and why.
+    pub fn connect_failed(&self, reason: String) {
+        Counters::inc(&self.counters.connect_failures);
+        *self.connect_errors.lock().entry(reason).or_default() += 1;
     }
 }
 

@@ -227,6 +227,8 @@ async fn limits_reports_and_a_missing_broker() {
         .expect("ends")
         .expect("runs");
     assert_eq!((s.connects, s.connect_failures), (0, 3));
+    let reasons: Vec<_> = s.connect_errors.into_iter().collect();
+    assert_eq!(reasons, vec![("tcp: connection refused".to_owned(), 3)]);
 }
 
 /// A CA and a `localhost` server certificate (rcgen), as PEM files.
@@ -305,5 +307,39 @@ async fn a_tls_reconnect_storm_resumes_unless_told_not_to() {
         assert_eq!(s.tls_resumed, want, "resume {resume}");
         assert!(porchlight_loadtest::report::table(&s).contains("resumed"));
     }
+    // A CA that did not sign the server's certificate: every connect
+    // fails, and the reason says TLS.
+    let other = tempfile::tempdir().expect("tempdir");
+    let (wrong_ca, _, _) = pki(other.path());
+    let plan = Plan {
+        name: "wrong-ca".into(),
+        connection: Connection {
+            tls: Some(porchlight_loadtest::plan::Tls {
+                ca: Some(wrong_ca),
+                cert: None,
+                key: None,
+                insecure: false,
+                server_name: "localhost".into(),
+                resume: true,
+                post_quantum: false,
+            }),
+            ..connection(b.addr, Version::V4)
+        },
+        groups: vec![Group {
+            name: "idle".into(),
+            count: 2,
+            role: Role::Idle,
+        }],
+        duration: Duration::from_millis(100),
+        drain: Duration::from_millis(100),
+        connect_deadline: Duration::from_secs(30),
+    };
+    let s = run::run(plan, options()).await.expect("runs");
+    assert_eq!((s.connects, s.connect_failures), (0, 2));
+    assert!(
+        s.connect_errors.keys().all(|r| r.starts_with("tls: ")),
+        "{:?}",
+        s.connect_errors
+    );
     b.stop().await;
 }
