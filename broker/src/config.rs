@@ -259,6 +259,19 @@ pub struct Cli {
     )]
     pub queue_overflow: QueueOverflow,
 
+    /// Flow control for QoS 1/2: a publisher whose message fills a
+    /// connected subscriber's queue is not read again until that queue
+    /// has drained to half, for at most this long; a subscriber that does
+    /// not drain in time is treated as stuck (its queue drops per
+    /// --queue-overflow until it drains). 0: no flow control, drop at once.
+    #[arg(
+        long,
+        value_name = "MS",
+        env = "PORCHLIGHT_PUBLISH_BACKPRESSURE_MS",
+        default_value_t = 500
+    )]
+    pub publish_backpressure_ms: u64,
+
     /// Most bytes (payloads and topics) queued per session; beyond it the
     /// `--queue-overflow` policy applies, as for the message count.
     #[arg(long, value_name = "BYTES", env = "PORCHLIGHT_MAX_QUEUED_BYTES", default_value_t = 16 * 1024 * 1024)]
@@ -426,6 +439,8 @@ pub struct Config {
     pub max_queued_messages: usize,
     pub max_queued_bytes: usize,
     pub queue_overflow: QueueOverflow,
+    /// See `--publish-backpressure-ms`; `None` when 0.
+    pub publish_backpressure: Option<Duration>,
     pub store: porchlight_storage::StoreOptions,
     pub max_topic_length: usize,
     pub max_topic_levels: usize,
@@ -582,6 +597,8 @@ impl Cli {
             max_queued_messages: self.max_queued_messages,
             max_queued_bytes: self.max_queued_bytes,
             queue_overflow: self.queue_overflow,
+            publish_backpressure: (self.publish_backpressure_ms > 0)
+                .then(|| Duration::from_millis(self.publish_backpressure_ms)),
             store: porchlight_storage::StoreOptions {
                 fsync: match self.fsync {
                     FsyncFlag::Always => porchlight_storage::FsyncMode::Always,
@@ -668,6 +685,17 @@ impl Config {
         let mut c = cli.validate().expect("defaults are valid");
         c.data_dir = data_dir;
         c
+    }
+
+    /// A session queue's bounds, without flow control (the router sets
+    /// that per delivery).
+    pub fn queue_limits(&self) -> crate::session::QueueLimits {
+        crate::session::QueueLimits {
+            max_messages: self.max_queued_messages,
+            max_bytes: self.max_queued_bytes,
+            overflow: self.queue_overflow,
+            backpressure: false,
+        }
     }
 
     pub fn topic_limits(&self) -> crate::topic::TopicLimits {

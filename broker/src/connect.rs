@@ -449,6 +449,7 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         kick,
         done,
         overflowed: false,
+        backpressure: None,
         pending: std::collections::VecDeque::new(),
         pending_pubacks: 0,
         held_publish: None,

@@ -131,6 +131,10 @@ pub struct Conn<S> {
     /// the connection yields before reading more, so the runtime spends
     /// its time draining queues rather than accepting messages it drops.
     pub overflowed: bool,
+    /// A subscriber session this client's last publish filled (flow
+    /// control) and until when to wait: nothing more is read or decoded
+    /// from the client until it drains; our own output still flows.
+    pub backpressure: Option<(Arc<Session>, tokio::time::Instant)>,
     /// Who the client is and what it may do (`auth/`); when its
     /// credentials expire (a JWT's `exp`) the connection closes.
     pub authz: crate::auth::Authz,
@@ -197,7 +201,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         loop {
             // Handle every complete packet already buffered, unless the
             // client is not reading our output.
-            while self.io.wbuf.len() < WRITE_HIGH_WATER {
+            while self.io.wbuf.len() < WRITE_HIGH_WATER && self.backpressure.is_none() {
                 match codec::decode(&mut self.io.rbuf, Some(self.protocol), max) {
                     Ok(Some(packet)) => {
                         self.last_seen = Instant::now();
@@ -223,6 +227,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             self.io.release_idle_buffers();
             let room =
                 self.io.wbuf.len() < WRITE_HIGH_WATER && self.pending.len() < PENDING_HIGH_WATER;
+            let read = room && self.backpressure.is_none();
             let deadline = self.keepalive_deadline();
             let auth_deadline = self.authz.expires_at();
             // Wait on the front ticket even if it became durable since
@@ -256,7 +261,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                         }
                     };
                 }
-                ev = self.io.ready(room) => match ev {
+                timed_out = wait_for_room(&self.backpressure) => {
+                    if let (true, Some((full, _))) = (timed_out, &self.backpressure) {
+                        full.mark_stuck();
+                        let m = &self.broker.metrics;
+                        m.inc(&m.backpressure_timeouts);
+                        debug!(
+                            subscriber = %full.key.client,
+                            "subscriber queue did not drain within --publish-backpressure-ms: dropping for it until it does"
+                        );
+                    }
+                    self.backpressure = None;
+                }
+                ev = self.io.ready(read) => match ev {
                     Ok(IoEvent::Read(_)) => {}
                     Ok(IoEvent::Wrote) => {
                         // While we are not reading (the client is behind on
@@ -470,5 +487,27 @@ async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
+    }
+}
+
+/// Flow control: resolves when the session a publish filled has drained
+/// to half (or went offline, or was found stuck): false; or when the wait
+/// ran out: true. Never resolves without a wait.
+async fn wait_for_room(wait: &Option<(Arc<Session>, tokio::time::Instant)>) -> bool {
+    let Some((full, deadline)) = wait else {
+        return std::future::pending().await;
+    };
+    loop {
+        let room = full.room.notified();
+        tokio::pin!(room);
+        // Registered before the check, so a drain in between wakes us.
+        room.as_mut().enable();
+        if !full.backpressures() {
+            return false;
+        }
+        tokio::select! {
+            _ = &mut room => {}
+            _ = tokio::time::sleep_until(*deadline) => return true,
+        }
     }
 }

@@ -265,6 +265,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 code = reason::NO_MATCHING_SUBSCRIBERS;
             }
             self.overflowed |= outcome.overflowed;
+            // Flow control: stop reading this client until the subscriber
+            // queue it filled drains (not our own queue: we drain it).
+            if let (Some(full), Some(limit)) =
+                (outcome.full, self.broker.config.publish_backpressure)
+            {
+                if !Arc::ptr_eq(&full, &self.session) {
+                    let m = &self.broker.metrics;
+                    m.inc(&m.backpressure_waits);
+                    self.backpressure = Some((full, tokio::time::Instant::now() + limit));
+                }
+            }
             write = outcome.write.and(incoming);
             if !matches!(write, Write::Failed(_)) {
                 write = write.and(outer);

@@ -36,6 +36,10 @@ pub const PROXY_HEADER_ERRORS: &str = "porchlight_proxy_header_errors_total";
 /// WebSocket upgrades refused (wrong path, no `mqtt` subprotocol, not
 /// HTTP) or timed out.
 pub const WS_HANDSHAKE_FAILURES: &str = "porchlight_ws_handshake_failures_total";
+/// Publishers paused by flow control, and pauses that ran out (the
+/// subscriber was then treated as stuck).
+pub const PUBLISH_BACKPRESSURE_WAITS: &str = "porchlight_publish_backpressure_waits_total";
+pub const PUBLISH_BACKPRESSURE_TIMEOUTS: &str = "porchlight_publish_backpressure_timeouts_total";
 
 /// Why a message was not delivered to a subscriber.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,6 +146,8 @@ pub struct Metrics {
     pub acl_denied_subscribe: AtomicU64,
     pub proxy_header_errors: AtomicU64,
     pub ws_handshake_failures: AtomicU64,
+    pub backpressure_waits: AtomicU64,
+    pub backpressure_timeouts: AtomicU64,
     dropped: [AtomicU64; 5],
     bad_packets: [AtomicU64; 9],
 }
@@ -208,6 +214,11 @@ impl Metrics {
             (AUTH_RELOAD_FAILURES, g(&self.auth_reload_failures)),
             (PROXY_HEADER_ERRORS, g(&self.proxy_header_errors)),
             (WS_HANDSHAKE_FAILURES, g(&self.ws_handshake_failures)),
+            (PUBLISH_BACKPRESSURE_WAITS, g(&self.backpressure_waits)),
+            (
+                PUBLISH_BACKPRESSURE_TIMEOUTS,
+                g(&self.backpressure_timeouts),
+            ),
         ] {
             let _ = writeln!(s, "{name} {v}");
         }

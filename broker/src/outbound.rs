@@ -233,6 +233,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 p.send_deferred(&self.key, packet_id, order, queue_seq);
             }
         }
+        self.session.drained(&st, self.broker.config.queue_limits());
         drop(st);
         if let Some((t, held)) = holding {
             if self.broker.persist.store().is_durable(t) {

@@ -83,7 +83,7 @@ impl Router {
                 }
                 _ => {
                     if let Some((s, d)) = current.take() {
-                        out.add(self.deliver(&s, d));
+                        self.deliver_to(&mut out, &s, d);
                     }
                     let d = Delivery {
                         msg: msg.clone(),
@@ -98,7 +98,7 @@ impl Router {
             }
         }
         if let Some((s, d)) = current.take() {
-            out.add(self.deliver(&s, d));
+            self.deliver_to(&mut out, &s, d);
         }
         for (sub, share) in m.shared {
             let d = Delivery {
@@ -109,9 +109,18 @@ impl Router {
                 share: Some(share),
                 seq: 0,
             };
-            out.add(self.deliver(&sub.session, d));
+            self.deliver_to(&mut out, &sub.session, d);
         }
         out
+    }
+
+    /// Queues one delivery of a publish and notes, for the publisher, the
+    /// first session whose queue asks it to wait.
+    fn deliver_to(&self, out: &mut PublishOutcome, session: &Arc<Session>, d: Delivery) {
+        out.add(self.deliver(session, d));
+        if out.full.is_none() && session.backpressures() {
+            out.full = Some(session.clone());
+        }
     }
 
     /// The reason code to refuse `msg` with, if it needs durable writes the
@@ -133,12 +142,14 @@ impl Router {
     /// Queues one delivery, counting overflow drops.
     pub fn deliver(&self, session: &Arc<Session>, d: Delivery) -> (EnqueueOutcome, Write) {
         let expires = d.msg.expires_at;
+        let backpressure = self.config.publish_backpressure.is_some()
+            && d.qos != QoS::AtMostOnce
+            && session.accepts_backpressure();
         let (outcome, write) = session.enqueue(
             d,
             QueueLimits {
-                max_messages: self.config.max_queued_messages,
-                max_bytes: self.config.max_queued_bytes,
-                overflow: self.config.queue_overflow,
+                backpressure,
+                ..self.config.queue_limits()
             },
         );
         // An offline session does not pump: the sweeper purges what expires
@@ -263,6 +274,9 @@ pub struct PublishOutcome {
     pub queued: usize,
     /// Whether some session's queue was full (a message was dropped).
     pub overflowed: bool,
+    /// A connected session whose queue is past its bound under flow
+    /// control: the publisher waits for it to drain (`connection.rs`).
+    pub full: Option<Arc<Session>>,
     /// The durable writes made for it (queues of durable sessions, the
     /// retained store): its PUBACK/PUBREC waits for them.
     pub write: Write,
@@ -276,6 +290,7 @@ impl Default for PublishOutcome {
         PublishOutcome {
             queued: 0,
             overflowed: false,
+            full: None,
             write: Write::None,
             refused: None,
         }

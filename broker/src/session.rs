@@ -12,6 +12,14 @@
 //! `notify`; the connection (`outbound.rs`) pulls from the queue as its
 //! send window allows. The queue is bounded by `--max-queued-messages`
 //! with the `--queue-overflow` policy; every drop is counted.
+//!
+//! Flow control (`--publish-backpressure-ms`): a QoS 1/2 delivery to a
+//! connected session that is not stuck may fill its queue up to twice the
+//! bound; the first one past the bound marks the session `full`, and the
+//! publisher that sees it (`router.rs`) stops reading until the session's
+//! connection has drained the queue to half (`room`), or gives up and
+//! marks the session `stuck` (it then drops as without flow control until
+//! it drains).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -126,6 +134,14 @@ pub struct Session {
     online: AtomicBool,
     /// Wakes the attached connection when deliveries arrive.
     pub notify: Notify,
+    /// The queue passed its bound under flow control; publishers wait.
+    full: AtomicBool,
+    /// Did not drain within the publishers' wait: no flow control until
+    /// it drains.
+    stuck: AtomicBool,
+    /// Wakes waiting publishers: the queue drained to half, or the
+    /// session went offline.
+    pub room: Notify,
     state: Mutex<SessionState>,
 }
 
@@ -136,6 +152,9 @@ impl Session {
             id: SessionId::next(),
             online: AtomicBool::new(false),
             notify: Notify::new(),
+            full: AtomicBool::new(false),
+            stuck: AtomicBool::new(false),
+            room: Notify::new(),
             state: Mutex::new(SessionState {
                 subscriptions: HashMap::new(),
                 queue: VecDeque::new(),
@@ -169,6 +188,41 @@ impl Session {
 
     pub fn set_online(&self, online: bool) {
         self.online.store(online, Ordering::Relaxed);
+        if !online {
+            // Nobody drains an offline queue: publishers stop waiting.
+            self.room.notify_waiters();
+        }
+    }
+
+    /// Whether a QoS 1/2 delivery may use flow control: the session is
+    /// connected (someone drains it) and has not been found stuck.
+    pub fn accepts_backpressure(&self) -> bool {
+        self.is_online() && !self.stuck.load(Ordering::Relaxed)
+    }
+
+    /// Whether a publisher should wait for this session's queue to drain.
+    pub fn backpressures(&self) -> bool {
+        self.full.load(Ordering::Relaxed) && self.accepts_backpressure()
+    }
+
+    /// The wait for room ran out: drop instead of waiting until the queue
+    /// drains.
+    pub fn mark_stuck(&self) {
+        self.stuck.store(true, Ordering::Relaxed);
+        self.room.notify_waiters();
+    }
+
+    /// Called by the connection after taking from the queue: at half the
+    /// bound, the flow-control state clears and waiting publishers go on.
+    pub fn drained(&self, st: &SessionState, limits: QueueLimits) {
+        if !self.full.load(Ordering::Relaxed) && !self.stuck.load(Ordering::Relaxed) {
+            return;
+        }
+        if st.queue.len() * 2 <= limits.max_messages && st.queued_bytes * 2 <= limits.max_bytes {
+            self.full.store(false, Ordering::Relaxed);
+            self.stuck.store(false, Ordering::Relaxed);
+            self.room.notify_waiters();
+        }
     }
 
     /// Queues a delivery, applying the overflow policy at `max_queued`,
@@ -183,13 +237,17 @@ impl Session {
                 delivery.seq = st.next_queue_seq;
             }
             let size = delivery.msg.size();
+            // Under flow control the queue may take up to twice its bound
+            // while publishers are being slowed; past that it drops.
+            let slack = if limits.backpressure { 2 } else { 1 };
+            let (max_messages, max_bytes) = (limits.max_messages * slack, limits.max_bytes * slack);
             let fits = |st: &SessionState| {
-                st.queue.len() < limits.max_messages && st.queued_bytes + size <= limits.max_bytes
+                st.queue.len() < max_messages && st.queued_bytes + size <= max_bytes
             };
             let mut dropped = Vec::new();
             let outcome = if fits(&st) {
                 EnqueueOutcome::Queued
-            } else if limits.overflow == QueueOverflow::DropNew || size > limits.max_bytes {
+            } else if limits.overflow == QueueOverflow::DropNew || size > max_bytes {
                 EnqueueOutcome::DroppedNew
             } else {
                 while !fits(&st) {
@@ -202,6 +260,11 @@ impl Session {
             };
             if outcome != EnqueueOutcome::DroppedNew {
                 st.push_queued(delivery);
+            }
+            if limits.backpressure
+                && (st.queue.len() >= limits.max_messages || st.queued_bytes >= limits.max_bytes)
+            {
+                self.full.store(true, Ordering::Relaxed);
             }
             let write = match (&st.persist, st.queue.back(), outcome) {
                 (Some(p), Some(d), EnqueueOutcome::Queued | EnqueueOutcome::DroppedOldest) => {
@@ -236,6 +299,9 @@ pub struct QueueLimits {
     pub max_messages: usize,
     pub max_bytes: usize,
     pub overflow: QueueOverflow,
+    /// This delivery is under flow control (QoS 1/2, session connected
+    /// and not stuck, `--publish-backpressure-ms` set).
+    pub backpressure: bool,
 }
 
 impl SessionState {

@@ -356,3 +356,123 @@ async fn payload_format_indicator_is_checked() {
     assert_eq!(got.properties.payload_format_indicator, Some(1));
     b.stop().await;
 }
+
+/// Sends `n` QoS 1 publishes to `topic` in one write; payloads are the
+/// packet ids.
+async fn burst(p: &mut RawClient, topic: &str, n: u16) {
+    let mut out = bytes::BytesMut::new();
+    for id in 1..=n {
+        let mut m = publish(topic, q(1), id, b"");
+        m.payload = bytes::Bytes::copy_from_slice(&id.to_be_bytes());
+        porchlight_broker::codec::encode(&Packet::Publish(m), Protocol::V311, &mut out);
+    }
+    p.send_bytes(&out).await;
+}
+
+/// PUBACKs that arrive before `quiet` passes without one.
+async fn pubacks(p: &mut RawClient, quiet: Duration) -> usize {
+    let mut n = 0;
+    while let Ok(Some(Packet::PubAck(_))) = p.recv_within(quiet).await {
+        n += 1;
+    }
+    n
+}
+
+#[tokio::test]
+async fn a_full_subscriber_queue_slows_the_publisher_instead_of_dropping() {
+    for flow_control in [true, false] {
+        let b = TestBroker::with(|c| {
+            c.max_inflight = 2;
+            c.max_queued_messages = 4;
+            c.publish_backpressure = flow_control.then(|| Duration::from_secs(30));
+        })
+        .await;
+        let mut s = RawClient::connect(b.addr, Protocol::V311, "bp-sub").await;
+        s.subscribe("bp/t", q(1)).await;
+        let mut p = RawClient::connect(b.addr, Protocol::V311, "bp-pub").await;
+        // 30 messages at once; the subscriber reads nothing yet.
+        burst(&mut p, "bp/t", 30).await;
+        let early = pubacks(&mut p, Duration::from_millis(500)).await;
+        if flow_control {
+            // 2 in flight + a queue of 4 (+ the one that filled it).
+            assert!(early <= 8, "publisher not held: {early} PUBACKs");
+        } else {
+            assert_eq!(early, 30, "without flow control nothing waits");
+        }
+        // The subscriber now takes and acknowledges everything.
+        let mut got = std::collections::BTreeSet::new();
+        loop {
+            let quiet = if flow_control {
+                WAIT
+            } else {
+                Duration::from_secs(1)
+            };
+            match s.recv_within(quiet).await {
+                Ok(Some(Packet::Publish(m))) => {
+                    got.insert(m.payload.to_vec());
+                    s.send(&Packet::PubAck(Ack::new(m.packet_id, 0))).await;
+                    if got.len() == 30 {
+                        break;
+                    }
+                }
+                Err(()) if !flow_control => break,
+                other => panic!("expected PUBLISH, got {other:?}"),
+            }
+        }
+        let dropped = b.broker.metrics.dropped_count(DropReason::QueueFull);
+        if flow_control {
+            assert_eq!(got.len(), 30, "every message delivered");
+            assert_eq!(dropped, 0);
+            assert_eq!(early + pubacks(&mut p, Duration::from_secs(1)).await, 30);
+            assert!(
+                b.broker
+                    .metrics
+                    .backpressure_waits
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                    > 0
+            );
+        } else {
+            // At most 2 in flight + 4 queued survive the burst.
+            assert!(got.len() <= 6, "{} delivered", got.len());
+            assert_eq!(dropped as usize, 30 - got.len());
+        }
+        b.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_subscriber_that_never_reads_stalls_publishers_only_briefly() {
+    let b = TestBroker::with(|c| {
+        c.max_inflight = 2;
+        c.max_queued_messages = 4;
+        c.publish_backpressure = Some(Duration::from_millis(300));
+    })
+    .await;
+    let mut s = RawClient::connect(b.addr, Protocol::V311, "stuck-sub").await;
+    s.subscribe("bp/stuck", q(1)).await;
+    let mut p = RawClient::connect(b.addr, Protocol::V311, "stuck-pub").await;
+    burst(&mut p, "bp/stuck", 30).await;
+    // One wait of 300 ms, then the subscriber counts as stuck and its
+    // queue drops: every publish is acknowledged.
+    let started = std::time::Instant::now();
+    let mut acked = 0;
+    while acked < 30 {
+        match p.recv().await {
+            Some(Packet::PubAck(_)) => acked += 1,
+            other => panic!("expected PUBACK, got {other:?}"),
+        }
+    }
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let m = &b.broker.metrics;
+    assert_eq!(
+        m.backpressure_timeouts
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    assert!(m.dropped_count(DropReason::QueueFull) > 0);
+    // A second publisher is not held by the stuck subscriber at all.
+    let mut p2 = RawClient::connect(b.addr, Protocol::V311, "stuck-pub2").await;
+    burst(&mut p2, "bp/stuck", 10).await;
+    assert_eq!(pubacks(&mut p2, Duration::from_millis(200)).await, 10);
+    b.stop().await;
+}
