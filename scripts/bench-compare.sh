@@ -71,6 +71,8 @@ keyfile $work/pki/server.key
 log_dest stderr
 log_type error
 CONF
+# rumqttd: the same in-flight window (100) as Mosquitto's
+# max_inflight_messages and Porchlight's --max-inflight.
 cat > "$work/rumqttd.toml" <<CONF
 id = 0
 [router]
@@ -85,7 +87,7 @@ next_connection_delay_ms = 0
     [v4.1.connections]
     connection_timeout_ms = 60000
     max_payload_size = 1048576
-    max_inflight_count = 500
+    max_inflight_count = 100
     dynamic_filters = true
 [v4.2]
 name = "v4-2"
@@ -97,7 +99,7 @@ next_connection_delay_ms = 0
     [v4.2.connections]
     connection_timeout_ms = 60000
     max_payload_size = 1048576
-    max_inflight_count = 500
+    max_inflight_count = 100
     dynamic_filters = true
 CONF
 }
