@@ -41,7 +41,7 @@ if [[ " ${brokers[*]} " == *" rumqttd "* ]] && [ ! -x "$rumqttd" ]; then
   cargo install rumqttd --version 0.20.0
 fi
 cargo build --release --bin porchlight -p porchlight-broker -p porchlight-loadtest >/dev/null
-cargo build --release -p porchlight-broker --example tls_bench >/dev/null
+cargo build --release -p porchlight-loadtest --example tls_bench >/dev/null
 lt=target/release/porchlight-loadtest
 out=target/bench-compare/$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p "$out"

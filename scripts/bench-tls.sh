@@ -18,7 +18,8 @@ secs=${2:-10}
 conc=${3:-32}
 mosquitto=$(command -v mosquitto || echo /usr/sbin/mosquitto)
 [ -x "$mosquitto" ] || { echo "mosquitto not found: apt-get install mosquitto" >&2; exit 1; }
-cargo build --release --bin porchlight --example tls_bench >/dev/null
+cargo build --release --bin porchlight -p porchlight-broker >/dev/null
+cargo build --release -p porchlight-loadtest --example tls_bench >/dev/null
 tb=target/release/examples/tls_bench
 work=$(mktemp -d)
 pid=

@@ -185,9 +185,6 @@ async fn storm(client: &Client, shared: &Shared, tls: Option<&TlsConnector>) -> 
         let Some(stream) = connect(client, shared, tls, &mut inbuf, true).await else {
             return false;
         };
-        counters
-            .connected
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         hang_up(shared, stream).await;
     }
     true
@@ -311,7 +308,6 @@ async fn connect(
             let micros = started.elapsed().as_micros() as u64;
             shared.stats.connect_latency.record(client.index, micros);
             Counters::inc(&counters.connects);
-            Counters::inc(&counters.connected);
             Some(s)
         }
         Err(reason) => {
@@ -344,6 +340,7 @@ async fn session(
         };
     };
     let counters = &shared.stats.counters;
+    Counters::inc(&counters.connected);
     let end = connected(client, shared, progress, stream, inbuf).await;
     counters
         .connected

@@ -14,10 +14,11 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 use crate::client::Tls;
 use crate::error::LoadError;
 
-/// With `--insecure`: any server certificate, but the handshake's
-/// signatures are still verified.
+/// With `--insecure` (and in `examples/tls_bench.rs`): any server
+/// certificate, but the handshake's signatures are still verified with
+/// the provider's algorithms.
 #[derive(Debug)]
-struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+pub struct AnyCertificate(pub Arc<rustls::crypto::CryptoProvider>);
 
 impl ServerCertVerifier for AnyCertificate {
     fn verify_server_cert(

@@ -476,3 +476,33 @@ async fn a_subscriber_that_never_reads_stalls_publishers_only_briefly() {
     assert_eq!(pubacks(&mut p2, Duration::from_millis(200)).await, 10);
     b.stop().await;
 }
+
+#[tokio::test]
+async fn a_client_filling_its_own_queue_is_not_held_by_it() {
+    // It drains its own queue; waiting on it would stall it for the
+    // whole backpressure time on every publish.
+    let b = TestBroker::with(|c| {
+        c.max_inflight = 2;
+        c.max_queued_messages = 4;
+        c.publish_backpressure = Some(Duration::from_secs(30));
+    })
+    .await;
+    let mut c = RawClient::connect(b.addr, Protocol::V311, "self-sub").await;
+    c.subscribe("bp/self", q(1)).await;
+    burst(&mut c, "bp/self", 30).await;
+    let mut acked = 0;
+    while acked < 30 {
+        match c.recv().await {
+            Some(Packet::PubAck(_)) => acked += 1,
+            Some(Packet::Publish(_)) => {} // its own messages, not acknowledged
+            other => panic!("expected PUBACK, got {other:?}"),
+        }
+    }
+    let waits = b
+        .broker
+        .metrics
+        .backpressure_waits
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(waits, 0);
+    b.stop().await;
+}
