@@ -621,7 +621,11 @@ async fn failed_via_proxy(addr: std::net::SocketAddr, source: &str, id: &str) ->
 
 #[tokio::test]
 async fn behind_a_proxy_the_backoff_follows_the_real_address() {
-    let text = format!("[[users]]\nusername = \"u\"\npassword = \"{}\"\n", phc("p"));
+    // Argon2id at its minimum cost (8 KiB, 1 pass): the default costs
+    // hundreds of ms per check in a debug build, which drowned the 200 ms
+    // backoff this test times.
+    let cheap = "$argon2id$v=19$m=8,t=1,p=1$G8jc9KHbA0ohzZEunLO1YQ$/Uo3T3c3ci+YyOGguOpMGPqLgyZ/9OXd09wU7bX8Fi4";
+    let text = format!("[[users]]\nusername = \"u\"\npassword = \"{cheap}\"\n");
     let (b, _dir) = auth_broker(&text, |c| {
         c.proxy_protocol.kinds = vec![porchlight_broker::server::ListenerKind::Tcp];
     })
