@@ -261,9 +261,10 @@ pub struct Cli {
 
     /// Flow control for QoS 1/2: a publisher whose message fills a
     /// connected subscriber's queue is not read again until that queue
-    /// has drained to half, for at most this long; a subscriber that does
-    /// not drain in time is treated as stuck (its queue drops per
-    /// --queue-overflow until it drains). 0: no flow control, drop at once.
+    /// has drained to half, in waits of this long; a subscriber that took
+    /// less than a quarter of --max-queued-messages during one wait is
+    /// treated as stuck (its queue drops per --queue-overflow until it
+    /// drains). 0: no flow control, drop at once.
     #[arg(
         long,
         value_name = "MS",

@@ -132,9 +132,9 @@ pub struct Conn<S> {
     /// its time draining queues rather than accepting messages it drops.
     pub overflowed: bool,
     /// A subscriber session this client's last publish filled (flow
-    /// control) and until when to wait: nothing more is read or decoded
-    /// from the client until it drains; our own output still flows.
-    pub backpressure: Option<(Arc<Session>, tokio::time::Instant)>,
+    /// control): nothing more is read or decoded from the client until it
+    /// drains; our own output still flows.
+    pub backpressure: Option<Backpressure>,
     /// Who the client is and what it may do (`auth/`); when its
     /// credentials expire (a JWT's `exp`) the connection closes.
     pub authz: crate::auth::Authz,
@@ -200,11 +200,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         let persist = self.broker.persist.clone();
         loop {
             // Handle every complete packet already buffered, unless the
-            // client is not reading our output.
+            // client is not reading our output. One clock read per batch:
+            // its packets arrived together.
+            let mut batch_time = None;
             while self.io.wbuf.len() < WRITE_HIGH_WATER && self.backpressure.is_none() {
                 match codec::decode(&mut self.io.rbuf, Some(self.protocol), max) {
                     Ok(Some(packet)) => {
-                        self.last_seen = Instant::now();
+                        self.last_seen = *batch_time.get_or_insert_with(Instant::now);
                         if let Err(close) = self.handle(packet) {
                             return close;
                         }
@@ -262,16 +264,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     };
                 }
                 timed_out = wait_for_room(&self.backpressure) => {
-                    if let (true, Some((full, _))) = (timed_out, &self.backpressure) {
-                        full.mark_stuck();
-                        let m = &self.broker.metrics;
-                        m.inc(&m.backpressure_timeouts);
-                        debug!(
-                            subscriber = %full.key.client,
-                            "subscriber queue did not drain within --publish-backpressure-ms: dropping for it until it does"
-                        );
+                    if let (true, Some(mut wait)) = (timed_out, self.backpressure.take()) {
+                        let limits = self.broker.config.queue_limits();
+                        if wait.progressed(limits.max_messages) {
+                            // Slow, not stuck: wait again. The client's
+                            // silence is ours (we are not reading), so its
+                            // keepalive starts over too.
+                            if let Some(limit) = self.broker.config.publish_backpressure {
+                                self.last_seen = Instant::now();
+                                wait.restart(limit);
+                                self.backpressure = Some(wait);
+                            }
+                        } else {
+                            wait.full.mark_stuck();
+                            let m = &self.broker.metrics;
+                            m.inc(&m.backpressure_timeouts);
+                            debug!(
+                                subscriber = %wait.full.key.client,
+                                "subscriber queue did not drain within --publish-backpressure-ms: dropping for it until it does"
+                            );
+                        }
                     }
-                    self.backpressure = None;
                 }
                 ev = self.io.ready(read) => match ev {
                     Ok(IoEvent::Read(_)) => {}
@@ -490,11 +503,46 @@ async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
     }
 }
 
+/// A publisher waiting for a subscriber queue it filled (flow control).
+pub struct Backpressure {
+    /// The session whose queue is full.
+    pub full: Arc<Session>,
+    /// When this wait runs out.
+    deadline: tokio::time::Instant,
+    /// `full.taken()` when this wait started.
+    taken_at_start: u64,
+}
+
+impl Backpressure {
+    pub fn new(full: Arc<Session>, limit: Duration) -> Backpressure {
+        let taken_at_start = full.taken();
+        Backpressure {
+            full,
+            deadline: tokio::time::Instant::now() + limit,
+            taken_at_start,
+        }
+    }
+
+    /// Whether the subscriber's connection took at least a quarter of the
+    /// queue bound (and at least one) since the wait started: it is slow,
+    /// not stuck.
+    fn progressed(&self, max_queued: usize) -> bool {
+        let need = (max_queued as u64 / 4).max(1);
+        self.full.taken().saturating_sub(self.taken_at_start) >= need
+    }
+
+    fn restart(&mut self, limit: Duration) {
+        self.deadline = tokio::time::Instant::now() + limit;
+        self.taken_at_start = self.full.taken();
+    }
+}
+
 /// Flow control: resolves when the session a publish filled has drained
 /// to half (or went offline, or was found stuck): false; or when the wait
-/// ran out: true. Never resolves without a wait.
-async fn wait_for_room(wait: &Option<(Arc<Session>, tokio::time::Instant)>) -> bool {
-    let Some((full, deadline)) = wait else {
+/// ran out: true. Never resolves without a wait. Cancel-safe: it only
+/// reads the wait.
+async fn wait_for_room(wait: &Option<Backpressure>) -> bool {
+    let Some(Backpressure { full, deadline, .. }) = wait else {
         return std::future::pending().await;
     };
     loop {

@@ -273,7 +273,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 if !Arc::ptr_eq(&full, &self.session) {
                     let m = &self.broker.metrics;
                     m.inc(&m.backpressure_waits);
-                    self.backpressure = Some((full, tokio::time::Instant::now() + limit));
+                    self.backpressure = Some(crate::connection::Backpressure::new(full, limit));
                 }
             }
             write = outcome.write.and(incoming);

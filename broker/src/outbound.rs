@@ -233,7 +233,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 p.send_deferred(&self.key, packet_id, order, queue_seq);
             }
         }
-        self.session.drained(&st, self.broker.config.queue_limits());
+        self.session
+            .drained(&st, self.broker.config.queue_limits(), sent);
         drop(st);
         if let Some((t, held)) = holding {
             if self.broker.persist.store().is_durable(t) {

@@ -17,12 +17,17 @@
 //! connected session that is not stuck may fill its queue up to twice the
 //! bound; the first one past the bound marks the session `full`, and the
 //! publisher that sees it (`router.rs`) stops reading until the session's
-//! connection has drained the queue to half (`room`), or gives up and
-//! marks the session `stuck` (it then drops as without flow control until
-//! it drains).
+//! connection has drained the queue to half (`room`). A wait that runs
+//! out while the connection keeps taking from the queue (at least a
+//! quarter of the bound per wait, counted in `taken`) starts again: the
+//! subscriber is slow, not gone, and the publisher goes at its pace. One
+//! that took less marks the session `stuck` (it then drops as without
+//! flow control until it drains).
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::VecDeque;
+
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -142,6 +147,9 @@ pub struct Session {
     /// Wakes waiting publishers: the queue drained to half, or the
     /// session went offline.
     pub room: Notify,
+    /// Deliveries the connection has taken from the queue, ever: a
+    /// waiting publisher tells a slow subscriber from a stuck one by it.
+    taken: AtomicU64,
     state: Mutex<SessionState>,
 }
 
@@ -155,6 +163,7 @@ impl Session {
             full: AtomicBool::new(false),
             stuck: AtomicBool::new(false),
             room: Notify::new(),
+            taken: AtomicU64::new(0),
             state: Mutex::new(SessionState {
                 subscriptions: HashMap::new(),
                 queue: VecDeque::new(),
@@ -212,9 +221,18 @@ impl Session {
         self.room.notify_waiters();
     }
 
-    /// Called by the connection after taking from the queue: at half the
-    /// bound, the flow-control state clears and waiting publishers go on.
-    pub fn drained(&self, st: &SessionState, limits: QueueLimits) {
+    /// Deliveries taken from the queue so far (see `taken`).
+    pub fn taken(&self) -> u64 {
+        self.taken.load(Ordering::Relaxed)
+    }
+
+    /// Called by the connection after taking `took` deliveries from the
+    /// queue: at half the bound, the flow-control state clears and waiting
+    /// publishers go on.
+    pub fn drained(&self, st: &SessionState, limits: QueueLimits, took: u64) {
+        if took > 0 {
+            self.taken.fetch_add(took, Ordering::Relaxed);
+        }
         if !self.full.load(Ordering::Relaxed) && !self.stuck.load(Ordering::Relaxed) {
             return;
         }

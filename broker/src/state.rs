@@ -35,7 +35,7 @@ pub struct State {
     persist: Option<Arc<Persist>>,
     /// Deadlines: expiring retained messages are registered here.
     sweeper: Arc<Sweeper>,
-    sessions: DashMap<SessionKey, Arc<Session>>,
+    sessions: DashMap<SessionKey, Arc<Session>, foldhash::fast::RandomState>,
     trie: SubscriptionTrie,
     retained: RetainedStore,
 }
@@ -46,7 +46,7 @@ impl State {
             metrics,
             persist,
             sweeper: Arc::new(Sweeper::default()),
-            sessions: DashMap::new(),
+            sessions: DashMap::default(),
             trie: SubscriptionTrie::default(),
             retained: RetainedStore::default(),
         }

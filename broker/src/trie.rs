@@ -13,11 +13,11 @@
 //! members). The results go to `router.rs`, which merges overlapping
 //! subscriptions per session.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
+use foldhash::HashMap;
 use parking_lot::RwLock;
 
 use crate::codec::SubscriptionOptions;

@@ -506,3 +506,45 @@ async fn a_client_filling_its_own_queue_is_not_held_by_it() {
     assert_eq!(waits, 0);
     b.stop().await;
 }
+
+#[tokio::test]
+async fn a_slow_subscriber_that_keeps_reading_is_not_treated_as_stuck() {
+    // It takes one message every 150 ms: no wait of 300 ms sees the queue
+    // drain to half, but each sees it move, so the publisher goes at its
+    // pace and nothing is dropped.
+    let b = TestBroker::with(|c| {
+        c.max_inflight = 1;
+        c.max_queued_messages = 4;
+        c.publish_backpressure = Some(Duration::from_millis(300));
+    })
+    .await;
+    let mut s = RawClient::connect(b.addr, Protocol::V311, "slow-sub").await;
+    s.subscribe("bp/slow", q(1)).await;
+    let mut p = RawClient::connect(b.addr, Protocol::V311, "slow-pub").await;
+    burst(&mut p, "bp/slow", 16).await;
+    let mut got = std::collections::BTreeSet::new();
+    while got.len() < 16 {
+        match s.recv_within(WAIT).await {
+            Ok(Some(Packet::Publish(m))) => {
+                got.insert(m.payload.to_vec());
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                s.send(&Packet::PubAck(Ack::new(m.packet_id, 0))).await;
+            }
+            other => panic!("expected PUBLISH, got {other:?}"),
+        }
+    }
+    assert_eq!(pubacks(&mut p, Duration::from_millis(500)).await, 16);
+    let m = &b.broker.metrics;
+    assert_eq!(m.dropped_count(DropReason::QueueFull), 0);
+    assert_eq!(
+        m.backpressure_timeouts
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    assert!(
+        m.backpressure_waits
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+    );
+    b.stop().await;
+}
