@@ -29,6 +29,9 @@ pub struct Broker {
     pub persist: Arc<Persist>,
     /// The control state: sessions, subscriptions, retained messages.
     pub state: Arc<State>,
+    /// Per-tenant usage and quota counters (`tenant/`), shared with
+    /// `state`.
+    pub tenants: Arc<crate::tenant::Tenants>,
     pub router: Arc<Router>,
     pub registry: Registry,
     pub started_at: Instant,
@@ -69,6 +72,7 @@ impl Broker {
             auth,
             metrics,
             persist,
+            tenants: state.tenants().clone(),
             state,
             router,
             registry,

@@ -381,12 +381,22 @@ pub struct Cli {
     #[arg(long, value_name = "FILE", env = "PORCHLIGHT_AUTH_FILE")]
     pub auth_file: Option<PathBuf>,
 
+    /// TOML file of tenants: how connections find theirs (SNI, client
+    /// certificate, `name@tenant` usernames, listener defaults), and each
+    /// tenant's limits, users and ACL rules (see docs/tenants.md). Re-read
+    /// on change and on SIGHUP. Replaces --auth-file (give one or the
+    /// other); anonymous clients need --allow-anonymous.
+    #[arg(long, value_name = "FILE", env = "PORCHLIGHT_TENANTS")]
+    pub tenants: Option<PathBuf>,
+
     /// Let clients without a username or certificate in even though
-    /// authentication is configured (--auth-file or --tls-client-auth).
+    /// authentication is configured (--auth-file, --tenants or
+    /// --tls-client-auth).
     #[arg(long, env = "PORCHLIGHT_ALLOW_ANONYMOUS")]
     pub allow_anonymous: bool,
 
-    /// Seconds between checks of --auth-file for changes (0: never).
+    /// Seconds between checks of --auth-file or --tenants for changes (0:
+    /// never; --tenants is still re-read on SIGHUP).
     #[arg(
         long,
         value_name = "SECONDS",
@@ -482,6 +492,12 @@ impl Cli {
         }
         if self.max_inflight == 0 {
             return Err(invalid("--max-inflight", "must be at least 1"));
+        }
+        if self.tenants.is_some() && self.auth_file.is_some() {
+            return Err(invalid(
+                "--tenants",
+                "cannot be combined with --auth-file: put the users and rules under a [[tenant]]",
+            ));
         }
         if self.max_connections == 0 {
             return Err(invalid("--max-connections", "must be at least 1"));
@@ -622,6 +638,7 @@ impl Cli {
             shutdown_grace: Duration::from_secs(self.shutdown_grace),
             auth: crate::auth::AuthOptions {
                 file: self.auth_file.clone(),
+                tenants: self.tenants.clone(),
                 reload_interval: (self.auth_reload_interval > 0)
                     .then(|| Duration::from_secs(self.auth_reload_interval)),
                 allow_anonymous: self.allow_anonymous,

@@ -18,10 +18,11 @@ use crate::auth::{Credentials, Decision};
 use crate::broker::Broker;
 use crate::codec::{self, reason, ConnAck, Connect, DecodeError, Packet, Properties, Protocol};
 use crate::connection::{count_bytes, Conn, Origin};
-use crate::ids::{ClientId, ConnectionId, SessionKey, TenantId};
+use crate::ids::{ClientId, ConnectionId, SessionKey};
 use crate::metrics::{BadPacket, Metrics};
 use crate::registry::PendingWill;
 use crate::session::Owner;
+use crate::tenant::quota::{QuotaKind, Rate, Seat};
 use crate::topic;
 use crate::transport::Transport;
 
@@ -101,7 +102,7 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     broker: &Arc<Broker>,
     id: ConnectionId,
     over_limit: bool,
-    origin: &Origin,
+    origin: Origin,
 ) -> Option<Box<Conn<S>>> {
     let cfg = broker.config.clone();
     let metrics = &broker.metrics;
@@ -246,18 +247,61 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         c.client_id.clone()
     };
 
-    // Who is connecting (certificate, password, JWT or anonymous).
+    // Which tenant (`tenant/mod.rs`): fixed for the connection's life.
     // IPv4-mapped IPv6 (dual-stack listeners, PROXY TCP6) counts as IPv4,
     // so ACL `address` rules and the backoff see one form.
     let address = origin.peer.ip().to_canonical();
+    let directory = broker.auth.directory();
+    let tls = origin.tls.as_deref();
+    let hello = crate::tenant::Hello {
+        listener: origin.listener,
+        sni: tls.and_then(|t| t.sni.as_deref()),
+        cert: tls.and_then(|t| t.cert.as_ref()),
+        username: c.username.as_deref(),
+    };
+    let resolved = match directory.resolve(&hello) {
+        Ok(r) => r,
+        Err(no) => {
+            metrics.inc(&metrics.connections_refused);
+            if no.code == reason::BAD_USER_NAME_OR_PASSWORD {
+                broker.auth.failed(address, &client_id, metrics);
+            } else {
+                debug!(%address, client = %client_id, why = no.why, "No tenant");
+            }
+            refuse(io, p, no.code, no.why, max_out, metrics).await;
+            return None;
+        }
+    };
+    let tenant = resolved.tenant.clone();
+    let usage = broker.tenants.usage(&tenant.id);
+    if !tenant.limits.allows_protocol(p) {
+        usage.reject(QuotaKind::Protocol);
+        metrics.inc(&metrics.connections_refused);
+        let why = "protocol version not allowed for this tenant";
+        refuse(
+            io,
+            p,
+            reason::UNSUPPORTED_PROTOCOL_VERSION,
+            why,
+            max_out,
+            metrics,
+        )
+        .await;
+        return None;
+    }
+
+    // Who is connecting (certificate, password, JWT or anonymous), in the
+    // tenant's realm.
     let credentials = Credentials {
         client_id: client_id.clone(),
-        username: c.username.clone(),
+        username: resolved.username,
         password: c.password.as_ref().map(|p| p.to_vec()),
-        cert_identity: origin.cert_identity.clone(),
+        cert_identity: origin.cert_identity().map(str::to_owned),
         address,
     };
-    let principal = match broker.auth.authenticate(credentials, metrics).await {
+    drop(origin);
+    let realm = tenant.realm.clone();
+    let principal = match broker.auth.authenticate(credentials, realm, metrics).await {
         Decision::Allow(p) => p,
         Decision::Refuse { code, why } => {
             metrics.inc(&metrics.connections_refused);
@@ -265,7 +309,41 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
             return None;
         }
     };
-    let mut authz = broker.auth.authz(principal, &client_id, address);
+
+    // The tenant's connection quotas: rate, then a seat (given back when
+    // the connection ends).
+    if let Some(rate) = tenant.limits.max_connect_rate {
+        if usage.connect_rate.take(1, u64::from(rate)).is_err() {
+            usage.reject(QuotaKind::ConnectRate);
+            metrics.inc(&metrics.connections_refused);
+            let why = "tenant connect rate exceeded";
+            refuse(
+                io,
+                p,
+                reason::CONNECTION_RATE_EXCEEDED,
+                why,
+                max_out,
+                metrics,
+            )
+            .await;
+            return None;
+        }
+    }
+    let Some(seat) = Seat::take(usage, tenant.limits.max_connections) else {
+        metrics.inc(&metrics.connections_refused);
+        let why = "tenant connection limit reached";
+        refuse(io, p, reason::QUOTA_EXCEEDED, why, max_out, metrics).await;
+        return None;
+    };
+    let mut authz = broker
+        .auth
+        .authz(principal, tenant.id.clone(), &client_id, address);
+    let max_packet = tenant
+        .limits
+        .max_packet_size
+        .map_or(cfg.max_packet_size, |m| {
+            (m as usize).min(cfg.max_packet_size)
+        });
 
     // Keepalive: v5 gets Server Keep Alive; v3 asking too much is refused
     // (as Mosquitto does), since 3.1.1 cannot tell the client.
@@ -383,7 +461,7 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     }
 
     let key = SessionKey {
-        tenant: TenantId::default_tenant(),
+        tenant: tenant.id.clone(),
         client: ClientId::new(client_id),
     };
     let kick = broker.shutdown.child_token();
@@ -423,7 +501,10 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
             props.session_expiry_interval = Some(expiry);
         }
         props.receive_maximum = Some(cfg.receive_maximum);
-        props.maximum_packet_size = u32::try_from(cfg.max_packet_size).ok();
+        props.maximum_packet_size = u32::try_from(max_packet).ok();
+        if let Some(q) = tenant.limits.max_qos.filter(|q| *q < 2) {
+            props.maximum_qos = Some(q);
+        }
         if cfg.topic_alias_maximum > 0 {
             props.topic_alias_maximum = Some(cfg.topic_alias_maximum);
         }
@@ -455,6 +536,10 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         held_publish: None,
         problem_info: c.properties.request_problem_information != Some(0),
         authz,
+        seat,
+        max_packet,
+        throttle: None,
+        conn_rate: Rate::default(),
     });
     conn.send(&Packet::ConnAck(ConnAck {
         session_present: present,

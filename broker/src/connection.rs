@@ -82,12 +82,22 @@ impl Close {
 }
 
 /// Where a connection comes from: the client's address (from the PROXY
-/// header when the listener takes one) and its verified TLS client
-/// certificate's identity (`--tls-identity-field`), if any.
+/// header when the listener takes one), the listener, and what its TLS
+/// handshake showed, if any. Handed to the CONNECT handshake and dropped
+/// with it: a connected client keeps none of it.
 #[derive(Debug, Clone)]
 pub struct Origin {
     pub peer: SocketAddr,
-    pub cert_identity: Option<String>,
+    pub listener: crate::server::ListenerKind,
+    /// Boxed: most connections have none, and the task keeps this slot.
+    pub tls: Option<Box<crate::tls::TlsPeer>>,
+}
+
+impl Origin {
+    /// The verified client certificate's identity (`--tls-identity-field`).
+    pub fn cert_identity(&self) -> Option<&str> {
+        self.tls.as_ref().and_then(|t| t.identity.as_deref())
+    }
 }
 
 /// The state of a connected client, after a successful CONNECT.
@@ -138,6 +148,17 @@ pub struct Conn<S> {
     /// Who the client is and what it may do (`auth/`); when its
     /// credentials expire (a JWT's `exp`) the connection closes.
     pub authz: crate::auth::Authz,
+    /// The connection's place in its tenant's connection limit, and the
+    /// tenant's usage its publishes and subscriptions count against.
+    pub seat: crate::tenant::quota::Seat,
+    /// Largest packet the client may send: `--max-packet-size`, or the
+    /// tenant's smaller `max_packet_size`.
+    pub max_packet: usize,
+    /// An MQTT 3.1.1 client over its tenant's inbound rate: nothing more
+    /// is read until then (3.1.1 has no way to refuse a publish).
+    pub throttle: Option<tokio::time::Instant>,
+    /// `max_messages_per_connection_per_second`.
+    pub conn_rate: crate::tenant::quota::Rate,
 }
 
 /// Serves one accepted connection until it closes. `over_limit` is true
@@ -158,7 +179,7 @@ where
         "conn",
         peer = %origin.peer,
         conn = %id,
-        cert = origin.cert_identity.as_deref(),
+        cert = origin.cert_identity(),
         tenant = tracing::field::Empty,
         client = tracing::field::Empty
     );
@@ -167,7 +188,7 @@ where
         // Boxed: its state is large and needed only once, so it must not
         // size the future every idle connection keeps for its lifetime.
         let handshake = Box::pin(crate::connect::handshake(
-            io, &broker, id, over_limit, &origin,
+            io, &broker, id, over_limit, origin,
         ));
         let Some(conn) = handshake.await else {
             return;
@@ -196,14 +217,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     async fn main_loop(&mut self) -> Close {
         let shutdown = self.broker.shutdown.clone();
         let kick = self.kick.clone();
-        let max = self.broker.config.max_packet_size;
+        let max = self.max_packet;
         let persist = self.broker.persist.clone();
         loop {
             // Handle every complete packet already buffered, unless the
             // client is not reading our output. One clock read per batch:
             // its packets arrived together.
             let mut batch_time = None;
-            while self.io.wbuf.len() < WRITE_HIGH_WATER && self.backpressure.is_none() {
+            while self.io.wbuf.len() < WRITE_HIGH_WATER
+                && self.backpressure.is_none()
+                && self.throttle.is_none()
+            {
                 match codec::decode(&mut self.io.rbuf, Some(self.protocol), max) {
                     Ok(Some(packet)) => {
                         self.last_seen = *batch_time.get_or_insert_with(Instant::now);
@@ -229,7 +253,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             self.io.release_idle_buffers();
             let room =
                 self.io.wbuf.len() < WRITE_HIGH_WATER && self.pending.len() < PENDING_HIGH_WATER;
-            let read = room && self.backpressure.is_none();
+            let read = room && self.backpressure.is_none() && self.throttle.is_none();
             let deadline = self.keepalive_deadline();
             let auth_deadline = self.authz.expires_at();
             // Wait on the front ticket even if it became durable since
@@ -285,6 +309,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                             );
                         }
                     }
+                }
+                _ = until(self.throttle) => {
+                    self.throttle = None;
                 }
                 ev = self.io.ready(read) => match ev {
                     Ok(IoEvent::Read(_)) => {}
@@ -497,6 +524,14 @@ async fn wait_durable(
 }
 
 async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves at `deadline`; never without one. Cancel-safe.
+async fn until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,

@@ -36,6 +36,9 @@ pub enum BrokerError {
     #[error("invalid --auth-file {path}: {detail}")]
     AuthFile { path: PathBuf, detail: String },
 
+    #[error("invalid --tenants {path}: {detail}")]
+    TenantsFile { path: PathBuf, detail: String },
+
     #[error("{0}")]
     Storage(#[from] porchlight_storage::StorageError),
 

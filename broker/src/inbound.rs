@@ -9,6 +9,7 @@
 //! the outgoing state machines in the session. A protocol violation
 //! returns a [`Close`] with the reason code; `connection.rs` closes.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -21,8 +22,9 @@ use crate::codec::{
 use crate::command::{Applied, Command, Write};
 use crate::connection::{Close, Conn};
 use crate::message::{Delivery, Message};
-use crate::metrics::BadPacket;
+use crate::metrics::{BadPacket, DropReason};
 use crate::session::{effective_qos, OutState};
+use crate::tenant::quota::{release, reserve, QuotaKind};
 use crate::topic::{TopicFilter, TopicName};
 
 /// Closing a connection whose next packet promises a write the store
@@ -59,6 +61,72 @@ fn protocol_error(detail: &'static str) -> Close {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
+    /// Picks up a changed tenants file; a connection whose tenant was
+    /// removed closes (v5: 0x87).
+    fn tenant_check(&mut self) -> Result<(), Close> {
+        self.authz.refresh(&self.broker.auth);
+        if self.authz.removed {
+            tracing::info!(tenant = %self.key.tenant, client = %self.key.client, "Tenant removed: closing its connection");
+            return Err(Close {
+                reason: Some(reason::NOT_AUTHORIZED),
+                bad: None,
+                detail: "tenant removed".into(),
+                will: false,
+            });
+        }
+        Ok(())
+    }
+
+    /// Takes one publish of `bytes` from the tenant's and the connection's
+    /// rates; when one is spent, how long until it allows more. MQTT 5
+    /// publishes over a rate are refused and take nothing; 3.1.1 ones
+    /// cannot be refused, so they are taken as debt and the connection
+    /// waits it out.
+    fn take_publish_rate(&mut self, bytes: usize) -> Option<std::time::Duration> {
+        let limits = &self.authz.limits;
+        let usage = &self.seat.usage;
+        let force = !self.protocol.is_v5();
+        let take = |rate: &crate::tenant::quota::Rate, n: u64, per_second: u64| {
+            if force {
+                rate.force(n, per_second)
+            } else {
+                rate.take(n, per_second)
+            }
+        };
+        let checks = [
+            (
+                &self.conn_rate,
+                limits.max_messages_per_connection_per_second.map(u64::from),
+                1,
+                QuotaKind::ConnectionMessages,
+            ),
+            (
+                &usage.messages_in_rate,
+                limits.max_messages_in_per_second.map(u64::from),
+                1,
+                QuotaKind::MessagesIn,
+            ),
+            (
+                &usage.bytes_in_rate,
+                limits.max_bytes_in_per_second,
+                bytes as u64,
+                QuotaKind::BytesIn,
+            ),
+        ];
+        let mut wait = None;
+        for (rate, limit, n, kind) in checks {
+            let Some(per_second) = limit else { continue };
+            if let Err(w) = take(rate, n, per_second) {
+                usage.reject(kind);
+                wait = Some(wait.map_or(w, |x: std::time::Duration| x.max(w)));
+                if !force {
+                    break;
+                }
+            }
+        }
+        wait
+    }
+
     /// Handles one decoded packet.
     pub fn handle(&mut self, packet: Packet) -> Result<(), Close> {
         match packet {
@@ -157,6 +225,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         let topic = self.resolve_topic(&p)?;
         let metrics = self.broker.metrics.clone();
         metrics.inc(&metrics.messages_received);
+        self.tenant_check()?;
+        let usage = self.seat.usage.clone();
+        usage.messages_in.fetch_add(1, Ordering::Relaxed);
+        usage
+            .bytes_in
+            .fetch_add(p.payload.len() as u64, Ordering::Relaxed);
+        if self
+            .authz
+            .limits
+            .max_qos
+            .is_some_and(|max| p.qos as u8 > max)
+        {
+            usage.reject(QuotaKind::Qos);
+            return Err(Close::protocol(
+                reason::QOS_NOT_SUPPORTED,
+                BadPacket::ProtocolError,
+                "QoS above the tenant's maximum",
+            ));
+        }
+        let over_rate = self.take_publish_rate(p.payload.len());
 
         // Exactly-once: a QoS 2 packet id still awaiting PUBREL is a
         // retransmission and is not routed again.
@@ -190,19 +278,36 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 
         let mut code = reason::SUCCESS;
         let mut write = Write::None;
-        let denied = topic.is_reserved()
-            || !self.authz.allows(
-                &self.broker.auth,
-                Access::Publish,
-                topic.as_str(),
-                &self.broker.metrics,
-            );
+        if let Some(wait) = over_rate {
+            if v5 {
+                // Refused: a QoS 1/2 publisher hears 0x96; QoS 0 is
+                // dropped (counted by kind in the tenant's metrics).
+                if p.qos == QoS::AtMostOnce {
+                    metrics.dropped(DropReason::RateLimited);
+                    return Ok(());
+                }
+                code = reason::MESSAGE_RATE_TOO_HIGH;
+            } else {
+                // 3.1.1 cannot refuse: this one goes through and the
+                // connection is not read until the rate allows more.
+                self.throttle = Some(tokio::time::Instant::now() + wait);
+            }
+        }
+        let denied = code == reason::SUCCESS
+            && (topic.is_reserved()
+                || !self.authz.allows(
+                    &self.broker.auth,
+                    Access::Publish,
+                    topic.as_str(),
+                    &self.broker.metrics,
+                ));
         if denied {
             // v5 hears 0x87; 3.1.1 has no way to say it: the message is
             // dropped (counted in porchlight_acl_denied_total) and the
             // acknowledgement sent as usual, as Mosquitto does.
             code = reason::NOT_AUTHORIZED;
-        } else if p.properties.payload_format_indicator == Some(1)
+        } else if code == reason::SUCCESS
+            && p.properties.payload_format_indicator == Some(1)
             && std::str::from_utf8(&p.payload).is_err()
         {
             if p.qos == QoS::AtMostOnce && v5 {
@@ -422,6 +527,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     }
 
     fn on_subscribe(&mut self, s: Subscribe) -> Result<(), Close> {
+        self.tenant_check()?;
         let limits = self.broker.config.topic_limits();
         let max_subs = self.broker.config.max_subscriptions_per_client;
         let sub_id = s.properties.subscription_identifiers.first().copied();
@@ -453,15 +559,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 reasons.push(reason::NOT_AUTHORIZED);
                 continue;
             }
-            {
+            let new = {
                 let st = self.session.lock();
-                if !st.subscriptions.contains_key(raw.as_str())
-                    && st.subscriptions.len() >= max_subs
-                {
+                let new = !st.subscriptions.contains_key(raw.as_str());
+                if new && st.subscriptions.len() >= max_subs {
                     reasons.push(reason::QUOTA_EXCEEDED);
                     continue;
                 }
-            }
+                new
+            };
             if store_refuses {
                 reasons.push(match self.broker.persist.health() {
                     porchlight_storage::Health::Full => reason::QUOTA_EXCEEDED,
@@ -469,14 +575,32 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 });
                 continue;
             }
+            // The tenant's subscription limit: reserved before applying, so
+            // concurrent subscribers cannot pass it together.
+            let usage = &self.seat.usage;
+            if new && !reserve(&usage.subscriptions, self.authz.limits.max_subscriptions) {
+                usage.reject(QuotaKind::Subscriptions);
+                reasons.push(reason::QUOTA_EXCEEDED);
+                continue;
+            }
+            // The tenant's maximum QoS: granted lower, as MQTT allows.
+            let mut opts = *opts;
+            if let Some(max) = self.authz.limits.max_qos.and_then(QoS::from_u8) {
+                opts.qos = opts.qos.min(max);
+            }
             let shared = filter.group().is_some();
             let applied = self.broker.state.apply(Command::Subscribe {
                 key: self.key.clone(),
                 filter: filter.clone(),
-                options: *opts,
+                options: opts,
                 id: sub_id,
             });
             let (applied, write) = applied;
+            // (Applied in memory even when the write failed.)
+            let counted = matches!(applied, Applied::Existed(false));
+            if new && !counted {
+                release(&self.seat.usage.subscriptions, 1);
+            }
             if let Write::Failed(e) = &write {
                 reasons.push(storage_reason(e));
                 continue;

@@ -53,6 +53,7 @@ pub mod session;
 pub mod state;
 pub mod sweeper;
 pub mod sys;
+pub mod tenant;
 pub mod tls;
 pub mod topic;
 pub mod transport;

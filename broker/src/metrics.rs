@@ -57,15 +57,18 @@ pub enum DropReason {
     /// A durable session's copy whose write the store refused (disk full
     /// or failing); the publisher was told.
     NotDurable,
+    /// An MQTT 5 QoS 0 publish over its tenant's or connection's rate.
+    RateLimited,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 5] = [
+    pub const ALL: [DropReason; 6] = [
         DropReason::QueueFull,
         DropReason::PacketTooLarge,
         DropReason::Expired,
         DropReason::SessionEnded,
         DropReason::NotDurable,
+        DropReason::RateLimited,
     ];
 
     pub fn label(self) -> &'static str {
@@ -76,6 +79,7 @@ impl DropReason {
 
             DropReason::SessionEnded => "session_ended",
             DropReason::NotDurable => "not_durable",
+            DropReason::RateLimited => "rate_limited",
         }
     }
 }
@@ -148,7 +152,7 @@ pub struct Metrics {
     pub ws_handshake_failures: AtomicU64,
     pub backpressure_waits: AtomicU64,
     pub backpressure_timeouts: AtomicU64,
-    dropped: [AtomicU64; 5],
+    dropped: [AtomicU64; DropReason::ALL.len()],
     bad_packets: [AtomicU64; 9],
 }
 

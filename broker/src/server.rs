@@ -30,7 +30,7 @@ use crate::error::BrokerError;
 use crate::tls::TlsMaterial;
 
 /// What a listener speaks below MQTT.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ListenerKind {
     Tcp,
     Tls,
@@ -224,7 +224,8 @@ async fn accept_loop(listener: Listener, tls: Option<TlsMaterial>, broker: Arc<B
             // than the connection needs.
             let origin = Origin {
                 peer,
-                cert_identity: None,
+                listener: kind,
+                tls: None,
             };
             let serve =
                 crate::connection::serve(stream, origin, broker.clone(), over_limit, counted);
@@ -287,9 +288,10 @@ impl Layers {
             deadline,
         } = self;
         let m = broker.metrics.clone();
-        let origin = |cert_identity| Origin {
+        let origin = |tls: Option<crate::tls::TlsPeer>| Origin {
             peer,
-            cert_identity,
+            listener: kind,
+            tls: tls.map(Box::new),
         };
         match (kind, tls) {
             (ListenerKind::Tcp, _) => {
@@ -316,13 +318,13 @@ impl Layers {
                 .await
             }
             (ListenerKind::Tls, Some(tls)) => {
-                let Some((s, id)) = Box::pin(tls.handshake(stream, peer, deadline, &m)).await
+                let Some((s, hello)) = Box::pin(tls.handshake(stream, peer, deadline, &m)).await
                 else {
                     return;
                 };
                 Box::pin(crate::connection::serve(
                     s,
-                    origin(id),
+                    origin(Some(hello)),
                     broker,
                     over_limit,
                     (),
@@ -330,7 +332,7 @@ impl Layers {
                 .await
             }
             (ListenerKind::Wss, Some(tls)) => {
-                let Some((s, id)) = Box::pin(tls.handshake(stream, peer, deadline, &m)).await
+                let Some((s, hello)) = Box::pin(tls.handshake(stream, peer, deadline, &m)).await
                 else {
                     return;
                 };
@@ -339,7 +341,7 @@ impl Layers {
                 };
                 Box::pin(crate::connection::serve(
                     ws,
-                    origin(id),
+                    origin(Some(hello)),
                     broker,
                     over_limit,
                     (),

@@ -38,6 +38,8 @@ pub struct State {
     sessions: DashMap<SessionKey, Arc<Session>, foldhash::fast::RandomState>,
     trie: SubscriptionTrie,
     retained: RetainedStore,
+    /// Per-tenant usage: subscriptions are counted where they change.
+    tenants: Arc<crate::tenant::Tenants>,
 }
 
 impl State {
@@ -49,6 +51,21 @@ impl State {
             sessions: DashMap::default(),
             trie: SubscriptionTrie::default(),
             retained: RetainedStore::default(),
+            tenants: Arc::default(),
+        }
+    }
+
+    /// Every tenant's usage on this node. Subscriptions: a live SUBSCRIBE
+    /// reserves its count before applying (`inbound.rs`, so the limit is
+    /// exact), a restored one counts here, and every removal gives back.
+    pub fn tenants(&self) -> &Arc<crate::tenant::Tenants> {
+        &self.tenants
+    }
+
+    fn subscriptions_gone(&self, tenant: &TenantId, n: usize) {
+        if n > 0 {
+            let usage = self.tenants.usage(tenant);
+            crate::tenant::quota::release(&usage.subscriptions, n as u64);
         }
     }
 
@@ -88,6 +105,9 @@ impl State {
                 };
                 let mut st = session.lock();
                 let existed = st.subscriptions.remove(filter.as_str()).is_some();
+                if existed {
+                    self.subscriptions_gone(&key.tenant, 1);
+                }
                 let write = match (&st.persist, existed) {
                     (Some(p), true) => Write::from_result(p.delete_subscription(&key, &filter)),
                     _ => Write::None,
@@ -197,6 +217,7 @@ impl State {
         };
         self.metrics.dec(&self.metrics.sessions);
         let mut st = session.lock();
+        self.subscriptions_gone(&key.tenant, st.subscriptions.len());
         for (filter, _) in st.subscriptions.drain() {
             self.trie
                 .unsubscribe(&key.tenant, filter.filter(), filter.group(), session.id);
@@ -216,6 +237,11 @@ impl State {
             let mut st = session.lock();
             st.persist = self.persist.clone();
             st.disconnected_at = Some(Instant::now());
+            let usage = self.tenants.usage(&r.key.tenant);
+            usage.subscriptions.fetch_add(
+                r.subscriptions.len() as u64,
+                std::sync::atomic::Ordering::AcqRel,
+            );
             for (filter, options, id) in r.subscriptions {
                 self.add_subscription(&session, &mut st, filter, options, id);
             }

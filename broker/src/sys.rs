@@ -3,7 +3,10 @@
 //! subscribe to them (`$SYS/#`; a leading wildcard never matches them).
 //!
 //! Runs as one task every `--sys-interval` seconds; `--no-sys-topics`
-//! turns it off.
+//! turns it off. The node's global counters go to the `default` tenant's
+//! `$SYS` (the operators' view); with `--tenants`, each configured tenant
+//! also gets its own counters in its own `$SYS/broker/...`, and sees no
+//! other tenant's.
 
 use std::sync::Arc;
 
@@ -48,9 +51,50 @@ pub fn publish_stats(broker: &Broker) {
             m.bad_packet_count(k).to_string(),
         ));
     }
+    publish(broker, &TenantId::default_tenant(), values);
+    let directory = broker.auth.directory();
+    if directory.configured() {
+        for id in directory.ids() {
+            if id.as_str() == "default" {
+                continue;
+            }
+            let u = broker.tenants.usage(id);
+            let g = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+            let mut values = vec![
+                (
+                    "clients/connected".to_owned(),
+                    g(&u.connections).to_string(),
+                ),
+                (
+                    "clients/total".to_owned(),
+                    g(&u.connections_total).to_string(),
+                ),
+                (
+                    "messages/received".to_owned(),
+                    g(&u.messages_in).to_string(),
+                ),
+                ("bytes/received".to_owned(), g(&u.bytes_in).to_string()),
+                (
+                    "subscriptions/count".to_owned(),
+                    g(&u.subscriptions).to_string(),
+                ),
+            ];
+            for k in crate::tenant::quota::QuotaKind::ALL {
+                values.push((
+                    format!("quota/rejected/{}", k.label()),
+                    u.rejections(k).to_string(),
+                ));
+            }
+            publish(broker, id, values);
+        }
+    }
+}
+
+/// Publishes `values` as retained `$SYS/broker/<name>` in `tenant`.
+fn publish(broker: &Broker, tenant: &TenantId, values: Vec<(String, String)>) {
     for (name, value) in values {
         let msg = Message::new(
-            TenantId::default_tenant(),
+            tenant.clone(),
             TopicName::trusted(format!("$SYS/broker/{name}")),
             Bytes::from(value),
             QoS::AtMostOnce,

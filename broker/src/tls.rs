@@ -46,6 +46,16 @@ pub enum ClientAuth {
     Required,
 }
 
+/// What a finished TLS handshake tells about the client: its identity,
+/// the server name it asked for (SNI), and its verified certificate (the
+/// tenant may be in it: `tenant/mod.rs`).
+#[derive(Debug, Clone)]
+pub struct TlsPeer {
+    pub identity: Option<String>,
+    pub sni: Option<String>,
+    pub cert: Option<rustls::pki_types::CertificateDer<'static>>,
+}
+
 /// Which part of a client certificate names the client
 /// (`--tls-identity-field`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -151,7 +161,7 @@ impl TlsMaterial {
         peer: std::net::SocketAddr,
         deadline: tokio::time::Instant,
         metrics: &crate::metrics::Metrics,
-    ) -> Option<(tokio_rustls::server::TlsStream<S>, Option<String>)>
+    ) -> Option<(tokio_rustls::server::TlsStream<S>, TlsPeer)>
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
@@ -181,10 +191,13 @@ impl TlsMaterial {
                         }
                     }
                 }
-                let identity = certs
-                    .first()
-                    .and_then(|cert| identity(cert, self.files.identity));
-                return Some((tls, identity));
+                let cert = certs.first();
+                let peer = TlsPeer {
+                    identity: cert.and_then(|c| identity(c, self.files.identity)),
+                    sni: conn.server_name().map(str::to_owned),
+                    cert: cert.map(|c| c.clone().into_owned()),
+                };
+                return Some((tls, peer));
             }
             Ok(Err(e)) => e,
             Err(_) => std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out"),

@@ -3,7 +3,7 @@
 //! The auth file's rules (`file.rs`) and a JWT's claim rules (`jwt.rs`)
 //! are [`Rule`]s. At CONNECT they are narrowed to the client
 //! ([`ClientAcl::build`]): rules whose `user`/`client`/`address` selectors
-//! do not fit are dropped and `%u`/`%c` are substituted, so each PUBLISH
+//! do not fit are dropped and `%u`/`%c`/`%t` are substituted, so each PUBLISH
 //! and SUBSCRIBE only walks the rules that can apply. Decisions are cached
 //! per connection. `inbound.rs` asks; `auth/mod.rs` rebuilds a connection's
 //! ACL when the auth file is reloaded.
@@ -59,7 +59,8 @@ impl Access {
 pub struct Rule {
     pub permission: Permission,
     pub action: Action,
-    /// Topic patterns: MQTT filters that may use `%u` (username) and `%c`
+    /// Topic patterns: MQTT filters that may use `%u` (username), `%t`
+    /// (tenant) and `%c`
     /// (client id).
     pub topics: Vec<String>,
     /// Only for this username.
@@ -76,10 +77,12 @@ pub struct Rule {
 pub struct Subject<'a> {
     pub username: Option<&'a str>,
     pub client: &'a str,
+    /// `%t`: the tenant the connection belongs to.
+    pub tenant: &'a str,
     pub address: IpAddr,
 }
 
-/// A rule narrowed to one client: selectors checked, `%u`/`%c` replaced.
+/// A rule narrowed to one client: selectors checked, `%u`/`%c`/`%t` replaced.
 #[derive(Debug, Clone)]
 struct ClientRule {
     permission: Permission,
@@ -191,7 +194,7 @@ impl ClientAcl {
     }
 }
 
-/// `pattern` with `%u` and `%c` replaced; `None` when the needed value is
+/// `pattern` with `%u`, `%c` and `%t` replaced; `None` when the needed value is
 /// missing or unsafe.
 fn substitute(pattern: &str, subject: &Subject<'_>) -> Option<String> {
     let safe = |s: &str| !s.is_empty() && !unsafe_in_pattern(s);
@@ -206,6 +209,9 @@ fn substitute(pattern: &str, subject: &Subject<'_>) -> Option<String> {
             rest = r;
         } else if let Some(r) = tail.strip_prefix("%c") {
             out.push_str(Some(subject.client).filter(|c| safe(c))?);
+            rest = r;
+        } else if let Some(r) = tail.strip_prefix("%t") {
+            out.push_str(Some(subject.tenant).filter(|t| safe(t))?);
             rest = r;
         } else {
             out.push('%');
@@ -278,6 +284,7 @@ mod tests {
         Subject {
             username: user,
             client,
+            tenant: "acme",
             address: IpAddr::from([127, 0, 0, 1]),
         }
     }
@@ -330,6 +337,7 @@ mod tests {
             rule(Permission::Deny, Action::Publish, "devices/%u/locked"),
             rule(Permission::Allow, Action::All, "devices/%u/#"),
             rule(Permission::Allow, Action::Subscribe, "clients/%c/+"),
+            rule(Permission::Allow, Action::Publish, "tenants/%t/%u"),
         ];
         let mut acl = ClientAcl::build(
             &[],
@@ -342,6 +350,8 @@ mod tests {
         assert!(!acl.allows(Access::Publish, "devices/t18/temp"));
         assert!(acl.allows(Access::Subscribe, "clients/hub-1/cmd"));
         assert!(!acl.allows(Access::Publish, "clients/hub-1/cmd"));
+        assert!(acl.allows(Access::Publish, "tenants/acme/t17"));
+        assert!(!acl.allows(Access::Publish, "tenants/other/t17"));
         for evil in ["+", "#", "a/b", "$SYS"] {
             let mut acl =
                 ClientAcl::build(&[], &rules, Permission::Allow, &subject(Some(evil), "c"));

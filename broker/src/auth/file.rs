@@ -16,27 +16,31 @@ use serde::Deserialize;
 use super::acl::{Action, Permission, Rule};
 use super::jwt::{JwtConfig, JwtVerifier};
 
-#[derive(Debug, Deserialize)]
+/// The tables that describe one realm: the whole auth file, or one
+/// `[[tenant]]` of the tenants file (`tenant/file.rs`).
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct AuthFile {
+pub struct RealmTables {
     #[serde(default)]
-    users: Vec<UserEntry>,
-    jwt: Option<JwtConfig>,
+    pub users: Vec<UserEntry>,
+    pub jwt: Option<JwtConfig>,
     #[serde(default)]
-    acl: AclSection,
+    pub acl: AclSection,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct UserEntry {
+pub struct UserEntry {
     username: String,
-    /// A PHC string from `porchlight hash-password`.
+    /// A PHC string from `porchlight hash-password` (`password_hash` in
+    /// the tenants file).
+    #[serde(alias = "password_hash")]
     password: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct AclSection {
+pub struct AclSection {
     /// When no rule matches: `deny` by default once any rule is written,
     /// `allow` when there are none.
     default: Option<Permission>,
@@ -46,7 +50,7 @@ struct AclSection {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RuleEntry {
+pub struct RuleEntry {
     permission: Permission,
     action: Action,
     topic: Option<String>,
@@ -82,7 +86,10 @@ impl Realm {
 /// Whether `pattern` is a valid topic filter once its placeholders are
 /// filled in.
 pub(super) fn valid_pattern(pattern: &str) -> bool {
-    let filled = pattern.replace("%u", "u").replace("%c", "c");
+    let filled = pattern
+        .replace("%u", "u")
+        .replace("%c", "c")
+        .replace("%t", "t");
     let limits = crate::topic::TopicLimits {
         max_length: 65_535,
         max_levels: usize::MAX,
@@ -100,7 +107,13 @@ pub fn load(path: &Path) -> Result<Realm, String> {
 /// Parses the file's text; relative paths inside it (JWT keys) are
 /// relative to `dir`.
 pub fn parse(text: &str, dir: &Path) -> Result<Realm, String> {
-    let file: AuthFile = toml::from_str(text).map_err(|e| e.to_string())?;
+    let file: RealmTables = toml::from_str(text).map_err(|e| e.to_string())?;
+    build(file, dir)
+}
+
+/// Checks one realm's tables and builds it; relative paths (JWT keys) are
+/// relative to `dir`.
+pub fn build(file: RealmTables, dir: &Path) -> Result<Realm, String> {
     let mut users = HashMap::with_capacity(file.users.len());
     for u in file.users {
         if u.username.is_empty() {

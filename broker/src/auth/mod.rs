@@ -37,7 +37,10 @@ use tracing::{info, warn};
 
 use crate::codec::reason;
 use crate::error::BrokerError;
+use crate::ids::TenantId;
 use crate::metrics::Metrics;
+use crate::tenant::quota::Limits;
+use crate::tenant::Directory;
 use acl::{Access, ClientAcl, Permission, Rule, Subject};
 use file::Realm;
 
@@ -252,11 +255,14 @@ fn decoy_hash() -> &'static str {
 /// The node's authentication and authorization configuration.
 #[derive(Debug)]
 pub struct Auth {
-    file: Option<PathBuf>,
+    /// `--tenants`, or else `--auth-file`: the file the directory comes
+    /// from.
+    file: Option<Source>,
     reload_interval: Option<Duration>,
     /// The file's contents as loaded (`reload.rs`).
     loaded: crate::reload::Snapshot,
-    realm: parking_lot::RwLock<Arc<Realm>>,
+    /// The tenants and their realms in force (`tenant/mod.rs`).
+    directory: parking_lot::RwLock<Arc<Directory>>,
     /// Bumped on every reload; connections compare it to rebuild ACLs.
     generation: AtomicU64,
     /// Any authentication configured: anonymous clients need
@@ -268,10 +274,48 @@ pub struct Auth {
     slots: Arc<tokio::sync::Semaphore>,
 }
 
+/// Where the directory comes from.
+#[derive(Debug, Clone)]
+enum Source {
+    /// `--auth-file`: the realm of the single `default` tenant.
+    AuthFile(PathBuf),
+    /// `--tenants`.
+    Tenants(PathBuf),
+}
+
+impl Source {
+    fn path(&self) -> &PathBuf {
+        match self {
+            Source::AuthFile(p) | Source::Tenants(p) => p,
+        }
+    }
+
+    fn load(&self) -> Result<Directory, BrokerError> {
+        match self {
+            Source::AuthFile(path) => {
+                file::load(path)
+                    .map(Directory::single)
+                    .map_err(|detail| BrokerError::AuthFile {
+                        path: path.clone(),
+                        detail,
+                    })
+            }
+            Source::Tenants(path) => {
+                crate::tenant::file::load(path).map_err(|detail| BrokerError::TenantsFile {
+                    path: path.clone(),
+                    detail,
+                })
+            }
+        }
+    }
+}
+
 /// How `Auth` is configured (from `config.rs`).
 #[derive(Debug, Clone, Default)]
 pub struct AuthOptions {
     pub file: Option<PathBuf>,
+    /// `--tenants` (config validation keeps it and `file` apart).
+    pub tenants: Option<PathBuf>,
     pub reload_interval: Option<Duration>,
     pub allow_anonymous: bool,
     /// TLS client certificates are asked for (`--tls-client-auth` is not
@@ -283,30 +327,34 @@ impl Auth {
     /// Loads `--auth-file`, refusing a bad one with its path and the
     /// problem.
     pub fn load(o: &AuthOptions) -> Result<Auth, BrokerError> {
-        let loaded = crate::reload::snapshot(o.file.as_slice());
-        let realm = match &o.file {
-            Some(path) => file::load(path).map_err(|detail| BrokerError::AuthFile {
-                path: path.clone(),
-                detail,
-            })?,
-            None => Realm::open(),
+        let source = match (&o.tenants, &o.file) {
+            (Some(t), _) => Some(Source::Tenants(t.clone())),
+            (None, Some(f)) => Some(Source::AuthFile(f.clone())),
+            (None, None) => None,
+        };
+        let paths: Vec<PathBuf> = source.iter().map(|s| s.path().clone()).collect();
+        let loaded = crate::reload::snapshot(&paths);
+        let directory = match &source {
+            Some(s) => s.load()?,
+            None => Directory::single(Realm::open()),
         };
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         Ok(Auth {
-            file: o.file.clone(),
+            required: source.is_some() || o.client_certificates,
+            file: source,
             reload_interval: o.reload_interval,
             loaded,
-            realm: parking_lot::RwLock::new(Arc::new(realm)),
+            directory: parking_lot::RwLock::new(Arc::new(directory)),
             generation: AtomicU64::new(0),
-            required: o.file.is_some() || o.client_certificates,
             allow_anonymous: o.allow_anonymous,
             backoff: Backoff::default(),
             slots: Arc::new(tokio::sync::Semaphore::new(cores)),
         })
     }
 
-    fn realm(&self) -> Arc<Realm> {
-        self.realm.read().clone()
+    /// The tenants and realms in force.
+    pub fn directory(&self) -> Arc<Directory> {
+        self.directory.read().clone()
     }
 
     /// Whether any authentication is configured (usernames are checked).
@@ -320,12 +368,17 @@ impl Auth {
 
     /// Decides a CONNECT. Waits out the address's backoff first; counts
     /// and logs failures (never saying which part was wrong).
-    pub async fn authenticate(&self, c: Credentials, metrics: &Metrics) -> Decision {
+    /// `realm` is the client's tenant's.
+    pub async fn authenticate(
+        &self,
+        c: Credentials,
+        realm: Arc<Realm>,
+        metrics: &Metrics,
+    ) -> Decision {
         let delay = self.backoff.delay(c.address);
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
-        let realm = self.realm();
         let (client, addr) = (c.client_id.clone(), c.address);
         let decision = if c.password.is_some() && c.cert_identity.is_none() && realm.expensive() {
             // Argon2 and RSA are milliseconds of CPU: off the runtime, one
@@ -364,8 +417,24 @@ impl Auth {
         decision
     }
 
-    /// The connection's authorization state for `principal`.
-    pub fn authz(&self, principal: Principal, client: &str, address: IpAddr) -> Authz {
+    /// Counts and logs a refusal decided before the credentials were
+    /// checked (the tenant was unknown), so it earns the same backoff.
+    pub fn failed(&self, address: IpAddr, client: &str, metrics: &Metrics) {
+        metrics.inc(&metrics.auth_failures);
+        let failures = self.backoff.fail(address);
+        if failures.is_power_of_two() {
+            info!(%address, %client, failures, "Authentication failed");
+        }
+    }
+
+    /// The connection's authorization state for `principal` in `tenant`.
+    pub fn authz(
+        &self,
+        principal: Principal,
+        tenant: TenantId,
+        client: &str,
+        address: IpAddr,
+    ) -> Authz {
         let expires_at = principal.expires.map(|exp| {
             let left = exp.duration_since(SystemTime::now()).unwrap_or_default();
             tokio::time::Instant::now() + left
@@ -373,6 +442,9 @@ impl Auth {
         let mut z = Authz {
             expires_at,
             principal,
+            tenant,
+            limits: Limits::default(),
+            removed: false,
             client: client.to_owned(),
             address,
             acl: None,
@@ -382,21 +454,68 @@ impl Auth {
         z
     }
 
-    /// Polls `--auth-file` until `shutdown`; a changed file that loads is
-    /// swapped in, a bad one is logged and counted and the old one stays.
+    /// Polls `--auth-file` or `--tenants` until `shutdown`, and re-reads it
+    /// on SIGHUP; a changed file that loads is swapped in, a bad one is
+    /// logged and counted and the old one stays.
     pub async fn watch(
         self: Arc<Self>,
         metrics: Arc<Metrics>,
         shutdown: tokio_util::sync::CancellationToken,
     ) {
-        let (Some(path), Some(every)) = (self.file.clone(), self.reload_interval) else {
+        let Some(source) = self.file.clone() else {
             return;
         };
-        let p = path.clone();
-        let loaded = self.loaded.clone();
-        crate::reload::watch_files(vec![path], loaded, every, shutdown, move || match file::load(&p) {
-            Ok(realm) => {
-                *self.realm.write() = Arc::new(realm);
+        let hangup = {
+            let (auth, source, metrics) = (self.clone(), source.clone(), metrics.clone());
+            let shutdown = shutdown.clone();
+            async move {
+                #[cfg(unix)]
+                {
+                    use tokio::signal::unix::{signal, SignalKind};
+                    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+                        return std::future::pending().await;
+                    };
+                    loop {
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            Some(()) = hup.recv() => {}
+                        }
+                        info!(path = %source.path().display(), "SIGHUP: re-reading");
+                        let (a, s, m) = (auth.clone(), source.clone(), metrics.clone());
+                        let _ = tokio::task::spawn_blocking(move || a.reload(&s, &m)).await;
+                    }
+                }
+                #[cfg(not(unix))]
+                std::future::pending::<()>().await
+            }
+        };
+        let poll = async {
+            let Some(every) = self.reload_interval else {
+                return std::future::pending().await;
+            };
+            let path = source.path().clone();
+            let (auth, source, loaded) = (self.clone(), source.clone(), self.loaded.clone());
+            let shutdown = shutdown.clone();
+            crate::reload::watch_files(vec![path], loaded, every, shutdown, move || {
+                auth.reload(&source, &metrics)
+            })
+            .await;
+        };
+        tokio::select! {
+            _ = hangup => {}
+            _ = poll => {}
+            _ = shutdown.cancelled() => {}
+        }
+    }
+
+    /// Loads the file again: a valid one is swapped in (connections pick
+    /// it up on their next check; tenants it no longer has are closed by
+    /// `registry.rs`), a bad one is logged and counted and the old stays.
+    fn reload(&self, source: &Source, metrics: &Metrics) {
+        let p = source.path();
+        match source.load() {
+            Ok(directory) => {
+                *self.directory.write() = Arc::new(directory);
                 self.generation.fetch_add(1, Ordering::AcqRel);
                 metrics.inc(&metrics.auth_reloads);
                 info!(path = %p.display(), "Auth file changed: now in force");
@@ -405,8 +524,7 @@ impl Auth {
                 metrics.inc(&metrics.auth_reload_failures);
                 warn!(path = %p.display(), error = %e, "Auth file changed but is invalid; keeping the previous one");
             }
-        })
-        .await;
+        }
     }
 }
 
@@ -470,6 +588,12 @@ fn bad_credentials() -> Decision {
 #[derive(Debug)]
 pub struct Authz {
     pub principal: Principal,
+    /// The connection's tenant, fixed at CONNECT.
+    pub tenant: TenantId,
+    /// The tenant's limits in force (refreshed with the ACL on reload).
+    pub limits: Limits,
+    /// The tenant is no longer configured: the connection must close.
+    pub removed: bool,
     client: String,
     address: IpAddr,
     /// `None`: the realm allows everything (no rules, default allow).
@@ -482,7 +606,26 @@ pub struct Authz {
 impl Authz {
     fn rebuild(&mut self, auth: &Auth) {
         let generation = auth.generation();
-        let realm = auth.realm();
+        let directory = auth.directory();
+        let Some(def) = directory.tenant(&self.tenant) else {
+            // Removed: nothing is allowed while the connection closes.
+            self.removed = true;
+            self.acl = Some(ClientAcl::build(
+                &[],
+                &[],
+                Permission::Deny,
+                &Subject {
+                    username: None,
+                    client: &self.client,
+                    tenant: self.tenant.as_str(),
+                    address: self.address,
+                },
+            ));
+            self.generation = generation;
+            return;
+        };
+        self.limits = def.limits.clone();
+        let realm = &def.realm;
         let open = realm.rules.is_empty()
             && realm.default == Permission::Allow
             && self.principal.claims.is_empty();
@@ -494,6 +637,7 @@ impl Authz {
                 &Subject {
                     username: self.principal.username.as_deref(),
                     client: &self.client,
+                    tenant: self.tenant.as_str(),
                     address: self.address,
                 },
             )
@@ -504,9 +648,7 @@ impl Authz {
     /// Whether the client may `access` `topic` (for subscribe: the filter
     /// without its `$share/group/` prefix). Counts denials.
     pub fn allows(&mut self, auth: &Auth, access: Access, topic: &str, metrics: &Metrics) -> bool {
-        if auth.generation() != self.generation {
-            self.rebuild(auth);
-        }
+        self.refresh(auth);
         let allowed = self.acl.as_mut().is_none_or(|a| a.allows(access, topic));
         if !allowed {
             metrics.inc(match access {
@@ -515,6 +657,13 @@ impl Authz {
             });
         }
         allowed
+    }
+
+    /// Rebuilds from the directory in force if it changed since.
+    pub fn refresh(&mut self, auth: &Auth) {
+        if auth.generation() != self.generation {
+            self.rebuild(auth);
+        }
     }
 
     /// When the credentials expire, as a deadline for the connection.

@@ -30,6 +30,9 @@ mod retained;
 mod session;
 /// Shared subscriptions.
 mod shared;
+/// Tenants: identity (username, SNI, certificate, listener), isolation,
+/// quotas, the tenants file and its reload.
+mod tenants;
 /// TLS listeners: v3/v5 clients, ALPN, minimum version, handshake
 /// timeouts, bad flags and files.
 mod tls;

@@ -103,6 +103,20 @@ impl TestBroker {
         self.broker.state.session(&session_key(client_id))
     }
 
+    /// The session of `client_id` in `tenant`, if it exists.
+    pub fn session_in(
+        &self,
+        tenant: &str,
+        client_id: &str,
+    ) -> Option<Arc<porchlight_broker::session::Session>> {
+        self.broker
+            .state
+            .session(&porchlight_broker::ids::SessionKey {
+                tenant: porchlight_broker::ids::TenantId::new(tenant),
+                client: porchlight_broker::ids::ClientId::new(client_id),
+            })
+    }
+
     /// Waits until the session of `client_id` exists with no connection.
     pub async fn wait_offline(&self, client_id: &str) {
         wait_until(&format!("{client_id} offline"), || {
@@ -287,6 +301,24 @@ impl RawClient {
         .await;
         match self.recv().await {
             Some(Packet::SubAck(s)) => assert!(s.reasons[0] < 0x80, "SUBACK {s:?}"),
+            other => panic!("expected SUBACK, got {other:?}"),
+        }
+    }
+
+    /// Subscribes to `filters` (filter, QoS) in one SUBSCRIBE and returns
+    /// the SUBACK's codes, whatever they are.
+    pub async fn subscribe_codes(&mut self, filters: &[(&str, u8)]) -> Vec<u8> {
+        self.send(&Packet::Subscribe(Subscribe {
+            packet_id: 2,
+            filters: filters
+                .iter()
+                .map(|(f, qos)| ((*f).into(), SubscriptionOptions::new(q(*qos))))
+                .collect(),
+            properties: Properties::default(),
+        }))
+        .await;
+        match self.recv().await {
+            Some(Packet::SubAck(s)) => s.reasons,
             other => panic!("expected SUBACK, got {other:?}"),
         }
     }
@@ -537,6 +569,12 @@ pub struct TestPki {
 
 impl TestPki {
     pub fn new() -> TestPki {
+        Self::with_names(&["localhost", "127.0.0.1"])
+    }
+
+    /// A PKI whose server certificate is for `names` (DNS names, IPs,
+    /// wildcards).
+    pub fn with_names(names: &[&str]) -> TestPki {
         use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
         let dir = tempfile::tempdir().expect("tempdir");
         let ca_key = KeyPair::generate().expect("ca key");
@@ -547,8 +585,9 @@ impl TestPki {
             .push(DnType::CommonName, "Porchlight test CA");
         let ca = ca_params.self_signed(&ca_key).expect("ca");
         let key = KeyPair::generate().expect("key");
-        let params = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-            .expect("params");
+        let params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .expect("params");
         let leaf = params.signed_by(&key, &ca, &ca_key).expect("leaf");
         let cert = dir.path().join("tls.crt");
         let key_path = dir.path().join("tls.key");
@@ -596,7 +635,16 @@ impl TestPki {
     /// A client certificate with the given validity and serial number
     /// (0: rcgen picks one).
     pub fn client_cert_with(&self, cn: &str, validity: Validity, serial: u64) -> ClientCert {
-        let (cert, key) = self.issue(cn, validity, serial);
+        let (cert, key) = self.issue(cn, validity, serial, None);
+        ClientCert {
+            chain: vec![cert.der().clone()],
+            key: rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        }
+    }
+
+    /// A current client certificate for `cn` with Organization `org`.
+    pub fn client_cert_in_org(&self, cn: &str, org: &str) -> ClientCert {
+        let (cert, key) = self.issue(cn, Validity::Current, 0, Some(org));
         ClientCert {
             chain: vec![cert.der().clone()],
             key: rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
@@ -632,6 +680,7 @@ impl TestPki {
         cn: &str,
         validity: Validity,
         serial: u64,
+        org: Option<&str>,
     ) -> (rcgen::Certificate, rcgen::KeyPair) {
         let key = rcgen::KeyPair::generate().expect("key");
         let mut params =
@@ -639,6 +688,11 @@ impl TestPki {
         params
             .distinguished_name
             .push(rcgen::DnType::CommonName, cn);
+        if let Some(org) = org {
+            params
+                .distinguished_name
+                .push(rcgen::DnType::OrganizationName, org);
+        }
         if serial != 0 {
             params.serial_number = Some(rcgen::SerialNumber::from(serial));
         }
@@ -662,7 +716,7 @@ impl TestPki {
     /// A client certificate and key for `cn`, as PEM files (for
     /// `mosquitto_pub --cert/--key`).
     pub fn client_cert_files(&self, cn: &str) -> (std::path::PathBuf, std::path::PathBuf) {
-        let (c, k) = self.issue(cn, Validity::Current, 0);
+        let (c, k) = self.issue(cn, Validity::Current, 0, None);
         let cert = self.dir.path().join(format!("{cn}.crt"));
         let key = self.dir.path().join(format!("{cn}.key"));
         std::fs::write(&cert, c.pem()).expect("write");

@@ -1,0 +1,576 @@
+//! Tenants end to end: each identity method over real sockets (username
+//! suffix, TLS SNI, client-certificate Organization, listener default),
+//! isolation (a property test over random tenants, filters and topics),
+//! every quota at its limit with another tenant unaffected, `%t` in ACLs,
+//! and removing a tenant by editing the file.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use porchlight_broker::codec::{reason, Packet, Protocol};
+use porchlight_broker::ids::TenantId;
+use porchlight_broker::tenant::quota::QuotaKind;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use crate::support::*;
+use tracing::info;
+
+fn publish_bytes(
+    topic: &str,
+    qos: porchlight_broker::codec::QoS,
+    packet_id: u16,
+    payload: Bytes,
+) -> porchlight_broker::codec::Publish {
+    let mut m = publish(topic, qos, packet_id, b"");
+    m.payload = payload;
+    m
+}
+
+/// A broker with `--tenants` holding `text`, re-read every 100 ms.
+async fn tenant_broker(
+    text: &str,
+    f: impl FnOnce(&mut porchlight_broker::Config),
+) -> (TestBroker, Arc<tempfile::TempDir>) {
+    let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
+    let path = dir.path().join("tenants.toml");
+    std::fs::write(&path, text).expect("write tenants file");
+    let b = TestBroker::with(|c| {
+        c.auth.tenants = Some(path);
+        c.auth.reload_interval = Some(Duration::from_millis(100));
+        f(c);
+    })
+    .await;
+    (b, dir)
+}
+
+/// An argon2id PHC of `pw` at the minimum cost (8 KiB, one pass): the
+/// default costs hundreds of ms per check in a debug build.
+fn cheap_phc(pw: &str) -> String {
+    use argon2::password_hash::{PasswordHasher, SaltString};
+    let params = argon2::Params::new(8, 1, 1, None).expect("params");
+    let a = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+    let salt = SaltString::encode_b64(b"porchlight-tests").expect("salt");
+    a.hash_password(pw.as_bytes(), &salt)
+        .expect("hash")
+        .to_string()
+}
+
+/// Tenants `names`, each with users `u`, `s`, `p` (password `pw`) and
+/// `extra` appended to its table.
+fn tenants(names: &[&str], extra: &str) -> String {
+    let phc = cheap_phc("pw");
+    names
+        .iter()
+        .map(|n| {
+            let users: String = ["u", "s", "p"]
+                .iter()
+                .map(|u| {
+                    format!("[[tenant.users]]\nusername = \"{u}\"\npassword_hash = \"{phc}\"\n")
+                })
+                .collect();
+            format!("[[tenant]]\nid = \"{n}\"\n{extra}\n{users}")
+        })
+        .collect()
+}
+
+fn as_user(p: Protocol, id: &str, user: &str) -> porchlight_broker::codec::Connect {
+    let mut c = connect_packet(p, id, true, 60);
+    c.username = Some(user.to_owned());
+    c.password = Some(Bytes::from_static(b"pw"));
+    c
+}
+
+async fn join(addr: std::net::SocketAddr, p: Protocol, id: &str, user: &str) -> RawClient {
+    let (c, ack) = RawClient::connect_with(addr, as_user(p, id, user)).await;
+    assert_eq!(ack.reason, 0, "{user} as {id}");
+    c
+}
+
+fn usage(b: &TestBroker, t: &str) -> Arc<porchlight_broker::tenant::quota::Usage> {
+    b.broker.tenants.usage(&TenantId::new(t))
+}
+
+#[tokio::test]
+async fn usernames_name_the_tenant_and_tenants_never_see_each_other() {
+    let (b, _dir) = tenant_broker(&tenants(&["acme", "globex"], ""), |c| {
+        c.auth.allow_anonymous = true;
+    })
+    .await;
+    info!("--- the same client id in two tenants is two sessions");
+    let mut a = join(b.addr, Protocol::V5, "dev", "u@acme").await;
+    let mut g = join(b.addr, Protocol::V311, "dev", "u@globex").await;
+    a.subscribe("#", q(1)).await;
+    g.subscribe("#", q(1)).await;
+    a.publish("t/1", q(1), 1, b"from acme").await;
+    let got = loop {
+        match a.recv().await {
+            Some(Packet::PubAck(_)) => {}
+            Some(Packet::Publish(m)) => break m,
+            other => panic!("expected PUBLISH, got {other:?}"),
+        }
+    };
+    assert_eq!(&got.payload[..], b"from acme");
+    g.expect_silence(Duration::from_millis(300)).await;
+    info!("--- retained messages stay in their tenant");
+    let mut m = publish_bytes("r/x", q(1), 2, Bytes::from_static(b"kept"));
+    m.retain = true;
+    g.send(&Packet::Publish(m)).await;
+    let _ = g.recv().await; // its own delivery or PUBACK
+    let mut a2 = join(b.addr, Protocol::V5, "dev2", "s@acme").await;
+    a2.subscribe("r/#", q(0)).await;
+    a2.expect_silence(Duration::from_millis(300)).await;
+    let mut g2 = join(b.addr, Protocol::V5, "dev2", "s@globex").await;
+    g2.subscribe("r/#", q(0)).await;
+    assert_eq!(&g2.expect_publish().await.payload[..], b"kept");
+    assert!(b.session_in("acme", "dev").is_some() && b.session_in("globex", "dev").is_some());
+    info!("--- unknown or missing tenants are refused with the documented codes");
+    for (p, user, code) in [
+        (
+            Protocol::V5,
+            Some("u@initech"),
+            reason::BAD_USER_NAME_OR_PASSWORD,
+        ),
+        (Protocol::V311, Some("u@initech"), 4),
+        (
+            Protocol::V5,
+            Some("plain"),
+            reason::CLIENT_IDENTIFIER_NOT_VALID,
+        ),
+        (Protocol::V311, None, 2),
+    ] {
+        let mut c = connect_packet(p, "x", true, 60);
+        c.username = user.map(str::to_owned);
+        assert_eq!(
+            RawClient::connect_with(b.addr, c).await.1.reason,
+            code,
+            "{user:?} {p:?}"
+        );
+    }
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn passwords_and_acls_are_per_tenant_and_percent_t_is_the_tenant() {
+    let hash = cheap_phc("pw");
+    let text = format!(
+        "[[tenant]]\nid = \"acme\"\n[[tenant.users]]\nusername = \"u\"\npassword_hash = \"{hash}\"\n\
+         [[tenant.acl.rules]]\npermission = \"allow\"\naction = \"all\"\ntopic = \"%t/%u/#\"\n\
+         [[tenant]]\nid = \"globex\"\n"
+    );
+    let (b, _dir) = tenant_broker(&text, |_| {}).await;
+    let c = as_user(Protocol::V5, "c1", "u@acme");
+    let (mut ok, ack) = RawClient::connect_with(b.addr, c.clone()).await;
+    let mut c = c;
+    assert_eq!(ack.reason, 0);
+    assert_eq!(
+        ok.puback("acme/u/temp").await,
+        reason::NO_MATCHING_SUBSCRIBERS
+    );
+    assert_eq!(ok.puback("globex/u/temp").await, reason::NOT_AUTHORIZED);
+    // The same user and password do not exist in globex.
+    c.username = Some("u@globex".into());
+    assert_eq!(
+        RawClient::connect_with(b.addr, c).await.1.reason,
+        reason::BAD_USER_NAME_OR_PASSWORD
+    );
+    b.stop().await;
+}
+
+/// A tiny deterministic generator (xorshift64*), so a failure replays.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn pick<'a>(&mut self, from: &[&'a str]) -> &'a str {
+        from[(self.next() % from.len() as u64) as usize]
+    }
+}
+
+/// MQTT filter matching, written independently of the broker's trie.
+fn matches(filter: &str, topic: &str) -> bool {
+    let (f, t): (Vec<&str>, Vec<&str>) = (filter.split('/').collect(), topic.split('/').collect());
+    for (i, level) in f.iter().enumerate() {
+        match *level {
+            "#" => return true,
+            "+" if i < t.len() => {}
+            l if i < t.len() && l == t[i] => {}
+            _ => return false,
+        }
+    }
+    f.len() == t.len()
+}
+
+#[tokio::test]
+async fn isolation_holds_for_random_tenants_filters_and_topics() {
+    let names = ["t0", "t1", "t2"];
+    let (b, _dir) = tenant_broker(&tenants(&names, ""), |c| c.auth.allow_anonymous = true).await;
+    let levels = ["a", "b", "c"];
+    let mut rng = Rng(0x5eed_1234_abcd_0001);
+    for round in 0..3 {
+        info!("--- round {round}");
+        // Six subscribers spread over the tenants, each with 1-3 filters.
+        let mut subs = Vec::new();
+        for i in 0..6 {
+            let tenant = rng.pick(&names);
+            let mut c = join(
+                b.addr,
+                Protocol::V5,
+                &format!("s{round}-{i}"),
+                &format!("s@{tenant}"),
+            )
+            .await;
+            let mut filters = BTreeSet::new();
+            for _ in 0..=(rng.next() % 3) {
+                let depth = 1 + rng.next() % 3;
+                let f: Vec<&str> = (0..depth)
+                    .map(|d| match rng.next() % 5 {
+                        0 if d + 1 == depth => "#",
+                        1 => "+",
+                        _ => rng.pick(&levels),
+                    })
+                    .collect();
+                filters.insert(f.join("/"));
+            }
+            for f in &filters {
+                c.subscribe(f, q(1)).await;
+            }
+            subs.push((tenant, filters, c));
+        }
+        // Twenty publishes from random tenants to random topics.
+        let mut sent = Vec::new();
+        let mut pubs: BTreeMap<&str, RawClient> = BTreeMap::new();
+        for t in names {
+            pubs.insert(
+                t,
+                join(
+                    b.addr,
+                    Protocol::V5,
+                    &format!("p{round}"),
+                    &format!("p@{t}"),
+                )
+                .await,
+            );
+        }
+        for n in 0..20u16 {
+            let tenant = rng.pick(&names);
+            let depth = 1 + rng.next() % 3;
+            let topic: Vec<&str> = (0..depth).map(|_| rng.pick(&levels)).collect();
+            let topic = topic.join("/");
+            let payload = format!("{round}:{n}:{tenant}");
+            let p = pubs.get_mut(tenant).expect("publisher");
+            let mut m = publish_bytes(&topic, q(1), n + 1, Bytes::from(payload.clone()));
+            m.retain = false;
+            p.send(&Packet::Publish(m)).await;
+            match p.recv().await {
+                Some(Packet::PubAck(_)) => {}
+                other => panic!("expected PUBACK, got {other:?}"),
+            }
+            sent.push((tenant, topic, payload));
+        }
+        for (tenant, filters, c) in subs.iter_mut() {
+            let want: BTreeSet<String> = sent
+                .iter()
+                .filter(|(t, topic, _)| t == tenant && filters.iter().any(|f| matches(f, topic)))
+                .map(|(_, _, p)| p.clone())
+                .collect();
+            let mut got = BTreeSet::new();
+            while got.len() < want.len() {
+                let m = c.expect_publish().await;
+                let payload = String::from_utf8(m.payload.to_vec()).expect("utf8");
+                assert!(
+                    payload.ends_with(&format!(":{tenant}")),
+                    "{tenant} {filters:?} received {payload} from another tenant"
+                );
+                c.send(&Packet::PubAck(porchlight_broker::codec::Ack::new(
+                    m.packet_id,
+                    0,
+                )))
+                .await;
+                got.insert(payload);
+            }
+            assert_eq!(got, want, "{tenant} {filters:?}");
+            c.expect_silence(Duration::from_millis(100)).await;
+        }
+    }
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn sni_and_certificate_organization_name_the_tenant_over_tls() {
+    use porchlight_broker::tls::{ClientAuth, TlsVersion};
+    let pki = TestPki::with_names(&["localhost", "*.mqtt.example.com"]);
+    let text = format!(
+        "[tenancy]\nresolve = [\"sni\", \"certificate\", \"username\"]\nsni_pattern = \"{{tenant}}.mqtt.example.com\"\n{}",
+        tenants(&["acme", "globex"], "")
+    );
+    let (b, _dir) = tenant_broker(&text, |c| {
+        pki.configure(c, TlsVersion::V1_2);
+        if let Some(tls) = c.tls.as_mut() {
+            tls.client_ca = Some(pki.ca_file.clone());
+            tls.client_auth = ClientAuth::Optional;
+        }
+        c.auth.client_certificates = true;
+        c.auth.allow_anonymous = true;
+    })
+    .await;
+    let tls_addr = b.tls_addr.expect("tls listener");
+    let over_tls = |config: Arc<rustls::ClientConfig>, name: &'static str| async move {
+        let tcp = TcpStream::connect(tls_addr).await.expect("tcp");
+        let name = rustls::pki_types::ServerName::try_from(name).expect("name");
+        let s = TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
+            .expect("handshake");
+        RawClient::over(s, Protocol::V5)
+    };
+    info!("--- SNI acme.mqtt.example.com, anonymous: tenant acme");
+    let c = over_tls(
+        pki.client(&[&rustls::version::TLS13], &[]),
+        "acme.mqtt.example.com",
+    )
+    .await;
+    let (mut sni_client, ack) = c
+        .handshake(connect_packet(Protocol::V5, "by-sni", true, 60))
+        .await;
+    assert_eq!(ack.reason, 0);
+    sni_client.subscribe("x", q(0)).await;
+    assert!(b.session_in("acme", "by-sni").is_some());
+    info!("--- certificate O=globex, SNI localhost (no pattern match): tenant globex");
+    let cert = pki.client_with_cert(pki.client_cert_in_org("dev-1", "globex"));
+    let c = over_tls(cert, "localhost").await;
+    let (_cert_client, ack) = c
+        .handshake(connect_packet(Protocol::V5, "by-cert", true, 60))
+        .await;
+    assert_eq!(ack.reason, 0);
+    assert!(b.session_in("globex", "by-cert").is_some());
+    info!("--- SNI for an unknown tenant: 0x85");
+    let c = over_tls(
+        pki.client(&[&rustls::version::TLS13], &[]),
+        "initech.mqtt.example.com",
+    )
+    .await;
+    let (_, ack) = c
+        .handshake(connect_packet(Protocol::V5, "nobody", true, 60))
+        .await;
+    assert_eq!(ack.reason, reason::CLIENT_IDENTIFIER_NOT_VALID);
+    info!("--- the acme subscriber hears acme's publish made by username");
+    let mut p = join(b.addr, Protocol::V311, "pub", "p@acme").await;
+    p.publish("x", q(0), 0, b"hi").await;
+    assert_eq!(&sni_client.expect_publish().await.payload[..], b"hi");
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn connection_quotas_refuse_with_the_right_codes_and_spare_other_tenants() {
+    let text = format!(
+        "{}{}{}",
+        tenants(
+            &["small"],
+            "[tenant.limits]\nmax_connections = 2\nprotocol_versions = [\"5\"]"
+        ),
+        tenants(&["slow"], "[tenant.limits]\nmax_connect_rate = 2"),
+        tenants(&["other"], "")
+    );
+    let (b, _dir) = tenant_broker(&text, |c| c.auth.allow_anonymous = true).await;
+    info!("--- max_connections");
+    let _a = join(b.addr, Protocol::V5, "a", "u@small").await;
+    let _b = join(b.addr, Protocol::V5, "b", "u@small").await;
+    let refused = RawClient::connect_with(b.addr, as_user(Protocol::V5, "c", "u@small")).await;
+    assert_eq!(refused.1.reason, reason::QUOTA_EXCEEDED);
+    let mut others = Vec::new();
+    for i in 0..5 {
+        others.push(join(b.addr, Protocol::V5, &format!("o{i}"), "u@other").await);
+    }
+    assert_eq!(usage(&b, "small").rejections(QuotaKind::Connections), 1);
+    info!("--- a seat is given back when a connection ends");
+    drop(_a);
+    wait_until("seat released", || {
+        usage(&b, "small")
+            .connections
+            .load(std::sync::atomic::Ordering::Relaxed)
+            < 2
+    })
+    .await;
+    let _c = join(b.addr, Protocol::V5, "c", "u@small").await;
+    info!("--- protocol_versions");
+    let v3 = RawClient::connect_with(b.addr, as_user(Protocol::V311, "d", "u@small")).await;
+    assert_eq!(v3.1.reason, 1, "3.1.1: unacceptable protocol version");
+    info!("--- max_connect_rate: a burst of one second's worth, then 0x9F");
+    let mut codes = Vec::new();
+    for i in 0..4 {
+        let c = RawClient::connect_with(b.addr, as_user(Protocol::V5, &format!("r{i}"), "u@slow"))
+            .await;
+        codes.push(c.1.reason);
+    }
+    assert_eq!(
+        codes,
+        vec![
+            0,
+            0,
+            reason::CONNECTION_RATE_EXCEEDED,
+            reason::CONNECTION_RATE_EXCEEDED
+        ]
+    );
+    let _ = join(b.addr, Protocol::V5, "o-late", "u@other").await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn message_rates_refuse_v5_throttle_v311_and_spare_other_tenants() {
+    let text = format!(
+        "{}{}",
+        tenants(
+            &["metered"],
+            "[tenant.limits]\nmax_messages_in_per_second = 5"
+        ),
+        tenants(&["other"], "")
+    );
+    let (b, _dir) = tenant_broker(&text, |c| c.auth.allow_anonymous = true).await;
+    info!("--- MQTT 5: past the burst, PUBACK 0x96");
+    let mut v5 = join(b.addr, Protocol::V5, "m5", "u@metered").await;
+    let mut codes = Vec::new();
+    for _ in 0..8 {
+        codes.push(v5.puback("m/t").await);
+    }
+    assert!(codes[..5].iter().all(|c| *c < 0x80), "{codes:?}");
+    assert!(
+        codes[5..]
+            .iter()
+            .all(|c| *c == reason::MESSAGE_RATE_TOO_HIGH),
+        "{codes:?}"
+    );
+    info!("--- another tenant publishes freely meanwhile");
+    let mut o = join(b.addr, Protocol::V5, "o", "u@other").await;
+    for _ in 0..50 {
+        assert!(o.puback("o/t").await < 0x80);
+    }
+    info!("--- MQTT 3.1.1: everything is taken, at the rate");
+    tokio::time::sleep(Duration::from_millis(1100)).await; // let the bucket refill
+    let mut v3 = join(b.addr, Protocol::V311, "m3", "u@metered").await;
+    let started = std::time::Instant::now();
+    for _ in 0..10 {
+        assert_eq!(v3.puback("m/t").await, 0);
+    }
+    // 5 in the burst, then 5 more at 5/s: at least ~0.8 s.
+    assert!(
+        started.elapsed() >= Duration::from_millis(700),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(usage(&b, "metered").rejections(QuotaKind::MessagesIn) >= 3);
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn subscription_qos_and_packet_size_limits() {
+    let text = format!(
+        "{}{}",
+        tenants(
+            &["tight"],
+            "[tenant.limits]\nmax_subscriptions = 2\nmax_qos = 1\nmax_packet_size = 256"
+        ),
+        tenants(&["other"], "")
+    );
+    let (b, _dir) = tenant_broker(&text, |c| c.auth.allow_anonymous = true).await;
+    let (mut c, ack) = RawClient::connect_with(b.addr, as_user(Protocol::V5, "s", "u@tight")).await;
+    assert_eq!(ack.properties.maximum_qos, Some(1));
+    assert_eq!(ack.properties.maximum_packet_size, Some(256));
+    info!("--- max_subscriptions over the tenant, max_qos granted lower");
+    let granted = c.subscribe_codes(&[("a", 2), ("b", 0), ("c", 0)]).await;
+    assert_eq!(granted, vec![1, 0, reason::QUOTA_EXCEEDED]);
+    // Replacing an existing subscription is not a new one.
+    assert_eq!(c.subscribe_codes(&[("a", 0)]).await, vec![0]);
+    let mut d = join(b.addr, Protocol::V311, "s2", "u@tight").await;
+    assert_eq!(d.subscribe_codes(&[("d", 0)]).await, vec![0x80]);
+    let mut o = join(b.addr, Protocol::V5, "o", "u@other").await;
+    assert_eq!(
+        o.subscribe_codes(&[("a", 2), ("b", 2), ("c", 2)]).await,
+        vec![2, 2, 2]
+    );
+    info!("--- an unsubscribe frees a place");
+    c.send(&Packet::Unsubscribe(
+        porchlight_broker::codec::Unsubscribe {
+            packet_id: 9,
+            filters: vec!["b".into()],
+            properties: Default::default(),
+        },
+    ))
+    .await;
+    assert!(matches!(c.recv().await, Some(Packet::UnsubAck(_))));
+    assert_eq!(d.subscribe_codes(&[("d", 0)]).await, vec![0]);
+    info!("--- a QoS 2 publish is above the tenant's maximum");
+    c.send(&Packet::Publish(publish_bytes(
+        "a",
+        q(2),
+        5,
+        Bytes::from_static(b"x"),
+    )))
+    .await;
+    c.expect_disconnect(Some(reason::QOS_NOT_SUPPORTED)).await;
+    info!("--- a packet above max_packet_size");
+    let mut big = join(b.addr, Protocol::V5, "big", "u@tight").await;
+    big.send(&Packet::Publish(publish_bytes(
+        "a",
+        q(0),
+        0,
+        Bytes::from(vec![0u8; 400]),
+    )))
+    .await;
+    big.expect_disconnect(Some(reason::PACKET_TOO_LARGE)).await;
+    let mut fine = join(b.addr, Protocol::V5, "big", "u@other").await;
+    fine.send(&Packet::Publish(publish_bytes(
+        "a",
+        q(0),
+        0,
+        Bytes::from(vec![0u8; 400]),
+    )))
+    .await;
+    fine.expect_silence(Duration::from_millis(200)).await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_removed_tenant_is_closed_and_a_bad_edit_is_ignored() {
+    let (b, dir) = tenant_broker(&tenants(&["acme", "globex"], ""), |c| {
+        c.auth.allow_anonymous = true;
+    })
+    .await;
+    let mut a = join(b.addr, Protocol::V5, "a", "u@acme").await;
+    let mut g = join(b.addr, Protocol::V5, "g", "u@globex").await;
+    let path = dir.path().join("tenants.toml");
+    let m = b.broker.metrics.clone();
+    let reloads = |m: &porchlight_broker::metrics::Metrics| {
+        porchlight_broker::metrics::Metrics::get(&m.auth_reloads)
+    };
+    info!("--- a broken file is ignored");
+    std::fs::write(&path, "[[tenant]]\nid = \"bad/id\"\n").expect("write");
+    wait_until("bad file seen", || {
+        porchlight_broker::metrics::Metrics::get(&m.auth_reload_failures) == 1
+    })
+    .await;
+    assert_eq!(a.puback("t").await, reason::NO_MATCHING_SUBSCRIBERS);
+    info!("--- acme removed");
+    std::fs::write(&path, tenants(&["globex"], "")).expect("write");
+    wait_until("reloaded", || reloads(&m) == 1).await;
+    a.send(&Packet::Publish(publish_bytes(
+        "t",
+        q(1),
+        3,
+        Bytes::from_static(b"x"),
+    )))
+    .await;
+    a.expect_disconnect(Some(reason::NOT_AUTHORIZED)).await;
+    assert_eq!(g.puback("t").await, reason::NO_MATCHING_SUBSCRIBERS);
+    let refused = RawClient::connect_with(b.addr, as_user(Protocol::V5, "a", "u@acme")).await;
+    assert_eq!(refused.1.reason, reason::BAD_USER_NAME_OR_PASSWORD);
+    b.stop().await;
+}
