@@ -310,7 +310,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                         }
                     }
                 }
-                _ = until(self.throttle) => {
+                _ = sleep_until_opt(self.throttle) => {
                     self.throttle = None;
                 }
                 ev = self.io.ready(read) => match ev {
@@ -524,14 +524,6 @@ async fn wait_durable(
 }
 
 async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Resolves at `deadline`; never without one. Cancel-safe.
-async fn until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,

@@ -82,7 +82,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// publishes over a rate are refused and take nothing; 3.1.1 ones
     /// cannot be refused, so they are taken as debt and the connection
     /// waits it out.
-    fn take_publish_rate(&mut self, bytes: usize) -> Option<std::time::Duration> {
+    fn take_publish_rate(&self, bytes: usize) -> Option<std::time::Duration> {
         let limits = &self.authz.limits;
         let usage = &self.seat.usage;
         let force = !self.protocol.is_v5();
@@ -226,7 +226,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         let metrics = self.broker.metrics.clone();
         metrics.inc(&metrics.messages_received);
         self.tenant_check()?;
-        let usage = self.seat.usage.clone();
+        let usage = &self.seat.usage;
         usage.messages_in.fetch_add(1, Ordering::Relaxed);
         usage
             .bytes_in

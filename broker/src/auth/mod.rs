@@ -406,22 +406,18 @@ impl Auth {
         };
         if let Decision::Refuse { code, .. } = decision {
             if code == reason::BAD_USER_NAME_OR_PASSWORD || code == reason::NOT_AUTHORIZED {
-                metrics.inc(&metrics.auth_failures);
-                let failures = self.backoff.fail(addr);
-                // Powers of two: a flood is visible without flooding the log.
-                if failures.is_power_of_two() {
-                    info!(address = %addr, %client, failures, "Authentication failed");
-                }
+                self.failed(addr, &client, metrics);
             }
         }
         decision
     }
 
-    /// Counts and logs a refusal decided before the credentials were
-    /// checked (the tenant was unknown), so it earns the same backoff.
+    /// Counts, backs off and logs an authentication failure (also one
+    /// decided before the credentials were checked: an unknown tenant).
     pub fn failed(&self, address: IpAddr, client: &str, metrics: &Metrics) {
         metrics.inc(&metrics.auth_failures);
         let failures = self.backoff.fail(address);
+        // Powers of two: a flood is visible without flooding the log.
         if failures.is_power_of_two() {
             info!(%address, %client, failures, "Authentication failed");
         }

@@ -179,10 +179,13 @@ impl Directory {
     /// loses its `@tenant` suffix when that suffix names the tenant found.
     pub fn resolve(&self, h: &Hello<'_>) -> Result<Resolved, NoTenant> {
         if !self.configured {
-            let tenant = self.tenants.values().next().cloned().ok_or(NoTenant {
-                code: reason::SERVER_UNAVAILABLE,
-                why: "no tenant configured",
-            })?;
+            let tenant = self
+                .tenant(&TenantId::default_tenant())
+                .cloned()
+                .ok_or(NoTenant {
+                    code: reason::SERVER_UNAVAILABLE,
+                    why: "no tenant configured",
+                })?;
             return Ok(Resolved {
                 tenant,
                 username: h.username.map(str::to_owned),

@@ -255,8 +255,6 @@ pub struct Usage {
     pub connections_total: AtomicU64,
     pub messages_in: AtomicU64,
     pub bytes_in: AtomicU64,
-    pub messages_out: AtomicU64,
-    pub bytes_out: AtomicU64,
     rejections: [AtomicU64; QuotaKind::ALL.len()],
 }
 

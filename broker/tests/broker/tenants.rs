@@ -195,7 +195,8 @@ impl Rng {
     }
 }
 
-/// MQTT filter matching, written independently of the broker's trie.
+/// MQTT filter matching, written apart from the broker's trie on purpose:
+/// the test judges the broker's routing, so it must not share its code.
 fn matches(filter: &str, topic: &str) -> bool {
     let (f, t): (Vec<&str>, Vec<&str>) = (filter.split('/').collect(), topic.split('/').collect());
     for (i, level) in f.iter().enumerate() {
@@ -448,6 +449,15 @@ async fn message_rates_refuse_v5_throttle_v311_and_spare_other_tenants() {
             .all(|c| *c == reason::MESSAGE_RATE_TOO_HIGH),
         "{codes:?}"
     );
+    // A QoS 0 publish over the rate is dropped and counted.
+    v5.publish("m/t", q(0), 0, b"x").await;
+    wait_until("QoS 0 counted as rate-limited", || {
+        b.broker
+            .metrics
+            .dropped_count(porchlight_broker::metrics::DropReason::RateLimited)
+            == 1
+    })
+    .await;
     info!("--- another tenant publishes freely meanwhile");
     let mut o = join(b.addr, Protocol::V5, "o", "u@other").await;
     for _ in 0..50 {
@@ -572,5 +582,19 @@ async fn a_removed_tenant_is_closed_and_a_bad_edit_is_ignored() {
     assert_eq!(g.puback("t").await, reason::NO_MATCHING_SUBSCRIBERS);
     let refused = RawClient::connect_with(b.addr, as_user(Protocol::V5, "a", "u@acme")).await;
     assert_eq!(refused.1.reason, reason::BAD_USER_NAME_OR_PASSWORD);
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn each_tenant_sees_only_its_own_sys_counters() {
+    let (b, _dir) = tenant_broker(&tenants(&["acme", "globex"], ""), |_| {}).await;
+    let mut a = join(b.addr, Protocol::V5, "a", "u@acme").await;
+    let _a2 = join(b.addr, Protocol::V5, "a2", "s@acme").await;
+    let mut g = join(b.addr, Protocol::V5, "g", "u@globex").await;
+    porchlight_broker::sys::publish_stats(&b.broker);
+    a.subscribe("$SYS/broker/clients/connected", q(0)).await;
+    g.subscribe("$SYS/broker/clients/connected", q(0)).await;
+    assert_eq!(&a.expect_publish().await.payload[..], b"2");
+    assert_eq!(&g.expect_publish().await.payload[..], b"1");
     b.stop().await;
 }
