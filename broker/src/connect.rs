@@ -335,9 +335,13 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         refuse(io, p, reason::QUOTA_EXCEEDED, why, max_out, metrics).await;
         return None;
     };
-    let mut authz = broker
-        .auth
-        .authz(principal, tenant.id.clone(), &client_id, address);
+    let mut authz = broker.auth.authz(
+        principal,
+        tenant.id.clone(),
+        seat.usage.clone(),
+        &client_id,
+        address,
+    );
     let max_packet = tenant
         .limits
         .max_packet_size
@@ -541,6 +545,11 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         throttle: None,
         conn_rate: Rate::default(),
     });
+    // A resumed session keeps no subscription in a tenant this principal
+    // is not granted (now, or no longer).
+    if present {
+        conn.drop_ungranted();
+    }
     conn.send(&Packet::ConnAck(ConnAck {
         session_present: present,
         reason: reason::SUCCESS,

@@ -247,6 +247,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             if std::mem::take(&mut self.overflowed) {
                 tokio::task::yield_now().await;
             }
+            // A reload may have removed the tenant or withdrawn a grant
+            // (one atomic load when nothing changed).
+            if let Err(close) = self.tenant_check() {
+                return close;
+            }
             self.release_pending();
             self.pump();
             self.count_written();

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::auth::acl::Access;
+use crate::auth::Target;
 use crate::codec::{
     reason, Ack, Packet, Properties, Publish, QoS, RetainHandling, SubAck, Subscribe, UnsubAck,
     Unsubscribe,
@@ -24,7 +25,7 @@ use crate::connection::{Close, Conn};
 use crate::message::{Delivery, Message};
 use crate::metrics::{BadPacket, DropReason};
 use crate::session::{effective_qos, OutState};
-use crate::tenant::quota::{release, reserve, QuotaKind};
+use crate::tenant::quota::{release, reserve, QuotaKind, Rate};
 use crate::topic::{TopicFilter, TopicName};
 
 /// Closing a connection whose next packet promises a write the store
@@ -60,10 +61,66 @@ fn protocol_error(detail: &'static str) -> Close {
     Close::protocol(reason::PROTOCOL_ERROR, BadPacket::ProtocolError, detail)
 }
 
+/// Takes one publish of `bytes` from the target tenant's and the
+/// connection's rates; when one is spent, how long until it allows more.
+/// MQTT 5 publishes over a rate are refused and take nothing (`force`
+/// false); 3.1.1 ones cannot be refused, so they are taken as debt and the
+/// connection waits it out.
+fn take_publish_rate(
+    conn_rate: &Rate,
+    target: &Target,
+    bytes: usize,
+    force: bool,
+) -> Option<std::time::Duration> {
+    let (limits, usage) = (&target.limits, &target.usage);
+    let take = |rate: &Rate, n: u64, per_second: u64| {
+        if force {
+            rate.force(n, per_second)
+        } else {
+            rate.take(n, per_second)
+        }
+    };
+    let checks = [
+        (
+            conn_rate,
+            limits.max_messages_per_connection_per_second.map(u64::from),
+            1,
+            QuotaKind::ConnectionMessages,
+        ),
+        (
+            &usage.messages_in_rate,
+            limits.max_messages_in_per_second.map(u64::from),
+            1,
+            QuotaKind::MessagesIn,
+        ),
+        (
+            &usage.bytes_in_rate,
+            limits.max_bytes_in_per_second,
+            bytes as u64,
+            QuotaKind::BytesIn,
+        ),
+    ];
+    let mut wait = None;
+    for (rate, limit, n, kind) in checks {
+        let Some(per_second) = limit else { continue };
+        if let Err(w) = take(rate, n, per_second) {
+            usage.reject(kind);
+            wait = Some(wait.map_or(w, |x: std::time::Duration| x.max(w)));
+            if !force {
+                break;
+            }
+        }
+    }
+    wait
+}
+
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// Picks up a changed tenants file; a connection whose tenant was
     /// removed closes (v5: 0x87).
-    fn tenant_check(&mut self) -> Result<(), Close> {
+    pub(crate) fn tenant_check(&mut self) -> Result<(), Close> {
+        if !self.authz.stale(&self.broker.auth) {
+            return Ok(());
+        }
         self.authz.refresh(&self.broker.auth);
         if self.authz.removed {
             tracing::info!(tenant = %self.key.tenant, client = %self.key.client, "Tenant removed: closing its connection");
@@ -74,57 +131,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 will: false,
             });
         }
+        self.drop_ungranted();
         Ok(())
     }
 
-    /// Takes one publish of `bytes` from the tenant's and the connection's
-    /// rates; when one is spent, how long until it allows more. MQTT 5
-    /// publishes over a rate are refused and take nothing; 3.1.1 ones
-    /// cannot be refused, so they are taken as debt and the connection
-    /// waits it out.
-    fn take_publish_rate(&self, bytes: usize) -> Option<std::time::Duration> {
-        let limits = &self.authz.limits;
-        let usage = &self.seat.usage;
-        let force = !self.protocol.is_v5();
-        let take = |rate: &crate::tenant::quota::Rate, n: u64, per_second: u64| {
-            if force {
-                rate.force(n, per_second)
-            } else {
-                rate.take(n, per_second)
-            }
-        };
-        let checks = [
-            (
-                &self.conn_rate,
-                limits.max_messages_per_connection_per_second.map(u64::from),
-                1,
-                QuotaKind::ConnectionMessages,
-            ),
-            (
-                &usage.messages_in_rate,
-                limits.max_messages_in_per_second.map(u64::from),
-                1,
-                QuotaKind::MessagesIn,
-            ),
-            (
-                &usage.bytes_in_rate,
-                limits.max_bytes_in_per_second,
-                bytes as u64,
-                QuotaKind::BytesIn,
-            ),
-        ];
-        let mut wait = None;
-        for (rate, limit, n, kind) in checks {
-            let Some(per_second) = limit else { continue };
-            if let Err(w) = take(rate, n, per_second) {
-                usage.reject(kind);
-                wait = Some(wait.map_or(w, |x: std::time::Duration| x.max(w)));
-                if !force {
-                    break;
-                }
-            }
+    /// Removes the session's subscriptions in tenants its principal is no
+    /// longer granted (a reload took the grant away, or a session resumed
+    /// by a principal without it), so nothing of theirs is delivered.
+    pub(crate) fn drop_ungranted(&mut self) {
+        let gone: Vec<TopicFilter> = self
+            .session
+            .lock()
+            .subscriptions
+            .keys()
+            .filter(|f| f.tenant().is_some_and(|t| !self.authz.granted(t)))
+            .cloned()
+            .collect();
+        for filter in gone {
+            tracing::info!(client = %self.key.client, filter = filter.as_str(), "Gateway grant withdrawn: subscription removed");
+            let (_, write) = self.broker.state.apply(Command::Unsubscribe {
+                key: self.key.clone(),
+                filter,
+            });
+            drop(write);
         }
-        wait
     }
 
     /// Handles one decoded packet.
@@ -226,17 +256,37 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         let metrics = self.broker.metrics.clone();
         metrics.inc(&metrics.messages_received);
         self.tenant_check()?;
-        let usage = &self.seat.usage;
+        // A gateway addresses another tenant as `$tenant/<id>/<topic>`:
+        // the message is that tenant's, under its quotas and ACL. Without
+        // a grant the prefix is refused like a denied topic.
+        let (topic, target) = match crate::topic::split_tenant(&topic) {
+            None => (topic, Some(&mut self.authz.home)),
+            Some(Ok((id, rest))) => {
+                let rest = TopicName::trusted(rest.to_owned());
+                let target = self
+                    .authz
+                    .target(&self.broker.auth, &self.broker.tenants, id);
+                (rest, target)
+            }
+            Some(Err(e)) => {
+                return Err(Close::protocol(
+                    e.0,
+                    BadPacket::ProtocolError,
+                    "malformed $tenant/ prefix in PUBLISH",
+                ))
+            }
+        };
+        let Some(target) = target else {
+            metrics.inc(&metrics.acl_denied_publish);
+            self.acknowledge(p.qos, p.packet_id, reason::NOT_AUTHORIZED, None);
+            return Ok(());
+        };
+        let usage = &target.usage;
         usage.messages_in.fetch_add(1, Ordering::Relaxed);
         usage
             .bytes_in
             .fetch_add(p.payload.len() as u64, Ordering::Relaxed);
-        if self
-            .authz
-            .limits
-            .max_qos
-            .is_some_and(|max| p.qos as u8 > max)
-        {
+        if target.limits.max_qos.is_some_and(|max| p.qos as u8 > max) {
             usage.reject(QuotaKind::Qos);
             return Err(Close::protocol(
                 reason::QOS_NOT_SUPPORTED,
@@ -244,7 +294,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 "QoS above the tenant's maximum",
             ));
         }
-        let over_rate = self.take_publish_rate(p.payload.len());
+        let over_rate = take_publish_rate(&self.conn_rate, target, p.payload.len(), !v5);
 
         // Exactly-once: a QoS 2 packet id still awaiting PUBREL is a
         // retransmission and is not routed again.
@@ -295,12 +345,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
         let denied = code == reason::SUCCESS
             && (topic.is_reserved()
-                || !self.authz.allows(
-                    &self.broker.auth,
-                    Access::Publish,
-                    topic.as_str(),
-                    &self.broker.metrics,
-                ));
+                || !target.allows(Access::Publish, topic.as_str(), &self.broker.metrics));
         if denied {
             // v5 hears 0x87; 3.1.1 has no way to say it: the message is
             // dropped (counted in porchlight_acl_denied_total) and the
@@ -319,16 +364,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             }
             code = reason::PAYLOAD_FORMAT_INVALID;
         }
+        let tenant = target.tenant.clone();
 
         if code == reason::SUCCESS {
             let msg = Arc::new(Message::new(
-                self.key.tenant.clone(),
+                tenant,
                 topic,
                 p.payload,
                 p.qos,
                 p.retain,
                 &p.properties,
-                Some(self.key.client.clone()),
+                Some(self.key.clone()),
             ));
             let qos2 = p.qos == QoS::ExactlyOnce;
             let (router, session, key, packet_id) = (
@@ -403,16 +449,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             }
             Write::Failed(_) => None,
         };
-        let mut ack = Ack::new(p.packet_id, code);
+        self.acknowledge(p.qos, p.packet_id, code, ticket);
+        Ok(())
+    }
+
+    /// PUBACK (QoS 1) or PUBREC (QoS 2) with `code`, once `ticket` is on
+    /// disk; nothing for QoS 0.
+    fn acknowledge(
+        &mut self,
+        qos: QoS,
+        packet_id: u16,
+        code: u8,
+        ticket: Option<porchlight_storage::Ticket>,
+    ) {
+        let mut ack = Ack::new(packet_id, code);
         if code >= 0x80 {
             ack.properties = self.problem(code);
         }
-        match p.qos {
+        match qos {
             QoS::AtMostOnce => {}
             QoS::AtLeastOnce => self.send_after(ticket, Packet::PubAck(ack)),
             QoS::ExactlyOnce => self.send_after(ticket, Packet::PubRec(ack)),
         }
-        Ok(())
     }
 
     /// A Reason String for a failure, unless the client asked for none.
@@ -549,12 +607,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             if filter.group().is_some() && opts.no_local {
                 return Err(protocol_error("no-local on a shared subscription"));
             }
-            if !self.authz.allows(
-                &self.broker.auth,
-                Access::Subscribe,
-                filter.filter(),
-                &self.broker.metrics,
-            ) {
+            // Its tenant: the connection's own, or for a granted gateway
+            // the one `$tenant/<id>/` names (refused without the grant).
+            let target = match filter.tenant() {
+                None => Some(&mut self.authz.home),
+                Some(id) => self
+                    .authz
+                    .target(&self.broker.auth, &self.broker.tenants, id),
+            };
+            let Some(target) = target else {
+                let m = &self.broker.metrics;
+                m.inc(&m.acl_denied_subscribe);
+                reasons.push(reason::NOT_AUTHORIZED);
+                continue;
+            };
+            if !target.allows(Access::Subscribe, filter.filter(), &self.broker.metrics) {
                 // The codec sends 3.1.1 clients 0x80 (failure).
                 reasons.push(reason::NOT_AUTHORIZED);
                 continue;
@@ -577,17 +644,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             }
             // The tenant's subscription limit: reserved before applying, so
             // concurrent subscribers cannot pass it together.
-            let usage = &self.seat.usage;
-            if new && !reserve(&usage.subscriptions, self.authz.limits.max_subscriptions) {
+            let usage = &target.usage;
+            if new && !reserve(&usage.subscriptions, target.limits.max_subscriptions) {
                 usage.reject(QuotaKind::Subscriptions);
                 reasons.push(reason::QUOTA_EXCEEDED);
                 continue;
             }
             // The tenant's maximum QoS: granted lower, as MQTT allows.
             let mut opts = *opts;
-            if let Some(max) = self.authz.limits.max_qos.and_then(QoS::from_u8) {
+            if let Some(max) = target.limits.max_qos.and_then(QoS::from_u8) {
                 opts.qos = opts.qos.min(max);
             }
+            let tenant = target.tenant.clone();
+            let usage = usage.clone();
             let shared = filter.group().is_some();
             let applied = self.broker.state.apply(Command::Subscribe {
                 key: self.key.clone(),
@@ -599,7 +668,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             // (Applied in memory even when the write failed.)
             let counted = matches!(applied, Applied::Existed(false));
             if new && !counted {
-                release(&self.seat.usage.subscriptions, 1);
+                release(&usage.subscriptions, 1);
             }
             if let Write::Failed(e) = &write {
                 reasons.push(storage_reason(e));
@@ -625,7 +694,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 for msg in self
                     .broker
                     .state
-                    .retained_matching(&self.key.tenant, filter.filter())
+                    .retained_matching(&tenant, filter.filter())
                 {
                     retained.push(Delivery {
                         qos: effective_qos(msg.qos, opts.qos),

@@ -12,7 +12,7 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 
 use crate::codec::{Properties, QoS};
-use crate::ids::{ClientId, TenantId};
+use crate::ids::{SessionKey, TenantId};
 use crate::topic::TopicName;
 
 /// An application message as the broker routes and stores it.
@@ -31,8 +31,9 @@ pub struct Message {
     pub forwarded_properties: Bytes,
     /// Message expiry deadline (MQTT 5 message expiry interval).
     pub expires_at: Option<Instant>,
-    /// The publishing client, for no-local subscriptions.
-    pub publisher: Option<ClientId>,
+    /// The publishing session, for no-local subscriptions (its tenant is
+    /// not the message's when a gateway published through `$tenant/`).
+    pub publisher: Option<SessionKey>,
 }
 
 impl Message {
@@ -45,7 +46,7 @@ impl Message {
         qos: QoS,
         retain: bool,
         props: &Properties,
-        publisher: Option<ClientId>,
+        publisher: Option<SessionKey>,
     ) -> Message {
         let received_at = Instant::now();
         let forwarded = Properties {

@@ -20,27 +20,46 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use crate::codec::{self, vbi_len, Ack, Packet, Protocol, QoS};
 use crate::command::Write;
 use crate::connection::Conn;
+use crate::ids::TenantId;
 use crate::message::Delivery;
 use crate::metrics::DropReason;
 use crate::session::OutState;
+use crate::topic::TENANT_PREFIX;
 use crate::transport::WRITE_HIGH_WATER;
 
 const MESSAGE_EXPIRY_INTERVAL: u8 = 0x02;
 const SUBSCRIPTION_IDENTIFIER: u8 = 0x0B;
 
-/// Appends a PUBLISH for `d` unless it would exceed `max_size`; returns
-/// false (and writes nothing) in that case.
+/// Who a delivery is encoded for.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer<'a> {
+    pub protocol: Protocol,
+    /// The session's tenant: a message of another tenant (a gateway's
+    /// subscription through `$tenant/<id>/`) is sent with that prefix.
+    pub tenant: &'a TenantId,
+    /// The client's Maximum Packet Size.
+    pub max_size: usize,
+}
+
+/// Appends a PUBLISH for `d` unless it would exceed the peer's maximum
+/// packet size; returns false (and writes nothing) in that case.
 pub fn encode_delivery(
     out: &mut BytesMut,
-    protocol: Protocol,
+    peer: Peer<'_>,
     d: &Delivery,
     packet_id: u16,
     dup: bool,
     now: Instant,
-    max_size: usize,
 ) -> bool {
+    let (protocol, max_size) = (peer.protocol, peer.max_size);
     let v5 = protocol.is_v5();
     let msg = &d.msg;
+    // Pointer-equal in the common case: one shared id per tenant.
+    let foreign = (msg.tenant != *peer.tenant).then(|| msg.tenant.as_str());
+    let topic_len = msg.topic.len() + foreign.map_or(0, |t| TENANT_PREFIX.len() + t.len() + 1);
+    if topic_len > usize::from(u16::MAX) {
+        return false;
+    }
     let expiry = if v5 { msg.remaining_expiry(now) } else { None };
     let props_len = if v5 {
         msg.forwarded_properties.len()
@@ -58,7 +77,7 @@ pub fn encode_delivery(
     } else {
         0
     };
-    let body = 2 + msg.topic.len() + id_len + props_wire + msg.payload.len();
+    let body = 2 + topic_len + id_len + props_wire + msg.payload.len();
     let total = 1 + vbi_len(body) + body;
     if total > max_size || body > codec::MAX_VBI {
         return false;
@@ -73,7 +92,16 @@ pub fn encode_delivery(
     }
     out.put_u8(byte1);
     codec::write_vbi(out, body);
-    codec::write_string(out, &msg.topic);
+    match foreign {
+        None => codec::write_string(out, &msg.topic),
+        Some(t) => {
+            out.put_u16(topic_len as u16);
+            out.put_slice(TENANT_PREFIX.as_bytes());
+            out.put_slice(t.as_bytes());
+            out.put_u8(b'/');
+            out.put_slice(msg.topic.as_bytes());
+        }
+    }
     if d.qos != QoS::AtMostOnce {
         out.put_u16(packet_id);
     }
@@ -109,6 +137,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 self.io.wbuf.extend_from_slice(&bytes);
             }
         }
+        let peer = Peer {
+            protocol: self.protocol,
+            tenant: &self.key.tenant,
+            max_size: self.client_max_packet,
+        };
         let mut st = self.session.lock();
         let persist = st.persist.clone();
         let mut sent_records = Vec::new();
@@ -121,15 +154,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             let Some(OutState::AwaitingAck(d)) = st.inflight.get(&id).map(|f| &f.state) else {
                 continue; // acknowledged or released meanwhile
             };
-            let ok = encode_delivery(
-                &mut self.io.wbuf,
-                self.protocol,
-                d,
-                id,
-                true,
-                now,
-                self.client_max_packet,
-            );
+            let ok = encode_delivery(&mut self.io.wbuf, peer, d, id, true, now);
             if ok {
                 sent += 1;
             } else {
@@ -185,15 +210,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 Some((_, held)) => held,
                 None => &mut self.io.wbuf,
             };
-            let ok = encode_delivery(
-                out,
-                self.protocol,
-                &d,
-                packet_id,
-                false,
-                now,
-                self.client_max_packet,
-            );
+            let ok = encode_delivery(out, peer, &d, packet_id, false, now);
             if !ok {
                 metrics.dropped(DropReason::PacketTooLarge);
                 if let Some(p) = &persist {

@@ -482,7 +482,7 @@ impl Registry {
             will.qos,
             will.retain,
             &will.properties,
-            Some(key.client.clone()),
+            Some(key.clone()),
         );
         self.router.publish(Arc::new(msg));
     }

@@ -69,7 +69,7 @@ impl Router {
                 && msg
                     .publisher
                     .as_ref()
-                    .is_some_and(|p| *p == sub.session.key.client)
+                    .is_some_and(|p| *p == sub.session.key)
             {
                 continue;
             }

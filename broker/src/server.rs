@@ -154,6 +154,7 @@ impl Server {
                 .clone()
                 .watch(broker.metrics.clone(), broker.shutdown.clone()),
         );
+        broker.tasks.spawn(wake_on_reload(broker.clone()));
         if let Some(interval) = broker.config.sys_interval {
             broker
                 .tasks
@@ -394,6 +395,24 @@ fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(backlog)
+}
+
+/// After each reload of `--tenants`/`--auth-file`, wakes every connection
+/// so a removed tenant's idle clients are closed (v5 0x87) and withdrawn
+/// gateway grants take effect at once, not at their next packet.
+async fn wake_on_reload(broker: Arc<Broker>) {
+    let mut reloads = broker.auth.reloads();
+    loop {
+        tokio::select! {
+            _ = broker.shutdown.cancelled() => return,
+            changed = reloads.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                broker.state.wake_all();
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -62,6 +62,16 @@ impl State {
         &self.tenants
     }
 
+    /// The tenant whose trie holds a subscription of a session in
+    /// `home`, and whose count it is: `home`, or the one a gateway's
+    /// `$tenant/<id>/` filter names.
+    pub fn namespace(home: &TenantId, filter: &TopicFilter) -> TenantId {
+        match filter.tenant() {
+            Some(id) => TenantId::new(id),
+            None => home.clone(),
+        }
+    }
+
     fn subscriptions_gone(&self, tenant: &TenantId, n: usize) {
         if n > 0 {
             let usage = self.tenants.usage(tenant);
@@ -105,15 +115,16 @@ impl State {
                 };
                 let mut st = session.lock();
                 let existed = st.subscriptions.remove(filter.as_str()).is_some();
+                let ns = Self::namespace(&key.tenant, &filter);
                 if existed {
-                    self.subscriptions_gone(&key.tenant, 1);
+                    self.subscriptions_gone(&ns, 1);
                 }
                 let write = match (&st.persist, existed) {
                     (Some(p), true) => Write::from_result(p.delete_subscription(&key, &filter)),
                     _ => Write::None,
                 };
                 self.trie
-                    .unsubscribe(&key.tenant, filter.filter(), filter.group(), session.id);
+                    .unsubscribe(&ns, filter.filter(), filter.group(), session.id);
                 (Applied::Existed(existed), write)
             }
             Command::Retain { message } => {
@@ -141,7 +152,7 @@ impl State {
             .insert(filter.clone(), StoredSubscription { options, id })
             .is_some();
         self.trie.subscribe(
-            &session.key.tenant,
+            &Self::namespace(&session.key.tenant, &filter),
             filter.filter(),
             filter.group(),
             Subscriber {
@@ -217,10 +228,11 @@ impl State {
         };
         self.metrics.dec(&self.metrics.sessions);
         let mut st = session.lock();
-        self.subscriptions_gone(&key.tenant, st.subscriptions.len());
         for (filter, _) in st.subscriptions.drain() {
+            let ns = Self::namespace(&key.tenant, &filter);
+            self.subscriptions_gone(&ns, 1);
             self.trie
-                .unsubscribe(&key.tenant, filter.filter(), filter.group(), session.id);
+                .unsubscribe(&ns, filter.filter(), filter.group(), session.id);
         }
         let write = match st.persist.take() {
             Some(p) => Write::from_result(p.delete_session(key)),
@@ -237,12 +249,11 @@ impl State {
             let mut st = session.lock();
             st.persist = self.persist.clone();
             st.disconnected_at = Some(Instant::now());
-            let usage = self.tenants.usage(&r.key.tenant);
-            usage.subscriptions.fetch_add(
-                r.subscriptions.len() as u64,
-                std::sync::atomic::Ordering::AcqRel,
-            );
             for (filter, options, id) in r.subscriptions {
+                let usage = self.tenants.usage(&Self::namespace(&r.key.tenant, &filter));
+                usage
+                    .subscriptions
+                    .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
                 self.add_subscription(&session, &mut st, filter, options, id);
             }
             st.restore_queues(r.queue, r.inflight, r.incoming);
@@ -267,6 +278,17 @@ impl State {
 
     pub fn session(&self, key: &SessionKey) -> Option<Arc<Session>> {
         self.sessions.get(key).map(|s| s.clone())
+    }
+
+    /// Wakes every connected session's connection: after a reload each
+    /// one re-checks its tenant (closing if it was removed) and its
+    /// gateway grants. One notify per connection, no lock held across.
+    pub fn wake_all(&self) {
+        for s in self.sessions.iter() {
+            if s.is_online() {
+                s.notify.notify_one();
+            }
+        }
     }
 
     pub fn session_count(&self) -> usize {

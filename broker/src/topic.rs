@@ -79,17 +79,40 @@ fn validate_name(topic: &str, limits: TopicLimits) -> Result<(), TopicError> {
 }
 
 /// Topics clients may not publish to (directly or as a will): the broker's
-/// own `$SYS` tree and the `$share` prefix, which names no topic.
+/// own `$SYS` tree, the `$share` prefix, which names no topic, and the
+/// gateway prefix `$tenant/` (a granted gateway's publish has it split off
+/// by [`split_tenant`] before this check).
 pub fn is_reserved(topic: &str) -> bool {
-    topic.starts_with("$SYS") || topic.starts_with("$share/")
+    topic.starts_with("$SYS") || topic.starts_with("$share/") || topic.starts_with(TENANT_PREFIX)
+}
+
+/// The prefix through which a gateway addresses another tenant:
+/// `$tenant/<id>/<topic or filter>`.
+pub const TENANT_PREFIX: &str = "$tenant/";
+
+/// Splits `$tenant/<id>/<rest>` into the tenant id and the rest. `None`
+/// when `s` does not start with the prefix; `Err` when it does but is not
+/// of that shape (no id, a wildcard in it, or nothing after it).
+pub fn split_tenant(s: &str) -> Option<Result<(&str, &str), TopicError>> {
+    let rest = s.strip_prefix(TENANT_PREFIX)?;
+    Some(match rest.split_once('/') {
+        Some((id, rest)) if !id.is_empty() && !id.contains(['+', '#']) && !rest.is_empty() => {
+            Ok((id, rest))
+        }
+        _ => Err(TopicError(reason::TOPIC_NAME_INVALID)),
+    })
 }
 
 /// A validated topic filter exactly as the client wrote it, with a
-/// `$share/{group}/` prefix split off. Compared and hashed as the text the
-/// client wrote, so `$share/a/x` and `x` are different subscriptions.
+/// gateway's `$tenant/{id}/` prefix and a `$share/{group}/` prefix split
+/// off (in that order: `$tenant/acme/$share/g/x`). Compared and hashed as
+/// the text the client wrote, so `$share/a/x` and `x` are different
+/// subscriptions, and so are `$tenant/acme/x` and `x`.
 #[derive(Clone, Debug)]
 pub struct TopicFilter {
     raw: Arc<str>,
+    /// Byte range of the tenant id in `raw`, for `$tenant/{id}/`.
+    tenant: Option<(usize, usize)>,
     /// Byte range of the group name in `raw`, for shared subscriptions.
     group: Option<(usize, usize)>,
     /// Where the matched filter starts in `raw`.
@@ -102,16 +125,24 @@ impl TopicFilter {
         if raw.is_empty() || raw.len() > limits.max_length {
             return Err(invalid);
         }
-        let (filter_start, group) = match raw.strip_prefix(SHARE_PREFIX) {
+        let (start, tenant) = match split_tenant(raw) {
+            Some(Ok((id, _))) => {
+                let t = TENANT_PREFIX.len();
+                (t + id.len() + 1, Some((t, t + id.len())))
+            }
+            Some(Err(_)) => return Err(invalid),
+            None => (0, None),
+        };
+        let (filter_start, group) = match raw[start..].strip_prefix(SHARE_PREFIX) {
             Some(rest) => {
                 let (group, filter) = rest.split_once('/').ok_or(invalid)?;
                 if group.is_empty() || group.contains(['+', '#']) || filter.is_empty() {
                     return Err(invalid);
                 }
-                let g = SHARE_PREFIX.len();
+                let g = start + SHARE_PREFIX.len();
                 (g + group.len() + 1, Some((g, g + group.len())))
             }
-            None => (0, None),
+            None => (start, None),
         };
         let levels: Vec<&str> = raw[filter_start..].split('/').collect();
         if levels.len() > limits.max_levels {
@@ -127,9 +158,15 @@ impl TopicFilter {
         }
         Ok(TopicFilter {
             raw: Arc::from(raw),
+            tenant,
             group,
             filter_start,
         })
+    }
+
+    /// The tenant a gateway's `$tenant/{id}/` filter addresses.
+    pub fn tenant(&self) -> Option<&str> {
+        self.tenant.map(|(a, b)| &self.raw[a..b])
     }
 
     /// The filter as the client wrote it (with any `$share/` prefix).
@@ -208,6 +245,17 @@ mod tests {
             assert!(TopicName::new(bad, L).is_err(), "{bad}");
         }
         assert!(TopicName::new("$SYS/x", L).expect("valid").is_reserved());
+        assert!(is_reserved("$tenant/acme/x"));
+        assert_eq!(split_tenant("$tenant/acme/a/b"), Some(Ok(("acme", "a/b"))));
+        assert_eq!(split_tenant("a/b"), None);
+        for bad in [
+            "$tenant/acme",
+            "$tenant//x",
+            "$tenant/a#/x",
+            "$tenant/acme/",
+        ] {
+            assert!(matches!(split_tenant(bad), Some(Err(_))), "{bad}");
+        }
     }
 
     #[test]
@@ -232,6 +280,20 @@ mod tests {
         assert_eq!(p.as_str(), "$share/grp/a/+");
         let plain = TopicFilter::parse("a/+", L).expect("plain");
         assert_eq!((plain.group(), plain.filter()), (None, "a/+"));
+        assert_eq!(plain.tenant(), None);
+        let gw = TopicFilter::parse("$tenant/acme/$share/g/a/#", L).expect("gateway");
+        assert_eq!(
+            (gw.tenant(), gw.group(), gw.filter()),
+            (Some("acme"), Some("g"), "a/#")
+        );
+        let gw = TopicFilter::parse("$tenant/acme/#", L).expect("gateway");
+        assert_eq!(
+            (gw.tenant(), gw.group(), gw.filter()),
+            (Some("acme"), None, "#")
+        );
+        for bad in ["$tenant/acme", "$tenant//x", "$tenant/+/x", "$tenant/acme/"] {
+            assert!(TopicFilter::parse(bad, L).is_err(), "{bad}");
+        }
         let mut set = std::collections::HashSet::new();
         set.insert(p);
         assert!(

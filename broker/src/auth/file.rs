@@ -31,11 +31,15 @@ pub struct RealmTables {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UserEntry {
-    username: String,
+    pub(crate) username: String,
     /// A PHC string from `porchlight hash-password` (`password_hash` in
     /// the tenants file).
     #[serde(alias = "password_hash")]
     password: String,
+    /// Tenants file only: the tenants this user may address as a gateway
+    /// (`$tenant/<id>/`). `tenant/file.rs` takes them out before `build`.
+    #[serde(default)]
+    pub(crate) tenants: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -118,6 +122,12 @@ pub fn build(file: RealmTables, dir: &Path) -> Result<Realm, String> {
     for u in file.users {
         if u.username.is_empty() {
             return Err("a [[users]] entry has an empty username".into());
+        }
+        if !u.tenants.is_empty() {
+            return Err(format!(
+                "user {:?}: `tenants` (gateway grants) needs --tenants; the auth file has one tenant",
+                u.username
+            ));
         }
         if password_hash::PasswordHash::new(&u.password).is_err() {
             return Err(format!(

@@ -39,8 +39,8 @@ use crate::codec::reason;
 use crate::error::BrokerError;
 use crate::ids::TenantId;
 use crate::metrics::Metrics;
-use crate::tenant::quota::Limits;
-use crate::tenant::Directory;
+use crate::tenant::quota::{Limits, Usage};
+use crate::tenant::{Directory, Tenants};
 use acl::{Access, ClientAcl, Permission, Rule, Subject};
 use file::Realm;
 
@@ -265,6 +265,9 @@ pub struct Auth {
     directory: parking_lot::RwLock<Arc<Directory>>,
     /// Bumped on every reload; connections compare it to rebuild ACLs.
     generation: AtomicU64,
+    /// Tells the broker a reload happened (`generation`'s value), so it
+    /// wakes every connection to re-check its tenant and grants.
+    reloaded: tokio::sync::watch::Sender<u64>,
     /// Any authentication configured: anonymous clients need
     /// `--allow-anonymous`.
     required: bool,
@@ -346,6 +349,7 @@ impl Auth {
             loaded,
             directory: parking_lot::RwLock::new(Arc::new(directory)),
             generation: AtomicU64::new(0),
+            reloaded: tokio::sync::watch::Sender::new(0),
             allow_anonymous: o.allow_anonymous,
             backoff: Backoff::default(),
             slots: Arc::new(tokio::sync::Semaphore::new(cores)),
@@ -364,6 +368,11 @@ impl Auth {
 
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
+    }
+
+    /// Changes whenever a reload put a new directory in force.
+    pub fn reloads(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.reloaded.subscribe()
     }
 
     /// Decides a CONNECT. Waits out the address's backoff first; counts
@@ -423,11 +432,13 @@ impl Auth {
         }
     }
 
-    /// The connection's authorization state for `principal` in `tenant`.
+    /// The connection's authorization state for `principal` in `tenant`,
+    /// whose usage is `usage`.
     pub fn authz(
         &self,
         principal: Principal,
         tenant: TenantId,
+        usage: Arc<Usage>,
         client: &str,
         address: IpAddr,
     ) -> Authz {
@@ -438,12 +449,17 @@ impl Auth {
         let mut z = Authz {
             expires_at,
             principal,
-            tenant,
-            limits: Limits::default(),
+            home: Target {
+                tenant,
+                limits: Limits::default(),
+                usage,
+                acl: None,
+            },
             removed: false,
             client: client.to_owned(),
             address,
-            acl: None,
+            grants: Vec::new(),
+            targets: Vec::new(),
             generation: u64::MAX,
         };
         z.rebuild(self);
@@ -512,7 +528,8 @@ impl Auth {
         match source.load() {
             Ok(directory) => {
                 *self.directory.write() = Arc::new(directory);
-                self.generation.fetch_add(1, Ordering::AcqRel);
+                let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+                self.reloaded.send_replace(generation);
                 metrics.inc(&metrics.auth_reloads);
                 info!(path = %p.display(), "Auth file changed: now in force");
             }
@@ -580,71 +597,42 @@ fn bad_credentials() -> Decision {
     }
 }
 
-/// One connection's authorization: its principal and narrowed ACL.
+/// One connection's authorization: its principal, its own tenant's
+/// limits and narrowed ACL, and the tenants it may address as a gateway.
 #[derive(Debug)]
 pub struct Authz {
     pub principal: Principal,
-    /// The connection's tenant, fixed at CONNECT.
-    pub tenant: TenantId,
-    /// The tenant's limits in force (refreshed with the ACL on reload).
-    pub limits: Limits,
+    /// The connection's own tenant, fixed at CONNECT.
+    pub home: Target,
     /// The tenant is no longer configured: the connection must close.
     pub removed: bool,
     client: String,
     address: IpAddr,
-    /// `None`: the realm allows everything (no rules, default allow).
-    acl: Option<ClientAcl>,
+    /// Tenants the principal may address through `$tenant/<id>/`.
+    grants: Vec<TenantId>,
+    /// Those it has addressed since the last reload, built on first use.
+    targets: Vec<Target>,
     generation: u64,
     /// `principal.expires` as a deadline, fixed at CONNECT.
     expires_at: Option<tokio::time::Instant>,
 }
 
-impl Authz {
-    fn rebuild(&mut self, auth: &Auth) {
-        let generation = auth.generation();
-        let directory = auth.directory();
-        let Some(def) = directory.tenant(&self.tenant) else {
-            // Removed: nothing is allowed while the connection closes.
-            self.removed = true;
-            self.acl = Some(ClientAcl::build(
-                &[],
-                &[],
-                Permission::Deny,
-                &Subject {
-                    username: None,
-                    client: &self.client,
-                    tenant: self.tenant.as_str(),
-                    address: self.address,
-                },
-            ));
-            self.generation = generation;
-            return;
-        };
-        self.limits = def.limits.clone();
-        let realm = &def.realm;
-        let open = realm.rules.is_empty()
-            && realm.default == Permission::Allow
-            && self.principal.claims.is_empty();
-        self.acl = (!open).then(|| {
-            ClientAcl::build(
-                &self.principal.claims,
-                &realm.rules,
-                realm.default,
-                &Subject {
-                    username: self.principal.username.as_deref(),
-                    client: &self.client,
-                    tenant: self.tenant.as_str(),
-                    address: self.address,
-                },
-            )
-        });
-        self.generation = generation;
-    }
+/// A tenant as one connection acts in it: the tenant's limits in force,
+/// its live usage (quotas are counted there), and the ACL narrowed for the
+/// principal (`%t` is this tenant).
+#[derive(Debug)]
+pub struct Target {
+    pub tenant: TenantId,
+    pub limits: Limits,
+    pub usage: Arc<Usage>,
+    /// `None`: the realm allows everything (no rules, default allow).
+    acl: Option<ClientAcl>,
+}
 
-    /// Whether the client may `access` `topic` (for subscribe: the filter
-    /// without its `$share/group/` prefix). Counts denials.
-    pub fn allows(&mut self, auth: &Auth, access: Access, topic: &str, metrics: &Metrics) -> bool {
-        self.refresh(auth);
+impl Target {
+    /// Whether the client may `access` `topic` in this tenant (for
+    /// subscribe: the filter without its prefixes). Counts denials.
+    pub fn allows(&mut self, access: Access, topic: &str, metrics: &Metrics) -> bool {
         let allowed = self.acl.as_mut().is_none_or(|a| a.allows(access, topic));
         if !allowed {
             metrics.inc(match access {
@@ -654,12 +642,111 @@ impl Authz {
         }
         allowed
     }
+}
+
+impl Authz {
+    /// The ACL of `realm` for this client acting in tenant `tenant`;
+    /// `claims` (a JWT's rules) only count in its own tenant.
+    fn acl_for(&self, realm: &Realm, tenant: &TenantId, claims: &[Rule]) -> Option<ClientAcl> {
+        let open =
+            realm.rules.is_empty() && realm.default == Permission::Allow && claims.is_empty();
+        (!open).then(|| {
+            ClientAcl::build(
+                claims,
+                &realm.rules,
+                realm.default,
+                &Subject {
+                    username: self.principal.username.as_deref(),
+                    client: &self.client,
+                    tenant: tenant.as_str(),
+                    address: self.address,
+                },
+            )
+        })
+    }
+
+    fn rebuild(&mut self, auth: &Auth) {
+        let generation = auth.generation();
+        let directory = auth.directory();
+        self.targets.clear();
+        let Some(def) = directory.tenant(&self.home.tenant) else {
+            // Removed: nothing is allowed while the connection closes.
+            self.removed = true;
+            self.grants.clear();
+            self.home.acl = Some(ClientAcl::build(
+                &[],
+                &[],
+                Permission::Deny,
+                &Subject {
+                    username: None,
+                    client: &self.client,
+                    tenant: self.home.tenant.as_str(),
+                    address: self.address,
+                },
+            ));
+            self.generation = generation;
+            return;
+        };
+        self.home.limits = def.limits.clone();
+        self.home.acl = self.acl_for(&def.realm, &self.home.tenant, &self.principal.claims);
+        self.grants = self
+            .principal
+            .username
+            .as_ref()
+            .and_then(|u| def.grants.get(u))
+            .cloned()
+            .unwrap_or_default();
+        self.generation = generation;
+    }
+
+    /// Whether the client may `access` `topic` in its own tenant (for
+    /// subscribe: the filter without its `$share/group/` prefix). Counts
+    /// denials.
+    pub fn allows(&mut self, auth: &Auth, access: Access, topic: &str, metrics: &Metrics) -> bool {
+        self.refresh(auth);
+        self.home.allows(access, topic, metrics)
+    }
+
+    /// The tenant a gateway's `$tenant/<id>/` addresses, if the principal
+    /// is granted it (and it is still configured): its limits, usage and
+    /// ACL for this principal. `None` refuses the prefix.
+    pub fn target(&mut self, auth: &Auth, tenants: &Tenants, id: &str) -> Option<&mut Target> {
+        self.refresh(auth);
+        let tenant = self.grants.iter().find(|t| t.as_str() == id).cloned()?;
+        let i = match self.targets.iter().position(|t| t.tenant == tenant) {
+            Some(i) => i,
+            None => {
+                let directory = auth.directory();
+                let def = directory.tenant(&tenant)?;
+                let acl = self.acl_for(&def.realm, &tenant, &[]);
+                self.targets.push(Target {
+                    usage: tenants.usage(&tenant),
+                    limits: def.limits.clone(),
+                    tenant,
+                    acl,
+                });
+                self.targets.len() - 1
+            }
+        };
+        self.targets.get_mut(i)
+    }
+
+    /// Whether the principal may still address `id` (a reload may take a
+    /// grant away).
+    pub fn granted(&self, id: &str) -> bool {
+        self.grants.iter().any(|t| t.as_str() == id)
+    }
 
     /// Rebuilds from the directory in force if it changed since.
     pub fn refresh(&mut self, auth: &Auth) {
         if auth.generation() != self.generation {
             self.rebuild(auth);
         }
+    }
+
+    /// Whether a reload happened since this connection last looked.
+    pub fn stale(&self, auth: &Auth) -> bool {
+        auth.generation() != self.generation
     }
 
     /// When the credentials expire, as a deadline for the connection.

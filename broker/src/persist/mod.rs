@@ -165,7 +165,7 @@ fn encode_message(out: &mut Vec<u8>, m: &Message) {
     match &m.publisher {
         Some(p) => {
             out.push(1);
-            put_str(out, p.as_str());
+            put_str(out, p.client.as_str());
         }
         None => out.push(0),
     }
@@ -178,9 +178,14 @@ fn decode_message(r: &mut Reader<'_>, tenant: &TenantId) -> Result<Message, Bad>
     let retain = r.u8()? != 0;
     let forwarded_properties = Bytes::copy_from_slice(r.bytes()?);
     let expires = r.u64()?;
+    // Only no-local routing reads the publisher, and a stored message was
+    // routed already: its tenant is taken to be the message's.
     let publisher = match r.u8()? {
         0 => None,
-        _ => Some(ClientId::new(r.str()?)),
+        _ => Some(SessionKey {
+            tenant: tenant.clone(),
+            client: ClientId::new(r.str()?),
+        }),
     };
     Ok(Message {
         tenant: tenant.clone(),
@@ -210,10 +215,13 @@ fn encode_delivery(out: &mut Vec<u8>, d: &Delivery) {
         }
         None => out.push(0),
     }
+    // Last, so records written before it decode too: the message's tenant
+    // differs from the session's for a gateway (`$tenant/<id>/`).
+    put_str(out, d.msg.tenant.as_str());
 }
 
 fn decode_delivery(r: &mut Reader<'_>, tenant: &TenantId) -> Result<Delivery, Bad> {
-    let msg = Arc::new(decode_message(r, tenant)?);
+    let mut msg = decode_message(r, tenant)?;
     let qos = r.qos()?;
     let retain = r.u8()? != 0;
     let n = r.u16()?;
@@ -228,8 +236,14 @@ fn decode_delivery(r: &mut Reader<'_>, tenant: &TenantId) -> Result<Delivery, Ba
             filter: Arc::from(r.str()?),
         }),
     };
+    if !r.buf.is_empty() {
+        let t = r.str()?;
+        if t != tenant.as_str() {
+            msg.tenant = TenantId::new(t);
+        }
+    }
     Ok(Delivery {
-        msg,
+        msg: Arc::new(msg),
         qos,
         retain,
         subscription_ids,

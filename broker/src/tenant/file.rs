@@ -81,6 +81,17 @@ struct TenantEntry {
     jwt: Option<JwtConfig>,
     #[serde(default)]
     acl: AclSection,
+    /// Gateway grants for principals that are not `[[tenant.users]]`
+    /// (certificate or JWT identities).
+    #[serde(default)]
+    grants: Vec<GrantEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GrantEntry {
+    username: String,
+    tenants: Vec<String>,
 }
 
 /// Whether `id` may name a tenant: 1–64 of `A-Z a-z 0-9 - _ .`. It shows
@@ -119,9 +130,24 @@ pub fn parse(text: &str, dir: &Path) -> Result<Directory, String> {
         let id = TenantId::new(t.id.as_str());
         let ctx = |e: String| format!("tenant {:?}: {e}", t.id);
         t.limits.check().map_err(ctx)?;
+        let mut users = t.users;
+        let mut grants: HashMap<String, Vec<TenantId>> = HashMap::new();
+        let given = users
+            .iter_mut()
+            .map(|u| (u.username.clone(), std::mem::take(&mut u.tenants)))
+            .chain(t.grants.into_iter().map(|g| (g.username, g.tenants)));
+        for (username, ids) in given {
+            if ids.is_empty() {
+                continue;
+            }
+            let entry = grants.entry(username).or_default();
+            entry.extend(ids.iter().map(|i| TenantId::new(i.as_str())));
+            entry.sort();
+            entry.dedup();
+        }
         let realm = crate::auth::file::build(
             crate::auth::file::RealmTables {
-                users: t.users,
+                users,
                 jwt: t.jwt,
                 acl: t.acl,
             },
@@ -138,9 +164,28 @@ pub fn parse(text: &str, dir: &Path) -> Result<Directory, String> {
             id: id.clone(),
             limits: t.limits.or(&defaults),
             realm: Arc::new(realm),
+            grants,
         };
         if tenants.insert(id, Arc::new(def)).is_some() {
             return Err(format!("tenant {:?} is listed twice", t.id));
+        }
+    }
+    // Grants name tenants defined anywhere in the file.
+    for def in tenants.values() {
+        for (user, ids) in &def.grants {
+            if ids.contains(&def.id) {
+                return Err(format!(
+                    "tenant {:?}: user {user:?} is granted its own tenant (it addresses that one without a prefix)",
+                    def.id.as_str()
+                ));
+            }
+            if let Some(bad) = ids.iter().find(|i| !tenants.contains_key(*i)) {
+                return Err(format!(
+                    "tenant {:?}: user {user:?} is granted tenant {:?}, which is not defined",
+                    def.id.as_str(),
+                    bad.as_str()
+                ));
+            }
         }
     }
     let tenancy = file.tenancy;
@@ -254,10 +299,34 @@ password_hash = "{PHC}"         # from `porchlight hash-password`
                 "[[tenant]]\nid = \"a\"\n[[tenant.users]]\nusername = \"u\"\npassword_hash = \"x\"\n",
                 "tenant \"a\": user \"u\": password is not a PHC string",
             ),
+            (
+                "[[tenant]]\nid = \"a\"\n[[tenant.grants]]\nusername = \"gw\"\ntenants = [\"zz\"]\n",
+                "tenant \"a\": user \"gw\" is granted tenant \"zz\", which is not defined",
+            ),
+            (
+                "[[tenant]]\nid = \"a\"\n[[tenant.grants]]\nusername = \"gw\"\ntenants = [\"a\"]\n",
+                "granted its own tenant",
+            ),
         ] {
             let e = parse(text, Path::new(".")).expect_err(text);
             assert!(e.contains(needle), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn grants_come_from_users_and_grant_tables() {
+        let text = format!(
+            "[[tenant]]\nid = \"a\"\n[[tenant]]\nid = \"b\"\n[[tenant]]\nid = \"gw\"\n\
+             [[tenant.users]]\nusername = \"hub\"\npassword_hash = \"{PHC}\"\ntenants = [\"a\"]\n\
+             [[tenant.grants]]\nusername = \"hub\"\ntenants = [\"b\", \"a\"]\n\
+             [[tenant.grants]]\nusername = \"cert-gw\"\ntenants = [\"b\"]\n"
+        );
+        let d = parse(&text, Path::new(".")).expect("parses");
+        let gw = d.tenant(&TenantId::new("gw")).expect("gw");
+        let ids = |u: &str| -> Vec<&str> { gw.grants[u].iter().map(|t| t.as_str()).collect() };
+        assert_eq!(ids("hub"), ["a", "b"]);
+        assert_eq!(ids("cert-gw"), ["b"]);
+        assert!(d.tenant(&TenantId::new("a")).expect("a").grants.is_empty());
     }
 
     #[test]

@@ -91,6 +91,9 @@ pub struct TenantDef {
     pub limits: Limits,
     /// Its users, JWT settings and ACL rules.
     pub realm: Arc<Realm>,
+    /// Gateway grants: a principal of this tenant (by username) may
+    /// address these tenants through `$tenant/<id>/`.
+    pub grants: HashMap<String, Vec<TenantId>>,
 }
 
 /// The configured tenants and how connections find theirs.
@@ -142,6 +145,7 @@ impl Directory {
             id: id.clone(),
             limits: Limits::default(),
             realm: Arc::new(realm),
+            grants: HashMap::new(),
         };
         Directory {
             tenants: HashMap::from([(id, Arc::new(def))]),

@@ -125,6 +125,16 @@ impl TestBroker {
         .await;
     }
 
+    /// Waits until the session of `client_id` in `tenant` exists with no
+    /// connection.
+    pub async fn wait_offline_in(&self, tenant: &str, client_id: &str) {
+        wait_until(&format!("{tenant}/{client_id} offline"), || {
+            self.session_in(tenant, client_id)
+                .is_some_and(|s| !s.is_online())
+        })
+        .await;
+    }
+
     /// Starts shutdown and waits for the server to finish.
     pub async fn stop(self) {
         self.shutdown.cancel();
