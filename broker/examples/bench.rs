@@ -355,6 +355,7 @@ fn trie() {
                 client: ClientId::new(format!("c{i}")),
             },
             0,
+            None,
         )),
         options: SubscriptionOptions::new(QoS::AtMostOnce),
         id: None,

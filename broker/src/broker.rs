@@ -58,6 +58,9 @@ impl Broker {
         let restored = persist.load(config.topic_limits())?;
         let metrics = Arc::new(Metrics::default());
         let state = Arc::new(State::new(metrics.clone(), Some(persist.clone())));
+        // The limits the state enforces (retained, persistent sessions,
+        // queued bytes); `server.rs` applies them again after each reload.
+        state.tenants().apply(&auth.directory());
         let router = Arc::new(Router::new(config.clone(), metrics.clone(), state.clone()));
         let tasks = TaskTracker::new();
         let registry = Registry::new(

@@ -67,6 +67,10 @@ pub enum Applied {
     NoSession,
     /// `Retain`: what happened to the retained store.
     Retained(crate::retained::RetainChange),
+    /// `PutSession` (a new durable session) or `Retain` (a new retained
+    /// message or more retained bytes) over the tenant's limit: nothing
+    /// changed.
+    OverQuota(crate::tenant::quota::QuotaKind),
 }
 
 /// What a command's (or a data-plane change's) durable write did.

@@ -493,10 +493,17 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     if foreign {
         tracing::info!(client = %key.client, "Session belonged to another user: starting a clean one");
     }
-    let (session, present) = broker
+    let attached = broker
         .registry
         .attach(key.clone(), c.clean_start || foreign, expiry, owner)
         .await;
+    let Ok((session, present)) = attached else {
+        // The tenant's `max_persistent_sessions` (counted in `state.rs`).
+        metrics.inc(&metrics.connections_refused);
+        let why = "tenant persistent session limit reached";
+        refuse(io, p, reason::QUOTA_EXCEEDED, why, max_out, metrics).await;
+        return None;
+    };
     session.lock().user = user;
 
     let mut props = Properties::default();

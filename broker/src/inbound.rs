@@ -334,6 +334,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 // dropped (counted by kind in the tenant's metrics).
                 if p.qos == QoS::AtMostOnce {
                     metrics.dropped(DropReason::RateLimited);
+                    target.usage.dropped(DropReason::RateLimited);
                     return Ok(());
                 }
                 code = reason::MESSAGE_RATE_TOO_HIGH;
@@ -390,7 +391,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             let route = move || {
                 let outcome = router.publish(msg);
                 let mut incoming = Write::None;
-                if qos2 && outcome.refused.is_none() {
+                // (A v5 publish refused for the retained quota ends with
+                // its PUBREC; 3.1.1 goes on to PUBREL as if accepted.)
+                if qos2 && outcome.refused.is_none() && !(v5 && outcome.quota.is_some()) {
                     let mut st = session.lock();
                     st.incoming_qos2.insert(packet_id);
                     if let Some(persist) = &st.persist {
@@ -406,7 +409,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             } else {
                 (route(), Write::None)
             };
-            if let Some(refused) = outcome.refused {
+            if outcome.quota.is_some() {
+                // Over the tenant's retained limits (counted there): v5
+                // hears 0x97; 3.1.1 cannot, so the message is dropped.
+                let m = &self.broker.metrics;
+                m.dropped(DropReason::TenantQuota);
+                self.seat.usage.dropped(DropReason::TenantQuota);
+                if v5 && p.qos != QoS::AtMostOnce {
+                    code = reason::QUOTA_EXCEEDED;
+                }
+            } else if let Some(refused) = outcome.refused {
                 if !v5 && p.qos != QoS::AtMostOnce {
                     // 3.1.1 has no reason codes: the connection is closed.
                     return Err(Close::quiet("durable write refused", true));

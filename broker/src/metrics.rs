@@ -59,16 +59,20 @@ pub enum DropReason {
     NotDurable,
     /// An MQTT 5 QoS 0 publish over its tenant's or connection's rate.
     RateLimited,
+    /// Over a tenant quota kept in the state: the subscriber tenant's
+    /// queued bytes, or a retained publish over the retained limits.
+    TenantQuota,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 6] = [
+    pub const ALL: [DropReason; 7] = [
         DropReason::QueueFull,
         DropReason::PacketTooLarge,
         DropReason::Expired,
         DropReason::SessionEnded,
         DropReason::NotDurable,
         DropReason::RateLimited,
+        DropReason::TenantQuota,
     ];
 
     pub fn label(self) -> &'static str {
@@ -80,6 +84,7 @@ impl DropReason {
             DropReason::SessionEnded => "session_ended",
             DropReason::NotDurable => "not_durable",
             DropReason::RateLimited => "rate_limited",
+            DropReason::TenantQuota => "tenant_quota",
         }
     }
 }

@@ -11,6 +11,7 @@
 //! properties straight into the buffer; only the per-subscriber parts
 //! (packet id, QoS, retain, subscription ids, remaining expiry) differ.
 
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use bytes::{BufMut, BytesMut};
@@ -127,6 +128,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         let now = Instant::now();
         let metrics = self.broker.metrics.clone();
         let mut sent = 0u64;
+        let mut sent_bytes = 0u64;
         // A held QoS 2 PUBLISH goes first, once its record is on disk;
         // until then nothing else may overtake it.
         if let Some((t, _)) = &self.held_publish {
@@ -157,8 +159,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             let ok = encode_delivery(&mut self.io.wbuf, peer, d, id, true, now);
             if ok {
                 sent += 1;
+                sent_bytes += d.msg.payload.len() as u64;
             } else {
-                metrics.dropped(DropReason::PacketTooLarge);
+                self.session.dropped(&metrics, DropReason::PacketTooLarge);
                 let queue_seq = d.seq;
                 st.inflight.remove(&id);
                 if let Some(p) = &persist {
@@ -179,7 +182,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 break;
             };
             if d.msg.is_expired(now) {
-                metrics.dropped(DropReason::Expired);
+                self.session.dropped(&metrics, DropReason::Expired);
                 if let Some(p) = &persist {
                     drop(Write::from_result(p.remove_queued(&self.key, d.seq)));
                 }
@@ -212,13 +215,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             };
             let ok = encode_delivery(out, peer, &d, packet_id, false, now);
             if !ok {
-                metrics.dropped(DropReason::PacketTooLarge);
+                self.session.dropped(&metrics, DropReason::PacketTooLarge);
                 if let Some(p) = &persist {
                     drop(Write::from_result(p.remove_queued(&self.key, d.seq)));
                 }
                 continue;
             }
             sent += 1;
+            sent_bytes += d.msg.payload.len() as u64;
             if let (true, Some(p)) = (needs_hold, &persist) {
                 let queue_seq = d.seq;
                 let order = st.track_inflight(packet_id, OutState::AwaitingAck(d));
@@ -262,6 +266,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
         if sent > 0 {
             metrics.add(&metrics.messages_sent, sent);
+            // The tenant of the connection (a gateway's messages of other
+            // tenants count as sent in its own).
+            let usage = &self.seat.usage;
+            usage.messages_out.fetch_add(sent, Ordering::Relaxed);
+            usage.bytes_out.fetch_add(sent_bytes, Ordering::Relaxed);
         }
     }
 

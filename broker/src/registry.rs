@@ -40,6 +40,7 @@ use crate::router::Router;
 use crate::session::{OutState, Owner, Session};
 use crate::state::State;
 use crate::sweeper::{self, Due};
+use crate::tenant::quota::QuotaKind;
 use crate::topic::TopicName;
 
 /// How long a taking-over connection waits for the old one to close. It
@@ -87,14 +88,15 @@ impl Registry {
     }
 
     /// Attaches a new connection to the session of `key`. Returns the
-    /// session and whether an existing session was resumed.
+    /// session and whether an existing session was resumed, or the quota
+    /// that refuses a new durable session (`max_persistent_sessions`).
     pub async fn attach(
         &self,
         key: SessionKey,
         clean_start: bool,
         expiry_interval: u32,
         owner: Owner,
-    ) -> (Arc<Session>, bool) {
+    ) -> Result<(Arc<Session>, bool), QuotaKind> {
         let deadline = Instant::now() + TAKEOVER_WAIT;
         loop {
             // Kick whoever owns the session now and wait for them to
@@ -113,6 +115,9 @@ impl Registry {
                 key: key.clone(),
                 expiry_interval,
             });
+            if let (Applied::OverQuota(kind), _) = put {
+                return Err(kind);
+            }
             let (Applied::Session { session, .. }, _) = put else {
                 // The previous instance is being torn down by whoever
                 // ended it; that finishes without waiting on anything.
@@ -154,7 +159,7 @@ impl Registry {
                 Claim::Discard(will) => self.end_instance(&session, will),
                 Claim::Claimed { resumed } => {
                     session.set_online(true);
-                    return (session, resumed);
+                    return Ok((session, resumed));
                 }
             }
         }
@@ -334,7 +339,7 @@ impl Registry {
                 let next = {
                     let mut st = session.lock();
                     for d in st.take_expired(Instant::now()) {
-                        self.metrics.dropped(DropReason::Expired);
+                        session.dropped(&self.metrics, DropReason::Expired);
                         if let Some(p) = &st.persist {
                             drop(Write::from_result(p.remove_queued(&session.key, d.seq)));
                         }
@@ -517,10 +522,7 @@ impl Registry {
                 }
             }
             if st.queue.iter().any(|d| d.share.is_some()) {
-                let (shared, rest): (Vec<_>, Vec<_>) =
-                    st.queue.drain(..).partition(|d| d.share.is_some());
-                st.queue.extend(rest);
-                st.queued_bytes = st.queue.iter().map(|d| d.msg.size()).sum();
+                let shared = st.retain_queued(|d| d.share.is_none());
                 out.extend(shared.into_iter().map(|d| {
                     let seq = d.seq;
                     (d, Source::Queued(seq))
@@ -540,7 +542,7 @@ impl Registry {
                     Some(d) => {
                         let _ = self.router.deliver(session, d);
                     }
-                    None => self.metrics.dropped(DropReason::SessionEnded),
+                    None => session.dropped(&self.metrics, DropReason::SessionEnded),
                 }
             }
             if let Some(p) = &persist {

@@ -4,6 +4,9 @@
 //! retained publishes (replace, or delete with an empty payload); reads
 //! come from SUBSCRIBE, walking only the branches a filter selects. The
 //! publish path touches this only for messages with the RETAIN flag.
+//! Each tenant's retained count and bytes (its `Usage`) change only under
+//! its lock, where `max_retained_messages`/`max_retained_bytes` are
+//! checked (`$SYS` topics excepted).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,8 +15,12 @@ use std::time::Instant;
 use dashmap::DashMap;
 use parking_lot::RwLock;
 
+use std::sync::atomic::Ordering;
+
 use crate::ids::TenantId;
 use crate::message::Message;
+use crate::tenant::quota::{release, QuotaKind, StateLimits, Usage};
+use crate::tenant::Tenants;
 
 #[derive(Debug, Default)]
 struct Node {
@@ -29,7 +36,40 @@ impl Node {
 
 #[derive(Debug, Default)]
 pub struct RetainedStore {
-    tenants: DashMap<TenantId, Arc<RwLock<Node>>>,
+    tenants: DashMap<TenantId, Arc<Tree>>,
+    /// Each tenant's usage: its retained count and bytes, and the limits
+    /// on them. `None` in unit tests.
+    usage: Option<Arc<Tenants>>,
+}
+
+/// One tenant's retained messages. The tenant's retained counters in its
+/// `Usage` change only under `root`'s write lock, so checking a limit and
+/// storing are one step: the limits are exact.
+#[derive(Debug, Default)]
+struct Tree {
+    root: RwLock<Node>,
+    usage: Option<Arc<Usage>>,
+}
+
+/// Whether a retained topic counts for its tenant: the broker's own
+/// `$SYS` messages (which clients cannot publish) do not.
+fn counts(topic: &str) -> bool {
+    !topic.starts_with("$SYS")
+}
+
+impl Tree {
+    /// The usage a retained message on `topic` counts in.
+    fn usage_for(&self, topic: &str) -> Option<&Arc<Usage>> {
+        self.usage.as_ref().filter(|_| counts(topic))
+    }
+
+    /// Counts a retained message on `topic` gone (deleted, expired).
+    fn gone(&self, topic: &str, size: usize) {
+        if let Some(u) = self.usage_for(topic) {
+            release(&u.retained_messages, 1);
+            release(&u.retained_bytes, size as u64);
+        }
+    }
 }
 
 /// What a retained publish did to the count of retained messages.
@@ -39,36 +79,94 @@ pub enum RetainChange {
     Replaced,
     Removed,
     Unchanged,
+    /// Over the tenant's `max_retained_messages` or `max_retained_bytes`:
+    /// nothing changed.
+    Refused(QuotaKind),
 }
 
 impl RetainedStore {
-    fn tenant(&self, tenant: &TenantId) -> Arc<RwLock<Node>> {
+    /// A store that keeps each tenant's retained count in `tenants` and
+    /// enforces its limits.
+    pub fn new(tenants: Arc<Tenants>) -> RetainedStore {
+        RetainedStore {
+            tenants: DashMap::new(),
+            usage: Some(tenants),
+        }
+    }
+
+    fn tenant(&self, tenant: &TenantId) -> Arc<Tree> {
         if let Some(t) = self.tenants.get(tenant) {
             return t.clone();
         }
-        self.tenants.entry(tenant.clone()).or_default().clone()
+        self.tenants
+            .entry(tenant.clone())
+            .or_insert_with(|| {
+                Arc::new(Tree {
+                    root: RwLock::default(),
+                    usage: self.usage.as_ref().map(|t| t.usage(tenant)),
+                })
+            })
+            .clone()
     }
 
     /// Stores `msg` as the retained message of its topic, or deletes the
     /// retained message when the payload is empty.
     pub fn set(&self, msg: Arc<Message>) -> RetainChange {
-        self.set_with(msg, |_| {})
+        self.set_with(msg, false, |_| {})
     }
 
     /// Like `set`, calling `durable` under the tenant's lock first, so the
-    /// store on disk changes in the same order as memory.
-    pub fn set_with(&self, msg: Arc<Message>, durable: impl FnOnce(&Message)) -> RetainChange {
-        let root = self.tenant(&msg.tenant);
-        let mut root = root.write();
-        durable(&msg);
+    /// store on disk changes in the same order as memory. With `enforce`,
+    /// a message that would take the tenant past its retained limits is
+    /// refused (a deletion, or a replacement no larger, never is).
+    pub fn set_with(
+        &self,
+        msg: Arc<Message>,
+        enforce: bool,
+        durable: impl FnOnce(&Message),
+    ) -> RetainChange {
+        let tree = self.tenant(&msg.tenant);
+        let mut root = tree.root.write();
         let levels: Vec<&str> = msg.topic.split('/').collect();
         if msg.payload.is_empty() {
-            return if remove(&mut root, &levels) {
-                RetainChange::Removed
-            } else {
-                RetainChange::Unchanged
+            durable(&msg);
+            return match remove(&mut root, &levels) {
+                Some(size) => {
+                    tree.gone(&msg.topic, size);
+                    RetainChange::Removed
+                }
+                None => RetainChange::Unchanged,
             };
         }
+        let old = find(&root, &levels).map(|m| m.size());
+        let size = msg.size();
+        if let Some(u) = tree.usage_for(&msg.topic) {
+            let limits = &u.state_limits;
+            let (count, bytes) = (
+                u.retained_messages.load(Ordering::Acquire),
+                u.retained_bytes.load(Ordering::Acquire),
+            );
+            let bytes_after = (bytes + size as u64).saturating_sub(old.unwrap_or(0) as u64);
+            if enforce {
+                if old.is_none()
+                    && StateLimits::get(&limits.retained_messages).is_some_and(|max| count >= max)
+                {
+                    u.reject(QuotaKind::RetainedMessages);
+                    return RetainChange::Refused(QuotaKind::RetainedMessages);
+                }
+                if bytes_after > bytes
+                    && StateLimits::get(&limits.retained_bytes).is_some_and(|max| bytes_after > max)
+                {
+                    u.reject(QuotaKind::RetainedBytes);
+                    return RetainChange::Refused(QuotaKind::RetainedBytes);
+                }
+            }
+            if old.is_none() {
+                u.retained_messages.fetch_add(1, Ordering::AcqRel);
+            }
+            u.retained_bytes.store(bytes_after, Ordering::Release);
+        }
+        durable(&msg);
         let mut node = &mut *root;
         for l in &levels {
             node = node.children.entry((*l).into()).or_default();
@@ -99,20 +197,21 @@ impl RetainedStore {
         now: Instant,
         mut purged: impl FnMut(&Message),
     ) -> (Vec<Arc<Message>>, Vec<Arc<Message>>) {
-        let Some(root) = self.tenants.get(tenant).map(|t| t.clone()) else {
+        let Some(tree) = self.tenants.get(tenant).map(|t| t.clone()) else {
             return (Vec::new(), Vec::new());
         };
         let levels: Vec<&str> = filter.split('/').collect();
         let mut out = Vec::new();
-        walk(&root.read(), &levels, true, &mut out);
+        walk(&tree.root.read(), &levels, true, &mut out);
         let (live, expired): (Vec<_>, Vec<_>) = out.into_iter().partition(|m| !m.is_expired(now));
         let mut removed = Vec::new();
         if !expired.is_empty() {
-            let mut w = root.write();
+            let mut w = tree.root.write();
             for m in expired {
                 let levels: Vec<&str> = m.topic.split('/').collect();
                 // Only if it was not replaced meanwhile.
                 if remove_if_same(&mut w, &levels, &m) {
+                    tree.gone(&m.topic, m.size());
                     purged(&m);
                     removed.push(m);
                 }
@@ -122,13 +221,20 @@ impl RetainedStore {
     }
 }
 
-fn remove(node: &mut Node, levels: &[&str]) -> bool {
+/// The retained message of exactly `levels`.
+fn find<'a>(node: &'a Node, levels: &[&str]) -> Option<&'a Arc<Message>> {
     match levels.split_first() {
-        None => node.message.take().is_some(),
+        None => node.message.as_ref(),
+        Some((first, rest)) => find(node.children.get(*first)?, rest),
+    }
+}
+
+/// Removes the retained message of `levels`; returns its size.
+fn remove(node: &mut Node, levels: &[&str]) -> Option<usize> {
+    match levels.split_first() {
+        None => node.message.take().map(|m| m.size()),
         Some((first, rest)) => {
-            let Some(child) = node.children.get_mut(*first) else {
-                return false;
-            };
+            let child = node.children.get_mut(*first)?;
             let removed = remove(child, rest);
             if child.is_empty() {
                 node.children.remove(*first);

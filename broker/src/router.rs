@@ -15,7 +15,7 @@
 use std::sync::Arc;
 
 use crate::codec::{reason, QoS};
-use crate::command::{Command, Write};
+use crate::command::{Applied, Command, Write};
 use crate::config::Config;
 use crate::ids::SessionId;
 use crate::message::{Delivery, Message, ShareRef};
@@ -23,6 +23,7 @@ use crate::metrics::{DropReason, Metrics};
 use crate::session::{effective_qos, EnqueueOutcome, QueueLimits, Session};
 use crate::state::State;
 use crate::sweeper::Due;
+use crate::tenant::quota::QuotaKind;
 use crate::trie::{Matches, Subscriber};
 use porchlight_storage::Health;
 
@@ -56,9 +57,15 @@ impl Router {
             }
         }
         if msg.retain {
-            let (_, write) = self.state.apply(Command::Retain {
+            let (applied, write) = self.state.apply(Command::Retain {
                 message: msg.clone(),
             });
+            // Over the tenant's retained limits: refused whole, so a
+            // publisher told 0x97 can retry without a duplicate delivery.
+            if let Applied::OverQuota(kind) = applied {
+                out.quota = Some(kind);
+                return out;
+            }
             out.write = std::mem::replace(&mut out.write, Write::None).and(write);
         }
         // Merge overlapping subscriptions: sort by session, fold runs.
@@ -167,9 +174,12 @@ impl Router {
         match outcome {
             EnqueueOutcome::Queued => {}
             EnqueueOutcome::DroppedOldest | EnqueueOutcome::DroppedNew => {
-                self.metrics.dropped(DropReason::QueueFull)
+                session.dropped(&self.metrics, DropReason::QueueFull)
             }
-            EnqueueOutcome::NotDurable => self.metrics.dropped(DropReason::NotDurable),
+            EnqueueOutcome::NotDurable => session.dropped(&self.metrics, DropReason::NotDurable),
+            EnqueueOutcome::OverTenantQuota => {
+                session.dropped(&self.metrics, DropReason::TenantQuota)
+            }
         }
         (outcome, write)
     }
@@ -216,7 +226,6 @@ impl Router {
 mod tests {
     use super::*;
     use crate::codec::{Properties, QoS, SubscriptionOptions};
-    use crate::command::Applied;
     use crate::ids::{ClientId, SessionKey, TenantId};
     use crate::topic::{TopicFilter, TopicName};
 
@@ -283,6 +292,9 @@ pub struct PublishOutcome {
     /// Not routed at all: the store refuses the writes it needs (the
     /// reason code for the PUBACK/PUBREC).
     pub refused: Option<u8>,
+    /// Not routed at all: a retained message over its tenant's retained
+    /// limits.
+    pub quota: Option<QuotaKind>,
 }
 
 impl Default for PublishOutcome {
@@ -293,6 +305,7 @@ impl Default for PublishOutcome {
             full: None,
             write: Write::None,
             refused: None,
+            quota: None,
         }
     }
 }
@@ -306,7 +319,7 @@ impl PublishOutcome {
                 self.queued += 1;
                 self.overflowed = true;
             }
-            EnqueueOutcome::DroppedNew => self.overflowed = true,
+            EnqueueOutcome::DroppedNew | EnqueueOutcome::OverTenantQuota => self.overflowed = true,
             EnqueueOutcome::NotDurable => {}
         }
     }

@@ -397,9 +397,10 @@ fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
     socket.listen(backlog)
 }
 
-/// After each reload of `--tenants`/`--auth-file`, wakes every connection
-/// so a removed tenant's idle clients are closed (v5 0x87) and withdrawn
-/// gateway grants take effect at once, not at their next packet.
+/// After each reload of `--tenants`/`--auth-file`, puts the new limits the
+/// state enforces in force and wakes every connection, so a removed
+/// tenant's idle clients are closed (v5 0x87) and withdrawn gateway grants
+/// take effect at once, not at their next packet.
 async fn wake_on_reload(broker: Arc<Broker>) {
     let mut reloads = broker.auth.reloads();
     loop {
@@ -409,6 +410,7 @@ async fn wake_on_reload(broker: Arc<Broker>) {
                 if changed.is_err() {
                     return;
                 }
+                broker.tenants.apply(&broker.auth.directory());
                 broker.state.wake_all();
             }
         }

@@ -40,7 +40,9 @@ use crate::command::Write;
 use crate::config::QueueOverflow;
 use crate::ids::{ConnectionId, SessionId, SessionKey};
 use crate::message::Delivery;
+use crate::metrics::DropReason;
 use crate::persist::{Persist, RestoredInflight};
+use crate::tenant::quota::{release, reserve_n, QuotaKind, StateLimits, Usage};
 use crate::topic::TopicFilter;
 
 /// A subscription as stored in the session (the trie holds its own copy).
@@ -109,7 +111,15 @@ pub struct SessionState {
     /// Last queue position given to a delivery of a durable session.
     next_queue_seq: u64,
     /// Bytes of the messages in `queue` (for `--max-queued-bytes`).
+    /// Change it only through the queue methods below: they keep the
+    /// tenant's `queued_bytes` in step.
     pub queued_bytes: usize,
+    /// The session's tenant's usage (queued bytes, drops); `None` once the
+    /// session is deleted (its queue no longer counts) and in unit tests.
+    pub usage: Option<Arc<Usage>>,
+    /// Counted in the tenant's `persistent_sessions` (from the first
+    /// attach with an expiry until the session is deleted).
+    pub persistent: bool,
     /// When the session lost its connection; `None` while connected.
     pub disconnected_at: Option<Instant>,
     /// The username of the client that last attached (`None`: anonymous,
@@ -128,6 +138,9 @@ pub enum EnqueueOutcome {
     DroppedNew,
     /// A durable session's queue entry could not be written: dropped.
     NotDurable,
+    /// The session's tenant is at its `max_queued_bytes`: dropped (counted
+    /// in the tenant's rejections and drops).
+    OverTenantQuota,
 }
 
 #[derive(Debug)]
@@ -150,11 +163,13 @@ pub struct Session {
     /// Deliveries the connection has taken from the queue, ever: a
     /// waiting publisher tells a slow subscriber from a stuck one by it.
     taken: AtomicU64,
+    /// The tenant's usage, for drops counted per tenant.
+    usage: Option<Arc<Usage>>,
     state: Mutex<SessionState>,
 }
 
 impl Session {
-    pub fn new(key: SessionKey, expiry_interval: u32) -> Session {
+    pub fn new(key: SessionKey, expiry_interval: u32, usage: Option<Arc<Usage>>) -> Session {
         Session {
             key,
             id: SessionId::next(),
@@ -164,6 +179,7 @@ impl Session {
             stuck: AtomicBool::new(false),
             room: Notify::new(),
             taken: AtomicU64::new(0),
+            usage: usage.clone(),
             state: Mutex::new(SessionState {
                 subscriptions: HashMap::new(),
                 queue: VecDeque::new(),
@@ -180,9 +196,20 @@ impl Session {
                 persist: None,
                 next_queue_seq: 0,
                 queued_bytes: 0,
+                usage,
+                persistent: false,
                 disconnected_at: None,
                 user: None,
             }),
+        }
+    }
+
+    /// Counts a message dropped for this session: node-wide and for its
+    /// tenant.
+    pub fn dropped(&self, metrics: &crate::metrics::Metrics, reason: DropReason) {
+        metrics.dropped(reason);
+        if let Some(u) = &self.usage {
+            u.dropped(reason);
         }
     }
 
@@ -255,6 +282,15 @@ impl Session {
                 delivery.seq = st.next_queue_seq;
             }
             let size = delivery.msg.size();
+            // The tenant's queued bytes (`max_queued_bytes`): reserved
+            // first, so concurrent sessions of a tenant cannot pass it.
+            if let Some(u) = &st.usage {
+                let max = StateLimits::get(&u.state_limits.queued_bytes);
+                if !reserve_n(&u.queued_bytes, size as u64, max) {
+                    u.reject(QuotaKind::QueuedBytes);
+                    return (EnqueueOutcome::OverTenantQuota, Write::None);
+                }
+            }
             // Under flow control the queue may take up to twice its bound
             // while publishers are being slowed; past that it drops.
             let slack = if limits.backpressure { 2 } else { 1 };
@@ -276,8 +312,10 @@ impl Session {
                 }
                 EnqueueOutcome::DroppedOldest
             };
-            if outcome != EnqueueOutcome::DroppedNew {
-                st.push_queued(delivery);
+            if outcome == EnqueueOutcome::DroppedNew {
+                st.tenant_queued_sub(size);
+            } else {
+                st.push_reserved(delivery);
             }
             if limits.backpressure
                 && (st.queue.len() >= limits.max_messages || st.queued_bytes >= limits.max_bytes)
@@ -293,9 +331,7 @@ impl Session {
             if matches!(write, Write::Failed(_)) {
                 // Not on disk, so not queued: the publisher is told, and a
                 // restart cannot disagree with what was delivered.
-                if let Some(d) = st.queue.pop_back() {
-                    st.queued_bytes -= d.msg.size();
-                }
+                st.pop_newest();
                 (EnqueueOutcome::NotDurable, write)
             } else {
                 (outcome, write)
@@ -323,8 +359,28 @@ pub struct QueueLimits {
 }
 
 impl SessionState {
-    /// Appends to the queue, keeping `queued_bytes` in step.
+    /// Adds `n` bytes to the tenant's queued bytes (none once deleted).
+    fn tenant_queued_add(&self, n: usize) {
+        if let Some(u) = &self.usage {
+            u.queued_bytes.fetch_add(n as u64, Ordering::AcqRel);
+        }
+    }
+
+    fn tenant_queued_sub(&self, n: usize) {
+        if let Some(u) = &self.usage {
+            release(&u.queued_bytes, n as u64);
+        }
+    }
+
+    /// Appends to the queue, keeping `queued_bytes` (and the tenant's) in
+    /// step.
     pub fn push_queued(&mut self, d: Delivery) {
+        self.tenant_queued_add(d.msg.size());
+        self.push_reserved(d);
+    }
+
+    /// Appends a delivery whose bytes the tenant already counted.
+    fn push_reserved(&mut self, d: Delivery) {
         self.queued_bytes += d.msg.size();
         self.queue.push_back(d);
     }
@@ -333,13 +389,40 @@ impl SessionState {
     pub fn pop_queued(&mut self) -> Option<Delivery> {
         let d = self.queue.pop_front()?;
         self.queued_bytes -= d.msg.size();
+        self.tenant_queued_sub(d.msg.size());
+        Some(d)
+    }
+
+    /// Takes the newest queued delivery (one the store refused).
+    fn pop_newest(&mut self) -> Option<Delivery> {
+        let d = self.queue.pop_back()?;
+        self.queued_bytes -= d.msg.size();
+        self.tenant_queued_sub(d.msg.size());
         Some(d)
     }
 
     /// Puts a delivery back at the front (it could not be sent yet).
     pub fn unpop_queued(&mut self, d: Delivery) {
+        self.tenant_queued_add(d.msg.size());
         self.queued_bytes += d.msg.size();
         self.queue.push_front(d);
+    }
+
+    /// Keeps only the queued deliveries `keep` accepts (in order) and
+    /// returns the others.
+    pub fn retain_queued(&mut self, mut keep: impl FnMut(&Delivery) -> bool) -> Vec<Delivery> {
+        let (kept, gone): (Vec<_>, Vec<_>) = self.queue.drain(..).partition(|d| keep(d));
+        self.queue.extend(kept);
+        let before = self.queued_bytes;
+        self.queued_bytes = self.queue.iter().map(|d| d.msg.size()).sum();
+        self.tenant_queued_sub(before - self.queued_bytes);
+        gone
+    }
+
+    /// The session is deleted: its queue no longer counts for its tenant.
+    pub fn forget_tenant(&mut self) {
+        self.tenant_queued_sub(self.queued_bytes);
+        self.usage = None;
     }
 
     /// Removes expired queued deliveries; returns them.
@@ -347,11 +430,7 @@ impl SessionState {
         if !self.queue.iter().any(|d| d.msg.is_expired(now)) {
             return Vec::new();
         }
-        let (expired, live): (Vec<_>, Vec<_>) =
-            self.queue.drain(..).partition(|d| d.msg.is_expired(now));
-        self.queue.extend(live);
-        self.queued_bytes = self.queue.iter().map(|d| d.msg.size()).sum();
-        expired
+        self.retain_queued(|d| !d.msg.is_expired(now))
     }
 
     /// The earliest expiry among queued deliveries.

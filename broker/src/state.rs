@@ -13,6 +13,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use std::sync::atomic::Ordering;
+
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 
@@ -25,6 +27,7 @@ use crate::persist::{Persist, RestoredSession};
 use crate::retained::{RetainChange, RetainedStore};
 use crate::session::{Session, SessionState, StoredSubscription};
 use crate::sweeper::{Due, Sweeper};
+use crate::tenant::quota::{release, reserve, QuotaKind, StateLimits, Usage};
 use crate::topic::TopicFilter;
 use crate::trie::{Matches, Subscriber, SubscriptionTrie};
 
@@ -44,14 +47,15 @@ pub struct State {
 
 impl State {
     pub fn new(metrics: Arc<Metrics>, persist: Option<Arc<Persist>>) -> State {
+        let tenants: Arc<crate::tenant::Tenants> = Arc::default();
         State {
             metrics,
             persist,
             sweeper: Arc::new(Sweeper::default()),
             sessions: DashMap::default(),
             trie: SubscriptionTrie::default(),
-            retained: RetainedStore::default(),
-            tenants: Arc::default(),
+            retained: RetainedStore::new(tenants.clone()),
+            tenants,
         }
     }
 
@@ -75,7 +79,7 @@ impl State {
     fn subscriptions_gone(&self, tenant: &TenantId, n: usize) {
         if n > 0 {
             let usage = self.tenants.usage(tenant);
-            crate::tenant::quota::release(&usage.subscriptions, n as u64);
+            release(&usage.subscriptions, n as u64);
         }
     }
 
@@ -129,12 +133,15 @@ impl State {
             }
             Command::Retain { message } => {
                 let mut write = Write::None;
-                let change = self.set_retained(message, |m| {
+                let change = self.set_retained(message, true, |m| {
                     if let Some(p) = &self.persist {
                         write = Write::from_result(p.put_retained(m));
                     }
                 });
-                (Applied::Retained(change), write)
+                match change {
+                    RetainChange::Refused(kind) => (Applied::OverQuota(kind), Write::None),
+                    change => (Applied::Retained(change), write),
+                }
             }
         }
     }
@@ -164,7 +171,12 @@ impl State {
         existed
     }
 
-    fn set_retained(&self, message: Arc<Message>, durable: impl FnOnce(&Message)) -> RetainChange {
+    fn set_retained(
+        &self,
+        message: Arc<Message>,
+        enforce: bool,
+        durable: impl FnOnce(&Message),
+    ) -> RetainChange {
         if let (Some(at), false) = (message.expires_at, message.payload.is_empty()) {
             self.sweeper.at(
                 at,
@@ -174,11 +186,11 @@ impl State {
                 },
             );
         }
-        let change = self.retained.set_with(message, durable);
+        let change = self.retained.set_with(message, enforce, durable);
         match change {
             RetainChange::Added => self.metrics.inc(&self.metrics.retained),
             RetainChange::Removed => self.metrics.dec(&self.metrics.retained),
-            RetainChange::Replaced | RetainChange::Unchanged => {}
+            RetainChange::Replaced | RetainChange::Unchanged | RetainChange::Refused(_) => {}
         }
         change
     }
@@ -192,13 +204,40 @@ impl State {
                 (e.get().clone(), false)
             }
             Entry::Vacant(v) => {
-                let session = Arc::new(Session::new(v.key().clone(), expiry_interval));
+                let usage = self.tenants.usage(&v.key().tenant);
+                // A new durable session needs room in the tenant's
+                // `max_persistent_sessions`, reserved before it exists.
+                if expiry_interval > 0 && !Self::reserve_persistent(&usage) {
+                    return (
+                        Applied::OverQuota(QuotaKind::PersistentSessions),
+                        Write::None,
+                    );
+                }
+                usage.sessions.fetch_add(1, Ordering::Relaxed);
+                let session = Arc::new(Session::new(v.key().clone(), expiry_interval, Some(usage)));
                 v.insert(session.clone());
                 self.metrics.inc(&self.metrics.sessions);
+                if expiry_interval > 0 {
+                    session.lock().persistent = true;
+                }
                 (session, true)
             }
         };
         let mut st = session.lock();
+        if expiry_interval > 0 && !st.persistent {
+            // A clean session resumed as a persistent one.
+            if !st
+                .usage
+                .as_ref()
+                .is_none_or(|u| Self::reserve_persistent(u))
+            {
+                return (
+                    Applied::OverQuota(QuotaKind::PersistentSessions),
+                    Write::None,
+                );
+            }
+            st.persistent = true;
+        }
         st.expiry_interval = expiry_interval;
         // A session with an expiry outlives its connection: it is durable
         // from now on (clean sessions never touch the disk).
@@ -222,12 +261,31 @@ impl State {
         (Applied::Session { session, created }, write)
     }
 
+    /// Takes one of the tenant's `max_persistent_sessions`, counting the
+    /// refusal.
+    fn reserve_persistent(usage: &Usage) -> bool {
+        let max = StateLimits::get(&usage.state_limits.persistent_sessions);
+        let ok = reserve(&usage.persistent_sessions, max);
+        if !ok {
+            usage.reject(QuotaKind::PersistentSessions);
+        }
+        ok
+    }
+
     fn delete_session(&self, key: &SessionKey) -> (Applied, Write) {
         let Some((_, session)) = self.sessions.remove_if(key, |_, s| s.lock().ended) else {
             return (Applied::Deleted(false), Write::None);
         };
         self.metrics.dec(&self.metrics.sessions);
         let mut st = session.lock();
+        if let Some(u) = &st.usage {
+            release(&u.sessions, 1);
+            if st.persistent {
+                release(&u.persistent_sessions, 1);
+            }
+        }
+        st.persistent = false;
+        st.forget_tenant();
         for (filter, _) in st.subscriptions.drain() {
             let ns = Self::namespace(&key.tenant, &filter);
             self.subscriptions_gone(&ns, 1);
@@ -244,16 +302,20 @@ impl State {
     /// Rebuilds a durable session found on disk at start-up, without
     /// writing anything back. It comes back offline.
     pub fn restore_session(&self, r: RestoredSession) -> Arc<Session> {
-        let session = Arc::new(Session::new(r.key.clone(), r.expiry_interval));
+        let usage = self.tenants.usage(&r.key.tenant);
+        // Counted without a limit: what was stored before a restart (or
+        // before the limit was lowered) is kept.
+        usage.sessions.fetch_add(1, Ordering::Relaxed);
+        usage.persistent_sessions.fetch_add(1, Ordering::AcqRel);
+        let session = Arc::new(Session::new(r.key.clone(), r.expiry_interval, Some(usage)));
         {
             let mut st = session.lock();
+            st.persistent = true;
             st.persist = self.persist.clone();
             st.disconnected_at = Some(Instant::now());
             for (filter, options, id) in r.subscriptions {
                 let usage = self.tenants.usage(&Self::namespace(&r.key.tenant, &filter));
-                usage
-                    .subscriptions
-                    .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                usage.subscriptions.fetch_add(1, Ordering::AcqRel);
                 self.add_subscription(&session, &mut st, filter, options, id);
             }
             st.restore_queues(r.queue, r.inflight, r.incoming);
@@ -265,7 +327,8 @@ impl State {
 
     /// Puts a retained message found on disk back, without writing.
     pub fn restore_retained(&self, message: Message) {
-        self.set_retained(Arc::new(message), |_| {});
+        // Kept whatever the limits: it was retained before.
+        self.set_retained(Arc::new(message), false, |_| {});
     }
 
     pub fn sweeper(&self) -> &Arc<Sweeper> {

@@ -59,26 +59,17 @@ pub fn publish_stats(broker: &Broker) {
                 continue;
             }
             let u = broker.tenants.usage(id);
-            let g = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
-            let mut values = vec![
-                (
-                    "clients/connected".to_owned(),
-                    g(&u.connections).to_string(),
-                ),
-                (
-                    "clients/total".to_owned(),
-                    g(&u.connections_total).to_string(),
-                ),
-                (
-                    "messages/received".to_owned(),
-                    g(&u.messages_in).to_string(),
-                ),
-                ("bytes/received".to_owned(), g(&u.bytes_in).to_string()),
-                (
-                    "subscriptions/count".to_owned(),
-                    g(&u.subscriptions).to_string(),
-                ),
-            ];
+            let mut values: Vec<(String, String)> = u
+                .counts()
+                .into_iter()
+                .map(|(_, path, value)| (path.to_owned(), value.to_string()))
+                .collect();
+            for r in crate::metrics::DropReason::ALL {
+                values.push((
+                    format!("messages/dropped/{}", r.label()),
+                    u.drops(r).to_string(),
+                ));
+            }
             for k in crate::tenant::quota::QuotaKind::ALL {
                 values.push((
                     format!("quota/rejected/{}", k.label()),

@@ -277,6 +277,7 @@ mod tests {
                     client: ClientId::new(name),
                 },
                 0,
+                None,
             )),
             options: SubscriptionOptions::new(QoS::AtMostOnce),
             id: None,

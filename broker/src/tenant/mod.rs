@@ -296,32 +296,28 @@ impl Tenants {
         self.usage.entry(id.clone()).or_default().clone()
     }
 
+    /// Puts the directory's state-enforced limits (retained, persistent
+    /// sessions, queued bytes) into each tenant's usage; tenants no
+    /// longer in it lose theirs.
+    pub fn apply(&self, directory: &Directory) {
+        for e in self.usage.iter() {
+            if !directory.tenants.contains_key(e.key()) {
+                e.value().state_limits.set(&Limits::default());
+            }
+        }
+        for (id, def) in &directory.tenants {
+            self.usage(id).state_limits.set(&def.limits);
+        }
+    }
+
     /// The per-tenant series in Prometheus text format (label `tenant`;
-    /// quota rejections also by `kind`).
+    /// quota rejections also by `kind`, drops by `reason`).
     pub fn render(&self, out: &mut String) {
         use std::fmt::Write;
-        use std::sync::atomic::Ordering::Relaxed;
         let all = self.snapshot();
-        for (name, get) in [
-            (
-                "porchlight_tenant_connections",
-                (|u: &Usage| u.connections.load(Relaxed)) as fn(&Usage) -> u64,
-            ),
-            ("porchlight_tenant_connections_total", |u| {
-                u.connections_total.load(Relaxed)
-            }),
-            ("porchlight_tenant_messages_received_total", |u| {
-                u.messages_in.load(Relaxed)
-            }),
-            ("porchlight_tenant_bytes_received_total", |u| {
-                u.bytes_in.load(Relaxed)
-            }),
-            ("porchlight_tenant_subscriptions", |u| {
-                u.subscriptions.load(Relaxed)
-            }),
-        ] {
-            for (t, u) in &all {
-                let _ = writeln!(out, "{name}{{tenant=\"{t}\"}} {}", get(u));
+        for (t, u) in &all {
+            for (name, _, value) in u.counts() {
+                let _ = writeln!(out, "porchlight_tenant_{name}{{tenant=\"{t}\"}} {value}");
             }
         }
         for (t, u) in &all {
@@ -331,6 +327,14 @@ impl Tenants {
                     "porchlight_tenant_quota_rejections_total{{tenant=\"{t}\",kind=\"{}\"}} {}",
                     k.label(),
                     u.rejections(k)
+                );
+            }
+            for r in crate::metrics::DropReason::ALL {
+                let _ = writeln!(
+                    out,
+                    "porchlight_tenant_messages_dropped_total{{tenant=\"{t}\",reason=\"{}\"}} {}",
+                    r.label(),
+                    u.drops(r)
                 );
             }
         }

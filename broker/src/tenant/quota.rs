@@ -7,7 +7,10 @@
 //! cells ([`Rate`], a token bucket in one atomic), so limits hold exactly
 //! under concurrency without a lock and one tenant at its limit touches
 //! no other tenant's state. `connect.rs` asks at CONNECT, `inbound.rs` on
-//! PUBLISH and SUBSCRIBE; each refusal is counted by kind.
+//! PUBLISH and SUBSCRIBE; each refusal is counted by kind. The limits on
+//! what the state holds (retained messages and bytes, persistent
+//! sessions, queued bytes) are copied into [`Usage::state_limits`], where
+//! `retained.rs`, `state.rs` and `session.rs` enforce them as they change.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -16,6 +19,7 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 
 use crate::codec::Protocol;
+use crate::metrics::DropReason;
 
 /// A tenant's limits; `None` means unlimited (or: the broker's own
 /// limit).
@@ -40,6 +44,14 @@ pub struct Limits {
     pub max_packet_size: Option<u32>,
     /// MQTT versions the tenant's clients may speak: "3.1", "3.1.1", "5".
     pub protocol_versions: Option<Vec<String>>,
+    /// Retained messages the tenant keeps.
+    pub max_retained_messages: Option<u64>,
+    /// Bytes (topic, payload and properties) of those retained messages.
+    pub max_retained_bytes: Option<u64>,
+    /// Sessions with a Session Expiry Interval (3.1.1: clean session 0).
+    pub max_persistent_sessions: Option<u64>,
+    /// Bytes of messages waiting in the queues of the tenant's sessions.
+    pub max_queued_bytes: Option<u64>,
 }
 
 impl Limits {
@@ -105,6 +117,10 @@ impl Limits {
             max_qos: self.max_qos.or(d.max_qos),
             max_packet_size: self.max_packet_size.or(d.max_packet_size),
             protocol_versions: self.protocol_versions.or(d.protocol_versions),
+            max_retained_messages: self.max_retained_messages.or(d.max_retained_messages),
+            max_retained_bytes: self.max_retained_bytes.or(d.max_retained_bytes),
+            max_persistent_sessions: self.max_persistent_sessions.or(d.max_persistent_sessions),
+            max_queued_bytes: self.max_queued_bytes.or(d.max_queued_bytes),
         }
     }
 
@@ -181,14 +197,20 @@ impl Rate {
 
 /// Reserves one of at most `max` (unlimited when `None`); false when full.
 pub fn reserve(count: &AtomicU64, max: Option<u64>) -> bool {
+    reserve_n(count, 1, max)
+}
+
+/// Reserves `n` of at most `max` in one step; false (and nothing taken)
+/// when they do not all fit.
+pub fn reserve_n(count: &AtomicU64, n: u64, max: Option<u64>) -> bool {
     match max {
         None => {
-            count.fetch_add(1, Ordering::AcqRel);
+            count.fetch_add(n, Ordering::AcqRel);
             true
         }
         Some(max) => count
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| {
+                (c.saturating_add(n) <= max).then_some(c + n)
             })
             .is_ok(),
     }
@@ -214,10 +236,14 @@ pub enum QuotaKind {
     Qos,
     PacketSize,
     Protocol,
+    RetainedMessages,
+    RetainedBytes,
+    PersistentSessions,
+    QueuedBytes,
 }
 
 impl QuotaKind {
-    pub const ALL: [QuotaKind; 9] = [
+    pub const ALL: [QuotaKind; 13] = [
         QuotaKind::Connections,
         QuotaKind::ConnectRate,
         QuotaKind::MessagesIn,
@@ -227,6 +253,10 @@ impl QuotaKind {
         QuotaKind::Qos,
         QuotaKind::PacketSize,
         QuotaKind::Protocol,
+        QuotaKind::RetainedMessages,
+        QuotaKind::RetainedBytes,
+        QuotaKind::PersistentSessions,
+        QuotaKind::QueuedBytes,
     ];
 
     pub fn label(self) -> &'static str {
@@ -240,6 +270,10 @@ impl QuotaKind {
             QuotaKind::Qos => "qos",
             QuotaKind::PacketSize => "packet_size",
             QuotaKind::Protocol => "protocol",
+            QuotaKind::RetainedMessages => "retained_messages",
+            QuotaKind::RetainedBytes => "retained_bytes",
+            QuotaKind::PersistentSessions => "persistent_sessions",
+            QuotaKind::QueuedBytes => "queued_bytes",
         }
     }
 }
@@ -255,10 +289,122 @@ pub struct Usage {
     pub connections_total: AtomicU64,
     pub messages_in: AtomicU64,
     pub bytes_in: AtomicU64,
+    /// PUBLISH packets sent to the tenant's connections, and their
+    /// payload bytes.
+    pub messages_out: AtomicU64,
+    pub bytes_out: AtomicU64,
+    /// Sessions in the node's state, and those of them that are durable.
+    pub sessions: AtomicU64,
+    pub persistent_sessions: AtomicU64,
+    /// Changed only under the tenant's retained-store lock
+    /// (`retained.rs`), so the limits on them are exact.
+    pub retained_messages: AtomicU64,
+    pub retained_bytes: AtomicU64,
+    /// Bytes waiting in the tenant's session queues (`session.rs`).
+    pub queued_bytes: AtomicU64,
+    /// The limits enforced inside the state (retained store, sessions,
+    /// queues), where no connection's `Authz` is at hand: set from the
+    /// directory at start and after each reload (`Tenants::apply`).
+    /// `u64::MAX` is no limit.
+    pub state_limits: StateLimits,
     rejections: [AtomicU64; QuotaKind::ALL.len()],
+    drops: [AtomicU64; DropReason::ALL.len()],
+}
+
+/// See [`Usage::state_limits`].
+#[derive(Debug)]
+pub struct StateLimits {
+    pub retained_messages: AtomicU64,
+    pub retained_bytes: AtomicU64,
+    pub persistent_sessions: AtomicU64,
+    pub queued_bytes: AtomicU64,
+}
+
+impl Default for StateLimits {
+    fn default() -> Self {
+        StateLimits {
+            retained_messages: AtomicU64::new(u64::MAX),
+            retained_bytes: AtomicU64::new(u64::MAX),
+            persistent_sessions: AtomicU64::new(u64::MAX),
+            queued_bytes: AtomicU64::new(u64::MAX),
+        }
+    }
+}
+
+impl StateLimits {
+    pub fn set(&self, l: &Limits) {
+        let none = u64::MAX;
+        for (cell, v) in [
+            (&self.retained_messages, l.max_retained_messages),
+            (&self.retained_bytes, l.max_retained_bytes),
+            (&self.persistent_sessions, l.max_persistent_sessions),
+            (&self.queued_bytes, l.max_queued_bytes),
+        ] {
+            cell.store(v.unwrap_or(none), Ordering::Relaxed);
+        }
+    }
+
+    /// A limit as `reserve` takes it.
+    pub fn get(cell: &AtomicU64) -> Option<u64> {
+        Some(cell.load(Ordering::Relaxed)).filter(|v| *v != u64::MAX)
+    }
 }
 
 impl Usage {
+    /// Every count, as (Prometheus series after `porchlight_tenant_`,
+    /// `$SYS/broker/` path, value): one list for both exports.
+    pub fn counts(&self) -> [(&'static str, &'static str, u64); 12] {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        [
+            ("connections", "clients/connected", g(&self.connections)),
+            (
+                "connections_total",
+                "clients/total",
+                g(&self.connections_total),
+            ),
+            (
+                "messages_received_total",
+                "messages/received",
+                g(&self.messages_in),
+            ),
+            ("bytes_received_total", "bytes/received", g(&self.bytes_in)),
+            (
+                "messages_sent_total",
+                "messages/sent",
+                g(&self.messages_out),
+            ),
+            ("bytes_sent_total", "bytes/sent", g(&self.bytes_out)),
+            (
+                "subscriptions",
+                "subscriptions/count",
+                g(&self.subscriptions),
+            ),
+            ("sessions", "sessions/count", g(&self.sessions)),
+            (
+                "persistent_sessions",
+                "sessions/persistent",
+                g(&self.persistent_sessions),
+            ),
+            (
+                "retained_messages",
+                "retained/count",
+                g(&self.retained_messages),
+            ),
+            ("retained_bytes", "retained/bytes", g(&self.retained_bytes)),
+            ("queued_bytes", "queued/bytes", g(&self.queued_bytes)),
+        ]
+    }
+
+    /// Counts a message dropped for one of the tenant's sessions (beside
+    /// the node-wide `porchlight_messages_dropped_total`).
+    pub fn dropped(&self, reason: DropReason) {
+        self.drops[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn drops(&self, reason: DropReason) -> u64 {
+        self.drops[reason as usize].load(Ordering::Relaxed)
+    }
+
     pub fn reject(&self, kind: QuotaKind) {
         self.rejections[kind as usize].fetch_add(1, Ordering::Relaxed);
     }

@@ -878,3 +878,169 @@ async fn sighup_rereads_the_tenants_file_and_closes_a_removed_tenants_clients() 
     assert_eq!(refused.1.reason, reason::BAD_USER_NAME_OR_PASSWORD);
     kill9(&mut child);
 }
+
+fn load(a: &std::sync::atomic::AtomicU64) -> u64 {
+    a.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+#[tokio::test]
+async fn retained_persistent_session_and_queued_byte_limits() {
+    let limited = |persistent: u32| {
+        format!(
+            "{}{}",
+            tenants(
+                &["acme"],
+                &format!(
+                    "[tenant.limits]\nmax_retained_messages = 2\nmax_retained_bytes = 1000\n\
+                     max_persistent_sessions = {persistent}\nmax_queued_bytes = 300\n"
+                ),
+            ),
+            tenants(&["globex"], "")
+        )
+    };
+    let (b, dir) = tenant_broker(&limited(1), |_| {}).await;
+    let retain = |topic: &str, payload: Bytes| {
+        let mut m = publish_bytes(topic, q(1), 3, payload);
+        m.retain = true;
+        Packet::Publish(m)
+    };
+    async fn ack(c: &mut RawClient) -> u8 {
+        match c.recv().await {
+            Some(Packet::PubAck(a)) => a.reason,
+            other => panic!("expected PUBACK, got {other:?}"),
+        }
+    }
+
+    info!("--- retained messages: count and bytes, replacing and deleting stay allowed");
+    let mut a = join(b.addr, Protocol::V5, "a", "u@acme").await;
+    let small = || Bytes::from_static(b"v");
+    for (topic, payload, want) in [
+        ("r/1", small(), reason::NO_MATCHING_SUBSCRIBERS),
+        ("r/2", small(), reason::NO_MATCHING_SUBSCRIBERS),
+        ("r/3", small(), reason::QUOTA_EXCEEDED),
+        (
+            "r/1",
+            Bytes::from_static(b"v2"),
+            reason::NO_MATCHING_SUBSCRIBERS,
+        ),
+        ("r/2", Bytes::new(), reason::NO_MATCHING_SUBSCRIBERS),
+        ("r/3", small(), reason::NO_MATCHING_SUBSCRIBERS),
+        ("r/1", Bytes::from(vec![b'x'; 2000]), reason::QUOTA_EXCEEDED),
+    ] {
+        a.send(&retain(topic, payload)).await;
+        assert_eq!(ack(&mut a).await, want, "{topic}");
+    }
+    let u = usage(&b, "acme");
+    assert_eq!(load(&u.retained_messages), 2);
+    // The broker's own retained $SYS topics do not count.
+    porchlight_broker::sys::publish_stats(&b.broker);
+    assert_eq!(load(&u.retained_messages), 2);
+    assert_eq!(u.rejections(QuotaKind::RetainedMessages), 1);
+    assert_eq!(u.rejections(QuotaKind::RetainedBytes), 1);
+    // 3.1.1 cannot be told: its retained message over the limit is dropped.
+    let mut a3 = join(b.addr, Protocol::V311, "a3", "s@acme").await;
+    a3.send(&retain("r/4", small())).await;
+    assert_eq!(ack(&mut a3).await, 0);
+    let mut check = join(b.addr, Protocol::V5, "check", "p@acme").await;
+    check.subscribe("r/#", q(0)).await;
+    let mut seen = BTreeMap::new();
+    for _ in 0..2 {
+        let m = check.expect_publish().await;
+        seen.insert(m.topic.clone(), m.payload.clone());
+    }
+    check.expect_silence(Duration::from_millis(200)).await;
+    assert_eq!(
+        seen.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["r/1", "r/3"]
+    );
+    assert_eq!(&seen["r/1"][..], b"v2");
+    let mut g = join(b.addr, Protocol::V5, "g", "u@globex").await;
+    for i in 0..5 {
+        g.send(&retain(&format!("r/{i}"), small())).await;
+        assert!(ack(&mut g).await < 0x80, "globex is unaffected");
+    }
+
+    info!("--- persistent sessions: a new durable session over the limit is refused");
+    let durable = |p: Protocol, id: &str, user: &str| {
+        let mut c = as_user(p, id, user);
+        c.clean_start = false;
+        if p == Protocol::V5 {
+            c.properties.session_expiry_interval = Some(600);
+        }
+        c
+    };
+    let (p1, ack1) = RawClient::connect_with(b.addr, durable(Protocol::V5, "p1", "u@acme")).await;
+    assert_eq!(ack1.reason, 0);
+    let (_, ack2) = RawClient::connect_with(b.addr, durable(Protocol::V5, "p2", "u@acme")).await;
+    assert_eq!(ack2.reason, reason::QUOTA_EXCEEDED);
+    let (_, ack3) = RawClient::connect_with(b.addr, durable(Protocol::V311, "p3", "u@acme")).await;
+    assert_eq!(ack3.reason, 3, "3.1.1: server unavailable");
+    let (_, ackg) = RawClient::connect_with(b.addr, durable(Protocol::V5, "p2", "u@globex")).await;
+    assert_eq!(ackg.reason, 0, "globex is unaffected");
+    assert_eq!(load(&usage(&b, "acme").persistent_sessions), 1);
+    assert_eq!(
+        usage(&b, "acme").rejections(QuotaKind::PersistentSessions),
+        2
+    );
+
+    info!("--- queued bytes: an offline session's queue stops at the tenant's bytes");
+    let mut p1 = p1;
+    p1.subscribe("q/#", q(1)).await;
+    drop(p1);
+    b.wait_offline_in("acme", "p1").await;
+    for i in 0..4u16 {
+        a.send(&Packet::Publish(publish_bytes(
+            "q/x",
+            q(1),
+            10 + i,
+            Bytes::from(vec![b'q'; 100]),
+        )))
+        .await;
+        assert!(ack(&mut a).await < 0x80);
+    }
+    let u = usage(&b, "acme");
+    assert!(load(&u.queued_bytes) <= 300, "{}", load(&u.queued_bytes));
+    assert_eq!(u.rejections(QuotaKind::QueuedBytes), 2);
+    // Two here, three retained publishes refused above.
+    assert_eq!(
+        u.drops(porchlight_broker::metrics::DropReason::TenantQuota),
+        5
+    );
+    let (mut p1, ack1) =
+        RawClient::connect_with(b.addr, durable(Protocol::V5, "p1", "u@acme")).await;
+    assert!(ack1.session_present);
+    for _ in 0..2 {
+        let m = p1.expect_publish().await;
+        p1.send(&Packet::PubAck(porchlight_broker::codec::Ack::new(
+            m.packet_id,
+            0,
+        )))
+        .await;
+    }
+    wait_until("queue drained", || load(&u.queued_bytes) == 0).await;
+
+    info!("--- the metrics carry all of it");
+    let mut text = String::new();
+    b.broker.tenants.render(&mut text);
+    for line in [
+        "porchlight_tenant_retained_messages{tenant=\"acme\"} 2",
+        "porchlight_tenant_persistent_sessions{tenant=\"acme\"} 1",
+        "porchlight_tenant_quota_rejections_total{tenant=\"acme\",kind=\"queued_bytes\"} 2",
+        "porchlight_tenant_messages_dropped_total{tenant=\"acme\",reason=\"tenant_quota\"} 5",
+        "porchlight_tenant_retained_messages{tenant=\"globex\"} 5",
+    ] {
+        assert!(text.contains(line), "{line} in\n{text}");
+    }
+    assert!(load(&u.messages_out) >= 4 && load(&u.bytes_out) >= 200);
+
+    info!("--- a reload raises the limit for new sessions");
+    let m = b.broker.metrics.clone();
+    std::fs::write(dir.path().join("tenants.toml"), limited(2)).expect("write");
+    wait_until("reloaded", || {
+        porchlight_broker::metrics::Metrics::get(&m.auth_reloads) == 1
+    })
+    .await;
+    let (_, ack2) = RawClient::connect_with(b.addr, durable(Protocol::V5, "p2", "u@acme")).await;
+    assert_eq!(ack2.reason, 0);
+    b.stop().await;
+}
