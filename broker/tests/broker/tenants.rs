@@ -1,5 +1,6 @@
 //! Tenants end to end: each identity method over real sockets (username
-//! suffix, TLS SNI, client-certificate Organization, listener default),
+//! suffix, TLS SNI, client-certificate O, OU and SAN URI, the TCP, WS and
+//! WSS listener defaults),
 //! isolation (a property test over random tenants, filters and topics),
 //! every quota at its limit with another tenant unaffected, `%t` in ACLs,
 //! removing a tenant by editing the file and by SIGHUP to the real binary,
@@ -306,24 +307,26 @@ async fn isolation_holds_for_random_tenants_filters_and_topics() {
     b.stop().await;
 }
 
+/// TLS with optional client certificates from `pki`, anonymous allowed.
+fn optional_client_certs(pki: &TestPki, c: &mut porchlight_broker::Config) {
+    use porchlight_broker::tls::{ClientAuth, TlsVersion};
+    pki.configure(c, TlsVersion::V1_2);
+    if let Some(tls) = c.tls.as_mut() {
+        tls.client_ca = Some(pki.ca_file.clone());
+        tls.client_auth = ClientAuth::Optional;
+    }
+    c.auth.client_certificates = true;
+    c.auth.allow_anonymous = true;
+}
+
 #[tokio::test]
 async fn sni_and_certificate_organization_name_the_tenant_over_tls() {
-    use porchlight_broker::tls::{ClientAuth, TlsVersion};
     let pki = TestPki::with_names(&["localhost", "*.mqtt.example.com"]);
     let text = format!(
         "[tenancy]\nresolve = [\"sni\", \"certificate\", \"username\"]\nsni_pattern = \"{{tenant}}.mqtt.example.com\"\n{}",
         tenants(&["acme", "globex"], "")
     );
-    let (b, _dir) = tenant_broker(&text, |c| {
-        pki.configure(c, TlsVersion::V1_2);
-        if let Some(tls) = c.tls.as_mut() {
-            tls.client_ca = Some(pki.ca_file.clone());
-            tls.client_auth = ClientAuth::Optional;
-        }
-        c.auth.client_certificates = true;
-        c.auth.allow_anonymous = true;
-    })
-    .await;
+    let (b, _dir) = tenant_broker(&text, |c| optional_client_certs(&pki, c)).await;
     let tls_addr = b.tls_addr.expect("tls listener");
     let over_tls = |config: Arc<rustls::ClientConfig>, name: &'static str| async move {
         let tcp = TcpStream::connect(tls_addr).await.expect("tcp");
@@ -1042,5 +1045,100 @@ async fn retained_persistent_session_and_queued_byte_limits() {
     .await;
     let (_, ack2) = RawClient::connect_with(b.addr, durable(Protocol::V5, "p2", "u@acme")).await;
     assert_eq!(ack2.reason, 0);
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn certificate_ou_and_san_uri_name_the_tenant_over_tls() {
+    let pki = TestPki::new();
+    for (field, pattern, cert) in [
+        (
+            "ou",
+            "{tenant}",
+            pki.client_cert_with_fields("dev-ou", Some("globex"), None),
+        ),
+        (
+            "san-uri",
+            "urn:tenant:{tenant}",
+            pki.client_cert_with_fields("dev-uri", None, Some("urn:tenant:globex")),
+        ),
+    ] {
+        info!("--- certificate_field = {field}");
+        let text = format!(
+            "[tenancy]\nresolve = [\"certificate\"]\ncertificate_field = \"{field}\"\n\
+             certificate_pattern = \"{pattern}\"\n{}",
+            tenants(&["acme", "globex"], "")
+        );
+        let (b, _dir) = tenant_broker(&text, |c| optional_client_certs(&pki, c)).await;
+        let tls_addr = b.tls_addr.expect("tls listener");
+        let connect = |config: Arc<rustls::ClientConfig>| async move {
+            let tcp = TcpStream::connect(tls_addr).await.expect("tcp");
+            let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+            let s = TlsConnector::from(config)
+                .connect(name, tcp)
+                .await
+                .expect("handshake");
+            RawClient::over(s, Protocol::V5)
+        };
+        let c = connect(pki.client_with_cert(cert)).await;
+        let (_c, ack) = c
+            .handshake(connect_packet(Protocol::V5, "by-cert", true, 60))
+            .await;
+        assert_eq!(ack.reason, 0, "{field}");
+        assert!(b.session_in("globex", "by-cert").is_some(), "{field}");
+        // A certificate without the field names no tenant: 0x85.
+        let other = pki.client_with_cert(pki.client_cert_in_org("dev-o", "acme"));
+        let (_, ack) = connect(other)
+            .await
+            .handshake(connect_packet(Protocol::V5, "none", true, 60))
+            .await;
+        assert_eq!(ack.reason, reason::CLIENT_IDENTIFIER_NOT_VALID, "{field}");
+        b.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn ws_and_wss_listeners_have_their_default_tenants() {
+    use porchlight_broker::tls::TlsVersion;
+    let pki = TestPki::new();
+    let text = format!(
+        "[tenancy.listeners]\nws = \"acme\"\nwss = \"globex\"\n{}",
+        tenants(&["acme", "globex"], "")
+    );
+    let (b, _dir) = tenant_broker(&text, |c| {
+        pki.configure(c, TlsVersion::V1_2);
+        c.tls_listen.clear();
+        c.ws_listen = vec!["127.0.0.1:0".parse().expect("addr")];
+        c.wss_listen = vec!["127.0.0.1:0".parse().expect("addr")];
+        c.auth.allow_anonymous = true;
+    })
+    .await;
+    let (ws, wss) = (b.ws_addr.expect("ws"), b.wss_addr.expect("wss"));
+    let mut opts = rumqttc::MqttOptions::new(
+        "over-ws",
+        format!("ws://127.0.0.1:{}/mqtt", ws.port()),
+        ws.port(),
+    );
+    opts.set_transport(rumqttc::Transport::Ws);
+    let _ws_client = V4::connect_opts(opts).await;
+    let mut opts = rumqttc::MqttOptions::new(
+        "over-wss",
+        format!("wss://localhost:{}/mqtt", wss.port()),
+        wss.port(),
+    );
+    opts.set_transport(rumqttc::Transport::wss_with_config(
+        rumqttc::TlsConfiguration::Rustls(pki.client(&[&rustls::version::TLS13], &[])),
+    ));
+    let _wss_client = V4::connect_opts(opts).await;
+    wait_until("both sessions in their tenants", || {
+        b.session_in("acme", "over-ws").is_some() && b.session_in("globex", "over-wss").is_some()
+    })
+    .await;
+    assert!(b.session_in("globex", "over-ws").is_none());
+    // The plain TCP listener has no default: an anonymous client there
+    // names no tenant.
+    let (_, ack) =
+        RawClient::connect_with(b.addr, connect_packet(Protocol::V5, "tcp", true, 60)).await;
+    assert_eq!(ack.reason, reason::CLIENT_IDENTIFIER_NOT_VALID);
     b.stop().await;
 }

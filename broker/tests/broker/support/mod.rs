@@ -661,6 +661,32 @@ impl TestPki {
         }
     }
 
+    /// A client certificate with an Organizational Unit and/or a SAN URI
+    /// (the tenant fields a `--tenants` file may read).
+    pub fn client_cert_with_fields(
+        &self,
+        cn: &str,
+        ou: Option<&str>,
+        san_uri: Option<&str>,
+    ) -> ClientCert {
+        let (cert, key) = self.issue_with(cn, Validity::Current, 0, |params| {
+            if let Some(ou) = ou {
+                params
+                    .distinguished_name
+                    .push(rcgen::DnType::OrganizationalUnitName, ou);
+            }
+            if let Some(uri) = san_uri {
+                params.subject_alt_names.push(rcgen::SanType::URI(
+                    rcgen::Ia5String::try_from(uri).expect("ia5"),
+                ));
+            }
+        });
+        ClientCert {
+            chain: vec![cert.der().clone()],
+            key: rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        }
+    }
+
     /// A CRL from this CA revoking `serials`, written as a PEM file.
     pub fn crl(&self, name: &str, serials: &[u64]) -> std::path::PathBuf {
         let params = rcgen::CertificateRevocationListParams {
@@ -692,17 +718,30 @@ impl TestPki {
         serial: u64,
         org: Option<&str>,
     ) -> (rcgen::Certificate, rcgen::KeyPair) {
+        self.issue_with(cn, validity, serial, |params| {
+            if let Some(org) = org {
+                params
+                    .distinguished_name
+                    .push(rcgen::DnType::OrganizationName, org);
+            }
+        })
+    }
+
+    /// Issues a client certificate for `cn`; `extra` adds subject fields.
+    fn issue_with(
+        &self,
+        cn: &str,
+        validity: Validity,
+        serial: u64,
+        extra: impl FnOnce(&mut rcgen::CertificateParams),
+    ) -> (rcgen::Certificate, rcgen::KeyPair) {
         let key = rcgen::KeyPair::generate().expect("key");
         let mut params =
             rcgen::CertificateParams::new(vec![format!("{cn}.devices.example")]).expect("params");
         params
             .distinguished_name
             .push(rcgen::DnType::CommonName, cn);
-        if let Some(org) = org {
-            params
-                .distinguished_name
-                .push(rcgen::DnType::OrganizationName, org);
-        }
+        extra(&mut params);
         if serial != 0 {
             params.serial_number = Some(rcgen::SerialNumber::from(serial));
         }
