@@ -978,8 +978,12 @@ async fn retained_persistent_session_and_queued_byte_limits() {
     assert_eq!(ack2.reason, reason::QUOTA_EXCEEDED);
     let (_, ack3) = RawClient::connect_with(b.addr, durable(Protocol::V311, "p3", "u@acme")).await;
     assert_eq!(ack3.reason, 3, "3.1.1: server unavailable");
-    let (_, ackg) = RawClient::connect_with(b.addr, durable(Protocol::V5, "p2", "u@globex")).await;
+    let (mut gp, ackg) =
+        RawClient::connect_with(b.addr, durable(Protocol::V5, "p2", "u@globex")).await;
     assert_eq!(ackg.reason, 0, "globex is unaffected");
+    gp.subscribe("q/#", q(1)).await;
+    drop(gp);
+    b.wait_offline_in("globex", "p2").await;
     assert_eq!(load(&usage(&b, "acme").persistent_sessions), 1);
     assert_eq!(
         usage(&b, "acme").rejections(QuotaKind::PersistentSessions),
@@ -1001,6 +1005,20 @@ async fn retained_persistent_session_and_queued_byte_limits() {
         .await;
         assert!(ack(&mut a).await < 0x80);
     }
+    for i in 0..4u16 {
+        g.send(&Packet::Publish(publish_bytes(
+            "q/x",
+            q(1),
+            20 + i,
+            Bytes::from(vec![b'q'; 100]),
+        )))
+        .await;
+        assert!(ack(&mut g).await < 0x80);
+    }
+    assert!(
+        load(&usage(&b, "globex").queued_bytes) >= 400,
+        "globex queues all four"
+    );
     let u = usage(&b, "acme");
     assert!(load(&u.queued_bytes) <= 300, "{}", load(&u.queued_bytes));
     assert_eq!(u.rejections(QuotaKind::QueuedBytes), 2);
