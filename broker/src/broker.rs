@@ -70,6 +70,8 @@ impl Broker {
             shutdown.clone(),
         );
         registry.restore(restored);
+        let directory = auth.directory();
+        state.drop_gateway_state(|home, target| directory.grants_any(home, target));
         Ok(Arc::new(Broker {
             config,
             auth,

@@ -155,6 +155,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             });
             drop(write);
         }
+        // Nor is anything of those tenants still queued or unacknowledged.
+        let (authz, home) = (&self.authz, &self.key.tenant);
+        self.session
+            .lock()
+            .purge_tenants(&self.key, |t| t == home || authz.granted(t.as_str()));
     }
 
     /// Handles one decoded packet.
@@ -259,14 +264,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         // A gateway addresses another tenant as `$tenant/<id>/<topic>`:
         // the message is that tenant's, under its quotas and ACL. Without
         // a grant the prefix is refused like a denied topic.
-        let (topic, target) = match crate::topic::split_tenant(&topic) {
-            None => (topic, Some(&mut self.authz.home)),
+        let (topic, target, gateway) = match crate::topic::split_tenant(&topic) {
+            None => (topic, Some(&mut self.authz.home), false),
             Some(Ok((id, rest))) => {
                 let rest = TopicName::trusted(rest.to_owned());
                 let target = self
                     .authz
                     .target(&self.broker.auth, &self.broker.tenants, id);
-                (rest, target)
+                (rest, target, true)
             }
             Some(Err(e)) => {
                 return Err(Close::protocol(
@@ -288,6 +293,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             .fetch_add(p.payload.len() as u64, Ordering::Relaxed);
         if target.limits.max_qos.is_some_and(|max| p.qos as u8 > max) {
             usage.reject(QuotaKind::Qos);
+            if gateway {
+                // CONNACK told the gateway its own tenant's Maximum QoS,
+                // not this one's: refuse the message, keep the connection.
+                self.acknowledge(p.qos, p.packet_id, reason::QUOTA_EXCEEDED, None);
+                return Ok(());
+            }
             return Err(Close::protocol(
                 reason::QOS_NOT_SUPPORTED,
                 BadPacket::ProtocolError,
@@ -366,6 +377,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             code = reason::PAYLOAD_FORMAT_INVALID;
         }
         let tenant = target.tenant.clone();
+        // For a retained message refused by its tenant's retained quota.
+        let retain_usage = p.retain.then(|| target.usage.clone());
 
         if code == reason::SUCCESS {
             let msg = Arc::new(Message::new(
@@ -411,12 +424,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             };
             if outcome.quota.is_some() {
                 // Over the tenant's retained limits (counted there): v5
-                // hears 0x97; 3.1.1 cannot, so the message is dropped.
-                let m = &self.broker.metrics;
-                m.dropped(DropReason::TenantQuota);
-                self.seat.usage.dropped(DropReason::TenantQuota);
+                // QoS 1/2 hears 0x97; QoS 0 and 3.1.1 cannot, so the
+                // message is dropped (counted in the message's tenant).
                 if v5 && p.qos != QoS::AtMostOnce {
                     code = reason::QUOTA_EXCEEDED;
+                } else {
+                    let m = &self.broker.metrics;
+                    m.dropped(DropReason::TenantQuota);
+                    if let Some(u) = &retain_usage {
+                        u.dropped(DropReason::TenantQuota);
+                    }
                 }
             } else if let Some(refused) = outcome.refused {
                 if !v5 && p.qos != QoS::AtMostOnce {

@@ -480,16 +480,23 @@ impl Registry {
     fn publish_will(&self, key: &SessionKey, will: Box<Will>) {
         let will = *will;
         debug!(session = %key, topic = %will.topic, "Publishing will");
-        let msg = Message::new(
-            key.tenant.clone(),
-            TopicName::trusted(will.topic),
-            will.payload,
-            will.qos,
-            will.retain,
-            &will.properties,
-            Some(key.clone()),
-        );
-        self.router.publish(Arc::new(msg));
+        let build = |retain: bool| {
+            Arc::new(Message::new(
+                key.tenant.clone(),
+                TopicName::trusted(will.topic.clone()),
+                will.payload.clone(),
+                will.qos,
+                retain,
+                &will.properties,
+                Some(key.clone()),
+            ))
+        };
+        if self.router.publish(build(will.retain)).quota.is_some() {
+            // Over the tenant's retained limits: the subscribers still
+            // hear of the client's end, it is just not retained.
+            debug!(session = %key, "Will not retained: tenant retained limit");
+            self.router.publish(build(false));
+        }
     }
 
     /// Moves shared-subscription deliveries of a leaving member to other

@@ -410,7 +410,11 @@ async fn wake_on_reload(broker: Arc<Broker>) {
                 if changed.is_err() {
                     return;
                 }
-                broker.tenants.apply(&broker.auth.directory());
+                let directory = broker.auth.directory();
+                broker.tenants.apply(&directory);
+                broker
+                    .state
+                    .drop_gateway_state(|home, target| directory.grants_any(home, target));
                 broker.state.wake_all();
             }
         }

@@ -419,6 +419,37 @@ impl SessionState {
         gone
     }
 
+    /// Forgets the queued and unacknowledged deliveries of messages whose
+    /// tenant `keep` refuses (a gateway's withdrawn grant), on disk too;
+    /// returns how many.
+    pub fn purge_tenants(
+        &mut self,
+        key: &SessionKey,
+        keep: impl Fn(&crate::ids::TenantId) -> bool,
+    ) -> usize {
+        let gone = self.retain_queued(|d| keep(&d.msg.tenant));
+        let ids: Vec<(u16, u64)> = self
+            .inflight
+            .iter()
+            .filter_map(|(id, f)| match &f.state {
+                OutState::AwaitingAck(d) if !keep(&d.msg.tenant) => Some((*id, d.seq)),
+                _ => None,
+            })
+            .collect();
+        for (id, _) in &ids {
+            self.inflight.remove(id);
+        }
+        if let Some(p) = &self.persist {
+            for d in &gone {
+                drop(Write::from_result(p.remove_queued(key, d.seq)));
+            }
+            for (id, queue_seq) in &ids {
+                drop(Write::from_result(p.acknowledged(key, *id, *queue_seq)));
+            }
+        }
+        gone.len() + ids.len()
+    }
+
     /// The session is deleted: its queue no longer counts for its tenant.
     pub fn forget_tenant(&mut self) {
         self.tenant_queued_sub(self.queued_bytes);

@@ -215,11 +215,11 @@ impl State {
                 }
                 usage.sessions.fetch_add(1, Ordering::Relaxed);
                 let session = Arc::new(Session::new(v.key().clone(), expiry_interval, Some(usage)));
+                // Before it is visible: a concurrent `PutSession` must not
+                // see it unreserved and reserve again.
+                session.lock().persistent = expiry_interval > 0;
                 v.insert(session.clone());
                 self.metrics.inc(&self.metrics.sessions);
-                if expiry_interval > 0 {
-                    session.lock().persistent = true;
-                }
                 (session, true)
             }
         };
@@ -341,6 +341,36 @@ impl State {
 
     pub fn session(&self, key: &SessionKey) -> Option<Arc<Session>> {
         self.sessions.get(key).map(|s| s.clone())
+    }
+
+    /// Removes gateway subscriptions (`$tenant/<id>/`) and the queued and
+    /// unacknowledged deliveries of other tenants from every session whose pair (its
+    /// tenant, the other tenant) `keep` refuses: at start-up and after each
+    /// reload, for sessions no connection checks (offline ones, and those
+    /// restored from disk before any grant was looked at). A connected
+    /// session's own principal is checked by its connection
+    /// (`inbound.rs` `drop_ungranted`).
+    pub fn drop_gateway_state(&self, keep: impl Fn(&TenantId, &str) -> bool) {
+        let sessions: Vec<Arc<Session>> = self.sessions.iter().map(|s| s.clone()).collect();
+        for session in sessions {
+            let home = &session.key.tenant;
+            let filters: Vec<TopicFilter> = {
+                let mut st = session.lock();
+                st.purge_tenants(&session.key, |t| t == home || keep(home, t.as_str()));
+                st.subscriptions
+                    .keys()
+                    .filter(|f| f.tenant().is_some_and(|t| !keep(home, t)))
+                    .cloned()
+                    .collect()
+            };
+            for filter in filters {
+                tracing::info!(session = %session.key, filter = filter.as_str(), "Gateway subscription without a grant: removed");
+                drop(self.apply(Command::Unsubscribe {
+                    key: session.key.clone(),
+                    filter,
+                }));
+            }
+        }
     }
 
     /// Wakes every connected session's connection: after a reload each

@@ -103,8 +103,21 @@ impl Persist {
             };
             let raw = std::str::from_utf8(&rest)
                 .map_err(|_| corrupt(SUBSCRIPTIONS, &k, "filter not UTF-8"))?;
-            let filter = TopicFilter::parse(raw, limits)
-                .map_err(|_| corrupt(SUBSCRIPTIONS, &k, "invalid filter"))?;
+            let filter = match TopicFilter::parse(raw, limits) {
+                Ok(f) => f,
+                // Written before `$tenant/` became the gateway prefix
+                // (`$tenant/#` was an ordinary filter then): dropped, not
+                // a reason to refuse the whole store.
+                Err(_) if raw.starts_with(crate::topic::TENANT_PREFIX) => {
+                    tracing::warn!(
+                        filter = raw,
+                        "Dropping a stored $tenant/ subscription that is no longer a valid filter"
+                    );
+                    orphans.push((SUBSCRIPTIONS, k.clone()));
+                    continue;
+                }
+                Err(_) => return Err(corrupt(SUBSCRIPTIONS, &k, "invalid filter")),
+            };
             let mut rd = Reader::new(&v);
             let parsed = (|| -> Result<(SubscriptionOptions, u32), Bad> {
                 rd.version()?;

@@ -179,7 +179,8 @@ fn decode_message(r: &mut Reader<'_>, tenant: &TenantId) -> Result<Message, Bad>
     let forwarded_properties = Bytes::copy_from_slice(r.bytes()?);
     let expires = r.u64()?;
     // Only no-local routing reads the publisher, and a stored message was
-    // routed already: its tenant is taken to be the message's.
+    // routed already: its tenant is taken to be the session's (the caller's
+    // `tenant`), which a gateway's message may not share; nothing reads it.
     let publisher = match r.u8()? {
         0 => None,
         _ => Some(SessionKey {

@@ -171,6 +171,17 @@ impl Directory {
         self.tenants.keys()
     }
 
+    /// Whether some principal of tenant `home` is granted `target` (what
+    /// a session whose principal is unknown, offline or restored, may
+    /// keep of `target`).
+    pub fn grants_any(&self, home: &TenantId, target: &str) -> bool {
+        self.tenants.get(home).is_some_and(|def| {
+            def.grants
+                .values()
+                .any(|ids| ids.iter().any(|t| t.as_str() == target))
+        })
+    }
+
     /// Whether tenants come from `--tenants`.
     pub fn configured(&self) -> bool {
         self.configured

@@ -715,7 +715,17 @@ async fn gateway_grants_allow_exactly_what_they_say() {
         b"x",
     )))
     .await;
-    hub.expect_disconnect(Some(reason::QOS_NOT_SUPPORTED)).await;
+    // Above acme's max_qos (CONNACK told the gateway its own tenant's):
+    // this message is refused, the connection stays.
+    match hub.recv().await {
+        Some(Packet::PubRec(a)) => assert_eq!(a.reason, reason::QUOTA_EXCEEDED),
+        other => panic!("expected PUBREC 0x97, got {other:?}"),
+    }
+    assert_eq!(
+        hub.puback("$tenant/globex/still-here").await,
+        reason::SUCCESS
+    );
+    drop(hub);
     let mut hub = join(b.addr, Protocol::V5, "hub2", "hub@gw").await;
     // Unprefixed: its own tenant, which acme's devices never see.
     assert_eq!(hub.puback("dev/3").await, reason::NO_MATCHING_SUBSCRIBERS);
@@ -820,7 +830,7 @@ async fn a_durable_gateway_session_keeps_its_tenants_messages_across_a_restart()
          [[tenant.users]]\nusername = \"hub\"\npassword_hash = \"{phc}\"\ntenants = [\"acme\"]\n",
         tenants(&["acme"], "")
     );
-    let (b, _dir) = tenant_broker(&text, |_| {}).await;
+    let (b, dir) = tenant_broker(&text, |_| {}).await;
     let mut c = as_user(Protocol::V5, "hub", "hub@gw");
     c.clean_start = false;
     c.properties.session_expiry_interval = Some(600);
@@ -832,7 +842,7 @@ async fn a_durable_gateway_session_keeps_its_tenants_messages_across_a_restart()
     let mut dev = join(b.addr, Protocol::V5, "dev", "u@acme").await;
     assert_eq!(dev.puback("t/queued").await, reason::SUCCESS);
     let b = b.restart().await;
-    let (mut hub, ack) = RawClient::connect_with(b.addr, c).await;
+    let (mut hub, ack) = RawClient::connect_with(b.addr, c.clone()).await;
     assert!(ack.session_present);
     let m = hub.expect_publish().await;
     assert_eq!(m.topic, "$tenant/acme/t/queued");
@@ -841,6 +851,39 @@ async fn a_durable_gateway_session_keeps_its_tenants_messages_across_a_restart()
     dev.puback("t/live").await;
     let m = next_publish(&mut hub).await;
     assert_eq!(m.topic, "$tenant/acme/t/live");
+    info!("--- a grant withdrawn while the gateway is offline: its subscription and queue go");
+    hub.send(&Packet::PubAck(porchlight_broker::codec::Ack::new(
+        m.packet_id,
+        0,
+    )))
+    .await;
+    drop(hub);
+    b.wait_offline_in("gw", "hub").await;
+    assert_eq!(dev.puback("t/waiting").await, reason::SUCCESS);
+    let session = b.session_in("gw", "hub").expect("session");
+    assert_eq!(session.lock().queue.len(), 1);
+    let m = b.broker.metrics.clone();
+    std::fs::write(
+        dir.path().join("tenants.toml"),
+        text.replace("tenants = [\"acme\"]", ""),
+    )
+    .expect("write");
+    wait_until("reloaded", || {
+        porchlight_broker::metrics::Metrics::get(&m.auth_reloads) == 1
+    })
+    .await;
+    // (t/queued is still unacknowledged: in flight, it goes too.)
+    wait_until("queue, in-flight and subscription gone", || {
+        let st = session.lock();
+        st.queue.is_empty() && st.inflight.is_empty() && st.subscriptions.is_empty()
+    })
+    .await;
+    assert_eq!(load(&usage(&b, "acme").subscriptions), 0);
+    assert_eq!(load(&usage(&b, "gw").queued_bytes), 0);
+    assert_eq!(dev.puback("t/after").await, reason::NO_MATCHING_SUBSCRIBERS);
+    let (mut hub, ack) = RawClient::connect_with(b.addr, c).await;
+    assert!(ack.session_present);
+    hub.expect_silence(Duration::from_millis(200)).await;
     b.stop().await;
 }
 
@@ -1022,10 +1065,11 @@ async fn retained_persistent_session_and_queued_byte_limits() {
     let u = usage(&b, "acme");
     assert!(load(&u.queued_bytes) <= 300, "{}", load(&u.queued_bytes));
     assert_eq!(u.rejections(QuotaKind::QueuedBytes), 2);
-    // Two here, three retained publishes refused above.
+    // Two here, and the 3.1.1 retained publish above (the v5 ones were
+    // refused with 0x97, not dropped).
     assert_eq!(
         u.drops(porchlight_broker::metrics::DropReason::TenantQuota),
-        5
+        3
     );
     let (mut p1, ack1) =
         RawClient::connect_with(b.addr, durable(Protocol::V5, "p1", "u@acme")).await;
@@ -1047,7 +1091,7 @@ async fn retained_persistent_session_and_queued_byte_limits() {
         "porchlight_tenant_retained_messages{tenant=\"acme\"} 2",
         "porchlight_tenant_persistent_sessions{tenant=\"acme\"} 1",
         "porchlight_tenant_quota_rejections_total{tenant=\"acme\",kind=\"queued_bytes\"} 2",
-        "porchlight_tenant_messages_dropped_total{tenant=\"acme\",reason=\"tenant_quota\"} 5",
+        "porchlight_tenant_messages_dropped_total{tenant=\"acme\",reason=\"tenant_quota\"} 3",
         "porchlight_tenant_retained_messages{tenant=\"globex\"} 5",
     ] {
         assert!(text.contains(line), "{line} in\n{text}");
