@@ -402,6 +402,72 @@ async fn a_bad_auth_file_stops_start_up_naming_the_flag_and_the_line() {
     );
 }
 
+#[tokio::test]
+async fn failures_are_logged_with_address_and_client_but_not_which_part_was_wrong() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("auth.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[[users]]\nusername = \"alice\"\npassword = \"{}\"\n",
+            phc("right")
+        ),
+    )
+    .expect("write");
+    let (mut child, addr, log) = spawn_binary_logged(
+        &dir.path().join("data"),
+        &[
+            "--auth-file",
+            path.to_str().expect("utf-8"),
+            "--log-level",
+            "info",
+        ],
+    );
+    // A wrong password, then an unknown user: the log may not tell them
+    // apart (the backoff starts after three; the fourth is slowed).
+    for (id, user, pw) in [
+        ("c-1", "alice", "wrong"),
+        ("c-2", "mallory", "right"),
+        ("c-3", "alice", "wrong"),
+        ("c-4", "nobody", "x"),
+    ] {
+        let code = connack(
+            addr,
+            login(Protocol::V5, id, Some(user), Some(pw.as_bytes())),
+        )
+        .await;
+        assert_eq!(code, reason::BAD_USER_NAME_OR_PASSWORD);
+    }
+    let failed = |log: &[String]| -> Vec<serde_json::Value> {
+        log.iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["fields"]["message"] == "Authentication failed")
+            .collect()
+    };
+    wait_until("the fourth failure logged", || {
+        failed(&log.lock().expect("log")).len() >= 3
+    })
+    .await;
+    let lines = log.lock().expect("log").clone();
+    let entries = failed(&lines);
+    // Logged at the 1st, 2nd and 4th failure (powers of two).
+    let counts: Vec<u64> = entries
+        .iter()
+        .map(|v| v["fields"]["failures"].as_u64().expect("failures"))
+        .collect();
+    assert_eq!(counts, [1, 2, 4], "{entries:?}");
+    for (v, client) in entries.iter().zip(["c-1", "c-2", "c-4"]) {
+        assert_eq!(v["fields"]["address"], "127.0.0.1", "{v}");
+        assert_eq!(v["fields"]["client"], client, "{v}");
+    }
+    for l in &lines {
+        for telltale in ["wrong password", "unknown user", "mallory", "nobody"] {
+            assert!(!l.contains(telltale), "the log says {telltale:?}: {l}");
+        }
+    }
+    kill9(&mut child);
+}
+
 // --- JWT ---
 
 fn now() -> u64 {

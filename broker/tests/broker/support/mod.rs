@@ -515,6 +515,20 @@ pub fn spawn_binary_in(
     data_dir: &std::path::Path,
     extra: &[&str],
 ) -> (std::process::Child, SocketAddr) {
+    let (child, addr, _) = spawn_binary_logged(data_dir, extra);
+    (child, addr)
+}
+
+/// Like `spawn_binary_in`, keeping every JSON log line it prints (in
+/// order) for the test to read.
+pub fn spawn_binary_logged(
+    data_dir: &std::path::Path,
+    extra: &[&str],
+) -> (
+    std::process::Child,
+    SocketAddr,
+    Arc<std::sync::Mutex<Vec<String>>>,
+) {
     use std::io::{BufRead, BufReader};
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_porchlight"))
         .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
@@ -527,6 +541,7 @@ pub fn spawn_binary_in(
         .expect("spawn porchlight");
     let stdout = child.stdout.take().expect("stdout");
     let mut lines = BufReader::new(stdout).lines();
+    let log = Arc::new(std::sync::Mutex::new(Vec::new()));
     let addr = loop {
         let line = lines
             .next()
@@ -536,13 +551,19 @@ pub fn spawn_binary_in(
             .find("\"addr\":\"")
             .and_then(|i| line[i + 8..].split('"').next())
             .and_then(|s| s.parse().ok());
+        log.lock().expect("log").push(line);
         if let Some(a) = addr {
             break a;
         }
     };
     // Keep draining so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    (child, addr)
+    let kept = log.clone();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            kept.lock().expect("log").push(line);
+        }
+    });
+    (child, addr, log)
 }
 
 /// SIGKILL, and wait until the process is gone.
