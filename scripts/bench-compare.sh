@@ -177,7 +177,10 @@ for r in $(seq "$rounds"); do
       start "$b"
       # shellcheck disable=SC2046
       p=$port; [[ $s == conn-tls-* ]] && p=$tls_port
-      $lt $(args "$s") -H 127.0.0.1:$p --broker-pid "$pid" -q \
+      # Round 1 also writes the run's plots (throughput, latency,
+      # connections, CPU over time) for docs/bench/.
+      report=(); [ "$r" = 1 ] && report=(--report "$out/report/$s.$b")
+      $lt $(args "$s") -H 127.0.0.1:$p --broker-pid "$pid" -q "${report[@]}" \
         --client-prefix "bc$r" --json "$out/$s.$b.$r.json" > "$out/$s.$b.$r.txt" 2>&1 || true
       stop
       echo "round $r $s $b: $(grep -E 'received|connects ' "$out/$s.$b.$r.txt" | tr -s ' ' | head -2 | tr '\n' ';')"
@@ -186,7 +189,7 @@ for r in $(seq "$rounds"); do
 done
 
 python3 - "$out" "$rounds" "$secs" "${scenarios[*]}" "${brokers[*]}" <<'PY'
-import json, os, statistics, subprocess, sys
+import json, os, shutil, statistics, subprocess, sys
 out, rounds, secs, scenarios, brokers = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4].split(), sys.argv[5].split()
 def load(s, b):
     runs = []
@@ -231,6 +234,19 @@ for s in scenarios:
         lines.append(f"| {name} | " + " | ".join(row) + " |")
     cmd = next((x["command"] for b in brokers for x in load(s, b)), "")
     lines.append(f"\n`{cmd}`")
+    # Round 1's plots, copied beside the document and linked.
+    charts = ["throughput", "latency"] if kind == "msg" else ["connections", "cpu"]
+    links = []
+    for b in brokers:
+        for c in charts:
+            src = f"{out}/report/{s}.{b}/{c}.svg"
+            if os.path.exists(src):
+                os.makedirs("docs/bench", exist_ok=True)
+                dst = f"docs/bench/{s}.{b}.{c}.svg"
+                shutil.copyfile(src, dst)
+                links.append(f"[{b} {c}](bench/{s}.{b}.{c}.svg)")
+    if links:
+        lines.append("\nPlots (round 1): " + " · ".join(links))
 table = "\n".join(lines)
 print(table)
 doc = "docs/benchmarks.md"
