@@ -451,7 +451,7 @@ impl Auth {
             principal,
             home: Target {
                 tenant,
-                limits: Limits::default(),
+                limits: Arc::default(),
                 usage,
                 acl: None,
             },
@@ -623,10 +623,11 @@ pub struct Authz {
 #[derive(Debug)]
 pub struct Target {
     pub tenant: TenantId,
-    pub limits: Limits,
+    pub limits: Arc<Limits>,
     pub usage: Arc<Usage>,
     /// `None`: the realm allows everything (no rules, default allow).
-    acl: Option<ClientAcl>,
+    /// Boxed: most connections have none, and each holds a `Target`.
+    acl: Option<Box<ClientAcl>>,
 }
 
 impl Target {
@@ -647,11 +648,11 @@ impl Target {
 impl Authz {
     /// The ACL of `realm` for this client acting in tenant `tenant`;
     /// `claims` (a JWT's rules) only count in its own tenant.
-    fn acl_for(&self, realm: &Realm, tenant: &TenantId, claims: &[Rule]) -> Option<ClientAcl> {
+    fn acl_for(&self, realm: &Realm, tenant: &TenantId, claims: &[Rule]) -> Option<Box<ClientAcl>> {
         let open =
             realm.rules.is_empty() && realm.default == Permission::Allow && claims.is_empty();
         (!open).then(|| {
-            ClientAcl::build(
+            Box::new(ClientAcl::build(
                 claims,
                 &realm.rules,
                 realm.default,
@@ -661,7 +662,7 @@ impl Authz {
                     tenant: tenant.as_str(),
                     address: self.address,
                 },
-            )
+            ))
         })
     }
 
@@ -673,7 +674,7 @@ impl Authz {
             // Removed: nothing is allowed while the connection closes.
             self.removed = true;
             self.grants.clear();
-            self.home.acl = Some(ClientAcl::build(
+            self.home.acl = Some(Box::new(ClientAcl::build(
                 &[],
                 &[],
                 Permission::Deny,
@@ -683,7 +684,7 @@ impl Authz {
                     tenant: self.home.tenant.as_str(),
                     address: self.address,
                 },
-            ));
+            )));
             self.generation = generation;
             return;
         };

@@ -162,7 +162,7 @@ pub fn parse(text: &str, dir: &Path) -> Result<Directory, String> {
         }
         let def = TenantDef {
             id: id.clone(),
-            limits: t.limits.or(&defaults),
+            limits: Arc::new(t.limits.or(&defaults)),
             realm: Arc::new(realm),
             grants,
         };

@@ -88,7 +88,9 @@ impl Pattern {
 #[derive(Debug)]
 pub struct TenantDef {
     pub id: TenantId,
-    pub limits: Limits,
+    /// Shared: every connection of the tenant holds it (an `Arc`, not a
+    /// copy, keeps idle connections small).
+    pub limits: Arc<Limits>,
     /// Its users, JWT settings and ACL rules.
     pub realm: Arc<Realm>,
     /// Gateway grants: a principal of this tenant (by username) may
@@ -143,7 +145,7 @@ impl Directory {
         let id = TenantId::default_tenant();
         let def = TenantDef {
             id: id.clone(),
-            limits: Limits::default(),
+            limits: Arc::default(),
             realm: Arc::new(realm),
             grants: HashMap::new(),
         };
