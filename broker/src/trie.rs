@@ -2,9 +2,10 @@
 //!
 //! Matching a topic walks only the branches its levels (plus `+` and `#`)
 //! select, so its cost does not grow with non-matching subscriptions. There
-//! is no global lock: each node has its own `RwLock`, matching takes read
-//! locks top-down one node at a time, and subscribe/unsubscribe write-lock
-//! only the nodes they change. A pruned node is marked dead so a concurrent
+//! is no global lock: each node has its own `RwLock`, matching holds read
+//! locks along the path it walks (taken top-down, so it borrows instead of
+//! cloning a node per level), and subscribe/unsubscribe write-lock only the
+//! nodes they change, never a child while waiting for its parent. A pruned node is marked dead so a concurrent
 //! subscribe that reached it retries from the root instead of writing into
 //! a detached branch.
 //!
@@ -204,9 +205,10 @@ impl SubscriptionTrie {
         let Some(root) = self.roots.get(tenant).map(|r| r.clone()) else {
             return out;
         };
-        let levels: Vec<&str> = topic.split('/').collect();
+        let mut rest = topic.split('/');
+        let first = rest.next();
         let dollar = topic.starts_with('$');
-        collect(&root, &levels, 0, dollar, &mut out);
+        collect(&root, first, rest, true, dollar, &mut out);
         out
     }
 }
@@ -227,39 +229,43 @@ fn add_node_subs(inner: &NodeInner, out: &mut Matches) {
     }
 }
 
-fn collect(node: &Node, levels: &[&str], idx: usize, dollar: bool, out: &mut Matches) {
-    let wildcard_ok = !(idx == 0 && dollar);
-    let (hash, plus, exact) = {
-        let r = node.inner.read();
-        if idx == levels.len() {
-            add_node_subs(&r, out);
-        }
-        let hash = if wildcard_ok {
-            r.children.get("#").cloned()
-        } else {
-            None
-        };
-        let (plus, exact) = if idx < levels.len() {
-            let plus = if wildcard_ok {
-                r.children.get("+").cloned()
-            } else {
-                None
-            };
-            (plus, r.children.get(levels[idx]).cloned())
-        } else {
-            (None, None)
-        };
-        (hash, plus, exact)
-    };
-    if let Some(h) = hash {
-        let r = h.inner.read();
+/// Matches `level` (then `rest`) below `node`; `level` is `None` past the
+/// topic's last level. Borrows all the way down: each node's read guard is
+/// held while its children are visited (read locks taken top-down only;
+/// writers never hold a child while waiting for its parent, see
+/// `unsubscribe`), so a publish allocates nothing per visited node.
+fn collect<'t>(
+    node: &Node,
+    level: Option<&'t str>,
+    rest: std::str::Split<'t, char>,
+    first: bool,
+    dollar: bool,
+    out: &mut Matches,
+) {
+    // No leading wildcard matches a `$` topic (MQTT 4.7.2).
+    let wildcard_ok = !(first && dollar);
+    let r = node.inner.read();
+    if level.is_none() {
         add_node_subs(&r, out);
     }
-    if let Some(p) = plus {
-        collect(&p, levels, idx + 1, dollar, out);
+    // `a/#` matches `a` as well as everything below it.
+    if wildcard_ok {
+        if let Some(h) = r.children.get("#") {
+            add_node_subs(&h.inner.read(), out);
+        }
     }
-    if let Some(e) = exact {
-        collect(&e, levels, idx + 1, dollar, out);
+    let Some(level) = level else {
+        return;
+    };
+    let mut after = rest;
+    let next = after.next();
+    if wildcard_ok {
+        if let Some(p) = r.children.get("+") {
+            collect(p, next, after.clone(), false, dollar, out);
+        }
+    }
+    if let Some(e) = r.children.get(level) {
+        collect(e, next, after, false, dollar, out);
     }
 }
 
