@@ -201,13 +201,21 @@ async fn hang_up(shared: &Shared, mut stream: Box<dyn Io>) {
     .await;
 }
 
+/// What a TLS handshake turned out to be.
+#[derive(Debug, Clone, Copy)]
+struct Handshake {
+    resumed: bool,
+    /// The key exchange was the hybrid X25519MLKEM768 (`--tls-pq`).
+    post_quantum: bool,
+}
+
 /// Opens the byte stream: TCP from the chosen source, then TLS. With TLS,
-/// also says whether the handshake resumed a session.
+/// also says how the handshake went.
 async fn open(
     client: &Client,
     shared: &Shared,
     tls: Option<&TlsConnector>,
-) -> Result<(Box<dyn Io>, Option<bool>), String> {
+) -> Result<(Box<dyn Io>, Option<Handshake>), String> {
     let socket = match client.broker {
         SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
         SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
@@ -239,8 +247,14 @@ async fn open(
                 .connect(t.name.clone(), tcp)
                 .await
                 .map_err(|e| format!("tls: {e}"))?;
-            let resumed = stream.get_ref().1.handshake_kind() == Some(HandshakeKind::Resumed);
-            Ok((Box::new(stream), Some(resumed)))
+            let conn = stream.get_ref().1;
+            let handshake = Handshake {
+                resumed: conn.handshake_kind() == Some(HandshakeKind::Resumed),
+                post_quantum: conn
+                    .negotiated_key_exchange_group()
+                    .is_some_and(|g| g.name() == rustls::NamedGroup::X25519MLKEM768),
+            };
+            Ok((Box::new(stream), Some(handshake)))
         }
         _ => Ok((Box::new(tcp), None)),
     }
@@ -299,10 +313,13 @@ async fn connect(
     match stream {
         Ok(s) if !record => Some(s),
         Ok(s) => {
-            if let Some(r) = resumed {
+            if let Some(h) = resumed {
                 Counters::inc(&counters.tls_handshakes);
-                if r {
+                if h.resumed {
                     Counters::inc(&counters.tls_resumed);
+                }
+                if h.post_quantum {
+                    Counters::inc(&counters.tls_post_quantum);
                 }
             }
             let micros = started.elapsed().as_micros() as u64;

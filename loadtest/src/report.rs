@@ -62,7 +62,10 @@ pub fn table(s: &Summary) -> String {
     if s.tls_handshakes > 0 {
         row(
             "TLS handshakes",
-            format!("{}, resumed {}", s.tls_handshakes, s.tls_resumed),
+            format!(
+                "{}, resumed {}, post-quantum {}",
+                s.tls_handshakes, s.tls_resumed, s.tls_post_quantum
+            ),
         );
     }
     let cl = &s.connect_latency_us;

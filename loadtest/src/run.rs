@@ -102,6 +102,8 @@ pub struct Summary {
     /// Counted connects over TLS, and how many resumed a session.
     pub tls_handshakes: u64,
     pub tls_resumed: u64,
+    /// Of those, how many used the hybrid post-quantum key exchange.
+    pub tls_post_quantum: u64,
     pub subscribe_failures: u64,
     // Messages.
     pub publish_seconds: f64,
@@ -617,6 +619,7 @@ pub async fn run(plan: Plan, options: Options) -> Result<Summary, LoadError> {
         cycles: plan.connection.cycles,
         tls_handshakes: Counters::get(&c.tls_handshakes),
         tls_resumed: Counters::get(&c.tls_resumed),
+        tls_post_quantum: Counters::get(&c.tls_post_quantum),
         subscribe_failures: Counters::get(&c.subscribe_failures),
         publish_seconds,
         sent: Counters::get(&c.sent),

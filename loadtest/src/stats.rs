@@ -47,6 +47,8 @@ pub struct Counters {
     /// Counted connects over TLS, and those that resumed a session.
     pub tls_handshakes: AtomicU64,
     pub tls_resumed: AtomicU64,
+    /// Counted TLS connects whose key exchange was X25519MLKEM768.
+    pub tls_post_quantum: AtomicU64,
 }
 
 impl Counters {

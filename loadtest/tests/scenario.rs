@@ -233,25 +233,104 @@ async fn limits_reports_and_a_missing_broker() {
 
 /// A CA and a `localhost` server certificate (rcgen), as PEM files.
 fn pki(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let p = pki_with_client(dir);
+    (p.ca, p.cert, p.key)
+}
+
+struct Pki {
+    ca: std::path::PathBuf,
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+    client_cert: std::path::PathBuf,
+    client_key: std::path::PathBuf,
+}
+
+/// As `pki`, plus a client certificate `device-1` from the same CA.
+fn pki_with_client(dir: &std::path::Path) -> Pki {
     use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
     let ca_key = KeyPair::generate().expect("ca key");
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     let ca = ca_params.self_signed(&ca_key).expect("ca");
-    let key = KeyPair::generate().expect("key");
-    let leaf = CertificateParams::new(vec!["localhost".to_string()])
-        .expect("params")
-        .signed_by(&key, &ca, &ca_key)
-        .expect("leaf");
-    let (ca_file, cert, key_file) = (
-        dir.join("ca.crt"),
-        dir.join("server.crt"),
-        dir.join("server.key"),
-    );
-    std::fs::write(&ca_file, ca.pem()).expect("write ca");
-    std::fs::write(&cert, leaf.pem()).expect("write cert");
-    std::fs::write(&key_file, key.serialize_pem()).expect("write key");
-    (ca_file, cert, key_file)
+    let p = Pki {
+        ca: dir.join("ca.crt"),
+        cert: dir.join("server.crt"),
+        key: dir.join("server.key"),
+        client_cert: dir.join("client.crt"),
+        client_key: dir.join("client.key"),
+    };
+    std::fs::write(&p.ca, ca.pem()).expect("write ca");
+    for (name, cert, key) in [
+        ("localhost", &p.cert, &p.key),
+        ("device-1", &p.client_cert, &p.client_key),
+    ] {
+        let k = KeyPair::generate().expect("key");
+        let leaf = CertificateParams::new(vec![name.to_string()])
+            .expect("params")
+            .signed_by(&k, &ca, &ca_key)
+            .expect("leaf");
+        std::fs::write(cert, leaf.pem()).expect("write cert");
+        std::fs::write(key, k.serialize_pem()).expect("write key");
+    }
+    p
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_and_the_post_quantum_key_exchange() {
+    let files = tempfile::tempdir().expect("tempdir");
+    let p = pki_with_client(files.path());
+    let b = broker_with(|c| {
+        c.tls_listen = vec!["127.0.0.1:0".parse().expect("addr")];
+        c.tls = Some(porchlight_broker::tls::TlsFiles {
+            cert: p.cert.clone(),
+            key: p.key.clone(),
+            min_version: porchlight_broker::tls::TlsVersion::V1_3,
+            client_ca: Some(p.ca.clone()),
+            crl: None,
+            client_auth: porchlight_broker::tls::ClientAuth::Required,
+            identity: porchlight_broker::tls::IdentityField::Cn,
+            reload_interval: None,
+        });
+    })
+    .await;
+    let run = |client_cert: bool, post_quantum: bool| {
+        let plan = Plan {
+            name: "mtls".into(),
+            connection: Connection {
+                tls: Some(porchlight_loadtest::plan::Tls {
+                    ca: Some(p.ca.clone()),
+                    cert: client_cert.then(|| p.client_cert.clone()),
+                    key: client_cert.then(|| p.client_key.clone()),
+                    insecure: false,
+                    server_name: "localhost".into(),
+                    resume: false,
+                    post_quantum,
+                }),
+                connect_rate: 0.0,
+                ..connection(b.addr, Version::V5)
+            },
+            groups: vec![Group {
+                name: "idle".into(),
+                count: 5,
+                role: Role::Idle,
+            }],
+            duration: Duration::from_millis(100),
+            drain: Duration::from_millis(100),
+            connect_deadline: Duration::from_secs(30),
+        };
+        run::run(plan, options())
+    };
+    for pq in [true, false] {
+        let s = run(true, pq).await.expect("runs");
+        assert_eq!((s.connects, s.connect_failures), (5, 0), "pq {pq}");
+        assert_eq!(s.tls_handshakes, 5);
+        // The broker's rustls offers X25519MLKEM768: asked for, it is used.
+        assert_eq!(s.tls_post_quantum, if pq { 5 } else { 0 }, "pq {pq}");
+    }
+    // Without a client certificate the broker refuses every handshake.
+    let s = run(false, false).await.expect("runs");
+    assert_eq!((s.connects, s.connect_failures), (0, 5));
+    b.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
