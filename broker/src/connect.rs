@@ -335,7 +335,8 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         refuse(io, p, reason::QUOTA_EXCEEDED, why, max_out, metrics).await;
         return None;
     };
-    let mut authz = broker.auth.authz(
+    let mut authz = crate::auth::Authz::new(
+        &broker.auth,
         principal,
         tenant.id.clone(),
         seat.usage.clone(),

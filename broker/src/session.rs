@@ -420,13 +420,12 @@ impl SessionState {
     }
 
     /// Forgets the queued and unacknowledged deliveries of messages whose
-    /// tenant `keep` refuses (a gateway's withdrawn grant), on disk too;
-    /// returns how many.
+    /// tenant `keep` refuses (a gateway's withdrawn grant), on disk too.
     pub fn purge_tenants(
         &mut self,
         key: &SessionKey,
         keep: impl Fn(&crate::ids::TenantId) -> bool,
-    ) -> usize {
+    ) {
         let gone = self.retain_queued(|d| keep(&d.msg.tenant));
         let ids: Vec<(u16, u64)> = self
             .inflight
@@ -447,7 +446,6 @@ impl SessionState {
                 drop(Write::from_result(p.acknowledged(key, *id, *queue_seq)));
             }
         }
-        gone.len() + ids.len()
     }
 
     /// The session is deleted: its queue no longer counts for its tenant.

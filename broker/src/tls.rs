@@ -423,6 +423,20 @@ fn client_verifier(
     })
 }
 
+/// The subject alternative names of a parsed certificate (none when it
+/// has no readable extension).
+pub(crate) fn subject_alt_names<'b, 'a>(
+    x509: &'b x509_parser::certificate::X509Certificate<'a>,
+) -> &'b [x509_parser::extensions::GeneralName<'a>] {
+    match x509.subject_alternative_name() {
+        Ok(Some(ext)) => {
+            let san: &'b x509_parser::extensions::SubjectAlternativeName<'a> = ext.value;
+            san.general_names.as_slice()
+        }
+        _ => &[],
+    }
+}
+
 /// The client's name from its (already verified) certificate, per
 /// `--tls-identity-field`; `None` when that field is absent or the
 /// certificate cannot be parsed.
@@ -436,19 +450,12 @@ pub fn identity(cert: &CertificateDer<'_>, field: IdentityField) -> Option<Strin
             .next()
             .and_then(|cn| cn.as_str().ok())
             .map(str::to_owned),
-        IdentityField::San => x509
-            .subject_alternative_name()
-            .ok()
-            .flatten()?
-            .value
-            .general_names
-            .iter()
-            .find_map(|n| match n {
-                GeneralName::DNSName(s) | GeneralName::RFC822Name(s) | GeneralName::URI(s) => {
-                    Some((*s).to_owned())
-                }
-                _ => None,
-            }),
+        IdentityField::San => subject_alt_names(&x509).iter().find_map(|n| match n {
+            GeneralName::DNSName(s) | GeneralName::RFC822Name(s) | GeneralName::URI(s) => {
+                Some((*s).to_owned())
+            }
+            _ => None,
+        }),
         IdentityField::Subject => x509_parser::x509::X509Name::to_string_with_registry(
             x509.subject(),
             x509_parser::objects::oid_registry(),

@@ -279,17 +279,14 @@ impl Directory {
                     .and_then(|v| p.capture(v))
                     .map(str::to_owned)
             }),
-            CertField::SanUri => x509
-                .subject_alternative_name()
-                .ok()
-                .flatten()?
-                .value
-                .general_names
-                .iter()
-                .find_map(|n| match n {
-                    GeneralName::URI(u) => p.capture(u).map(str::to_owned),
-                    _ => None,
-                }),
+            CertField::SanUri => {
+                crate::tls::subject_alt_names(&x509)
+                    .iter()
+                    .find_map(|n| match n {
+                        GeneralName::URI(u) => p.capture(u).map(str::to_owned),
+                        _ => None,
+                    })
+            }
         }
     }
 }

@@ -16,6 +16,9 @@ mod durable;
 /// MQTT 5 flow control: topic aliases, receive maximum, maximum packet
 /// size, message expiry, keepalive, AUTH.
 mod flow;
+/// Shared gateways: `$tenant/<id>/` with grants, across a restart and a
+/// reload.
+mod gateways;
 /// WebSocket and WSS listeners, PROXY protocol v1/v2 headers.
 mod listeners;
 /// Limits, `$SYS`, shutdown, the binary and Mosquitto interop.
@@ -30,8 +33,10 @@ mod retained;
 mod session;
 /// Shared subscriptions.
 mod shared;
+/// Tenant quotas, each at its limit with another tenant unaffected.
+mod tenant_quotas;
 /// Tenants: identity (username, SNI, certificate, listener), isolation,
-/// quotas, the tenants file and its reload.
+/// the tenants file and its reload.
 mod tenants;
 /// TLS listeners: v3/v5 clients, ALPN, minimum version, handshake
 /// timeouts, bad flags and files.

@@ -2,9 +2,9 @@
 //! suffix, TLS SNI, client-certificate O, OU and SAN URI, the TCP, WS and
 //! WSS listener defaults),
 //! isolation (a property test over random tenants, filters and topics),
-//! every quota at its limit with another tenant unaffected, `%t` in ACLs,
-//! removing a tenant by editing the file and by SIGHUP to the real binary,
-//! and shared gateways (`$tenant/<id>/` with grants, across a restart).
+//! `%t` in ACLs, removing a tenant by editing the file and by SIGHUP to the
+//! real binary. Quotas are in `tenant_quotas.rs` and shared gateways in
+//! `gateways.rs`; both use the helpers here.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -13,14 +13,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use porchlight_broker::codec::{reason, Packet, Protocol};
 use porchlight_broker::ids::TenantId;
-use porchlight_broker::tenant::quota::QuotaKind;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use crate::support::*;
 use tracing::info;
 
-fn publish_bytes(
+pub(crate) fn publish_bytes(
     topic: &str,
     qos: porchlight_broker::codec::QoS,
     packet_id: u16,
@@ -32,7 +31,7 @@ fn publish_bytes(
 }
 
 /// A broker with `--tenants` holding `text`, re-read every 100 ms.
-async fn tenant_broker(
+pub(crate) async fn tenant_broker(
     text: &str,
     f: impl FnOnce(&mut porchlight_broker::Config),
 ) -> (TestBroker, Arc<tempfile::TempDir>) {
@@ -50,7 +49,7 @@ async fn tenant_broker(
 
 /// An argon2id PHC of `pw` at the minimum cost (8 KiB, one pass): the
 /// default costs hundreds of ms per check in a debug build.
-fn cheap_phc(pw: &str) -> String {
+pub(crate) fn cheap_phc(pw: &str) -> String {
     use argon2::password_hash::{PasswordHasher, SaltString};
     let params = argon2::Params::new(8, 1, 1, None).expect("params");
     let a = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
@@ -62,7 +61,7 @@ fn cheap_phc(pw: &str) -> String {
 
 /// Tenants `names`, each with users `u`, `s`, `p` (password `pw`) and
 /// `extra` appended to its table.
-fn tenants(names: &[&str], extra: &str) -> String {
+pub(crate) fn tenants(names: &[&str], extra: &str) -> String {
     let phc = cheap_phc("pw");
     names
         .iter()
@@ -78,20 +77,25 @@ fn tenants(names: &[&str], extra: &str) -> String {
         .collect()
 }
 
-fn as_user(p: Protocol, id: &str, user: &str) -> porchlight_broker::codec::Connect {
+pub(crate) fn as_user(p: Protocol, id: &str, user: &str) -> porchlight_broker::codec::Connect {
     let mut c = connect_packet(p, id, true, 60);
     c.username = Some(user.to_owned());
     c.password = Some(Bytes::from_static(b"pw"));
     c
 }
 
-async fn join(addr: std::net::SocketAddr, p: Protocol, id: &str, user: &str) -> RawClient {
+pub(crate) async fn join(
+    addr: std::net::SocketAddr,
+    p: Protocol,
+    id: &str,
+    user: &str,
+) -> RawClient {
     let (c, ack) = RawClient::connect_with(addr, as_user(p, id, user)).await;
     assert_eq!(ack.reason, 0, "{user} as {id}");
     c
 }
 
-fn usage(b: &TestBroker, t: &str) -> Arc<porchlight_broker::tenant::quota::Usage> {
+pub(crate) fn usage(b: &TestBroker, t: &str) -> Arc<porchlight_broker::tenant::quota::Usage> {
     b.broker.tenants.usage(&TenantId::new(t))
 }
 
@@ -375,184 +379,6 @@ async fn sni_and_certificate_organization_name_the_tenant_over_tls() {
 }
 
 #[tokio::test]
-async fn connection_quotas_refuse_with_the_right_codes_and_spare_other_tenants() {
-    let text = format!(
-        "{}{}{}",
-        tenants(
-            &["small"],
-            "[tenant.limits]\nmax_connections = 2\nprotocol_versions = [\"5\"]"
-        ),
-        tenants(&["slow"], "[tenant.limits]\nmax_connect_rate = 2"),
-        tenants(&["other"], "")
-    );
-    let (b, _dir) = tenant_broker(&text, |c| c.auth.allow_anonymous = true).await;
-    info!("--- max_connections");
-    let _a = join(b.addr, Protocol::V5, "a", "u@small").await;
-    let _b = join(b.addr, Protocol::V5, "b", "u@small").await;
-    let refused = RawClient::connect_with(b.addr, as_user(Protocol::V5, "c", "u@small")).await;
-    assert_eq!(refused.1.reason, reason::QUOTA_EXCEEDED);
-    let mut others = Vec::new();
-    for i in 0..5 {
-        others.push(join(b.addr, Protocol::V5, &format!("o{i}"), "u@other").await);
-    }
-    assert_eq!(usage(&b, "small").rejections(QuotaKind::Connections), 1);
-    info!("--- a seat is given back when a connection ends");
-    drop(_a);
-    wait_until("seat released", || {
-        usage(&b, "small")
-            .connections
-            .load(std::sync::atomic::Ordering::Relaxed)
-            < 2
-    })
-    .await;
-    let _c = join(b.addr, Protocol::V5, "c", "u@small").await;
-    info!("--- protocol_versions");
-    let v3 = RawClient::connect_with(b.addr, as_user(Protocol::V311, "d", "u@small")).await;
-    assert_eq!(v3.1.reason, 1, "3.1.1: unacceptable protocol version");
-    info!("--- max_connect_rate: a burst of one second's worth, then 0x9F");
-    let mut codes = Vec::new();
-    for i in 0..4 {
-        let c = RawClient::connect_with(b.addr, as_user(Protocol::V5, &format!("r{i}"), "u@slow"))
-            .await;
-        codes.push(c.1.reason);
-    }
-    assert_eq!(
-        codes,
-        vec![
-            0,
-            0,
-            reason::CONNECTION_RATE_EXCEEDED,
-            reason::CONNECTION_RATE_EXCEEDED
-        ]
-    );
-    let _ = join(b.addr, Protocol::V5, "o-late", "u@other").await;
-    b.stop().await;
-}
-
-#[tokio::test]
-async fn message_rates_refuse_v5_throttle_v311_and_spare_other_tenants() {
-    let text = format!(
-        "{}{}",
-        tenants(
-            &["metered"],
-            "[tenant.limits]\nmax_messages_in_per_second = 5"
-        ),
-        tenants(&["other"], "")
-    );
-    let (b, _dir) = tenant_broker(&text, |c| c.auth.allow_anonymous = true).await;
-    info!("--- MQTT 5: past the burst, PUBACK 0x96");
-    let mut v5 = join(b.addr, Protocol::V5, "m5", "u@metered").await;
-    let mut codes = Vec::new();
-    for _ in 0..8 {
-        codes.push(v5.puback("m/t").await);
-    }
-    assert!(codes[..5].iter().all(|c| *c < 0x80), "{codes:?}");
-    assert!(
-        codes[5..]
-            .iter()
-            .all(|c| *c == reason::MESSAGE_RATE_TOO_HIGH),
-        "{codes:?}"
-    );
-    // A QoS 0 publish over the rate is dropped and counted.
-    v5.publish("m/t", q(0), 0, b"x").await;
-    wait_until("QoS 0 counted as rate-limited", || {
-        b.broker
-            .metrics
-            .dropped_count(porchlight_broker::metrics::DropReason::RateLimited)
-            == 1
-    })
-    .await;
-    info!("--- another tenant publishes freely meanwhile");
-    let mut o = join(b.addr, Protocol::V5, "o", "u@other").await;
-    for _ in 0..50 {
-        assert!(o.puback("o/t").await < 0x80);
-    }
-    info!("--- MQTT 3.1.1: everything is taken, at the rate");
-    tokio::time::sleep(Duration::from_millis(1100)).await; // let the bucket refill
-    let mut v3 = join(b.addr, Protocol::V311, "m3", "u@metered").await;
-    let started = std::time::Instant::now();
-    for _ in 0..10 {
-        assert_eq!(v3.puback("m/t").await, 0);
-    }
-    // 5 in the burst, then 5 more at 5/s: at least ~0.8 s.
-    assert!(
-        started.elapsed() >= Duration::from_millis(700),
-        "{:?}",
-        started.elapsed()
-    );
-    assert!(usage(&b, "metered").rejections(QuotaKind::MessagesIn) >= 3);
-    b.stop().await;
-}
-
-#[tokio::test]
-async fn subscription_qos_and_packet_size_limits() {
-    let text = format!(
-        "{}{}",
-        tenants(
-            &["tight"],
-            "[tenant.limits]\nmax_subscriptions = 2\nmax_qos = 1\nmax_packet_size = 256"
-        ),
-        tenants(&["other"], "")
-    );
-    let (b, _dir) = tenant_broker(&text, |c| c.auth.allow_anonymous = true).await;
-    let (mut c, ack) = RawClient::connect_with(b.addr, as_user(Protocol::V5, "s", "u@tight")).await;
-    assert_eq!(ack.properties.maximum_qos, Some(1));
-    assert_eq!(ack.properties.maximum_packet_size, Some(256));
-    info!("--- max_subscriptions over the tenant, max_qos granted lower");
-    let granted = c.subscribe_codes(&[("a", 2), ("b", 0), ("c", 0)]).await;
-    assert_eq!(granted, vec![1, 0, reason::QUOTA_EXCEEDED]);
-    // Replacing an existing subscription is not a new one.
-    assert_eq!(c.subscribe_codes(&[("a", 0)]).await, vec![0]);
-    let mut d = join(b.addr, Protocol::V311, "s2", "u@tight").await;
-    assert_eq!(d.subscribe_codes(&[("d", 0)]).await, vec![0x80]);
-    let mut o = join(b.addr, Protocol::V5, "o", "u@other").await;
-    assert_eq!(
-        o.subscribe_codes(&[("a", 2), ("b", 2), ("c", 2)]).await,
-        vec![2, 2, 2]
-    );
-    info!("--- an unsubscribe frees a place");
-    c.send(&Packet::Unsubscribe(
-        porchlight_broker::codec::Unsubscribe {
-            packet_id: 9,
-            filters: vec!["b".into()],
-            properties: Default::default(),
-        },
-    ))
-    .await;
-    assert!(matches!(c.recv().await, Some(Packet::UnsubAck(_))));
-    assert_eq!(d.subscribe_codes(&[("d", 0)]).await, vec![0]);
-    info!("--- a QoS 2 publish is above the tenant's maximum");
-    c.send(&Packet::Publish(publish_bytes(
-        "a",
-        q(2),
-        5,
-        Bytes::from_static(b"x"),
-    )))
-    .await;
-    c.expect_disconnect(Some(reason::QOS_NOT_SUPPORTED)).await;
-    info!("--- a packet above max_packet_size");
-    let mut big = join(b.addr, Protocol::V5, "big", "u@tight").await;
-    big.send(&Packet::Publish(publish_bytes(
-        "a",
-        q(0),
-        0,
-        Bytes::from(vec![0u8; 400]),
-    )))
-    .await;
-    big.expect_disconnect(Some(reason::PACKET_TOO_LARGE)).await;
-    let mut fine = join(b.addr, Protocol::V5, "big", "u@other").await;
-    fine.send(&Packet::Publish(publish_bytes(
-        "a",
-        q(0),
-        0,
-        Bytes::from(vec![0u8; 400]),
-    )))
-    .await;
-    fine.expect_silence(Duration::from_millis(200)).await;
-    b.stop().await;
-}
-
-#[tokio::test]
 async fn a_removed_tenant_is_closed_and_a_bad_edit_is_ignored() {
     let (b, dir) = tenant_broker(&tenants(&["acme", "globex"], ""), |c| {
         c.auth.allow_anonymous = true;
@@ -596,297 +422,6 @@ async fn each_tenant_sees_only_its_own_sys_counters() {
     b.stop().await;
 }
 
-/// Reads packets until a PUBLISH, skipping acknowledgements of our own.
-async fn next_publish(c: &mut RawClient) -> porchlight_broker::codec::Publish {
-    loop {
-        match c.recv().await {
-            Some(Packet::PubAck(_)) => {}
-            Some(Packet::Publish(m)) => return m,
-            other => panic!("expected PUBLISH, got {other:?}"),
-        }
-    }
-}
-
-#[tokio::test]
-async fn gateway_grants_allow_exactly_what_they_say() {
-    let phc = cheap_phc("pw");
-    let grants = |ids: &str| {
-        format!(
-            "{}[[tenant]]\nid = \"acme\"\n[tenant.limits]\nmax_qos = 1\n\
-             [[tenant.acl.rules]]\npermission = \"allow\"\naction = \"all\"\ntopic = \"dev/#\"\n\
-             [[tenant.users]]\nusername = \"u\"\npassword_hash = \"{phc}\"\n\
-             [[tenant]]\nid = \"gw\"\n\
-             [[tenant.users]]\nusername = \"hub\"\npassword_hash = \"{phc}\"\ntenants = [{ids}]\n\
-             [[tenant.users]]\nusername = \"plain\"\npassword_hash = \"{phc}\"\n",
-            tenants(&["globex", "initech"], "")
-        )
-    };
-    let (b, dir) = tenant_broker(&grants("\"acme\", \"globex\""), |_| {}).await;
-    let mut hub = join(b.addr, Protocol::V5, "hub", "hub@gw").await;
-    let mut dev = join(b.addr, Protocol::V5, "dev", "u@acme").await;
-    let mut glob = join(b.addr, Protocol::V5, "g", "u@globex").await;
-    let mut ini = join(b.addr, Protocol::V5, "i", "u@initech").await;
-    dev.subscribe("dev/#", q(1)).await;
-
-    info!("--- subscriptions: granted tenants under their ACLs and quotas, others refused");
-    let codes = hub
-        .subscribe_codes(&[
-            ("$tenant/acme/dev/#", 1),
-            ("$tenant/globex/#", 1),
-            ("$tenant/initech/#", 1),
-            ("$tenant/acme/other/#", 1),
-            ("$tenant/acme/dev/q2", 2),
-            ("$tenant/gw/#", 1),
-            ("$tenant/acme", 1),
-        ])
-        .await;
-    assert_eq!(
-        codes,
-        [
-            1,
-            1,
-            reason::NOT_AUTHORIZED,
-            reason::NOT_AUTHORIZED,
-            1, // acme's max_qos
-            reason::NOT_AUTHORIZED,
-            reason::TOPIC_FILTER_INVALID
-        ]
-    );
-    assert_eq!(
-        usage(&b, "acme")
-            .subscriptions
-            .load(std::sync::atomic::Ordering::Relaxed),
-        3
-    );
-
-    info!("--- deliveries carry the prefix; an ungranted tenant's never arrive");
-    ini.puback("x").await;
-    dev.puback("dev/1").await;
-    let m = next_publish(&mut hub).await;
-    assert_eq!(m.topic, "$tenant/acme/dev/1");
-    let _own = next_publish(&mut dev).await;
-    glob.puback("g/1").await;
-    assert_eq!(next_publish(&mut hub).await.topic, "$tenant/globex/g/1");
-    hub.expect_silence(Duration::from_millis(200)).await;
-
-    info!("--- publishes: into a granted tenant, unprefixed to its devices");
-    let before = usage(&b, "acme")
-        .messages_in
-        .load(std::sync::atomic::Ordering::Relaxed);
-    hub.publish("$tenant/acme/dev/2", q(1), 5, b"cmd").await;
-    let mut got_ack = false;
-    let mut got_echo = false;
-    while !(got_ack && got_echo) {
-        match hub.recv().await {
-            Some(Packet::PubAck(a)) => {
-                assert_eq!(a.reason, reason::SUCCESS);
-                got_ack = true;
-            }
-            // Its own subscription to acme's dev/# sees it too.
-            Some(Packet::Publish(m)) => {
-                assert_eq!(m.topic, "$tenant/acme/dev/2");
-                got_echo = true;
-            }
-            other => panic!("{other:?}"),
-        }
-    }
-    let m = next_publish(&mut dev).await;
-    assert_eq!((m.topic.as_str(), &m.payload[..]), ("dev/2", &b"cmd"[..]));
-    assert_eq!(
-        usage(&b, "acme")
-            .messages_in
-            .load(std::sync::atomic::Ordering::Relaxed),
-        before + 1,
-        "counted in the target tenant"
-    );
-    assert_eq!(
-        hub.puback("$tenant/initech/x").await,
-        reason::NOT_AUTHORIZED
-    );
-    assert_eq!(
-        hub.puback("$tenant/acme/other").await,
-        reason::NOT_AUTHORIZED,
-        "acme's ACL"
-    );
-    hub.send(&Packet::Publish(publish(
-        "$tenant/acme/dev/q",
-        q(2),
-        6,
-        b"x",
-    )))
-    .await;
-    // Above acme's max_qos (CONNACK told the gateway its own tenant's):
-    // this message is refused, the connection stays.
-    match hub.recv().await {
-        Some(Packet::PubRec(a)) => assert_eq!(a.reason, reason::QUOTA_EXCEEDED),
-        other => panic!("expected PUBREC 0x97, got {other:?}"),
-    }
-    assert_eq!(
-        hub.puback("$tenant/globex/still-here").await,
-        reason::SUCCESS
-    );
-    drop(hub);
-    let mut hub = join(b.addr, Protocol::V5, "hub2", "hub@gw").await;
-    // Unprefixed: its own tenant, which acme's devices never see.
-    assert_eq!(hub.puback("dev/3").await, reason::NO_MATCHING_SUBSCRIBERS);
-    dev.expect_silence(Duration::from_millis(200)).await;
-
-    info!("--- retained messages and shared groups of the target tenant");
-    let mut r = publish("dev/r", q(0), 0, b"kept");
-    r.retain = true;
-    dev.send(&Packet::Publish(r)).await;
-    let _ = next_publish(&mut dev).await; // its own delivery
-    let codes = hub
-        .subscribe_codes(&[
-            ("$tenant/acme/dev/r", 1),
-            ("$tenant/globex/$share/grp/s/#", 1),
-        ])
-        .await;
-    assert_eq!(codes, [1, 1]);
-    let m = next_publish(&mut hub).await;
-    assert_eq!((m.topic.as_str(), m.retain), ("$tenant/acme/dev/r", true));
-    glob.puback("s/1").await;
-    assert_eq!(next_publish(&mut hub).await.topic, "$tenant/globex/s/1");
-
-    info!("--- no-local is the publishing session's, not a same-named client's of the tenant");
-    let mut same_id = join(b.addr, Protocol::V5, "hub2", "u@globex").await;
-    let mut nl = porchlight_broker::codec::SubscriptionOptions::new(q(0));
-    nl.no_local = true;
-    same_id
-        .subscribe_opts("nl", nl, porchlight_broker::codec::Properties::default())
-        .await;
-    hub.subscribe_opts(
-        "$tenant/globex/nl",
-        nl,
-        porchlight_broker::codec::Properties::default(),
-    )
-    .await;
-    hub.publish("$tenant/globex/nl", q(0), 0, b"n").await;
-    assert_eq!(same_id.expect_publish().await.topic, "nl");
-    hub.expect_silence(Duration::from_millis(200)).await;
-
-    info!("--- without a grant the prefix is refused (v5 0x87, 3.1.1 0x80)");
-    let mut plain = join(b.addr, Protocol::V5, "p", "plain@gw").await;
-    assert_eq!(
-        plain.subscribe_codes(&[("$tenant/acme/dev/#", 1)]).await,
-        [reason::NOT_AUTHORIZED]
-    );
-    assert_eq!(
-        plain.puback("$tenant/acme/dev/x").await,
-        reason::NOT_AUTHORIZED
-    );
-    let mut plain3 = join(b.addr, Protocol::V311, "p3", "plain@gw").await;
-    assert_eq!(
-        plain3.subscribe_codes(&[("$tenant/acme/dev/#", 1)]).await,
-        [0x80]
-    );
-    // A device of acme cannot use it either.
-    assert_eq!(
-        dev.subscribe_codes(&[("$tenant/globex/#", 1)]).await,
-        [reason::NOT_AUTHORIZED]
-    );
-    dev.expect_silence(Duration::from_millis(100)).await;
-
-    info!("--- a reload that withdraws a grant removes its subscriptions at once");
-    let m = b.broker.metrics.clone();
-    std::fs::write(dir.path().join("tenants.toml"), grants("\"globex\"")).expect("write");
-    wait_until("reloaded", || {
-        porchlight_broker::metrics::Metrics::get(&m.auth_reloads) == 1
-    })
-    .await;
-    wait_until("acme subscriptions of the hub gone", || {
-        b.session_in("gw", "hub2").is_some_and(|s| {
-            !s.lock()
-                .subscriptions
-                .keys()
-                .any(|f| f.as_str().starts_with("$tenant/acme/"))
-        })
-    })
-    .await;
-    assert_eq!(
-        usage(&b, "acme")
-            .subscriptions
-            .load(std::sync::atomic::Ordering::Relaxed),
-        1
-    );
-    dev.puback("dev/5").await;
-    let _ = next_publish(&mut dev).await;
-    hub.expect_silence(Duration::from_millis(200)).await;
-    assert_eq!(
-        hub.puback("$tenant/acme/dev/6").await,
-        reason::NOT_AUTHORIZED
-    );
-    // Its globex subscriptions stay.
-    glob.puback("s/2").await;
-    assert_eq!(next_publish(&mut hub).await.topic, "$tenant/globex/s/2");
-    b.stop().await;
-}
-
-#[tokio::test]
-async fn a_durable_gateway_session_keeps_its_tenants_messages_across_a_restart() {
-    let phc = cheap_phc("pw");
-    let text = format!(
-        "{}[[tenant]]\nid = \"gw\"\n\
-         [[tenant.users]]\nusername = \"hub\"\npassword_hash = \"{phc}\"\ntenants = [\"acme\"]\n",
-        tenants(&["acme"], "")
-    );
-    let (b, dir) = tenant_broker(&text, |_| {}).await;
-    let mut c = as_user(Protocol::V5, "hub", "hub@gw");
-    c.clean_start = false;
-    c.properties.session_expiry_interval = Some(600);
-    let (mut hub, ack) = RawClient::connect_with(b.addr, c.clone()).await;
-    assert_eq!(ack.reason, 0);
-    hub.subscribe("$tenant/acme/t/#", q(1)).await;
-    drop(hub);
-    b.wait_offline_in("gw", "hub").await;
-    let mut dev = join(b.addr, Protocol::V5, "dev", "u@acme").await;
-    assert_eq!(dev.puback("t/queued").await, reason::SUCCESS);
-    let b = b.restart().await;
-    let (mut hub, ack) = RawClient::connect_with(b.addr, c.clone()).await;
-    assert!(ack.session_present);
-    let m = hub.expect_publish().await;
-    assert_eq!(m.topic, "$tenant/acme/t/queued");
-    // And the subscription came back in acme's namespace.
-    let mut dev = join(b.addr, Protocol::V5, "dev", "u@acme").await;
-    dev.puback("t/live").await;
-    let m = next_publish(&mut hub).await;
-    assert_eq!(m.topic, "$tenant/acme/t/live");
-    info!("--- a grant withdrawn while the gateway is offline: its subscription and queue go");
-    hub.send(&Packet::PubAck(porchlight_broker::codec::Ack::new(
-        m.packet_id,
-        0,
-    )))
-    .await;
-    drop(hub);
-    b.wait_offline_in("gw", "hub").await;
-    assert_eq!(dev.puback("t/waiting").await, reason::SUCCESS);
-    let session = b.session_in("gw", "hub").expect("session");
-    assert_eq!(session.lock().queue.len(), 1);
-    let m = b.broker.metrics.clone();
-    std::fs::write(
-        dir.path().join("tenants.toml"),
-        text.replace("tenants = [\"acme\"]", ""),
-    )
-    .expect("write");
-    wait_until("reloaded", || {
-        porchlight_broker::metrics::Metrics::get(&m.auth_reloads) == 1
-    })
-    .await;
-    // (t/queued is still unacknowledged: in flight, it goes too.)
-    wait_until("queue, in-flight and subscription gone", || {
-        let st = session.lock();
-        st.queue.is_empty() && st.inflight.is_empty() && st.subscriptions.is_empty()
-    })
-    .await;
-    assert_eq!(load(&usage(&b, "acme").subscriptions), 0);
-    assert_eq!(load(&usage(&b, "gw").queued_bytes), 0);
-    assert_eq!(dev.puback("t/after").await, reason::NO_MATCHING_SUBSCRIBERS);
-    let (mut hub, ack) = RawClient::connect_with(b.addr, c).await;
-    assert!(ack.session_present);
-    hub.expect_silence(Duration::from_millis(200)).await;
-    b.stop().await;
-}
-
 #[tokio::test]
 async fn sighup_rereads_the_tenants_file_and_closes_a_removed_tenants_clients() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -925,189 +460,8 @@ async fn sighup_rereads_the_tenants_file_and_closes_a_removed_tenants_clients() 
     kill9(&mut child);
 }
 
-fn load(a: &std::sync::atomic::AtomicU64) -> u64 {
+pub(crate) fn load(a: &std::sync::atomic::AtomicU64) -> u64 {
     a.load(std::sync::atomic::Ordering::Relaxed)
-}
-
-#[tokio::test]
-async fn retained_persistent_session_and_queued_byte_limits() {
-    let limited = |persistent: u32| {
-        format!(
-            "{}{}",
-            tenants(
-                &["acme"],
-                &format!(
-                    "[tenant.limits]\nmax_retained_messages = 2\nmax_retained_bytes = 1000\n\
-                     max_persistent_sessions = {persistent}\nmax_queued_bytes = 300\n"
-                ),
-            ),
-            tenants(&["globex"], "")
-        )
-    };
-    let (b, dir) = tenant_broker(&limited(1), |_| {}).await;
-    let retain = |topic: &str, payload: Bytes| {
-        let mut m = publish_bytes(topic, q(1), 3, payload);
-        m.retain = true;
-        Packet::Publish(m)
-    };
-    async fn ack(c: &mut RawClient) -> u8 {
-        match c.recv().await {
-            Some(Packet::PubAck(a)) => a.reason,
-            other => panic!("expected PUBACK, got {other:?}"),
-        }
-    }
-
-    info!("--- retained messages: count and bytes, replacing and deleting stay allowed");
-    let mut a = join(b.addr, Protocol::V5, "a", "u@acme").await;
-    let small = || Bytes::from_static(b"v");
-    for (topic, payload, want) in [
-        ("r/1", small(), reason::NO_MATCHING_SUBSCRIBERS),
-        ("r/2", small(), reason::NO_MATCHING_SUBSCRIBERS),
-        ("r/3", small(), reason::QUOTA_EXCEEDED),
-        (
-            "r/1",
-            Bytes::from_static(b"v2"),
-            reason::NO_MATCHING_SUBSCRIBERS,
-        ),
-        ("r/2", Bytes::new(), reason::NO_MATCHING_SUBSCRIBERS),
-        ("r/3", small(), reason::NO_MATCHING_SUBSCRIBERS),
-        ("r/1", Bytes::from(vec![b'x'; 2000]), reason::QUOTA_EXCEEDED),
-    ] {
-        a.send(&retain(topic, payload)).await;
-        assert_eq!(ack(&mut a).await, want, "{topic}");
-    }
-    let u = usage(&b, "acme");
-    assert_eq!(load(&u.retained_messages), 2);
-    // The broker's own retained $SYS topics do not count.
-    porchlight_broker::sys::publish_stats(&b.broker);
-    assert_eq!(load(&u.retained_messages), 2);
-    assert_eq!(u.rejections(QuotaKind::RetainedMessages), 1);
-    assert_eq!(u.rejections(QuotaKind::RetainedBytes), 1);
-    // 3.1.1 cannot be told: its retained message over the limit is dropped.
-    let mut a3 = join(b.addr, Protocol::V311, "a3", "s@acme").await;
-    a3.send(&retain("r/4", small())).await;
-    assert_eq!(ack(&mut a3).await, 0);
-    let mut check = join(b.addr, Protocol::V5, "check", "p@acme").await;
-    check.subscribe("r/#", q(0)).await;
-    let mut seen = BTreeMap::new();
-    for _ in 0..2 {
-        let m = check.expect_publish().await;
-        seen.insert(m.topic.clone(), m.payload.clone());
-    }
-    check.expect_silence(Duration::from_millis(200)).await;
-    assert_eq!(
-        seen.keys().map(String::as_str).collect::<Vec<_>>(),
-        ["r/1", "r/3"]
-    );
-    assert_eq!(&seen["r/1"][..], b"v2");
-    let mut g = join(b.addr, Protocol::V5, "g", "u@globex").await;
-    for i in 0..5 {
-        g.send(&retain(&format!("r/{i}"), small())).await;
-        assert!(ack(&mut g).await < 0x80, "globex is unaffected");
-    }
-
-    info!("--- persistent sessions: a new durable session over the limit is refused");
-    let durable = |p: Protocol, id: &str, user: &str| {
-        let mut c = as_user(p, id, user);
-        c.clean_start = false;
-        if p == Protocol::V5 {
-            c.properties.session_expiry_interval = Some(600);
-        }
-        c
-    };
-    let (p1, ack1) = RawClient::connect_with(b.addr, durable(Protocol::V5, "p1", "u@acme")).await;
-    assert_eq!(ack1.reason, 0);
-    let (_, ack2) = RawClient::connect_with(b.addr, durable(Protocol::V5, "p2", "u@acme")).await;
-    assert_eq!(ack2.reason, reason::QUOTA_EXCEEDED);
-    let (_, ack3) = RawClient::connect_with(b.addr, durable(Protocol::V311, "p3", "u@acme")).await;
-    assert_eq!(ack3.reason, 3, "3.1.1: server unavailable");
-    let (mut gp, ackg) =
-        RawClient::connect_with(b.addr, durable(Protocol::V5, "p2", "u@globex")).await;
-    assert_eq!(ackg.reason, 0, "globex is unaffected");
-    gp.subscribe("q/#", q(1)).await;
-    drop(gp);
-    b.wait_offline_in("globex", "p2").await;
-    assert_eq!(load(&usage(&b, "acme").persistent_sessions), 1);
-    assert_eq!(
-        usage(&b, "acme").rejections(QuotaKind::PersistentSessions),
-        2
-    );
-
-    info!("--- queued bytes: an offline session's queue stops at the tenant's bytes");
-    let mut p1 = p1;
-    p1.subscribe("q/#", q(1)).await;
-    drop(p1);
-    b.wait_offline_in("acme", "p1").await;
-    for i in 0..4u16 {
-        a.send(&Packet::Publish(publish_bytes(
-            "q/x",
-            q(1),
-            10 + i,
-            Bytes::from(vec![b'q'; 100]),
-        )))
-        .await;
-        assert!(ack(&mut a).await < 0x80);
-    }
-    for i in 0..4u16 {
-        g.send(&Packet::Publish(publish_bytes(
-            "q/x",
-            q(1),
-            20 + i,
-            Bytes::from(vec![b'q'; 100]),
-        )))
-        .await;
-        assert!(ack(&mut g).await < 0x80);
-    }
-    assert!(
-        load(&usage(&b, "globex").queued_bytes) >= 400,
-        "globex queues all four"
-    );
-    let u = usage(&b, "acme");
-    assert!(load(&u.queued_bytes) <= 300, "{}", load(&u.queued_bytes));
-    assert_eq!(u.rejections(QuotaKind::QueuedBytes), 2);
-    // Two here, and the 3.1.1 retained publish above (the v5 ones were
-    // refused with 0x97, not dropped).
-    assert_eq!(
-        u.drops(porchlight_broker::metrics::DropReason::TenantQuota),
-        3
-    );
-    let (mut p1, ack1) =
-        RawClient::connect_with(b.addr, durable(Protocol::V5, "p1", "u@acme")).await;
-    assert!(ack1.session_present);
-    for _ in 0..2 {
-        let m = p1.expect_publish().await;
-        p1.send(&Packet::PubAck(porchlight_broker::codec::Ack::new(
-            m.packet_id,
-            0,
-        )))
-        .await;
-    }
-    wait_until("queue drained", || load(&u.queued_bytes) == 0).await;
-
-    info!("--- the metrics carry all of it");
-    let mut text = String::new();
-    b.broker.tenants.render(&mut text);
-    for line in [
-        "porchlight_tenant_retained_messages{tenant=\"acme\"} 2",
-        "porchlight_tenant_persistent_sessions{tenant=\"acme\"} 1",
-        "porchlight_tenant_quota_rejections_total{tenant=\"acme\",kind=\"queued_bytes\"} 2",
-        "porchlight_tenant_messages_dropped_total{tenant=\"acme\",reason=\"tenant_quota\"} 3",
-        "porchlight_tenant_retained_messages{tenant=\"globex\"} 5",
-    ] {
-        assert!(text.contains(line), "{line} in\n{text}");
-    }
-    assert!(load(&u.messages_out) >= 4 && load(&u.bytes_out) >= 200);
-
-    info!("--- a reload raises the limit for new sessions");
-    let m = b.broker.metrics.clone();
-    std::fs::write(dir.path().join("tenants.toml"), limited(2)).expect("write");
-    wait_until("reloaded", || {
-        porchlight_broker::metrics::Metrics::get(&m.auth_reloads) == 1
-    })
-    .await;
-    let (_, ack2) = RawClient::connect_with(b.addr, durable(Protocol::V5, "p2", "u@acme")).await;
-    assert_eq!(ack2.reason, 0);
-    b.stop().await;
 }
 
 #[tokio::test]
