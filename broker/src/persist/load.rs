@@ -2,7 +2,9 @@
 //! [`Restored`] sessions and retained messages for `registry.rs` to rebuild.
 //!
 //! A record that cannot be read stops start-up with its table and key
-//! named; orphans of interrupted deletes are skipped and purged; crash
+//! named (except a subscription to a `$tenant/` filter written before that
+//! prefix was reserved, which is dropped with a warning); orphans of
+//! interrupted deletes are skipped and purged; crash
 //! remnants described in decision 0004 are resolved here (bodies of
 //! in-flight and released messages, dangling in-flight records).
 
@@ -295,5 +297,67 @@ impl Persist {
             sessions: sessions.into_values().collect(),
             retained,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::QoS;
+    use crate::ids::{ClientId, TenantId};
+
+    #[test]
+    fn a_stored_tenant_filter_that_no_longer_parses_is_dropped_not_fatal() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let limits = TopicLimits {
+            max_length: 1024,
+            max_levels: 32,
+        };
+        let key = SessionKey {
+            tenant: TenantId::default_tenant(),
+            client: ClientId::new("old"),
+        };
+        let raw_subscription = |p: &Persist, filter: &str| {
+            let mut v = vec![V1, options_byte(SubscriptionOptions::new(QoS::AtLeastOnce))];
+            v.extend_from_slice(&0u32.to_be_bytes());
+            let mut b = Batch::default();
+            b.put(
+                SUBSCRIPTIONS,
+                &with_suffix(&session_key_bytes(&key), filter.as_bytes()),
+                &v,
+            );
+            p.store.write(b).expect("write");
+        };
+        {
+            let p = Persist::open(dir.path(), StoreOptions::default()).expect("open");
+            p.put_session(&key, 600, 0).expect("session");
+            let good = TopicFilter::parse("a/#", limits).expect("filter");
+            p.put_subscription(
+                &key,
+                &good,
+                SubscriptionOptions::new(QoS::AtLeastOnce),
+                None,
+            )
+            .expect("subscription");
+            // Legal before `$tenant/` was reserved; no longer a filter.
+            raw_subscription(&p, "$tenant/#");
+            let r = p.load(limits).expect("loads despite the old record");
+            let subs: Vec<&str> = r.sessions[0]
+                .subscriptions
+                .iter()
+                .map(|(f, _, _)| f.as_str())
+                .collect();
+            assert_eq!(subs, ["a/#"]);
+            p.store.flush().expect("flush");
+        }
+        let p = Persist::open(dir.path(), StoreOptions::default()).expect("reopen");
+        assert_eq!(
+            p.store.scan(SUBSCRIPTIONS).count(),
+            1,
+            "the old record was purged"
+        );
+        // Any other invalid filter is still corruption that stops start-up.
+        raw_subscription(&p, "a/#/b");
+        assert!(p.load(limits).is_err());
     }
 }
