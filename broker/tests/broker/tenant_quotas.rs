@@ -264,6 +264,21 @@ async fn retained_persistent_session_and_queued_byte_limits() {
         ["r/1", "r/3"]
     );
     assert_eq!(&seen["r/1"][..], b"v2");
+    // A retained will over the limit still reaches subscribers, unretained.
+    let mut w = as_user(Protocol::V5, "dies", "u@acme");
+    w.will = Some(porchlight_broker::codec::Will {
+        topic: "r/will".into(),
+        payload: Bytes::from_static(b"gone"),
+        qos: q(0),
+        retain: true,
+        properties: porchlight_broker::codec::Properties::default(),
+    });
+    let (dying, connack) = RawClient::connect_with(b.addr, w).await;
+    assert_eq!(connack.reason, 0);
+    drop(dying);
+    let m = check.expect_publish().await;
+    assert_eq!((m.topic.as_str(), &m.payload[..]), ("r/will", &b"gone"[..]));
+    assert_eq!(load(&usage(&b, "acme").retained_messages), 2);
     let mut g = join(b.addr, Protocol::V5, "g", "u@globex").await;
     for i in 0..5 {
         g.send(&retain(&format!("r/{i}"), small())).await;
