@@ -235,6 +235,10 @@ async fn gateway_grants_allow_exactly_what_they_say() {
     // Its globex subscriptions stay.
     glob.puback("s/2").await;
     assert_eq!(next_publish(&mut hub).await.topic, "$tenant/globex/s/2");
+    info!("--- a PUBLISH to a malformed prefix is an invalid topic name (0x90)");
+    hub.publish("$tenant/globex", q(1), 11, b"x").await;
+    hub.expect_disconnect(Some(reason::TOPIC_NAME_INVALID))
+        .await;
     b.stop().await;
 }
 
