@@ -503,6 +503,7 @@ async fn connected(
                     Ok(0) | Err(_) => return End::Lost,
                     Ok(_) => {}
                 }
+                let mut received_any = false;
                 loop {
                     let packet = match wire.decode(&mut inbuf) {
                         Ok(Some(p)) => p,
@@ -512,6 +513,7 @@ async fn connected(
                     match packet {
                         Incoming::Publish { qos, pkid, payload } => {
                             Counters::inc(&counters.received);
+                            received_any = true;
                             if let Task::Subscribe { receiver, .. } = &client.task {
                                 receive(receiver, &payload, &mut latencies);
                             }
@@ -555,6 +557,9 @@ async fn connected(
                         Incoming::Disconnect { .. } => return End::Lost,
                         Incoming::ConnAck { .. } | Incoming::PingResp | Incoming::Other => {}
                     }
+                }
+                if received_any {
+                    shared.stats.mark_receipt();
                 }
                 if !latencies.is_empty() {
                     shared.stats.latency.record_all(client.index, &latencies);

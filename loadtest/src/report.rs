@@ -91,7 +91,17 @@ pub fn table(s: &Summary) -> String {
         );
         row(
             "received",
-            format!("{} = {:.0}/s", s.received, s.received_per_second),
+            if s.delivery_seconds > s.publish_seconds {
+                format!(
+                    "{} in {:.2} s = {:.0}/s (the last {:.2} s after publishing stopped)",
+                    s.received,
+                    s.delivery_seconds,
+                    s.received_per_second,
+                    s.delivery_seconds - s.publish_seconds
+                )
+            } else {
+                format!("{} = {:.0}/s", s.received, s.received_per_second)
+            },
         );
         row(
             "deliveries",

@@ -107,6 +107,10 @@ pub struct Summary {
     pub subscribe_failures: u64,
     // Messages.
     pub publish_seconds: f64,
+    /// From the start of publishing to the last delivery, or
+    /// `publish_seconds` when nothing arrived after publishing stopped.
+    /// `received_per_second` and the CPU percentages are over this span.
+    pub delivery_seconds: f64,
     pub sent: u64,
     pub acked: u64,
     pub publish_failures: u64,
@@ -364,6 +368,18 @@ impl Sampler {
     }
 }
 
+/// The delivery time when the last delivery came after publishing
+/// stopped: from `go` to that delivery. `None` when it came in time.
+fn late_delivery_seconds(
+    go: std::time::Instant,
+    publish_seconds: f64,
+    last: Option<std::time::Instant>,
+) -> Option<f64> {
+    let last = last?;
+    let secs = last.checked_duration_since(go)?.as_secs_f64();
+    (secs > publish_seconds).then_some(secs)
+}
+
 /// Waits until `done()` or `deadline`, sampling once a second.
 async fn wait_until(
     sampler: &mut Sampler,
@@ -504,6 +520,14 @@ pub async fn run(plan: Plan, options: Options) -> Result<Summary, LoadError> {
         now.duration_since(quiet_since.0) >= Duration::from_millis(500)
     })
     .await;
+    // Deliveries that arrived after publishing stopped (a broker that
+    // buffers and delivers late) extend the delivery time; rates and CPU
+    // are over that span, so a late burst is not counted as throughput.
+    let (delivery_seconds, at_delivered) =
+        match late_delivery_seconds(go.into_std(), publish_seconds, stats.last_receipt()) {
+            Some(secs) => (secs, sampler.readings()),
+            None => (publish_seconds, at_stop),
+        };
     shared.stop.cancel();
     let stop_deadline = Instant::now() + Duration::from_secs(10);
     while !tasks.is_empty() {
@@ -580,18 +604,25 @@ pub async fn run(plan: Plan, options: Options) -> Result<Summary, LoadError> {
         |start: Usage, from: Usage, go: Usage, stop: Usage, end: Usage, max_rss: u64| ProcSummary {
             cpu_seconds: end.cpu_seconds,
             cpu_seconds_connecting: go.cpu_seconds - from.cpu_seconds,
-            cpu_percent: (stop.cpu_seconds - go.cpu_seconds) / publish_seconds.max(1e-6) * 100.0,
+            cpu_percent: (stop.cpu_seconds - go.cpu_seconds) / delivery_seconds.max(1e-6) * 100.0,
             rss_kib_start: start.rss_kib,
             rss_kib_connected: go.rss_kib,
             rss_kib_max: max_rss,
         };
-    let broker = match (at_start.0, at_from.0, at_go.0, at_stop.0, now.0) {
+    let broker = match (at_start.0, at_from.0, at_go.0, at_delivered.0, now.0) {
         (Some(a), Some(f), Some(b), Some(c), Some(d)) => {
             Some(proc_summary(a, f, b, c, d, broker_max_rss))
         }
         _ => None,
     };
-    let generator = proc_summary(at_start.1, at_from.1, at_go.1, at_stop.1, now.1, my_max_rss);
+    let generator = proc_summary(
+        at_start.1,
+        at_from.1,
+        at_go.1,
+        at_delivered.1,
+        now.1,
+        my_max_rss,
+    );
     let connects = Counters::get(&c.connects);
     let connect_errors = stats.connect_errors.lock().clone();
     let per_conn = |start: u64, connected: u64| {
@@ -635,7 +666,8 @@ pub async fn run(plan: Plan, options: Options) -> Result<Summary, LoadError> {
         unexpected,
         foreign,
         sent_per_second: Counters::get(&c.sent) as f64 / publish_seconds.max(1e-6),
-        received_per_second: Counters::get(&c.received) as f64 / publish_seconds.max(1e-6),
+        delivery_seconds,
+        received_per_second: Counters::get(&c.received) as f64 / delivery_seconds.max(1e-6),
         latency_us: Percentiles::of(&stats.latency.merged()),
         broker_bytes_per_connection: broker
             .as_ref()
@@ -648,4 +680,22 @@ pub async fn run(plan: Plan, options: Options) -> Result<Summary, LoadError> {
         generator,
         series: sampler.series.clone(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::late_delivery_seconds;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn deliveries_after_publishing_extend_the_delivery_time() {
+        let go = Instant::now();
+        let at = |ms| Some(go + Duration::from_millis(ms));
+        // Nothing arrived, or the last delivery came while publishing.
+        assert_eq!(late_delivery_seconds(go, 5.0, None), None);
+        assert_eq!(late_delivery_seconds(go, 5.0, at(4_900)), None);
+        // A broker that buffered and delivered 3 s late is charged for it.
+        let late = late_delivery_seconds(go, 5.0, at(8_000)).expect("late");
+        assert!((late - 8.0).abs() < 1e-6, "{late}");
+    }
 }

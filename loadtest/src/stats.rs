@@ -163,6 +163,11 @@ pub struct Stats {
     /// Failed connects by reason (`tcp: address not available`,
     /// `connack 5`, `timeout`, ...): rare, so one lock is enough.
     pub connect_errors: parking_lot::Mutex<std::collections::BTreeMap<String, u64>>,
+    /// When the last PUBLISH arrived, in nanoseconds after `epoch` (0:
+    /// none yet): the end of the delivery time, which may run past the
+    /// publishing time when a broker buffers and delivers late.
+    last_receipt_ns: AtomicU64,
+    epoch: std::time::Instant,
 }
 
 impl Stats {
@@ -172,7 +177,23 @@ impl Stats {
             latency: Shards::new()?,
             connect_latency: Shards::new()?,
             connect_errors: Default::default(),
+            last_receipt_ns: AtomicU64::new(0),
+            epoch: std::time::Instant::now(),
         })
+    }
+
+    /// Notes that PUBLISH packets arrived just now (once per read).
+    pub fn mark_receipt(&self) {
+        let ns = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.last_receipt_ns.fetch_max(ns.max(1), Ordering::Relaxed);
+    }
+
+    /// When the last PUBLISH arrived, if any did.
+    pub fn last_receipt(&self) -> Option<std::time::Instant> {
+        match self.last_receipt_ns.load(Ordering::Relaxed) {
+            0 => None,
+            ns => Some(self.epoch + std::time::Duration::from_nanos(ns)),
+        }
     }
 
     /// Counts one failed connect and why.

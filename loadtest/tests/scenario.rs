@@ -144,6 +144,11 @@ async fn a_mixed_scenario_adds_up_in_both_versions() {
             (0, 0, 0, 0)
         );
         assert_eq!(s.latency_us.count, s.received);
+        // The rate is over the delivery time, which covers the publishing
+        // time and any delivery after it.
+        assert!(s.delivery_seconds >= s.publish_seconds);
+        let rate = s.received as f64 / s.delivery_seconds;
+        assert!((s.received_per_second - rate).abs() < 1e-6 * rate.max(1.0));
         assert!(s.latency_us.p50 > 0 && s.latency_us.p50 <= s.latency_us.p99);
         assert!(s.latency_us.p99 <= s.latency_us.max);
         assert_eq!(s.connect_latency_us.count, 36);
