@@ -71,8 +71,10 @@ keyfile $work/pki/server.key
 log_dest stderr
 log_type error
 CONF
-# rumqttd: the same in-flight window (100) as Mosquitto's
-# max_inflight_messages and Porchlight's --max-inflight.
+# rumqttd 0.20: its outgoing in-flight window is fixed at 100 in its
+# source (MAX_INFLIGHT), the same as Mosquitto's max_inflight_messages and
+# Porchlight's --max-inflight here; max_inflight_count only bounds how many
+# incoming packets one read takes.
 cat > "$work/rumqttd.toml" <<CONF
 id = 0
 [router]
