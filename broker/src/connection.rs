@@ -141,6 +141,11 @@ pub struct Conn<S> {
     /// the connection yields before reading more, so the runtime spends
     /// its time draining queues rather than accepting messages it drops.
     pub overflowed: bool,
+    /// Set when a publish from this client woke an idle subscriber's
+    /// connection: this one yields before writing its own output, so the
+    /// woken connection (next on this worker) writes the delivery first.
+    /// Only idle ones: a busy subscriber gains nothing from the yield.
+    pub routed: bool,
     /// A subscriber session this client's last publish filled (flow
     /// control): nothing more is read or decoded from the client until it
     /// drains; our own output still flows.
@@ -244,7 +249,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     Err(e) => return Close::from_decode(&e),
                 }
             }
-            if std::mem::take(&mut self.overflowed) {
+            let routed = std::mem::take(&mut self.routed);
+            if std::mem::take(&mut self.overflowed) || routed {
                 tokio::task::yield_now().await;
             }
             // A reload may have removed the tenant or withdrawn a grant

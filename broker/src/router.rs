@@ -124,7 +124,9 @@ impl Router {
     /// Queues one delivery of a publish and notes, for the publisher, the
     /// first session whose queue asks it to wait.
     fn deliver_to(&self, out: &mut PublishOutcome, session: &Arc<Session>, d: Delivery) {
-        out.add(self.deliver(session, d));
+        let (outcome, write, woke) = self.enqueue(session, d);
+        out.woke |= woke;
+        out.add((outcome, write));
         if out.full.is_none() && session.backpressures() {
             out.full = Some(session.clone());
         }
@@ -148,11 +150,17 @@ impl Router {
 
     /// Queues one delivery, counting overflow drops.
     pub fn deliver(&self, session: &Arc<Session>, d: Delivery) -> (EnqueueOutcome, Write) {
+        let (outcome, write, _) = self.enqueue(session, d);
+        (outcome, write)
+    }
+
+    /// [`Router::deliver`], and whether it woke an idle connection.
+    fn enqueue(&self, session: &Arc<Session>, d: Delivery) -> (EnqueueOutcome, Write, bool) {
         let expires = d.msg.expires_at;
         let backpressure = self.config.publish_backpressure.is_some()
             && d.qos != QoS::AtMostOnce
             && session.accepts_backpressure();
-        let (outcome, write) = session.enqueue(
+        let (outcome, write, woke) = session.enqueue(
             d,
             QueueLimits {
                 backpressure,
@@ -181,7 +189,7 @@ impl Router {
                 session.dropped(&self.metrics, DropReason::TenantQuota)
             }
         }
-        (outcome, write)
+        (outcome, write, woke)
     }
 
     /// Hands an unacknowledged shared-subscription delivery to another
@@ -274,6 +282,48 @@ mod tests {
         assert!(Arc::ptr_eq(&da.msg, &db.msg), "one message, not copies");
         assert_eq!(da.msg.payload.as_ptr(), db.msg.payload.as_ptr());
     }
+
+    #[test]
+    fn a_publish_says_when_it_woke_an_idle_connection() {
+        let config = Arc::new(Config::for_tests(std::env::temp_dir()));
+        let metrics = Arc::new(Metrics::default());
+        let state = Arc::new(State::new(metrics.clone(), None));
+        let router = Router::new(config.clone(), metrics, state.clone());
+        let (Applied::Session { session, .. }, _) = state.apply(Command::PutSession {
+            key: key("s"),
+            expiry_interval: 0,
+        }) else {
+            panic!("session");
+        };
+        state.apply(Command::Subscribe {
+            key: key("s"),
+            filter: TopicFilter::parse("t", config.topic_limits()).expect("filter"),
+            options: SubscriptionOptions::new(QoS::AtMostOnce),
+            id: None,
+        });
+        let publish = || {
+            let msg = Message::new(
+                TenantId::default_tenant(),
+                TopicName::trusted("t".into()),
+                bytes::Bytes::from_static(b"x"),
+                QoS::AtMostOnce,
+                false,
+                &Properties::default(),
+                None,
+            );
+            router.publish(Arc::new(msg))
+        };
+        // Offline: nobody to wake.
+        assert!(!publish().woke);
+        session.lock().queue.clear();
+        session.set_online(true);
+        // Online with an empty queue: its connection was waiting.
+        assert!(publish().woke);
+        // The queue is not empty now: the connection is already awake.
+        let again = publish();
+        assert_eq!(again.queued, 1);
+        assert!(!again.woke);
+    }
 }
 
 /// What one publish did.
@@ -283,6 +333,9 @@ pub struct PublishOutcome {
     pub queued: usize,
     /// Whether some session's queue was full (a message was dropped).
     pub overflowed: bool,
+    /// Whether a delivery went into the empty queue of a connected
+    /// session, waking its connection.
+    pub woke: bool,
     /// A connected session whose queue is past its bound under flow
     /// control: the publisher waits for it to drain (`connection.rs`).
     pub full: Option<Arc<Session>>,
@@ -302,6 +355,7 @@ impl Default for PublishOutcome {
         PublishOutcome {
             queued: 0,
             overflowed: false,
+            woke: false,
             full: None,
             write: Write::None,
             refused: None,

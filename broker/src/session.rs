@@ -273,10 +273,18 @@ impl Session {
     /// Queues a delivery, applying the overflow policy at `max_queued`,
     /// and wakes the connection. For a durable session the queue entry is
     /// written under the session's lock, so the store sees queue changes in
-    /// the order memory does.
-    pub fn enqueue(&self, mut delivery: Delivery, limits: QueueLimits) -> (EnqueueOutcome, Write) {
+    /// the order memory does. The flag is true when the delivery went into
+    /// an empty queue of a connected session: its connection was probably
+    /// idle and this wakes it.
+    pub fn enqueue(
+        &self,
+        mut delivery: Delivery,
+        limits: QueueLimits,
+    ) -> (EnqueueOutcome, Write, bool) {
+        let was_empty;
         let (outcome, write) = {
             let mut st = self.state.lock();
+            was_empty = st.queue.is_empty();
             if st.persist.is_some() {
                 st.next_queue_seq += 1;
                 delivery.seq = st.next_queue_seq;
@@ -288,7 +296,7 @@ impl Session {
                 let max = StateLimits::get(&u.state_limits.queued_bytes);
                 if !reserve_n(&u.queued_bytes, size as u64, max) {
                     u.reject(QuotaKind::QueuedBytes);
-                    return (EnqueueOutcome::OverTenantQuota, Write::None);
+                    return (EnqueueOutcome::OverTenantQuota, Write::None, false);
                 }
             }
             // Under flow control the queue may take up to twice its bound
@@ -337,13 +345,14 @@ impl Session {
                 (outcome, write)
             }
         };
-        if matches!(
+        let queued = matches!(
             outcome,
             EnqueueOutcome::Queued | EnqueueOutcome::DroppedOldest
-        ) {
+        );
+        if queued {
             self.notify.notify_one();
         }
-        (outcome, write)
+        (outcome, write, queued && was_empty && self.is_online())
     }
 }
 
