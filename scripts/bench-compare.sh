@@ -40,14 +40,14 @@ if [[ " ${brokers[*]} " == *" rumqttd "* ]] && [ ! -x "$rumqttd" ]; then
   # refuses (E0521); the newest 0.22.x builds.
   cargo install rumqttd --version 0.20.0
 fi
-cargo build --release --bin porchlight -p porchlight-broker -p porchlight-loadtest >/dev/null
+cargo build --release -p porchlight-broker -p porchlight-loadtest --bin porchlight --bin porchlight-loadtest >/dev/null
 cargo build --release -p porchlight-loadtest --example tls_bench >/dev/null
 lt=target/release/porchlight-loadtest
 out=target/bench-compare/$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p "$out"
 work=$(mktemp -d)
 pid=
-stop() { [ -n "$pid" ] && { kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true; }; pid=; }
+stop() { [ -n "$pid" ] && { kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; }; pid=; }
 trap 'stop; rm -rf "$work"' EXIT
 # One ECDSA P-256 server certificate for every broker's TLS listener.
 target/release/examples/tls_bench certs "$work/pki" ecdsa >/dev/null

@@ -12,11 +12,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}
 secs=${2:-5}
-cargo build --release --bin porchlight -p porchlight-broker -p porchlight-loadtest >/dev/null
+cargo build --release -p porchlight-broker -p porchlight-loadtest --bin porchlight --bin porchlight-loadtest >/dev/null
 lt=target/release/porchlight-loadtest
 work=$(mktemp -d)
 pid=
-stop() { [ -n "$pid" ] && { kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true; }; pid=; }
+stop() { [ -n "$pid" ] && { kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; }; pid=; }
 trap 'stop; rm -rf "$work"' EXIT
 port=18840
 fresh() { # a new broker on a new port (the last run's ports sit in TIME_WAIT)

@@ -25,7 +25,7 @@ work=$(mktemp -d)
 pid=
 # utime + stime of the broker, in clock ticks.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
-stop() { [ -n "$pid" ] && { kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true; }; pid=; }
+stop() { [ -n "$pid" ] && { kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; }; pid=; }
 trap 'stop; rm -rf "$work"' EXIT
 port=18883
 wait_port() {

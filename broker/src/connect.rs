@@ -542,7 +542,7 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         kick,
         done,
         overflowed: false,
-        routed: false,
+        woke_subscriber: false,
         backpressure: None,
         pending: std::collections::VecDeque::new(),
         pending_pubacks: 0,

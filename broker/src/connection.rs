@@ -145,7 +145,7 @@ pub struct Conn<S> {
     /// connection: this one yields before writing its own output, so the
     /// woken connection (next on this worker) writes the delivery first.
     /// Only idle ones: a busy subscriber gains nothing from the yield.
-    pub routed: bool,
+    pub woke_subscriber: bool,
     /// A subscriber session this client's last publish filled (flow
     /// control): nothing more is read or decoded from the client until it
     /// drains; our own output still flows.
@@ -249,8 +249,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     Err(e) => return Close::from_decode(&e),
                 }
             }
-            let routed = std::mem::take(&mut self.routed);
-            if std::mem::take(&mut self.overflowed) || routed {
+            let woke = std::mem::take(&mut self.woke_subscriber);
+            if std::mem::take(&mut self.overflowed) || woke {
                 tokio::task::yield_now().await;
             }
             // A reload may have removed the tenant or withdrawn a grant

@@ -445,7 +445,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 code = reason::NO_MATCHING_SUBSCRIBERS;
             }
             self.overflowed |= outcome.overflowed;
-            self.routed |= outcome.woke;
+            self.woke_subscriber |= outcome.woke;
             // Flow control: stop reading this client until the subscriber
             // queue it filled drains (not our own queue: we drain it).
             if let (Some(full), Some(limit)) =

@@ -513,7 +513,12 @@ async fn connected(
                     match packet {
                         Incoming::Publish { qos, pkid, payload } => {
                             Counters::inc(&counters.received);
-                            received_any = true;
+                            if !received_any {
+                                // One mark per read (its packets arrived
+                                // together), before anything can return.
+                                received_any = true;
+                                shared.stats.mark_receipt();
+                            }
                             if let Task::Subscribe { receiver, .. } = &client.task {
                                 receive(receiver, &payload, &mut latencies);
                             }
@@ -557,9 +562,6 @@ async fn connected(
                         Incoming::Disconnect { .. } => return End::Lost,
                         Incoming::ConnAck { .. } | Incoming::PingResp | Incoming::Other => {}
                     }
-                }
-                if received_any {
-                    shared.stats.mark_receipt();
                 }
                 if !latencies.is_empty() {
                     shared.stats.latency.record_all(client.index, &latencies);

@@ -67,7 +67,9 @@ pub struct ProcSummary {
     /// storm, the storm's; otherwise from the start to everyone in).
     pub cpu_seconds_connecting: f64,
     /// CPU time over wall time while publishing (or holding), in percent
-    /// of one core.
+    /// of one core; when deliveries came late (see
+    /// `Summary::delivery_seconds`), from the start of publishing to the
+    /// end of the drain instead.
     pub cpu_percent: f64,
     pub rss_kib_start: u64,
     pub rss_kib_connected: u64,
@@ -368,16 +370,14 @@ impl Sampler {
     }
 }
 
-/// The delivery time when the last delivery came after publishing
-/// stopped: from `go` to that delivery. `None` when it came in time.
-fn late_delivery_seconds(
-    go: std::time::Instant,
-    publish_seconds: f64,
-    last: Option<std::time::Instant>,
-) -> Option<f64> {
-    let last = last?;
-    let secs = last.checked_duration_since(go)?.as_secs_f64();
-    (secs > publish_seconds).then_some(secs)
+/// The delivery time when the last delivery came late, after publishing
+/// stopped and more than what was in flight then needs (10 ms or 1 % of
+/// the publishing time, whichever is longer): from `go` to that delivery.
+/// `None` when it came in time.
+fn late_delivery_seconds(go: Instant, publish_seconds: f64, last: Option<Instant>) -> Option<f64> {
+    let secs = last?.checked_duration_since(go)?.as_secs_f64();
+    let grace = (publish_seconds * 0.01).max(0.010);
+    (secs > publish_seconds + grace).then_some(secs)
 }
 
 /// Waits until `done()` or `deadline`, sampling once a second.
@@ -523,10 +523,12 @@ pub async fn run(plan: Plan, options: Options) -> Result<Summary, LoadError> {
     // Deliveries that arrived after publishing stopped (a broker that
     // buffers and delivers late) extend the delivery time; rates and CPU
     // are over that span, so a late burst is not counted as throughput.
-    let (delivery_seconds, at_delivered) =
-        match late_delivery_seconds(go.into_std(), publish_seconds, stats.last_receipt()) {
-            Some(secs) => (secs, sampler.readings()),
-            None => (publish_seconds, at_stop),
+    // CPU is read here, after the drain's quiet half second, and divided
+    // by the same span.
+    let (delivery_seconds, at_delivered, cpu_seconds_span) =
+        match late_delivery_seconds(go, publish_seconds, stats.last_receipt()) {
+            Some(secs) => (secs, sampler.readings(), go.elapsed().as_secs_f64()),
+            None => (publish_seconds, at_stop, publish_seconds),
         };
     shared.stop.cancel();
     let stop_deadline = Instant::now() + Duration::from_secs(10);
@@ -604,7 +606,7 @@ pub async fn run(plan: Plan, options: Options) -> Result<Summary, LoadError> {
         |start: Usage, from: Usage, go: Usage, stop: Usage, end: Usage, max_rss: u64| ProcSummary {
             cpu_seconds: end.cpu_seconds,
             cpu_seconds_connecting: go.cpu_seconds - from.cpu_seconds,
-            cpu_percent: (stop.cpu_seconds - go.cpu_seconds) / delivery_seconds.max(1e-6) * 100.0,
+            cpu_percent: (stop.cpu_seconds - go.cpu_seconds) / cpu_seconds_span.max(1e-6) * 100.0,
             rss_kib_start: start.rss_kib,
             rss_kib_connected: go.rss_kib,
             rss_kib_max: max_rss,
@@ -685,15 +687,18 @@ pub async fn run(plan: Plan, options: Options) -> Result<Summary, LoadError> {
 #[cfg(test)]
 mod tests {
     use super::late_delivery_seconds;
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
+    use tokio::time::Instant;
 
     #[test]
     fn deliveries_after_publishing_extend_the_delivery_time() {
         let go = Instant::now();
         let at = |ms| Some(go + Duration::from_millis(ms));
-        // Nothing arrived, or the last delivery came while publishing.
+        // Nothing arrived, the last delivery came while publishing, or
+        // within the grace for what was in flight (1 % of 5 s).
         assert_eq!(late_delivery_seconds(go, 5.0, None), None);
         assert_eq!(late_delivery_seconds(go, 5.0, at(4_900)), None);
+        assert_eq!(late_delivery_seconds(go, 5.0, at(5_040)), None);
         // A broker that buffered and delivered 3 s late is charged for it.
         let late = late_delivery_seconds(go, 5.0, at(8_000)).expect("late");
         assert!((late - 8.0).abs() < 1e-6, "{late}");

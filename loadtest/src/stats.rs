@@ -2,7 +2,9 @@
 //! latency histograms (hdrhistogram, split into shards so two worker
 //! threads rarely meet on one lock). `client.rs` records into them;
 //! `run.rs` samples the counters once a second into the time series and
-//! merges the shards into the final [`Percentiles`] for `report.rs`.
+//! merges the shards into the final [`Percentiles`] for `report.rs`. It
+//! also keeps when the last PUBLISH arrived, which ends the delivery time
+//! `run.rs` divides by.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -167,7 +169,8 @@ pub struct Stats {
     /// none yet): the end of the delivery time, which may run past the
     /// publishing time when a broker buffers and delivers late.
     last_receipt_ns: AtomicU64,
-    epoch: std::time::Instant,
+    /// tokio's clock, like `run.rs`'s (it may be paused in tests).
+    epoch: tokio::time::Instant,
 }
 
 impl Stats {
@@ -178,7 +181,7 @@ impl Stats {
             connect_latency: Shards::new()?,
             connect_errors: Default::default(),
             last_receipt_ns: AtomicU64::new(0),
-            epoch: std::time::Instant::now(),
+            epoch: tokio::time::Instant::now(),
         })
     }
 
@@ -189,7 +192,7 @@ impl Stats {
     }
 
     /// When the last PUBLISH arrived, if any did.
-    pub fn last_receipt(&self) -> Option<std::time::Instant> {
+    pub fn last_receipt(&self) -> Option<tokio::time::Instant> {
         match self.last_receipt_ns.load(Ordering::Relaxed) {
             0 => None,
             ns => Some(self.epoch + std::time::Duration::from_nanos(ns)),
