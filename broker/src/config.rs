@@ -285,7 +285,9 @@ pub struct Cli {
     #[arg(long, value_enum, env = "PORCHLIGHT_FSYNC", default_value = "group")]
     pub fsync: FsyncFlag,
 
-    /// Group-commit window in milliseconds (`--fsync group`).
+    /// Group-commit window in milliseconds (`--fsync group`): the longest
+    /// writes are gathered before one fsync; it ends early once no write
+    /// came for an eighth of it (at least 50 µs).
     #[arg(
         long,
         value_name = "MILLISECONDS",

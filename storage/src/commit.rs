@@ -3,7 +3,8 @@
 //! Every successful write gets a [`Ticket`], a sequence number issued
 //! after sled applied it. A flusher thread waits for someone to ask for
 //! durability, gathers further requests for the group window (none under
-//! `Always`), reads the newest ticket issued, fsyncs (`sled::Db::flush`),
+//! `Always`; the window ends early once writes stop coming, see
+//! [`gather`]), reads the newest ticket issued, fsyncs (`sled::Db::flush`),
 //! and publishes that ticket as durable: every write with a ticket up to it
 //! was applied before the fsync began, so it is covered. Waiters resolve
 //! through a `watch` channel. Under `Never`, nothing waits and sled's own
@@ -25,7 +26,8 @@ pub enum FsyncMode {
     /// Every write is fsynced before it is acknowledged (concurrent waiters
     /// still share an fsync that covers them all).
     Always,
-    /// Writes are gathered for the group window, then one fsync covers them
+    /// Writes are gathered for the group window (or until they stop
+    /// coming), then one fsync covers them
     /// all before any of them is acknowledged.
     Group,
     /// Acknowledge at once; sled flushes in the background every 500 ms.
@@ -270,7 +272,7 @@ fn flusher(
             }
         }
         if !window.is_zero() {
-            std::thread::sleep(window);
+            gather(&issued, window);
         }
         // Deferred writes and the target are taken together: every ticket
         // up to the target had its deferred writes recorded before this.
@@ -306,5 +308,28 @@ fn flusher(
                 r.wanted = tx.borrow().upto;
             }
         }
+    }
+}
+
+/// The group window: waits up to `window` for more writes to join the
+/// flush, but ends early once writes stop coming — when no ticket was
+/// issued during an eighth of the window (at least 50 µs), every writer
+/// that could join is waiting on this flush (a publisher whose in-flight
+/// window is full), and waiting longer only adds latency.
+fn gather(issued: &AtomicU64, window: Duration) {
+    let deadline = std::time::Instant::now() + window;
+    let quiet = (window / 8).max(Duration::from_micros(50));
+    let mut seen = issued.load(Ordering::Acquire);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        std::thread::sleep(quiet.min(left));
+        let now = issued.load(Ordering::Acquire);
+        if now == seen {
+            return;
+        }
+        seen = now;
     }
 }

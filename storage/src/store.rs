@@ -37,7 +37,8 @@ pub struct Table(pub u8);
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
     pub fsync: FsyncMode,
-    /// How long group commit gathers writes before one fsync.
+    /// The longest group commit gathers writes before one fsync; it stops
+    /// sooner once no write came for an eighth of it.
     pub group_window: Duration,
     /// Refuse new writes once the database uses this many bytes on disk.
     pub max_disk_bytes: Option<u64>,
@@ -673,6 +674,28 @@ mod tests {
         assert_eq!(s2.health(), Health::Failed);
         s2.set_fail_writes(false);
         assert_eq!(s2.health(), Health::Ok);
+    }
+
+    #[tokio::test]
+    async fn a_lone_write_does_not_wait_out_the_group_window() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Store::open(
+            dir.path(),
+            StoreOptions {
+                group_window: Duration::from_secs(4),
+                ..StoreOptions::default()
+            },
+        )
+        .expect("open");
+        let mut b = Batch::default();
+        b.put(T, b"k", b"v");
+        let t = s.write(b).expect("write");
+        // Nothing else is written: the window ends after an eighth of it
+        // (0.5 s) of quiet, not after 4 s.
+        tokio::time::timeout(Duration::from_secs(2), s.durable(t))
+            .await
+            .expect("durable well before the window's end")
+            .expect("durable");
     }
 
     #[tokio::test]
