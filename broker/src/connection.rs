@@ -142,9 +142,10 @@ pub struct Conn<S> {
     /// its time draining queues rather than accepting messages it drops.
     pub overflowed: bool,
     /// Set when a publish from this client woke an idle subscriber's
-    /// connection: this one yields before writing its own output, so the
-    /// woken connection (next on this worker) writes the delivery first.
-    /// Only idle ones: a busy subscriber gains nothing from the yield.
+    /// connection: if this one has output of its own (acknowledgements),
+    /// it yields before writing it, so the woken connection (next on this
+    /// worker) writes the delivery first. Only idle ones: a busy
+    /// subscriber gains nothing from the yield.
     pub woke_subscriber: bool,
     /// A subscriber session this client's last publish filled (flow
     /// control): nothing more is read or decoded from the client until it
@@ -249,7 +250,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     Err(e) => return Close::from_decode(&e),
                 }
             }
-            let woke = std::mem::take(&mut self.woke_subscriber);
+            // Yielding first only helps when we have output of our own
+            // (acknowledgements) that would otherwise be written first.
+            let woke = std::mem::take(&mut self.woke_subscriber) && !self.io.wbuf.is_empty();
             if std::mem::take(&mut self.overflowed) || woke {
                 tokio::task::yield_now().await;
             }
