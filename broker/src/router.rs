@@ -124,9 +124,7 @@ impl Router {
     /// Queues one delivery of a publish and notes, for the publisher, the
     /// first session whose queue asks it to wait.
     fn deliver_to(&self, out: &mut PublishOutcome, session: &Arc<Session>, d: Delivery) {
-        let (outcome, write, woke) = self.enqueue(session, d);
-        out.woke |= woke;
-        out.add((outcome, write));
+        out.add(self.enqueue(session, d));
         if out.full.is_none() && session.backpressures() {
             out.full = Some(session.clone());
         }
@@ -244,38 +242,61 @@ mod tests {
         }
     }
 
-    #[test]
-    fn one_decoded_payload_is_shared_by_every_delivery() {
+    fn router() -> (Router, Arc<State>, Arc<Config>) {
         let config = Arc::new(Config::for_tests(std::env::temp_dir()));
         let metrics = Arc::new(Metrics::default());
         let state = Arc::new(State::new(metrics.clone(), None));
-        let router = Router::new(config.clone(), metrics, state.clone());
-        let mut sessions = Vec::new();
-        for name in ["a", "b"] {
-            let (Applied::Session { session, .. }, _) = state.apply(Command::PutSession {
-                key: key(name),
-                expiry_interval: 0,
-            }) else {
-                panic!("session");
-            };
-            sessions.push(session);
-            state.apply(Command::Subscribe {
-                key: key(name),
-                filter: TopicFilter::parse("t/#", config.topic_limits()).expect("filter"),
-                options: SubscriptionOptions::new(QoS::AtLeastOnce),
-                id: None,
-            });
-        }
-        let msg = Message::new(
+        (
+            Router::new(config.clone(), metrics, state.clone()),
+            state,
+            config,
+        )
+    }
+
+    /// A session `name` subscribed to `filter`.
+    fn subscribed(
+        state: &State,
+        config: &Config,
+        name: &str,
+        filter: &str,
+        qos: QoS,
+    ) -> Arc<Session> {
+        let (Applied::Session { session, .. }, _) = state.apply(Command::PutSession {
+            key: key(name),
+            expiry_interval: 0,
+        }) else {
+            panic!("session");
+        };
+        state.apply(Command::Subscribe {
+            key: key(name),
+            filter: TopicFilter::parse(filter, config.topic_limits()).expect("filter"),
+            options: SubscriptionOptions::new(qos),
+            id: None,
+        });
+        session
+    }
+
+    fn message(topic: &str, payload: bytes::Bytes, qos: QoS) -> Arc<Message> {
+        Arc::new(Message::new(
             TenantId::default_tenant(),
-            TopicName::trusted("t/x".into()),
-            bytes::Bytes::from(vec![7u8; 1024]),
-            QoS::AtLeastOnce,
+            TopicName::trusted(topic.into()),
+            payload,
+            qos,
             false,
             &Properties::default(),
             None,
-        );
-        let out = router.publish(Arc::new(msg));
+        ))
+    }
+
+    #[test]
+    fn one_decoded_payload_is_shared_by_every_delivery() {
+        let (router, state, config) = router();
+        let sessions: Vec<_> = ["a", "b"]
+            .iter()
+            .map(|name| subscribed(&state, &config, name, "t/#", QoS::AtLeastOnce))
+            .collect();
+        let msg = message("t/x", bytes::Bytes::from(vec![7u8; 1024]), QoS::AtLeastOnce);
+        let out = router.publish(msg);
         assert_eq!(out.queued, 2);
         let da = sessions[0].lock().queue.pop_front().expect("a got it");
         let db = sessions[1].lock().queue.pop_front().expect("b got it");
@@ -285,33 +306,14 @@ mod tests {
 
     #[test]
     fn a_publish_says_when_it_woke_an_idle_connection() {
-        let config = Arc::new(Config::for_tests(std::env::temp_dir()));
-        let metrics = Arc::new(Metrics::default());
-        let state = Arc::new(State::new(metrics.clone(), None));
-        let router = Router::new(config.clone(), metrics, state.clone());
-        let (Applied::Session { session, .. }, _) = state.apply(Command::PutSession {
-            key: key("s"),
-            expiry_interval: 0,
-        }) else {
-            panic!("session");
-        };
-        state.apply(Command::Subscribe {
-            key: key("s"),
-            filter: TopicFilter::parse("t", config.topic_limits()).expect("filter"),
-            options: SubscriptionOptions::new(QoS::AtMostOnce),
-            id: None,
-        });
+        let (router, state, config) = router();
+        let session = subscribed(&state, &config, "s", "t", QoS::AtMostOnce);
         let publish = || {
-            let msg = Message::new(
-                TenantId::default_tenant(),
-                TopicName::trusted("t".into()),
+            router.publish(message(
+                "t",
                 bytes::Bytes::from_static(b"x"),
                 QoS::AtMostOnce,
-                false,
-                &Properties::default(),
-                None,
-            );
-            router.publish(Arc::new(msg))
+            ))
         };
         // Offline: nobody to wake.
         assert!(!publish().woke);
@@ -365,7 +367,8 @@ impl Default for PublishOutcome {
 }
 
 impl PublishOutcome {
-    fn add(&mut self, (e, write): (EnqueueOutcome, Write)) {
+    fn add(&mut self, (e, write, woke): (EnqueueOutcome, Write, bool)) {
+        self.woke |= woke;
         self.write = std::mem::replace(&mut self.write, Write::None).and(write);
         match e {
             EnqueueOutcome::Queued => self.queued += 1,

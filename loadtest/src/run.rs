@@ -109,9 +109,10 @@ pub struct Summary {
     pub subscribe_failures: u64,
     // Messages.
     pub publish_seconds: f64,
-    /// From the start of publishing to the last delivery, or
-    /// `publish_seconds` when nothing arrived after publishing stopped.
-    /// `received_per_second` and the CPU percentages are over this span.
+    /// From the start of publishing to the last delivery when it came
+    /// late, otherwise `publish_seconds`: `received_per_second` is over
+    /// this span (CPU then runs to the end of the drain, see
+    /// `ProcSummary::cpu_percent`).
     pub delivery_seconds: f64,
     pub sent: u64,
     pub acked: u64,
@@ -520,11 +521,11 @@ pub async fn run(plan: Plan, options: Options) -> Result<Summary, LoadError> {
         now.duration_since(quiet_since.0) >= Duration::from_millis(500)
     })
     .await;
-    // Deliveries that arrived after publishing stopped (a broker that
-    // buffers and delivers late) extend the delivery time; rates and CPU
-    // are over that span, so a late burst is not counted as throughput.
-    // CPU is read here, after the drain's quiet half second, and divided
-    // by the same span.
+    // Deliveries that arrived late (a broker that buffers and delivers
+    // after publishing stopped) extend the delivery time received/s is
+    // over, so a late burst is not counted as throughput. CPU is then read
+    // here, after the drain's quiet half second, and divided by the time
+    // up to here.
     let (delivery_seconds, at_delivered, cpu_seconds_span) =
         match late_delivery_seconds(go, publish_seconds, stats.last_receipt()) {
             Some(secs) => (secs, sampler.readings(), go.elapsed().as_secs_f64()),

@@ -27,8 +27,8 @@ pub enum FsyncMode {
     /// still share an fsync that covers them all).
     Always,
     /// Writes are gathered for the group window (or until they stop
-    /// coming), then one fsync covers them
-    /// all before any of them is acknowledged.
+    /// coming), then one fsync covers them all before any of them is
+    /// acknowledged.
     Group,
     /// Acknowledge at once; sled flushes in the background every 500 ms.
     Never,
