@@ -93,6 +93,9 @@ pub struct TlsMaterial {
     current: Arc<parking_lot::RwLock<Built>>,
     /// The files' contents as they were loaded (`reload.rs`).
     loaded: Arc<crate::reload::Snapshot>,
+    /// Client certificates refused per address, so a device retrying with
+    /// a bad certificate is logged at powers of two, not every attempt.
+    refusals: Arc<crate::auth::Backoff>,
 }
 
 /// A server configuration and the client-certificate verifier inside it
@@ -141,6 +144,7 @@ impl TlsMaterial {
             current: Arc::new(parking_lot::RwLock::new(built)),
             files: files.clone(),
             resumption,
+            refusals: Arc::default(),
         })
     }
 
@@ -152,9 +156,9 @@ impl TlsMaterial {
 
     /// Runs the handshake of one accepted stream with the material in use
     /// now, until `deadline`; returns the encrypted stream and the client
-    /// certificate's identity. A failure or timeout is logged
-    /// (certificate problems at info, with the reason), counted, and
-    /// `None`.
+    /// certificate's identity. A failure or timeout is counted, logged
+    /// (certificate problems at info, with the reason, at powers of two per
+    /// address; other failures at debug), and `None`.
     pub async fn handshake<S>(
         &self,
         stream: S,
@@ -185,7 +189,7 @@ impl TlsMaterial {
                         let now = rustls::pki_types::UnixTime::now();
                         if let Err(e) = built.verifier.verify_client_cert(end, rest, now) {
                             let reason = refusal_reason(&e).unwrap_or_else(|| e.to_string());
-                            tracing::info!(%peer, %reason, "TLS client certificate refused on resumption");
+                            self.refused(peer, &reason, true);
                             metrics.inc(&metrics.tls_handshake_failures);
                             return None;
                         }
@@ -203,11 +207,21 @@ impl TlsMaterial {
             Err(_) => std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out"),
         };
         match certificate_problem(&e) {
-            Some(reason) => tracing::info!(%peer, %reason, "TLS client certificate refused"),
+            Some(reason) => self.refused(peer, &reason, false),
             None => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
         }
         metrics.inc(&metrics.tls_handshake_failures);
         None
+    }
+
+    /// Logs a refused client certificate at the 1st, 2nd, 4th, 8th… refusal
+    /// from the peer's address, with the count: a device retrying with an
+    /// expired certificate stays visible without flooding the log.
+    fn refused(&self, peer: std::net::SocketAddr, reason: &str, resumed: bool) {
+        let refusals = self.refusals.fail(peer.ip());
+        if refusals.is_power_of_two() {
+            tracing::info!(%peer, %reason, resumed, refusals, "TLS client certificate refused");
+        }
     }
 
     /// Polls the files until `shutdown` (`reload.rs`); when their contents

@@ -178,7 +178,9 @@ const BACKOFF_FORGET: Duration = Duration::from_secs(600);
 /// Addresses tracked before stale ones are pruned.
 const BACKOFF_ENTRIES: usize = 100_000;
 
-/// Authentication failures per address, and the delay they earn.
+/// Failures per address, and the delay they earn: authentication
+/// failures here; refused TLS client certificates are counted in a table
+/// of their own (`tls.rs`), for their log only.
 #[derive(Debug)]
 pub struct Backoff {
     failures: DashMap<IpAddr, (u32, Instant)>,

@@ -131,7 +131,7 @@ async fn shutdown_sends_v5_clients_0x8b() {
 }
 
 /// Starts the real binary on port 0 in a fresh data directory.
-fn spawn_binary(extra: &[&str]) -> (std::process::Child, std::net::SocketAddr) {
+fn spawn_binary(extra: &[&str]) -> (Spawned, std::net::SocketAddr) {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = spawn_binary_in(&dir.path().join("data"), extra);
     std::mem::forget(dir); // the child may outlive this frame

@@ -382,6 +382,79 @@ async fn mutual_tls_required_refuses_missing_foreign_and_expired_certificates() 
 }
 
 #[tokio::test]
+async fn refused_certificates_are_logged_at_powers_of_two_per_address() {
+    let pki = TestPki::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = |p: &std::path::Path| p.to_str().expect("utf-8").to_owned();
+    let (cert, key, ca) = (path(&pki.cert), path(&pki.key), path(&pki.ca_file));
+    let (mut child, _, log) = spawn_binary_logged(
+        &dir.path().join("data"),
+        &[
+            "--tls-listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+            "--tls-client-ca",
+            &ca,
+            "--log-level",
+            "info",
+        ],
+    );
+    let entries = |message: &str| -> Vec<serde_json::Value> {
+        log.lock()
+            .expect("log")
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["fields"]["message"] == message)
+            .collect()
+    };
+    wait_until("the TLS listener is up", || {
+        !entries("Listening for MQTT over TLS").is_empty()
+    })
+    .await;
+    let tls_addr: std::net::SocketAddr = entries("Listening for MQTT over TLS")[0]["fields"]
+        ["addr"]
+        .as_str()
+        .expect("addr")
+        .parse()
+        .expect("socket address");
+    // A device retrying five times with an expired certificate.
+    let expired = pki.client_with_cert(pki.client_cert("old", true));
+    for _ in 0..5 {
+        assert!(mqtt_connect(tls_addr, expired.clone()).await.is_none());
+    }
+    // One with a good certificate gets in, and is not logged as refused.
+    let good = pki.client_with_cert(pki.client_cert("dev-1", false));
+    assert!(mqtt_connect(tls_addr, good).await.is_some());
+    let refused = "TLS client certificate refused";
+    wait_until("the fourth refusal logged", || entries(refused).len() >= 3).await;
+    let lines = entries(refused);
+    let counts: Vec<u64> = lines
+        .iter()
+        .map(|v| v["fields"]["refusals"].as_u64().expect("refusals"))
+        .collect();
+    // The 1st, 2nd and 4th; the 3rd and 5th are counted, not logged.
+    assert_eq!(counts, [1, 2, 4], "{lines:?}");
+    for v in &lines {
+        assert!(
+            v["fields"]["peer"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("127.0.0.1:")),
+            "{v}"
+        );
+        assert!(
+            v["fields"]["reason"]
+                .as_str()
+                .is_some_and(|r| r.to_lowercase().contains("expired")),
+            "{v}"
+        );
+    }
+    kill9(&mut child);
+}
+
+#[tokio::test]
 async fn revoked_client_certificates_are_refused_and_crl_updates_apply() {
     let pki = TestPki::new();
     let crl = pki.crl("clients.crl", &[1001]);

@@ -512,12 +512,38 @@ pub fn q(n: u8) -> QoS {
     QoS::from_u8(n).expect("qos")
 }
 
+/// A `porchlight` process started by a test, killed when dropped: a test
+/// that fails (panics) before its `kill9` does not leave the broker
+/// running, holding the test harness's stderr open.
+#[derive(Debug)]
+pub struct Spawned(pub std::process::Child);
+
+impl std::ops::Deref for Spawned {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Spawned {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        // Already reaped (by `kill9` or a wait) is fine.
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// Starts the real `porchlight` binary on 127.0.0.1 port 0 with `data_dir`
 /// and returns it with the address it reported.
-pub fn spawn_binary_in(
-    data_dir: &std::path::Path,
-    extra: &[&str],
-) -> (std::process::Child, SocketAddr) {
+pub fn spawn_binary_in(data_dir: &std::path::Path, extra: &[&str]) -> (Spawned, SocketAddr) {
     let (child, addr, _) = spawn_binary_logged(data_dir, extra);
     (child, addr)
 }
@@ -527,21 +553,19 @@ pub fn spawn_binary_in(
 pub fn spawn_binary_logged(
     data_dir: &std::path::Path,
     extra: &[&str],
-) -> (
-    std::process::Child,
-    SocketAddr,
-    Arc<std::sync::Mutex<Vec<String>>>,
-) {
+) -> (Spawned, SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
     use std::io::{BufRead, BufReader};
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_porchlight"))
-        .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(extra)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::inherit())
-        .spawn()
-        .expect("spawn porchlight");
+    let mut child = Spawned(
+        std::process::Command::new(env!("CARGO_BIN_EXE_porchlight"))
+            .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(extra)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("spawn porchlight"),
+    );
     let stdout = child.stdout.take().expect("stdout");
     let mut lines = BufReader::new(stdout).lines();
     let log = Arc::new(std::sync::Mutex::new(Vec::new()));
