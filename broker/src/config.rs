@@ -61,6 +61,16 @@ pub struct Cli {
     )]
     pub listen: Vec<SocketAddr>,
 
+    /// Accept no plain MQTT over TCP: a node that serves only TLS or
+    /// WebSocket listeners. Conflicts with --listen; needs at least one of
+    /// --tls-listen, --ws-listen and --wss-listen.
+    #[arg(
+        long = "no-tcp-listen",
+        env = "PORCHLIGHT_NO_TCP_LISTEN",
+        conflicts_with = "listen"
+    )]
+    pub no_tcp_listen: bool,
+
     /// Address to accept MQTT over TLS on; repeat for several. Needs
     /// --tls-cert and --tls-key.
     #[arg(
@@ -99,6 +109,18 @@ pub struct Cli {
         default_value = "/mqtt"
     )]
     pub ws_path: String,
+
+    /// Browser origins allowed to open a WebSocket (`https://app.example`,
+    /// `http://localhost:8080`); repeat or separate with commas. A request
+    /// whose Origin header is not listed is refused with 403; one without
+    /// the header (devices, non-browser clients) is accepted. Default: any.
+    #[arg(
+        long = "ws-allowed-origins",
+        value_name = "ORIGIN",
+        env = "PORCHLIGHT_WS_ALLOWED_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub ws_allowed_origins: Vec<String>,
 
     /// Listeners that expect a PROXY protocol (v1 or v2) header before
     /// anything else: a kind (tcp, tls, ws, wss) for all listeners of that
@@ -439,6 +461,9 @@ pub struct Config {
     pub wss_listen: Vec<SocketAddr>,
     /// Path of the WebSocket upgrade (starts with `/`).
     pub ws_path: String,
+    /// `--ws-allowed-origins`, normalized (`ws::normalize_origin`); empty
+    /// allows any.
+    pub ws_allowed_origins: Vec<String>,
     /// Listeners that read a PROXY header first.
     pub proxy_protocol: crate::server::ProxyListeners,
     /// Set when `tls_listen` is not empty.
@@ -479,7 +504,15 @@ fn invalid(flag: &'static str, reason: impl Into<String>) -> BrokerError {
 impl Cli {
     /// Checks every flag and builds the configuration.
     pub fn validate(&self) -> Result<Config, BrokerError> {
-        if self.listen.is_empty() {
+        if self.no_tcp_listen {
+            if self.tls_listen.is_empty() && self.ws_listen.is_empty() && self.wss_listen.is_empty()
+            {
+                return Err(invalid(
+                    "--no-tcp-listen",
+                    "leaves no listener: give --tls-listen, --ws-listen or --wss-listen",
+                ));
+            }
+        } else if self.listen.is_empty() {
             return Err(invalid("--listen", "at least one address is required"));
         }
         // 268,435,455 + 5 header bytes is the largest packet MQTT can frame.
@@ -592,6 +625,15 @@ impl Cli {
                 "(or --wss-listen) is required when --tls-cert or --tls-key is given",
             ));
         }
+        if !self.ws_allowed_origins.is_empty()
+            && self.ws_listen.is_empty()
+            && self.wss_listen.is_empty()
+        {
+            return Err(invalid(
+                "--ws-allowed-origins",
+                "needs --ws-listen or --wss-listen",
+            ));
+        }
         if !self.ws_path.starts_with('/') || self.ws_path.contains(['?', '#', ' ']) {
             return Err(invalid(
                 "--ws-path",
@@ -600,11 +642,27 @@ impl Cli {
         }
         let proxy_protocol = self.proxy_listeners()?;
         Ok(Config {
-            listen: self.listen.clone(),
+            listen: if self.no_tcp_listen {
+                Vec::new()
+            } else {
+                self.listen.clone()
+            },
             tls_listen: self.tls_listen.clone(),
             ws_listen: self.ws_listen.clone(),
             wss_listen: self.wss_listen.clone(),
             ws_path: self.ws_path.clone(),
+            ws_allowed_origins: self
+                .ws_allowed_origins
+                .iter()
+                .map(|o| {
+                    crate::ws::normalize_origin(o).ok_or_else(|| {
+                        invalid(
+                            "--ws-allowed-origins",
+                            format!("{o:?} is not an origin such as https://app.example or http://localhost:8080"),
+                        )
+                    })
+                })
+                .collect::<Result<_, _>>()?,
             proxy_protocol,
             tls: tls.clone(),
             data_dir: self.data_dir.clone(),
@@ -677,14 +735,14 @@ impl Cli {
                     format!("{v:?} is neither tcp, tls, ws, wss nor a listener address"),
                 )
             })?;
-            let known = [
-                &self.listen,
-                &self.tls_listen,
-                &self.ws_listen,
-                &self.wss_listen,
-            ]
-            .iter()
-            .any(|l| l.contains(&addr));
+            let tcp: &[SocketAddr] = if self.no_tcp_listen {
+                &[]
+            } else {
+                &self.listen
+            };
+            let known = [tcp, &self.tls_listen, &self.ws_listen, &self.wss_listen]
+                .iter()
+                .any(|l| l.contains(&addr));
             if !known {
                 return Err(invalid(
                     "--proxy-protocol",
@@ -755,6 +813,36 @@ mod tests {
             .validate()
             .expect("valid");
         assert_eq!(c.sys_interval, Some(Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn no_tcp_listen_drops_the_default_listener_and_its_proxy_address() {
+        let c = Cli::parse_from([
+            "porchlight",
+            "--no-tcp-listen",
+            "--ws-listen",
+            "127.0.0.1:9",
+        ])
+        .validate()
+        .expect("valid");
+        assert!(c.listen.is_empty());
+        assert_eq!(c.ws_listen.len(), 1);
+        // The default TCP address is not a listener to name.
+        let err = Cli::parse_from([
+            "porchlight",
+            "--no-tcp-listen",
+            "--ws-listen",
+            "127.0.0.1:9",
+            "--proxy-protocol",
+            "0.0.0.0:1883",
+        ])
+        .validate()
+        .expect_err("no such listener");
+        assert!(err.to_string().contains("--proxy-protocol"), "{err}");
+        assert!(
+            Cli::try_parse_from(["porchlight", "--no-tcp-listen", "--listen", "127.0.0.1:1"])
+                .is_err()
+        );
     }
 
     #[test]

@@ -369,7 +369,17 @@ where
     // Room for a maximum-size packet plus framing of batched packets.
     let max = broker.config.max_packet_size.saturating_add(64 * 1024);
     let path = &broker.config.ws_path;
-    match tokio::time::timeout_at(deadline, Box::pin(crate::ws::accept(stream, path, max))).await {
+    match tokio::time::timeout_at(
+        deadline,
+        Box::pin(crate::ws::accept(
+            stream,
+            path,
+            &broker.config.ws_allowed_origins,
+            max,
+        )),
+    )
+    .await
+    {
         Ok(Ok(ws)) => Some(ws),
         Ok(Err(e)) => {
             broker.metrics.inc(&broker.metrics.ws_handshake_failures);

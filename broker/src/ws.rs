@@ -4,7 +4,9 @@
 //! [`accept`] answers the HTTP upgrade (async-tungstenite): the request
 //! must be for `--ws-path` (else 404) and offer the `mqtt` subprotocol
 //! (MQTT 5 §6; `mqttv3.1` from old clients is accepted too), which the
-//! response selects (else 400). The result is a byte stream
+//! response selects (else 400); with `--ws-allowed-origins`, a browser's
+//! Origin must be listed (else 403), so a page on another site cannot
+//! open MQTT connections with its visitors' network position. The result is a byte stream
 //! (ws_stream_tungstenite) carrying MQTT in binary frames; a text frame
 //! closes the connection (MQTT-6.0.0-1). `server.rs` hands that stream to
 //! `connection.rs` like any socket, so the codec, limits and auth are the
@@ -41,6 +43,45 @@ fn choose(req: &Request) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// An origin as browsers send it, `scheme://host[:port]`, lowercased and
+/// without a trailing slash; `None` if `s` is not one (a path, a query, no
+/// host, a scheme other than http or https).
+pub fn normalize_origin(s: &str) -> Option<String> {
+    let s = s.trim().trim_end_matches('/').to_ascii_lowercase();
+    let (scheme, rest) = s.split_once("://")?;
+    if !matches!(scheme, "http" | "https") || rest.is_empty() {
+        return None;
+    }
+    if rest.contains(['/', '?', '#', '@', ' ', ',']) {
+        return None;
+    }
+    let host = match rest.rsplit_once(':') {
+        // An IPv6 literal's colons are inside brackets.
+        Some((h, port)) if !port.contains(']') => {
+            port.parse::<u16>().ok()?;
+            h
+        }
+        _ => rest,
+    };
+    (!host.is_empty()).then_some(s)
+}
+
+/// Whether the request may upgrade under `allowed` (normalized origins;
+/// empty allows any): no Origin header (not a browser) or a listed one.
+fn origin_allowed(req: &Request, allowed: &[String]) -> bool {
+    if allowed.is_empty() {
+        return true;
+    }
+    match req.headers().get("Origin") {
+        None => true,
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(normalize_origin)
+            .is_some_and(|o| allowed.contains(&o)),
+    }
+}
+
 /// Runs the WebSocket upgrade on `stream`. `max_message` bounds one
 /// WebSocket message (and frame): `--max-packet-size` plus room for
 /// clients that batch packets.
@@ -50,6 +91,7 @@ fn choose(req: &Request) -> Option<String> {
 pub async fn accept<S>(
     stream: S,
     path: &str,
+    origins: &[String],
     max_message: usize,
 ) -> Result<WsIo<S>, async_tungstenite::tungstenite::Error>
 where
@@ -58,6 +100,9 @@ where
     let callback = |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
         if req.uri().path() != path {
             return Err(refusal(StatusCode::NOT_FOUND, "no MQTT endpoint here"));
+        }
+        if !origin_allowed(req, origins) {
+            return Err(refusal(StatusCode::FORBIDDEN, "origin not allowed"));
         }
         let Some(chosen) = choose(req) else {
             return Err(refusal(
@@ -96,5 +141,53 @@ mod tests {
         assert_eq!(choose(&req(Some("mqttv3.1"))).as_deref(), Some("mqttv3.1"));
         assert_eq!(choose(&req(Some("wamp"))), None);
         assert_eq!(choose(&req(None)), None);
+    }
+
+    #[test]
+    fn origins_are_normalized_and_checked() {
+        let n = |s| normalize_origin(s);
+        assert_eq!(
+            n("https://App.Example/").as_deref(),
+            Some("https://app.example")
+        );
+        assert_eq!(
+            n("http://localhost:8080").as_deref(),
+            Some("http://localhost:8080")
+        );
+        assert_eq!(n("http://[::1]:8080").as_deref(), Some("http://[::1]:8080"));
+        assert_eq!(n("http://[::1]").as_deref(), Some("http://[::1]"));
+        for bad in [
+            "app.example",
+            "ftp://x",
+            "https://",
+            "https://a/b",
+            "https://a:99999",
+            "null",
+            "https://a:",
+        ] {
+            assert_eq!(n(bad), None, "{bad}");
+        }
+        let req = |origin: Option<&str>| {
+            let mut b = Request::builder().uri("/mqtt");
+            if let Some(o) = origin {
+                b = b.header("Origin", o);
+            }
+            b.body(()).expect("request")
+        };
+        let allowed = vec!["https://app.example".to_owned()];
+        assert!(origin_allowed(&req(Some("https://APP.example")), &allowed));
+        assert!(
+            origin_allowed(&req(None), &allowed),
+            "devices send no Origin"
+        );
+        assert!(!origin_allowed(
+            &req(Some("https://evil.example")),
+            &allowed
+        ));
+        assert!(!origin_allowed(&req(Some("null")), &allowed));
+        assert!(
+            origin_allowed(&req(Some("https://evil.example")), &[]),
+            "no list: any"
+        );
     }
 }

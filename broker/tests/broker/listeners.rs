@@ -22,9 +22,24 @@ async fn ws_connect(
     path: &str,
     subprotocol: Option<&str>,
 ) -> Result<WsClient, async_tungstenite::tungstenite::Error> {
+    ws_connect_from(stream, addr, path, subprotocol, None).await
+}
+
+/// `ws_connect`, sending `origin` as a browser would.
+async fn ws_connect_from(
+    stream: Box<dyn Io>,
+    addr: SocketAddr,
+    path: &str,
+    subprotocol: Option<&str>,
+    origin: Option<&str>,
+) -> Result<WsClient, async_tungstenite::tungstenite::Error> {
     let mut req = format!("ws://{addr}{path}")
         .into_client_request()
         .expect("request");
+    if let Some(o) = origin {
+        req.headers_mut()
+            .insert("Origin", o.parse().expect("header"));
+    }
     if let Some(p) = subprotocol {
         req.headers_mut()
             .insert("Sec-WebSocket-Protocol", p.parse().expect("header"));
@@ -150,6 +165,45 @@ async fn websocket_upgrades_need_the_path_and_the_mqtt_subprotocol() {
     c.subscribe("ws/raw", q(0)).await;
     c.publish("ws/raw", q(0), 0, b"loop").await;
     assert_eq!(&c.expect_publish().await.payload[..], b"loop");
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn websocket_origins_can_be_restricted_to_a_list() {
+    let b = TestBroker::with(|c| {
+        c.ws_listen = vec!["127.0.0.1:0".parse().expect("addr")];
+        c.ws_allowed_origins = vec!["https://app.example".into()];
+    })
+    .await;
+    let ws = b.ws_addr.expect("ws");
+    let upgrade = |origin: Option<&'static str>| async move {
+        ws_connect_from(tcp(ws).await, ws, "/mqtt", Some("mqtt"), origin).await
+    };
+    // A page on another site: 403, counted.
+    match upgrade(Some("https://evil.example")).await {
+        Err(async_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status().as_u16(), 403)
+        }
+        Err(e) => panic!("expected 403, got {e}"),
+        Ok(_) => panic!("expected 403, got an upgrade"),
+    }
+    let m = b.broker.metrics.clone();
+    wait_until("the refused upgrade counted", || {
+        Metrics::get(&m.ws_handshake_failures) == 1
+    })
+    .await;
+    // The listed origin (any case) and a device that sends none get in and
+    // speak MQTT.
+    for (origin, id) in [(Some("https://App.Example"), "browser"), (None, "device")] {
+        let stream = upgrade(origin).await.expect("upgrade");
+        let (mut c, ack) = RawClient::over(stream, Protocol::V5)
+            .handshake(connect_packet(Protocol::V5, id, true, 30))
+            .await;
+        assert_eq!(ack.reason, 0);
+        c.subscribe("ws/origin", q(0)).await;
+        c.publish("ws/origin", q(0), 0, id.as_bytes()).await;
+        assert_eq!(&c.expect_publish().await.payload[..], id.as_bytes());
+    }
     b.stop().await;
 }
 
@@ -361,6 +415,19 @@ fn listener_flags_are_checked() {
         (vec!["--proxy-protocol", "127.0.0.1:9"], "--proxy-protocol"),
         (vec!["--ws-path", "mqtt"], "--ws-path"),
         (vec!["--wss-listen", "127.0.0.1:0"], "--tls-cert"),
+        (
+            vec![
+                "--ws-listen",
+                "127.0.0.1:0",
+                "--ws-allowed-origins",
+                "app.example",
+            ],
+            "--ws-allowed-origins",
+        ),
+        (
+            vec!["--ws-allowed-origins", "https://app.example"],
+            "--ws-allowed-origins",
+        ),
     ] {
         let mut argv = vec!["porchlight"];
         argv.extend(&args);

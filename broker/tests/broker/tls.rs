@@ -455,6 +455,63 @@ async fn refused_certificates_are_logged_at_powers_of_two_per_address() {
 }
 
 #[tokio::test]
+async fn a_tls_only_node_opens_no_plain_tcp_listener() {
+    let pki = TestPki::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = (
+        pki.cert.to_str().expect("utf-8"),
+        pki.key.to_str().expect("utf-8"),
+    );
+    let (mut child, tls_addr, log) = spawn_binary_bare_logged(
+        &dir.path().join("data"),
+        &[
+            "--no-tcp-listen",
+            "--tls-listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            cert,
+            "--tls-key",
+            key,
+        ],
+    );
+    // MQTT over TLS works.
+    let client = pki.client(&[&rustls::version::TLS13], &[]);
+    assert!(mqtt_connect(tls_addr, client).await.is_some());
+    // Every listener the node opened is a TLS one.
+    let listening: Vec<String> = log
+        .lock()
+        .expect("log")
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["fields"]["message"].as_str().map(str::to_owned))
+        .filter(|m| m.starts_with("Listening"))
+        .collect();
+    assert_eq!(listening, ["Listening for MQTT over TLS"]);
+    kill9(&mut child);
+
+    // Nothing left to listen on, or both flags: a configuration error
+    // naming the flag.
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_porchlight"))
+            .args(args)
+            .output()
+            .expect("run")
+    };
+    let out = run(&["--no-tcp-listen"]);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--no-tcp-listen"),
+        "{out:?}"
+    );
+    let out = run(&["--no-tcp-listen", "--listen", "127.0.0.1:0"]);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--no-tcp-listen"),
+        "{out:?}"
+    );
+}
+
+#[tokio::test]
 async fn revoked_client_certificates_are_refused_and_crl_updates_apply() {
     let pki = TestPki::new();
     let crl = pki.crl("clients.crl", &[1001]);

@@ -554,10 +554,21 @@ pub fn spawn_binary_logged(
     data_dir: &std::path::Path,
     extra: &[&str],
 ) -> (Spawned, SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
+    let mut args = vec!["--listen", "127.0.0.1:0"];
+    args.extend_from_slice(extra);
+    spawn_binary_bare_logged(data_dir, &args)
+}
+
+/// Like `spawn_binary_logged` with no `--listen` of its own: `args` name
+/// every listener; the address returned is the first one reported.
+pub fn spawn_binary_bare_logged(
+    data_dir: &std::path::Path,
+    extra: &[&str],
+) -> (Spawned, SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
     use std::io::{BufRead, BufReader};
     let mut child = Spawned(
         std::process::Command::new(env!("CARGO_BIN_EXE_porchlight"))
-            .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+            .args(["--log-format", "json"])
             .arg("--data-dir")
             .arg(data_dir)
             .args(extra)
