@@ -1,5 +1,5 @@
 //! Hot reload of the files flags name: TLS material (`tls.rs`) and the
-//! auth file (`auth/mod.rs`).
+//! auth or tenants file with the JWT key files it names (`auth/mod.rs`).
 //!
 //! [`watch_files`] polls the files' contents (not their timestamps:
 //! Kubernetes swaps a Secret's files through a symlink, and cert-manager
@@ -22,23 +22,26 @@ pub fn snapshot(paths: &[PathBuf]) -> Snapshot {
     paths.iter().map(|p| std::fs::read(p).ok()).collect()
 }
 
-/// Polls `paths` every `every` until `shutdown`; runs `changed` on a
-/// blocking thread each time their contents differ from the last look
-/// (the first look is `loaded`).
-pub async fn watch_files<F>(
-    paths: Vec<PathBuf>,
+/// Polls the files `paths` names every `every` until `shutdown`; runs
+/// `changed` on a blocking thread each time their contents differ from the
+/// last look (the first look is `loaded`, of `paths()` at load time).
+/// `paths` is asked on every look, so an owner whose files name further
+/// files (the auth file's JWT key files) watches the set in force.
+pub async fn watch_files<P, F>(
+    paths: P,
     loaded: Snapshot,
     every: Duration,
     shutdown: CancellationToken,
     changed: F,
 ) where
+    P: Fn() -> Vec<PathBuf> + Send + Sync + 'static,
     F: Fn() + Send + Sync + 'static,
 {
     let paths = Arc::new(paths);
     let changed = Arc::new(changed);
     let look = || {
         let p = paths.clone();
-        tokio::task::spawn_blocking(move || snapshot(&p))
+        tokio::task::spawn_blocking(move || snapshot(&p()))
     };
     let mut seen = loaded;
     let mut tick = tokio::time::interval(every);

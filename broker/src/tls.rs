@@ -236,7 +236,7 @@ impl TlsMaterial {
             return;
         };
         let (paths, loaded) = (watched(&self.files), self.loaded.to_vec());
-        crate::reload::watch_files(paths, loaded, every, shutdown, move || {
+        crate::reload::watch_files(move || paths.clone(), loaded, every, shutdown, move || {
             match server_config(&self.files, &self.resumption) {
                 Ok(built) => {
                     *self.current.write() = built;

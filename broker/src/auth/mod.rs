@@ -339,11 +339,14 @@ impl Auth {
             (None, None) => None,
         };
         let paths: Vec<PathBuf> = source.iter().map(|s| s.path().clone()).collect();
-        let loaded = crate::reload::snapshot(&paths);
+        let mut loaded = crate::reload::snapshot(&paths);
         let directory = match &source {
             Some(s) => s.load()?,
             None => Directory::single(Realm::open()),
         };
+        // The key files as loaded: read after the load, so a key changed
+        // in between is reloaded once more rather than missed.
+        loaded.extend(crate::reload::snapshot(&directory.key_files()));
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         Ok(Auth {
             required: source.is_some() || o.client_certificates,
@@ -474,10 +477,18 @@ impl Auth {
             let Some(every) = self.reload_interval else {
                 return std::future::pending().await;
             };
-            let path = source.path().clone();
+            // The file and the JWT key files of the directory in force.
+            let paths = {
+                let (auth, path) = (self.clone(), source.path().clone());
+                move || {
+                    let mut paths = vec![path.clone()];
+                    paths.extend(auth.directory.read().key_files());
+                    paths
+                }
+            };
             let (auth, source, loaded) = (self.clone(), source.clone(), self.loaded.clone());
             let shutdown = shutdown.clone();
-            crate::reload::watch_files(vec![path], loaded, every, shutdown, move || {
+            crate::reload::watch_files(paths, loaded, every, shutdown, move || {
                 auth.reload(&source, &metrics)
             })
             .await;

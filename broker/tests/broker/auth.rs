@@ -534,6 +534,58 @@ fn jwt_setup(
 }
 
 #[tokio::test]
+async fn a_rotated_jwt_key_file_is_taken_into_use_without_a_restart() {
+    use jsonwebtoken::{Algorithm, EncodingKey};
+    let keys = tempfile::tempdir().expect("tempdir");
+    let (old, new) = (
+        "the first shared secret, 32 bytes or more",
+        "the second shared secret, 32 bytes or more",
+    );
+    std::fs::write(keys.path().join("jwt.secret"), format!("{old}\n")).expect("write");
+    let path = keys.path().join("auth.toml");
+    std::fs::write(
+        &path,
+        "[jwt]\nalgorithm = \"HS256\"\nsecret_file = \"jwt.secret\"\n",
+    )
+    .expect("write");
+    let b = TestBroker::with(|c| {
+        c.auth.file = Some(path.clone());
+        c.auth.reload_interval = Some(Duration::from_millis(100));
+    })
+    .await;
+    let token = |secret: &str| {
+        sign(
+            Algorithm::HS256,
+            &EncodingKey::from_secret(secret.as_bytes()),
+            &claims("dev-7", now() + 600),
+        )
+    };
+    let code = |secret: &'static str| {
+        let t = token(secret);
+        async move { connack(b.addr, login(Protocol::V5, "k", None, Some(&t))).await }
+    };
+    assert_eq!(code(old).await, 0);
+    assert_eq!(code(new).await, reason::BAD_USER_NAME_OR_PASSWORD);
+    // The secret is rotated; the auth file itself does not change.
+    std::fs::write(keys.path().join("jwt.secret"), format!("{new}\n")).expect("rewrite");
+    let m = b.broker.metrics.clone();
+    wait_until("the new key is in force", || {
+        Metrics::get(&m.auth_reloads) == 1
+    })
+    .await;
+    assert_eq!(code(new).await, 0);
+    assert_eq!(code(old).await, reason::BAD_USER_NAME_OR_PASSWORD);
+    // A key file that no longer loads is refused; the last good key stays.
+    std::fs::write(keys.path().join("jwt.secret"), "short\n").expect("rewrite");
+    wait_until("the bad key is refused", || {
+        Metrics::get(&m.auth_reload_failures) == 1
+    })
+    .await;
+    assert_eq!(code(new).await, 0);
+    b.stop().await;
+}
+
+#[tokio::test]
 async fn jwt_hs256_rs256_and_es256_tokens_carry_username_and_acl() {
     use jsonwebtoken::Algorithm;
     for alg in [Algorithm::HS256, Algorithm::RS256, Algorithm::ES256] {
