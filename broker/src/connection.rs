@@ -498,15 +498,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 }));
             }
         }
-        let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, self.io.flush_all()).await;
-        self.count_written();
-        self.io.shutdown().await;
+        // The session goes first: a connection taking it over (the same
+        // client reconnecting after a network change) must not wait on
+        // whether this peer still reads. What is in flight stays in the
+        // session and is sent again on the next connection.
         let will = if close.will { self.will.take() } else { None };
         self.broker.registry.detach(&self.session, self.id, will);
         self.done.cancel();
         self.broker
             .metrics
             .dec(&self.broker.metrics.clients_connected);
+        // Then the last packets and the close (TLS close_notify, WebSocket
+        // Close frame), bounded: a peer that stopped reading cannot keep
+        // this task, or its socket, alive.
+        let io = &mut self.io;
+        let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, async move {
+            if io.flush_all().await.is_ok() {
+                io.shutdown().await;
+            }
+        })
+        .await;
+        self.count_written();
     }
 }
 

@@ -43,8 +43,9 @@ use crate::sweeper::{self, Due};
 use crate::tenant::quota::QuotaKind;
 use crate::topic::TopicName;
 
-/// How long a taking-over connection waits for the old one to close. It
-/// exceeds the 2 s a closing connection may spend flushing.
+/// How long a taking-over connection waits for the old one to let the
+/// session go. A kicked connection detaches as soon as its task runs (its
+/// last packets are flushed after), so this is a safety net.
 const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
 
 /// A will to publish when its connection ends abnormally.

@@ -32,6 +32,41 @@ async fn takeover_disconnects_old_connection_with_0x8e_and_keeps_session() {
 }
 
 #[tokio::test]
+async fn a_takeover_does_not_wait_for_an_old_connection_that_stopped_reading() {
+    use porchlight_broker::metrics::DropReason;
+    let b = TestBroker::start().await;
+    let (mut old, _) = RawClient::connect_with(b.addr, persistent(Protocol::V5, "stuck")).await;
+    old.subscribe("t/stuck", q(0)).await;
+    // The old client never reads again: fill its socket, the broker's write
+    // buffer and its queue until deliveries to it are dropped.
+    let mut p = RawClient::connect(b.addr, Protocol::V5, "stuck-pub").await;
+    let big = bytes::Bytes::from(vec![7u8; 64 * 1024]);
+    let mut sent = 0;
+    while b.broker.metrics.dropped_count(DropReason::QueueFull) == 0 {
+        assert!(
+            sent < 5_000,
+            "deliveries to a client that does not read are never dropped"
+        );
+        let mut m = publish("t/stuck", q(0), 0, b"");
+        m.payload = big.clone();
+        p.send(&Packet::Publish(m)).await;
+        sent += 1;
+    }
+    // The device reconnects (say, after a network change). The old
+    // connection cannot flush its DISCONNECT; the new one is not kept
+    // waiting for it (it was, for the 2 s flush bound).
+    let started = std::time::Instant::now();
+    let (mut new, ack) = RawClient::connect_with(b.addr, persistent(Protocol::V5, "stuck")).await;
+    let took = started.elapsed();
+    assert!(ack.session_present);
+    assert!(took < Duration::from_secs(1), "the takeover took {took:?}");
+    // The session works on the new connection: what was queued arrives.
+    assert_eq!(new.expect_publish().await.payload.len(), big.len());
+    drop(old);
+    b.stop().await;
+}
+
+#[tokio::test]
 async fn v311_takeover_closes_old_socket() {
     let b = TestBroker::start().await;
     let mut old = RawClient::connect(b.addr, Protocol::V311, "v3-dup").await;
