@@ -408,11 +408,15 @@ fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
 }
 
 /// After each reload of `--tenants`/`--auth-file`, puts the new limits the
-/// state enforces in force and wakes every connection, so a removed
-/// tenant's idle clients are closed (v5 0x87) and withdrawn gateway grants
-/// take effect at once, not at their next packet.
+/// state enforces in force and wakes the connections it affects
+/// (`Directory::affected_by`), so a removed tenant's idle clients are
+/// closed (v5 0x87) and withdrawn gateway grants take effect at once, not
+/// at their next packet. Everyone else picks the reload up at their next
+/// PUBLISH or SUBSCRIBE: adding a device's user to a file shared by a
+/// million connections does not wake the million.
 async fn wake_on_reload(broker: Arc<Broker>) {
     let mut reloads = broker.auth.reloads();
+    let mut previous = reloads.borrow_and_update().clone();
     loop {
         tokio::select! {
             _ = broker.shutdown.cancelled() => return,
@@ -425,7 +429,8 @@ async fn wake_on_reload(broker: Arc<Broker>) {
                 broker
                     .state
                     .drop_gateway_state(|home, target| directory.grants_any(home, target));
-                broker.state.wake_all();
+                broker.state.wake_tenants(&previous.affected_by(&directory));
+                previous = directory;
             }
         }
     }

@@ -373,12 +373,18 @@ impl State {
         }
     }
 
-    /// Wakes every connected session's connection: after a reload each
-    /// one re-checks its tenant (closing if it was removed) and its
-    /// gateway grants. One notify per connection, no lock held across.
-    pub fn wake_all(&self) {
+    /// Wakes the connections of the connected sessions of `tenants`:
+    /// after a reload each re-checks its tenant (closing if it was
+    /// removed) and its gateway grants (`Directory::affected_by`). Others
+    /// pick the reload up at their next packet, so a reload that removes
+    /// nothing wakes no one. One notify per connection, no lock held
+    /// across.
+    pub fn wake_tenants(&self, tenants: &std::collections::HashSet<TenantId>) {
+        if tenants.is_empty() {
+            return;
+        }
         for s in self.sessions.iter() {
-            if s.is_online() {
+            if s.is_online() && tenants.contains(&s.key.tenant) {
                 s.notify.notify_one();
             }
         }

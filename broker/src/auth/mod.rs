@@ -268,9 +268,10 @@ pub struct Auth {
     directory: parking_lot::RwLock<Arc<Directory>>,
     /// Bumped on every reload; connections compare it to rebuild ACLs.
     generation: AtomicU64,
-    /// Tells the broker a reload happened (`generation`'s value), so it
-    /// wakes every connection to re-check its tenant and grants.
-    reloaded: tokio::sync::watch::Sender<u64>,
+    /// Tells the broker a reload happened, with the directory it put in
+    /// force, so the broker wakes the connections it affects
+    /// (`server.rs`), diffing consecutive directories without a race.
+    reloaded: tokio::sync::watch::Sender<Arc<Directory>>,
     /// Any authentication configured: anonymous clients need
     /// `--allow-anonymous`.
     required: bool,
@@ -340,10 +341,10 @@ impl Auth {
         };
         let paths: Vec<PathBuf> = source.iter().map(|s| s.path().clone()).collect();
         let mut loaded = crate::reload::snapshot(&paths);
-        let directory = match &source {
+        let directory = Arc::new(match &source {
             Some(s) => s.load()?,
             None => Directory::single(Realm::open()),
-        };
+        });
         // The key files as loaded: read after the load, so a key changed
         // in between is reloaded once more rather than missed.
         loaded.extend(crate::reload::snapshot(&directory.key_files()));
@@ -353,9 +354,9 @@ impl Auth {
             file: source,
             reload_interval: o.reload_interval,
             loaded,
-            directory: parking_lot::RwLock::new(Arc::new(directory)),
+            reloaded: tokio::sync::watch::Sender::new(directory.clone()),
+            directory: parking_lot::RwLock::new(directory),
             generation: AtomicU64::new(0),
-            reloaded: tokio::sync::watch::Sender::new(0),
             allow_anonymous: o.allow_anonymous,
             backoff: Backoff::default(),
             slots: Arc::new(tokio::sync::Semaphore::new(cores)),
@@ -376,8 +377,9 @@ impl Auth {
         self.generation.load(Ordering::Acquire)
     }
 
-    /// Changes whenever a reload put a new directory in force.
-    pub fn reloads(&self) -> tokio::sync::watch::Receiver<u64> {
+    /// The directory in force, changing whenever a reload puts a new one
+    /// in force.
+    pub fn reloads(&self) -> tokio::sync::watch::Receiver<Arc<Directory>> {
         self.reloaded.subscribe()
     }
 
@@ -507,9 +509,10 @@ impl Auth {
         let p = source.path();
         match source.load() {
             Ok(directory) => {
-                *self.directory.write() = Arc::new(directory);
-                let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
-                self.reloaded.send_replace(generation);
+                let directory = Arc::new(directory);
+                *self.directory.write() = directory.clone();
+                self.generation.fetch_add(1, Ordering::AcqRel);
+                self.reloaded.send_replace(directory);
                 metrics.inc(&metrics.auth_reloads);
                 info!(path = %p.display(), "Auth file changed: now in force");
             }

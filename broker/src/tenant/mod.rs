@@ -200,6 +200,24 @@ impl Directory {
         })
     }
 
+    /// The tenants whose connected sessions must look at `new` at once,
+    /// not at their next packet: those `new` removes (their connections
+    /// close) and those whose gateway grants changed (their subscriptions
+    /// and queued messages in a withdrawn tenant go; a file granting a
+    /// tenant it does not define does not load). A reload that only adds
+    /// users, tenants or rules wakes no one.
+    pub fn affected_by(&self, new: &Directory) -> std::collections::HashSet<TenantId> {
+        self.tenants
+            .iter()
+            .filter(|(id, old)| {
+                new.tenants
+                    .get(*id)
+                    .is_none_or(|def| def.grants != old.grants)
+            })
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
     /// Whether tenants come from `--tenants`.
     pub fn configured(&self) -> bool {
         self.configured
@@ -394,6 +412,38 @@ mod tests {
             cert: None,
             username,
         }
+    }
+
+    #[test]
+    fn a_reload_affects_removed_tenants_and_changed_grants_only() {
+        let grant = |tenants: &str| {
+            format!("[[tenant]]\nid = \"gw\"\n[[tenant.grants]]\nusername = \"hub\"\ntenants = [{tenants}]\n")
+        };
+        let acme = "[[tenant]]\nid = \"acme\"\n";
+        let globex = "[[tenant]]\nid = \"globex\"\n";
+        let old = dir(&format!("{}{acme}{globex}", grant("\"acme\"")));
+        let ids = |set: std::collections::HashSet<TenantId>| {
+            let mut v: Vec<String> = set.iter().map(|t| t.as_str().to_owned()).collect();
+            v.sort();
+            v
+        };
+        // Unchanged, or only a user added: nobody.
+        assert!(old.affected_by(&old).is_empty());
+        let more = dir(&format!(
+            "{}{acme}[[tenant.users]]\nusername = \"u\"\npassword = \"{}\"\n{globex}",
+            grant("\"acme\""),
+            crate::password::hash(b"pw").expect("hash")
+        ));
+        assert!(old.affected_by(&more).is_empty());
+        // globex removed: globex.
+        let fewer = dir(&format!("{}{acme}", grant("\"acme\"")));
+        assert_eq!(ids(old.affected_by(&fewer)), ["globex"]);
+        // The gateway's grants changed: gw.
+        let regrant = dir(&format!("{}{acme}{globex}", grant("\"globex\"")));
+        assert_eq!(ids(old.affected_by(&regrant)), ["gw"]);
+        // acme removed with gw's grant of it: both.
+        let both = dir(&format!("{}{globex}", grant("")));
+        assert_eq!(ids(old.affected_by(&both)), ["acme", "gw"]);
     }
 
     const TWO: &str = "[tenancy]\nsni_pattern = \"{tenant}.mqtt.example.com\"\n[tenancy.listeners]\ntcp = \"acme\"\n[[tenant]]\nid = \"acme\"\nsni = [\"mqtt.acme.com\"]\n[[tenant]]\nid = \"globex\"\n";
