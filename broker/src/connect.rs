@@ -55,6 +55,21 @@ async fn read_first<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
+/// Counts a refused CONNECT, answers it and closes; `None`, for the
+/// handshake to return.
+async fn refused<S: AsyncRead + AsyncWrite + Unpin, T>(
+    io: Transport<S>,
+    protocol: Protocol,
+    code: u8,
+    why: &'static str,
+    client_max_packet: usize,
+    metrics: &Metrics,
+) -> Option<T> {
+    metrics.inc(&metrics.connections_refused);
+    refuse(io, protocol, code, why, client_max_packet, metrics).await;
+    None
+}
+
 /// Answers CONNECT with a refusal and closes.
 async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(
     mut io: Transport<S>,
@@ -174,8 +189,7 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         .map_or(usize::MAX, |m| m as usize);
 
     if over_limit {
-        metrics.inc(&metrics.connections_refused);
-        refuse(
+        return refused(
             io,
             p,
             reason::QUOTA_EXCEEDED,
@@ -184,7 +198,6 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
             metrics,
         )
         .await;
-        return None;
     }
     if broker.shutdown.is_cancelled() {
         refuse(
@@ -199,8 +212,7 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         return None;
     }
     if c.properties.authentication_method.is_some() {
-        metrics.inc(&metrics.connections_refused);
-        refuse(
+        return refused(
             io,
             p,
             reason::BAD_AUTHENTICATION_METHOD,
@@ -209,15 +221,13 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
             metrics,
         )
         .await;
-        return None;
     }
 
     // Client identifier.
     let mut assigned = None;
     let client_id = if c.client_id.is_empty() {
         if p == Protocol::V31 || (p == Protocol::V311 && !c.clean_start) {
-            metrics.inc(&metrics.connections_refused);
-            refuse(
+            return refused(
                 io,
                 p,
                 reason::CLIENT_IDENTIFIER_NOT_VALID,
@@ -226,14 +236,12 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
                 metrics,
             )
             .await;
-            return None;
         }
         let id = assign_client_id();
         assigned = Some(id.clone());
         id
     } else if c.client_id.len() > cfg.max_client_id_length {
-        metrics.inc(&metrics.connections_refused);
-        refuse(
+        return refused(
             io,
             p,
             reason::CLIENT_IDENTIFIER_NOT_VALID,
@@ -242,7 +250,6 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
             metrics,
         )
         .await;
-        return None;
     } else {
         c.client_id.clone()
     };
@@ -304,9 +311,7 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     let principal = match broker.auth.authenticate(credentials, realm, metrics).await {
         Decision::Allow(p) => p,
         Decision::Refuse { code, why } => {
-            metrics.inc(&metrics.connections_refused);
-            refuse(io, p, code, why, max_out, metrics).await;
-            return None;
+            return refused(io, p, code, why, max_out, metrics).await;
         }
     };
 
@@ -362,8 +367,7 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
             c.keep_alive
         }
     } else if c.keep_alive > max_ka {
-        metrics.inc(&metrics.connections_refused);
-        refuse(
+        return refused(
             io,
             p,
             reason::CLIENT_IDENTIFIER_NOT_VALID,
@@ -372,7 +376,6 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
             metrics,
         )
         .await;
-        return None;
     } else {
         c.keep_alive
     };
@@ -397,8 +400,7 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
             }
             let denied = !authz.allows(&broker.auth, Access::Publish, &w.topic, metrics);
             if topic::is_reserved(&w.topic) || denied {
-                metrics.inc(&metrics.connections_refused);
-                refuse(
+                return refused(
                     io,
                     p,
                     reason::NOT_AUTHORIZED,
@@ -407,7 +409,6 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
                     metrics,
                 )
                 .await;
-                return None;
             }
             if w.properties.payload_format_indicator == Some(1)
                 && std::str::from_utf8(&w.payload).is_err()
@@ -451,8 +452,7 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
             porchlight_storage::Health::Failed => Some(reason::SERVER_UNAVAILABLE),
         };
         if let Some(code) = code {
-            metrics.inc(&metrics.connections_refused);
-            refuse(
+            return refused(
                 io,
                 p,
                 code,
@@ -461,7 +461,6 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
                 metrics,
             )
             .await;
-            return None;
         }
     }
 
