@@ -424,7 +424,7 @@ async fn wake_on_reload(broker: Arc<Broker>) {
                 if changed.is_err() {
                     return;
                 }
-                let directory = broker.auth.directory();
+                let directory = reloads.borrow_and_update().clone();
                 broker.tenants.apply(&directory);
                 broker
                     .state

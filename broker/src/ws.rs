@@ -55,15 +55,19 @@ pub fn normalize_origin(s: &str) -> Option<String> {
     if rest.contains(['/', '?', '#', '@', ' ', ',']) {
         return None;
     }
-    let host = match rest.rsplit_once(':') {
+    let (host, port) = match rest.rsplit_once(':') {
         // An IPv6 literal's colons are inside brackets.
-        Some((h, port)) if !port.contains(']') => {
-            port.parse::<u16>().ok()?;
-            h
-        }
-        _ => rest,
+        Some((h, port)) if !port.contains(']') => (h, Some(port.parse::<u16>().ok()?)),
+        _ => (rest, None),
     };
-    (!host.is_empty()).then_some(s)
+    if host.is_empty() {
+        return None;
+    }
+    // Browsers leave the scheme's default port out.
+    Some(match (scheme, port) {
+        ("http", Some(80)) | ("https", Some(443)) | (_, None) => format!("{scheme}://{host}"),
+        (_, Some(port)) => format!("{scheme}://{host}:{port}"),
+    })
 }
 
 /// Whether the request may upgrade under `allowed` (normalized origins;
@@ -156,6 +160,23 @@ mod tests {
         );
         assert_eq!(n("http://[::1]:8080").as_deref(), Some("http://[::1]:8080"));
         assert_eq!(n("http://[::1]").as_deref(), Some("http://[::1]"));
+        // Default ports as browsers send them (left out); no leading zeros.
+        assert_eq!(
+            n("https://app.example:443").as_deref(),
+            Some("https://app.example")
+        );
+        assert_eq!(
+            n("http://app.example:80").as_deref(),
+            Some("http://app.example")
+        );
+        assert_eq!(
+            n("http://app.example:443").as_deref(),
+            Some("http://app.example:443")
+        );
+        assert_eq!(
+            n("http://localhost:08080").as_deref(),
+            Some("http://localhost:8080")
+        );
         for bad in [
             "app.example",
             "ftp://x",

@@ -83,6 +83,37 @@ impl std::fmt::Debug for JwtVerifier {
     }
 }
 
+/// The JWT key files the auth or tenants file at `path` names now (its
+/// `[jwt]` table and each `[[tenant]]`'s), resolved against its directory,
+/// whether or not they exist or the file would load: the watcher
+/// (`auth/mod.rs`) polls them, so a key named before it is written is
+/// picked up when it appears. Empty for a file that does not parse.
+pub fn named_key_files(path: &Path) -> Vec<PathBuf> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Vec::new();
+    };
+    let Ok(doc) = text.parse::<toml::Table>() else {
+        return Vec::new();
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tenants = doc
+        .get("tenant")
+        .and_then(toml::Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(toml::Value::as_table);
+    std::iter::once(&doc)
+        .chain(tenants)
+        .filter_map(|t| t.get("jwt")?.as_table())
+        .flat_map(|jwt| {
+            ["secret_file", "public_key_file"]
+                .into_iter()
+                .filter_map(|k| jwt.get(k)?.as_str())
+        })
+        .map(|f| dir.join(f))
+        .collect()
+}
+
 fn read(dir: &Path, file: &Path) -> Result<Vec<u8>, String> {
     let path = dir.join(file);
     std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))

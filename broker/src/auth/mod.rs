@@ -248,6 +248,20 @@ impl Backoff {
     }
 }
 
+/// What the auth watcher polls: the auth or tenants file `path`, then the
+/// JWT key files of the directory in force (`in_force`) and those the file
+/// names now, sorted, each once.
+fn watched(path: &std::path::Path, in_force: &[PathBuf]) -> Vec<PathBuf> {
+    let mut keys: Vec<PathBuf> = in_force
+        .iter()
+        .cloned()
+        .chain(jwt::named_key_files(path))
+        .collect();
+    keys.sort();
+    keys.dedup();
+    std::iter::once(path.to_path_buf()).chain(keys).collect()
+}
+
 /// A PHC string to verify against when no user matched, so an unknown
 /// username costs the same time as a wrong password.
 fn decoy_hash() -> &'static str {
@@ -272,6 +286,8 @@ pub struct Auth {
     /// force, so the broker wakes the connections it affects
     /// (`server.rs`), diffing consecutive directories without a race.
     reloaded: tokio::sync::watch::Sender<Arc<Directory>>,
+    /// Serializes reloads (SIGHUP and the poll).
+    reload_lock: parking_lot::Mutex<()>,
     /// Any authentication configured: anonymous clients need
     /// `--allow-anonymous`.
     required: bool,
@@ -339,15 +355,14 @@ impl Auth {
             (None, Some(f)) => Some(Source::AuthFile(f.clone())),
             (None, None) => None,
         };
-        let paths: Vec<PathBuf> = source.iter().map(|s| s.path().clone()).collect();
-        let mut loaded = crate::reload::snapshot(&paths);
+        // The file and the key files it names, read before the load: a
+        // change in between is reloaded once more rather than missed.
+        let paths: Vec<PathBuf> = source.iter().flat_map(|s| watched(s.path(), &[])).collect();
+        let loaded = crate::reload::snapshot(&paths);
         let directory = Arc::new(match &source {
             Some(s) => s.load()?,
             None => Directory::single(Realm::open()),
         });
-        // The key files as loaded: read after the load, so a key changed
-        // in between is reloaded once more rather than missed.
-        loaded.extend(crate::reload::snapshot(&directory.key_files()));
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         Ok(Auth {
             required: source.is_some() || o.client_certificates,
@@ -357,6 +372,7 @@ impl Auth {
             reloaded: tokio::sync::watch::Sender::new(directory.clone()),
             directory: parking_lot::RwLock::new(directory),
             generation: AtomicU64::new(0),
+            reload_lock: parking_lot::Mutex::new(()),
             allow_anonymous: o.allow_anonymous,
             backoff: Backoff::default(),
             slots: Arc::new(tokio::sync::Semaphore::new(cores)),
@@ -479,14 +495,12 @@ impl Auth {
             let Some(every) = self.reload_interval else {
                 return std::future::pending().await;
             };
-            // The file and the JWT key files of the directory in force.
+            // The file, the JWT key files of the directory in force and
+            // those the file names now (one that failed to load because
+            // its new key was not there yet is retried when it appears).
             let paths = {
                 let (auth, path) = (self.clone(), source.path().clone());
-                move || {
-                    let mut paths = vec![path.clone()];
-                    paths.extend(auth.directory.read().key_files());
-                    paths
-                }
+                move || watched(&path, &auth.directory.read().key_files())
             };
             let (auth, source, loaded) = (self.clone(), source.clone(), self.loaded.clone());
             let shutdown = shutdown.clone();
@@ -506,6 +520,9 @@ impl Auth {
     /// it up on their next check; tenants it no longer has are closed by
     /// `registry.rs`), a bad one is logged and counted and the old stays.
     fn reload(&self, source: &Source, metrics: &Metrics) {
+        // SIGHUP and the poll may both reload: one at a time, so an older
+        // read never replaces a newer one.
+        let _one = self.reload_lock.lock();
         let p = source.path();
         match source.load() {
             Ok(directory) => {

@@ -582,6 +582,27 @@ async fn a_rotated_jwt_key_file_is_taken_into_use_without_a_restart() {
     })
     .await;
     assert_eq!(code(new).await, 0);
+    // The file is pointed at a key that is not written yet (a ConfigMap
+    // and a Secret updated apart): refused until the key appears, then in
+    // force without another edit of the file.
+    let third = "the third shared secret, 32 bytes or more";
+    std::fs::write(
+        &path,
+        "[jwt]\nalgorithm = \"HS256\"\nsecret_file = \"jwt-v3.secret\"\n",
+    )
+    .expect("rewrite");
+    wait_until("the file naming a missing key is refused", || {
+        Metrics::get(&m.auth_reload_failures) == 2
+    })
+    .await;
+    assert_eq!(code(new).await, 0);
+    std::fs::write(keys.path().join("jwt-v3.secret"), third).expect("write");
+    wait_until("the new key is in force", || {
+        Metrics::get(&m.auth_reloads) == 2
+    })
+    .await;
+    assert_eq!(code(third).await, 0);
+    assert_eq!(code(new).await, reason::BAD_USER_NAME_OR_PASSWORD);
     b.stop().await;
 }
 
