@@ -21,6 +21,9 @@ mod flow;
 mod gateways;
 /// WebSocket and WSS listeners, PROXY protocol v1/v2 headers.
 mod listeners;
+/// Mutual TLS: client certificates required or optional, refusals and
+/// their log, CRLs, the client-certificate flags.
+mod mtls;
 /// Limits, `$SYS`, shutdown, the binary and Mosquitto interop.
 mod ops;
 /// QoS 0/1/2 publish/subscribe, wildcards, overlapping subscriptions,

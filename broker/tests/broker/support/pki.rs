@@ -6,6 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use porchlight_broker::Config;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use super::{connect_packet, WAIT};
 
 /// When a test client certificate is valid.
 pub enum Validity {
@@ -260,4 +265,46 @@ impl TestPki {
         c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Arc::new(c)
     }
+}
+
+/// A v5 (or other) CONNECT as bytes, client id `over-tls`.
+pub fn connect_bytes(protocol: porchlight_broker::codec::Protocol) -> bytes::BytesMut {
+    let c = connect_packet(protocol, "over-tls", true, 30);
+    let mut bytes = bytes::BytesMut::new();
+    porchlight_broker::codec::encode(
+        &porchlight_broker::codec::Packet::Connect(Box::new(c)),
+        protocol,
+        &mut bytes,
+    );
+    bytes
+}
+
+/// Handshakes with `config`, does a v5 CONNECT/CONNACK and closes;
+/// returns how the handshake went, or `None` if no CONNACK came back (a
+/// refused client certificate surfaces either in the handshake or, under
+/// TLS 1.3, as an alert on the first read). Reading the CONNACK also
+/// takes in TLS 1.3 tickets, which arrive after the handshake.
+pub async fn mqtt_connect(
+    addr: std::net::SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+) -> Option<rustls::HandshakeKind> {
+    use tokio::io::AsyncWriteExt;
+    let tcp = TcpStream::connect(addr).await.expect("tcp");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let connect = TlsConnector::from(config).connect(name, tcp);
+    let mut s = tokio::time::timeout(WAIT, connect).await.ok()?.ok()?;
+    let bytes = connect_bytes(porchlight_broker::codec::Protocol::V5);
+    s.write_all(&bytes).await.ok()?;
+    s.flush().await.ok()?;
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(WAIT, s.read(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    if n == 0 || buf[0] != 0x20 {
+        return None;
+    }
+    let kind = s.get_ref().1.handshake_kind();
+    s.shutdown().await.ok()?;
+    kind
 }
