@@ -502,6 +502,16 @@ fn invalid(flag: &'static str, reason: impl Into<String>) -> BrokerError {
 }
 
 impl Cli {
+    /// The plain TCP listeners: `--listen`, none with `--no-tcp-listen`
+    /// (its default address included).
+    fn tcp_listen(&self) -> &[SocketAddr] {
+        if self.no_tcp_listen {
+            &[]
+        } else {
+            &self.listen
+        }
+    }
+
     /// Checks every flag and builds the configuration.
     pub fn validate(&self) -> Result<Config, BrokerError> {
         if self.no_tcp_listen {
@@ -642,11 +652,7 @@ impl Cli {
         }
         let proxy_protocol = self.proxy_listeners()?;
         Ok(Config {
-            listen: if self.no_tcp_listen {
-                Vec::new()
-            } else {
-                self.listen.clone()
-            },
+            listen: self.tcp_listen().to_vec(),
             tls_listen: self.tls_listen.clone(),
             ws_listen: self.ws_listen.clone(),
             wss_listen: self.wss_listen.clone(),
@@ -735,14 +741,14 @@ impl Cli {
                     format!("{v:?} is neither tcp, tls, ws, wss nor a listener address"),
                 )
             })?;
-            let tcp: &[SocketAddr] = if self.no_tcp_listen {
-                &[]
-            } else {
-                &self.listen
-            };
-            let known = [tcp, &self.tls_listen, &self.ws_listen, &self.wss_listen]
-                .iter()
-                .any(|l| l.contains(&addr));
+            let known = [
+                self.tcp_listen(),
+                &self.tls_listen,
+                &self.ws_listen,
+                &self.wss_listen,
+            ]
+            .iter()
+            .any(|l| l.contains(&addr));
             if !known {
                 return Err(invalid(
                     "--proxy-protocol",

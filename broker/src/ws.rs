@@ -6,8 +6,9 @@
 //! (MQTT 5 §6; `mqttv3.1` from old clients is accepted too), which the
 //! response selects (else 400); with `--ws-allowed-origins`, a browser's
 //! Origin must be listed (else 403), so a page on another site cannot
-//! open MQTT connections with its visitors' network position. The result is a byte stream
-//! (ws_stream_tungstenite) carrying MQTT in binary frames; a text frame
+//! open MQTT connections with its visitors' network position. The result
+//! is a byte stream (ws_stream_tungstenite) carrying MQTT in binary
+//! frames; a text frame
 //! closes the connection (MQTT-6.0.0-1). `server.rs` hands that stream to
 //! `connection.rs` like any socket, so the codec, limits and auth are the
 //! same as over TCP.
@@ -149,34 +150,24 @@ mod tests {
 
     #[test]
     fn origins_are_normalized_and_checked() {
-        let n = |s| normalize_origin(s);
-        assert_eq!(
-            n("https://App.Example/").as_deref(),
-            Some("https://app.example")
-        );
-        assert_eq!(
-            n("http://localhost:8080").as_deref(),
-            Some("http://localhost:8080")
-        );
-        assert_eq!(n("http://[::1]:8080").as_deref(), Some("http://[::1]:8080"));
-        assert_eq!(n("http://[::1]").as_deref(), Some("http://[::1]"));
-        // Default ports as browsers send them (left out); no leading zeros.
-        assert_eq!(
-            n("https://app.example:443").as_deref(),
-            Some("https://app.example")
-        );
-        assert_eq!(
-            n("http://app.example:80").as_deref(),
-            Some("http://app.example")
-        );
-        assert_eq!(
-            n("http://app.example:443").as_deref(),
-            Some("http://app.example:443")
-        );
-        assert_eq!(
-            n("http://localhost:08080").as_deref(),
-            Some("http://localhost:8080")
-        );
+        for (input, normalized) in [
+            ("https://App.Example/", "https://app.example"),
+            ("http://localhost:8080", "http://localhost:8080"),
+            ("http://[::1]:8080", "http://[::1]:8080"),
+            ("http://[::1]", "http://[::1]"),
+            // Default ports as browsers send them (left out); no leading
+            // zeros.
+            ("https://app.example:443", "https://app.example"),
+            ("http://app.example:80", "http://app.example"),
+            ("http://app.example:443", "http://app.example:443"),
+            ("http://localhost:08080", "http://localhost:8080"),
+        ] {
+            assert_eq!(
+                normalize_origin(input).as_deref(),
+                Some(normalized),
+                "{input}"
+            );
+        }
         for bad in [
             "app.example",
             "ftp://x",
@@ -186,7 +177,7 @@ mod tests {
             "null",
             "https://a:",
         ] {
-            assert_eq!(n(bad), None, "{bad}");
+            assert_eq!(normalize_origin(bad), None, "{bad}");
         }
         let req = |origin: Option<&str>| {
             let mut b = Request::builder().uri("/mqtt");

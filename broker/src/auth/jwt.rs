@@ -65,9 +65,6 @@ fn default_true() -> bool {
 
 pub struct JwtVerifier {
     key: DecodingKey,
-    /// The secret or public key file the key came from (watched with the
-    /// auth file, `auth/mod.rs`).
-    key_file: Option<PathBuf>,
     validation: Validation,
     username_claim: String,
     acl_claim: String,
@@ -120,17 +117,7 @@ fn read(dir: &Path, file: &Path) -> Result<Vec<u8>, String> {
 }
 
 impl JwtVerifier {
-    /// The key file, resolved against the auth file's directory.
-    pub fn key_file(&self) -> Option<&Path> {
-        self.key_file.as_deref()
-    }
-
     pub fn new(c: JwtConfig, dir: &Path) -> Result<JwtVerifier, String> {
-        let key_file = match c.algorithm {
-            JwtAlgorithm::HS256 => c.secret_file.as_ref(),
-            JwtAlgorithm::RS256 | JwtAlgorithm::ES256 => c.public_key_file.as_ref(),
-        }
-        .map(|f| dir.join(f));
         let key = match c.algorithm {
             JwtAlgorithm::HS256 => {
                 let secret = match (&c.secret, &c.secret_file) {
@@ -187,7 +174,6 @@ impl JwtVerifier {
         validation.set_required_spec_claims(&required);
         Ok(JwtVerifier {
             key,
-            key_file,
             validation,
             username_claim: c.username_claim,
             acl_claim: c.acl_claim,

@@ -249,14 +249,10 @@ impl Backoff {
 }
 
 /// What the auth watcher polls: the auth or tenants file `path`, then the
-/// JWT key files of the directory in force (`in_force`) and those the file
-/// names now, sorted, each once.
-fn watched(path: &std::path::Path, in_force: &[PathBuf]) -> Vec<PathBuf> {
-    let mut keys: Vec<PathBuf> = in_force
-        .iter()
-        .cloned()
-        .chain(jwt::named_key_files(path))
-        .collect();
+/// JWT key files it names now, sorted, each once. Only those matter: a
+/// reload reads the file as it is on disk, whatever keys are in force.
+fn watched(path: &std::path::Path) -> Vec<PathBuf> {
+    let mut keys = jwt::named_key_files(path);
     keys.sort();
     keys.dedup();
     std::iter::once(path.to_path_buf()).chain(keys).collect()
@@ -278,14 +274,14 @@ pub struct Auth {
     reload_interval: Option<Duration>,
     /// The file's contents as loaded (`reload.rs`).
     loaded: crate::reload::Snapshot,
-    /// The tenants and their realms in force (`tenant/mod.rs`).
-    directory: parking_lot::RwLock<Arc<Directory>>,
-    /// Bumped on every reload; connections compare it to rebuild ACLs.
+    /// The tenants and their realms in force (`tenant/mod.rs`). A watch
+    /// channel, so the broker learns of each reload with the directory it
+    /// put in force and wakes the connections it affects (`server.rs`),
+    /// diffing consecutive directories without a race.
+    directory: tokio::sync::watch::Sender<Arc<Directory>>,
+    /// Bumped on every reload, together with `directory`; connections
+    /// compare it to rebuild ACLs.
     generation: AtomicU64,
-    /// Tells the broker a reload happened, with the directory it put in
-    /// force, so the broker wakes the connections it affects
-    /// (`server.rs`), diffing consecutive directories without a race.
-    reloaded: tokio::sync::watch::Sender<Arc<Directory>>,
     /// Serializes reloads (SIGHUP and the poll).
     reload_lock: parking_lot::Mutex<()>,
     /// Any authentication configured: anonymous clients need
@@ -357,7 +353,7 @@ impl Auth {
         };
         // The file and the key files it names, read before the load: a
         // change in between is reloaded once more rather than missed.
-        let paths: Vec<PathBuf> = source.iter().flat_map(|s| watched(s.path(), &[])).collect();
+        let paths: Vec<PathBuf> = source.iter().flat_map(|s| watched(s.path())).collect();
         let loaded = crate::reload::snapshot(&paths);
         let directory = Arc::new(match &source {
             Some(s) => s.load()?,
@@ -369,8 +365,7 @@ impl Auth {
             file: source,
             reload_interval: o.reload_interval,
             loaded,
-            reloaded: tokio::sync::watch::Sender::new(directory.clone()),
-            directory: parking_lot::RwLock::new(directory),
+            directory: tokio::sync::watch::Sender::new(directory),
             generation: AtomicU64::new(0),
             reload_lock: parking_lot::Mutex::new(()),
             allow_anonymous: o.allow_anonymous,
@@ -381,7 +376,7 @@ impl Auth {
 
     /// The tenants and realms in force.
     pub fn directory(&self) -> Arc<Directory> {
-        self.directory.read().clone()
+        self.directory.borrow().clone()
     }
 
     /// Whether any authentication is configured (usernames are checked).
@@ -396,7 +391,7 @@ impl Auth {
     /// The directory in force, changing whenever a reload puts a new one
     /// in force.
     pub fn reloads(&self) -> tokio::sync::watch::Receiver<Arc<Directory>> {
-        self.reloaded.subscribe()
+        self.directory.subscribe()
     }
 
     /// Decides a CONNECT. Waits out the address's backoff first; counts
@@ -495,13 +490,11 @@ impl Auth {
             let Some(every) = self.reload_interval else {
                 return std::future::pending().await;
             };
-            // The file, the JWT key files of the directory in force and
-            // those the file names now (one that failed to load because
-            // its new key was not there yet is retried when it appears).
-            let paths = {
-                let (auth, path) = (self.clone(), source.path().clone());
-                move || watched(&path, &auth.directory.read().key_files())
-            };
+            // The file and the JWT key files it names now (a file that
+            // failed to load because its new key was not there yet is
+            // retried when the key appears).
+            let path = source.path().clone();
+            let paths = move || watched(&path);
             let (auth, source, loaded) = (self.clone(), source.clone(), self.loaded.clone());
             let shutdown = shutdown.clone();
             crate::reload::watch_files(paths, loaded, every, shutdown, move || {
@@ -526,10 +519,13 @@ impl Auth {
         let p = source.path();
         match source.load() {
             Ok(directory) => {
-                let directory = Arc::new(directory);
-                *self.directory.write() = directory.clone();
-                self.generation.fetch_add(1, Ordering::AcqRel);
-                self.reloaded.send_replace(directory);
+                // The generation moves under the channel's lock: whoever
+                // sees it moved reads the new directory, and the broker is
+                // told after both.
+                self.directory.send_modify(|d| {
+                    *d = Arc::new(directory);
+                    self.generation.fetch_add(1, Ordering::AcqRel);
+                });
                 metrics.inc(&metrics.auth_reloads);
                 info!(path = %p.display(), "Auth file changed: now in force");
             }

@@ -115,22 +115,6 @@ pub struct Directory {
     configured: bool,
 }
 
-impl Directory {
-    /// The JWT key files the tenants' realms were built from, in no
-    /// particular order but the same for the same directory.
-    pub fn key_files(&self) -> Vec<std::path::PathBuf> {
-        let mut files: Vec<_> = self
-            .tenants
-            .values()
-            .filter_map(|t| t.realm.jwt.as_ref()?.key_file())
-            .map(std::path::Path::to_path_buf)
-            .collect();
-        files.sort();
-        files.dedup();
-        files
-    }
-}
-
 /// What a connection showed that can name its tenant.
 #[derive(Debug, Clone, Copy)]
 pub struct Hello<'a> {
