@@ -123,9 +123,13 @@ impl Router {
 
     /// Queues one delivery of a publish and notes, for the publisher, the
     /// first session whose queue asks it to wait.
+    /// Only a QoS 1/2 delivery makes its publisher wait: a QoS 0 one is
+    /// dropped first from a full queue, so holding its publisher saves
+    /// nothing.
     fn deliver_to(&self, out: &mut PublishOutcome, session: &Arc<Session>, d: Delivery) {
+        let flow_controlled = d.qos != QoS::AtMostOnce;
         out.add(self.enqueue(session, d));
-        if out.full.is_none() && session.backpressures() {
+        if out.full.is_none() && flow_controlled && session.backpressures() {
             out.full = Some(session.clone());
         }
     }
@@ -167,7 +171,7 @@ impl Router {
         );
         // An offline session does not pump: the sweeper purges what expires
         // in its queue (an online one drops expired messages as it sends).
-        if let (Some(at), false, EnqueueOutcome::Queued | EnqueueOutcome::DroppedOldest) =
+        if let (Some(at), false, EnqueueOutcome::Queued | EnqueueOutcome::DroppedOldest(_)) =
             (expires, session.is_online(), outcome)
         {
             self.state.sweeper().at(
@@ -179,9 +183,12 @@ impl Router {
         }
         match outcome {
             EnqueueOutcome::Queued => {}
-            EnqueueOutcome::DroppedOldest | EnqueueOutcome::DroppedNew => {
-                session.dropped(&self.metrics, DropReason::QueueFull)
+            EnqueueOutcome::DroppedOldest(n) => {
+                for _ in 0..n {
+                    session.dropped(&self.metrics, DropReason::QueueFull);
+                }
             }
+            EnqueueOutcome::DroppedNew => session.dropped(&self.metrics, DropReason::QueueFull),
             EnqueueOutcome::NotDurable => session.dropped(&self.metrics, DropReason::NotDurable),
             EnqueueOutcome::OverTenantQuota => {
                 session.dropped(&self.metrics, DropReason::TenantQuota)
@@ -223,7 +230,7 @@ impl Router {
         };
         matches!(
             self.deliver(&sub.session, d).0,
-            EnqueueOutcome::Queued | EnqueueOutcome::DroppedOldest
+            EnqueueOutcome::Queued | EnqueueOutcome::DroppedOldest(_)
         )
     }
 }
@@ -372,7 +379,7 @@ impl PublishOutcome {
         self.write = std::mem::replace(&mut self.write, Write::None).and(write);
         match e {
             EnqueueOutcome::Queued => self.queued += 1,
-            EnqueueOutcome::DroppedOldest => {
+            EnqueueOutcome::DroppedOldest(_) => {
                 self.queued += 1;
                 self.overflowed = true;
             }

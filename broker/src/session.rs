@@ -110,6 +110,11 @@ pub struct SessionState {
     pub persist: Option<Arc<Persist>>,
     /// Last queue position given to a delivery of a durable session.
     next_queue_seq: u64,
+    /// How many deliveries in `queue` are QoS 0: a full queue drops them
+    /// first, and skips looking for one when there is none.
+    queued_qos0: usize,
+    /// Bytes of the QoS 0 deliveries in `queue`.
+    queued_qos0_bytes: usize,
     /// Bytes of the messages in `queue` (for `--max-queued-bytes`).
     /// Change it only through the queue methods below: they keep the
     /// tenant's `queued_bytes` in step.
@@ -132,8 +137,9 @@ pub struct SessionState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EnqueueOutcome {
     Queued,
-    /// Queued, and the oldest queued delivery was dropped to make room.
-    DroppedOldest,
+    /// Queued, and this many older queued deliveries were dropped to make
+    /// room (QoS 0 ones first).
+    DroppedOldest(usize),
     /// The queue was full and this delivery was dropped.
     DroppedNew,
     /// A durable session's queue entry could not be written: dropped.
@@ -195,6 +201,8 @@ impl Session {
                 resend: VecDeque::new(),
                 persist: None,
                 next_queue_seq: 0,
+                queued_qos0: 0,
+                queued_qos0_bytes: 0,
                 queued_bytes: 0,
                 usage,
                 persistent: false,
@@ -309,16 +317,11 @@ impl Session {
             let mut dropped = Vec::new();
             let outcome = if fits(&st) {
                 EnqueueOutcome::Queued
-            } else if limits.overflow == QueueOverflow::DropNew || size > max_bytes {
+            } else if size > max_bytes {
                 EnqueueOutcome::DroppedNew
             } else {
-                while !fits(&st) {
-                    match st.pop_queued() {
-                        Some(d) => dropped.push(d.seq),
-                        None => break,
-                    }
-                }
-                EnqueueOutcome::DroppedOldest
+                let new = (delivery.qos, size);
+                st.make_room(new, (max_messages, max_bytes), limits, &mut dropped)
             };
             if outcome == EnqueueOutcome::DroppedNew {
                 st.tenant_queued_sub(size);
@@ -331,7 +334,7 @@ impl Session {
                 self.full.store(true, Ordering::Relaxed);
             }
             let write = match (&st.persist, st.queue.back(), outcome) {
-                (Some(p), Some(d), EnqueueOutcome::Queued | EnqueueOutcome::DroppedOldest) => {
+                (Some(p), Some(d), EnqueueOutcome::Queued | EnqueueOutcome::DroppedOldest(_)) => {
                     Write::from_result(p.push_queue(&self.key, d, &dropped))
                 }
                 _ => Write::None,
@@ -347,7 +350,7 @@ impl Session {
         };
         let queued = matches!(
             outcome,
-            EnqueueOutcome::Queued | EnqueueOutcome::DroppedOldest
+            EnqueueOutcome::Queued | EnqueueOutcome::DroppedOldest(_)
         );
         if queued {
             self.notify.notify_one();
@@ -391,29 +394,118 @@ impl SessionState {
     /// Appends a delivery whose bytes the tenant already counted.
     fn push_reserved(&mut self, d: Delivery) {
         self.queued_bytes += d.msg.size();
+        self.count_qos0(&d, true);
         self.queue.push_back(d);
+    }
+
+    /// Keeps the counters in step with a delivery that left the queue.
+    fn left_queue(&mut self, d: &Delivery) {
+        self.queued_bytes -= d.msg.size();
+        self.count_qos0(d, false);
+        self.tenant_queued_sub(d.msg.size());
+    }
+
+    /// Counts a QoS 0 delivery into (`added`) or out of the queue.
+    fn count_qos0(&mut self, d: &Delivery, added: bool) {
+        if d.qos != QoS::AtMostOnce {
+            return;
+        }
+        if added {
+            self.queued_qos0 += 1;
+            self.queued_qos0_bytes += d.msg.size();
+        } else {
+            self.queued_qos0 -= 1;
+            self.queued_qos0_bytes -= d.msg.size();
+        }
     }
 
     /// Takes the oldest queued delivery, keeping `queued_bytes` in step.
     pub fn pop_queued(&mut self) -> Option<Delivery> {
         let d = self.queue.pop_front()?;
-        self.queued_bytes -= d.msg.size();
-        self.tenant_queued_sub(d.msg.size());
+        self.left_queue(&d);
         Some(d)
     }
 
     /// Takes the newest queued delivery (one the store refused).
     fn pop_newest(&mut self) -> Option<Delivery> {
         let d = self.queue.pop_back()?;
-        self.queued_bytes -= d.msg.size();
-        self.tenant_queued_sub(d.msg.size());
+        self.left_queue(&d);
         Some(d)
+    }
+
+    /// Takes the oldest queued QoS 0 delivery, if any.
+    fn pop_oldest_qos0(&mut self) -> Option<Delivery> {
+        if self.queued_qos0 == 0 {
+            return None;
+        }
+        let i = self.queue.iter().position(|d| d.qos == QoS::AtMostOnce)?;
+        let d = self.queue.remove(i)?;
+        self.left_queue(&d);
+        Some(d)
+    }
+
+    /// Makes room in a full queue for a delivery of `size` bytes and QoS
+    /// `qos`, within `max_messages` and `max_bytes`, pushing the queue
+    /// positions of what it dropped to `dropped`, and says what becomes of
+    /// the new delivery (the caller queues it unless dropped).
+    ///
+    /// QoS 0 goes first: queued QoS 0 deliveries, oldest first, make room
+    /// for a QoS 1/2 delivery under either policy and for a QoS 0 one
+    /// under drop-oldest, and a QoS 0 delivery never displaces a QoS 1/2
+    /// one. Under flow control a QoS 1/2 delivery is then queued past the
+    /// bound rather than dropped: its publisher is about to wait for this
+    /// queue (it sees `full`), so the queue grows by at most one delivery
+    /// per publisher, and a subscriber that keeps reading loses nothing
+    /// that was acknowledged. Otherwise `--queue-overflow` decides.
+    fn make_room(
+        &mut self,
+        (qos, size): (QoS, usize),
+        (max_messages, max_bytes): (usize, usize),
+        limits: QueueLimits,
+        dropped: &mut Vec<u64>,
+    ) -> EnqueueOutcome {
+        let fits = |st: &SessionState| {
+            st.queue.len() < max_messages && st.queued_bytes + size <= max_bytes
+        };
+        // Whether dropping every queued QoS 0 delivery would make it fit.
+        let fits_without_qos0 = self.queue.len() - self.queued_qos0 < max_messages
+            && self.queued_bytes - self.queued_qos0_bytes + size <= max_bytes;
+        let qos0 = qos == QoS::AtMostOnce;
+        let evict_qos0 = if qos0 {
+            limits.overflow == QueueOverflow::DropOldest && fits_without_qos0
+        } else {
+            fits_without_qos0 || limits.backpressure || limits.overflow == QueueOverflow::DropOldest
+        };
+        if !evict_qos0 {
+            return EnqueueOutcome::DroppedNew;
+        }
+        while !fits(self) {
+            match self.pop_oldest_qos0() {
+                Some(d) => dropped.push(d.seq),
+                None => break,
+            }
+        }
+        if !fits(self) && !limits.backpressure {
+            // Drop-oldest for a QoS 1/2 delivery: QoS 0 is gone, the
+            // oldest QoS 1/2 ones go next.
+            while !fits(self) {
+                match self.pop_queued() {
+                    Some(d) => dropped.push(d.seq),
+                    None => break,
+                }
+            }
+        }
+        match dropped.len() {
+            0 => EnqueueOutcome::Queued,
+            n => EnqueueOutcome::DroppedOldest(n),
+        }
     }
 
     /// Puts a delivery back at the front (it could not be sent yet).
     pub fn unpop_queued(&mut self, d: Delivery) {
         self.tenant_queued_add(d.msg.size());
         self.queued_bytes += d.msg.size();
+        self.count_qos0(&d, true);
         self.queue.push_front(d);
     }
 
@@ -424,6 +516,9 @@ impl SessionState {
         self.queue.extend(kept);
         let before = self.queued_bytes;
         self.queued_bytes = self.queue.iter().map(|d| d.msg.size()).sum();
+        let qos0 = self.queue.iter().filter(|d| d.qos == QoS::AtMostOnce);
+        (self.queued_qos0, self.queued_qos0_bytes) =
+            qos0.fold((0, 0), |(n, b), d| (n + 1, b + d.msg.size()));
         self.tenant_queued_sub(before - self.queued_bytes);
         gone
     }
@@ -542,4 +637,177 @@ impl SessionState {
 /// QoS a subscriber gets: the lower of what was published and granted.
 pub fn effective_qos(published: QoS, granted: QoS) -> QoS {
     published.min(granted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::Properties;
+    use crate::ids::{ClientId, TenantId};
+    use crate::message::Message;
+    use crate::topic::TopicName;
+
+    fn session() -> Session {
+        let key = SessionKey {
+            tenant: TenantId::default_tenant(),
+            client: ClientId::new("s"),
+        };
+        Session::new(key, 0, None)
+    }
+
+    /// A delivery of QoS `qos` whose payload is `tag`.
+    fn delivery(qos: u8, tag: u8) -> Delivery {
+        let qos = QoS::from_u8(qos).expect("qos");
+        let msg = Message::new(
+            TenantId::default_tenant(),
+            TopicName::trusted("t".into()),
+            bytes::Bytes::copy_from_slice(&[tag]),
+            qos,
+            false,
+            &Properties::default(),
+            None,
+        );
+        Delivery {
+            msg: Arc::new(msg),
+            qos,
+            retain: false,
+            subscription_ids: Vec::new(),
+            share: None,
+            seq: 0,
+        }
+    }
+
+    fn limits(overflow: QueueOverflow, backpressure: bool) -> QueueLimits {
+        QueueLimits {
+            max_messages: 4,
+            max_bytes: 1 << 20,
+            overflow,
+            backpressure,
+        }
+    }
+
+    /// The queue as (QoS, tag) pairs, oldest first.
+    fn queue(s: &Session) -> Vec<(u8, u8)> {
+        let st = s.lock();
+        st.queue
+            .iter()
+            .map(|d| (d.qos as u8, d.msg.payload[0]))
+            .collect()
+    }
+
+    fn push(s: &Session, qos: u8, tag: u8, l: QueueLimits) -> EnqueueOutcome {
+        s.enqueue(delivery(qos, tag), l).0
+    }
+
+    #[test]
+    fn qos0_never_displaces_a_queued_qos1_message() {
+        for overflow in [QueueOverflow::DropOldest, QueueOverflow::DropNew] {
+            let s = session();
+            for tag in 1..=4 {
+                assert_eq!(
+                    push(&s, 1, tag, limits(overflow, false)),
+                    EnqueueOutcome::Queued
+                );
+            }
+            assert_eq!(
+                push(&s, 0, 9, limits(overflow, false)),
+                EnqueueOutcome::DroppedNew
+            );
+            assert_eq!(queue(&s), [(1, 1), (1, 2), (1, 3), (1, 4)]);
+        }
+    }
+
+    #[test]
+    fn a_qos0_message_held_past_the_bound_by_flow_control_drops_only_itself() {
+        // Flow control let QoS 1 fill the queue to twice its bound; QoS 0
+        // (never under flow control) arriving then used to empty the
+        // queue down to its bound, QoS 1 messages included.
+        let s = session();
+        for tag in 1..=8 {
+            push(&s, 1, tag, limits(QueueOverflow::DropOldest, true));
+        }
+        let before = queue(&s);
+        assert_eq!(before.len(), 8);
+        assert_eq!(
+            push(&s, 0, 9, limits(QueueOverflow::DropOldest, false)),
+            EnqueueOutcome::DroppedNew
+        );
+        assert_eq!(queue(&s), before);
+    }
+
+    #[test]
+    fn qos1_under_flow_control_is_queued_past_twice_the_bound() {
+        let s = session();
+        for tag in 1..=12 {
+            assert_eq!(
+                push(&s, 1, tag, limits(QueueOverflow::DropOldest, true)),
+                EnqueueOutcome::Queued
+            );
+        }
+        assert_eq!(queue(&s).len(), 12);
+        assert!(s.full.load(Ordering::Relaxed));
+    }
+
+    #[test]
+    fn a_full_queue_drops_its_oldest_qos0_message_first() {
+        for overflow in [QueueOverflow::DropOldest, QueueOverflow::DropNew] {
+            let s = session();
+            for (qos, tag) in [(1, 1), (0, 2), (1, 3), (0, 4)] {
+                push(&s, qos, tag, limits(overflow, false));
+            }
+            // A QoS 1 message takes the place of the oldest QoS 0 one,
+            // under either policy.
+            assert_eq!(
+                push(&s, 1, 5, limits(overflow, false)),
+                EnqueueOutcome::DroppedOldest(1)
+            );
+            assert_eq!(queue(&s), [(1, 1), (1, 3), (0, 4), (1, 5)]);
+            // A QoS 0 one too under drop-oldest; drop-new drops it.
+            let expect = match overflow {
+                QueueOverflow::DropOldest => EnqueueOutcome::DroppedOldest(1),
+                QueueOverflow::DropNew => EnqueueOutcome::DroppedNew,
+            };
+            assert_eq!(push(&s, 0, 6, limits(overflow, false)), expect);
+        }
+    }
+
+    #[test]
+    fn without_qos0_to_drop_the_policy_decides_for_qos1() {
+        let s = session();
+        for tag in 1..=4 {
+            push(&s, 1, tag, limits(QueueOverflow::DropOldest, false));
+        }
+        assert_eq!(
+            push(&s, 1, 5, limits(QueueOverflow::DropOldest, false)),
+            EnqueueOutcome::DroppedOldest(1)
+        );
+        assert_eq!(queue(&s), [(1, 2), (1, 3), (1, 4), (1, 5)]);
+        assert_eq!(
+            push(&s, 1, 6, limits(QueueOverflow::DropNew, false)),
+            EnqueueOutcome::DroppedNew
+        );
+        assert_eq!(queue(&s), [(1, 2), (1, 3), (1, 4), (1, 5)]);
+    }
+
+    #[test]
+    fn queue_counters_follow_every_change() {
+        let s = session();
+        for (qos, tag) in [(0, 1), (1, 2), (0, 3)] {
+            push(&s, qos, tag, limits(QueueOverflow::DropOldest, false));
+        }
+        let mut st = s.lock();
+        assert_eq!(
+            (st.queued_qos0, st.queued_qos0_bytes, st.queued_bytes),
+            (2, 4, 6)
+        );
+        let d = st.pop_queued().expect("one");
+        assert_eq!((st.queued_qos0, st.queued_bytes), (1, 4));
+        st.unpop_queued(d);
+        assert_eq!((st.queued_qos0, st.queued_bytes), (2, 6));
+        st.retain_queued(|d| d.qos != QoS::AtMostOnce);
+        assert_eq!(
+            (st.queued_qos0, st.queued_qos0_bytes, st.queued_bytes),
+            (0, 0, 2)
+        );
+    }
 }

@@ -357,16 +357,21 @@ async fn payload_format_indicator_is_checked() {
     b.stop().await;
 }
 
+/// A broker with 2 messages in flight and 4 queued per session, and flow
+/// control waits of `wait`.
+async fn small_queues(wait: Duration) -> TestBroker {
+    TestBroker::with(|c| {
+        c.max_inflight = 2;
+        c.max_queued_messages = 4;
+        c.publish_backpressure = Some(wait);
+    })
+    .await
+}
+
 /// Sends `n` QoS 1 publishes to `topic` in one write; payloads are the
 /// packet ids.
 async fn burst(p: &mut RawClient, topic: &str, n: u16) {
-    let mut out = bytes::BytesMut::new();
-    for id in 1..=n {
-        let mut m = publish(topic, q(1), id, b"");
-        m.payload = bytes::Bytes::copy_from_slice(&id.to_be_bytes());
-        porchlight_broker::codec::encode(&Packet::Publish(m), Protocol::V311, &mut out);
-    }
-    p.send_bytes(&out).await;
+    tagged_burst(p, topic, 1, 0, n).await;
 }
 
 /// PUBACKs that arrive before `quiet` passes without one.
@@ -442,12 +447,7 @@ async fn a_full_subscriber_queue_slows_the_publisher_instead_of_dropping() {
 
 #[tokio::test]
 async fn a_subscriber_that_never_reads_stalls_publishers_only_briefly() {
-    let b = TestBroker::with(|c| {
-        c.max_inflight = 2;
-        c.max_queued_messages = 4;
-        c.publish_backpressure = Some(Duration::from_millis(300));
-    })
-    .await;
+    let b = small_queues(Duration::from_millis(300)).await;
     let mut s = RawClient::connect(b.addr, Protocol::V311, "stuck-sub").await;
     s.subscribe("bp/stuck", q(1)).await;
     let mut p = RawClient::connect(b.addr, Protocol::V311, "stuck-pub").await;
@@ -481,12 +481,7 @@ async fn a_subscriber_that_never_reads_stalls_publishers_only_briefly() {
 async fn a_client_filling_its_own_queue_is_not_held_by_it() {
     // It drains its own queue; waiting on it would stall it for the
     // whole backpressure time on every publish.
-    let b = TestBroker::with(|c| {
-        c.max_inflight = 2;
-        c.max_queued_messages = 4;
-        c.publish_backpressure = Some(Duration::from_secs(30));
-    })
-    .await;
+    let b = small_queues(Duration::from_secs(30)).await;
     let mut c = RawClient::connect(b.addr, Protocol::V311, "self-sub").await;
     c.subscribe("bp/self", q(1)).await;
     burst(&mut c, "bp/self", 30).await;
@@ -546,5 +541,70 @@ async fn a_slow_subscriber_that_keeps_reading_is_not_treated_as_stuck() {
             .load(std::sync::atomic::Ordering::Relaxed)
             > 0
     );
+    b.stop().await;
+}
+
+/// `n` publishes of `qos` to `topic`, payloads `tag` + a 2-byte counter,
+/// sent in one write.
+async fn tagged_burst(p: &mut RawClient, topic: &str, qos: u8, tag: u8, n: u16) {
+    let mut out = bytes::BytesMut::new();
+    for id in 1..=n {
+        let mut m = publish(topic, q(qos), if qos == 0 { 0 } else { id }, b"");
+        let [hi, lo] = id.to_be_bytes();
+        m.payload = bytes::Bytes::copy_from_slice(&[tag, hi, lo]);
+        porchlight_broker::codec::encode(&Packet::Publish(m), Protocol::V311, &mut out);
+    }
+    p.send_bytes(&out).await;
+}
+
+#[tokio::test]
+async fn qos0_traffic_never_costs_a_connected_subscriber_an_acknowledged_qos1_message() {
+    // Issue 16 item 1: QoS 0 deliveries into a queue held past its bound
+    // by flow control used to drop the oldest queued deliveries, QoS 1
+    // ones included, which their publishers had been PUBACKed for; and
+    // many QoS 1 publishers could push the queue past twice its bound,
+    // where it dropped too. Now QoS 0 goes first, and QoS 1 under flow
+    // control is never dropped for a subscriber that keeps reading.
+    let b = small_queues(Duration::from_secs(30)).await;
+    let mut s = RawClient::connect(b.addr, Protocol::V311, "mix-sub").await;
+    s.subscribe("mix/#", q(1)).await;
+    // Twelve QoS 1 publishers: each adds to the full queue before it
+    // waits, together past twice the bound.
+    let mut qos1 = Vec::new();
+    for i in 0..12u8 {
+        let mut p = RawClient::connect(b.addr, Protocol::V311, &format!("mix-q1-{i}")).await;
+        tagged_burst(&mut p, "mix/q1", 1, i, 5).await;
+        qos1.push(p);
+    }
+    // QoS 0 at full speed into the same queue.
+    let mut p0 = RawClient::connect(b.addr, Protocol::V311, "mix-q0").await;
+    for _ in 0..4 {
+        tagged_burst(&mut p0, "mix/q0", 0, 0xFF, 100).await;
+    }
+    // The QoS 0 publisher is never held: a PINGRESP proves all 400 were
+    // handled before the subscriber reads anything.
+    p0.send(&Packet::PingReq).await;
+    assert!(matches!(p0.recv().await, Some(Packet::PingResp)));
+    // The subscriber now takes everything and acknowledges it.
+    let mut got = std::collections::BTreeSet::new();
+    while got.len() < 60 {
+        match s.recv_within(WAIT).await {
+            Ok(Some(Packet::Publish(m))) => {
+                if m.qos == q(1) {
+                    got.insert(m.payload.to_vec());
+                    s.send(&Packet::PubAck(Ack::new(m.packet_id, 0))).await;
+                }
+            }
+            other => panic!(
+                "expected PUBLISH, got {other:?} after {} QoS 1 messages",
+                got.len()
+            ),
+        }
+    }
+    // Every QoS 1 message was acknowledged to its publisher, and delivered.
+    for p in &mut qos1 {
+        assert_eq!(pubacks(p, Duration::from_millis(500)).await, 5);
+    }
+    assert!(b.broker.metrics.dropped_count(DropReason::QueueFull) > 0);
     b.stop().await;
 }
