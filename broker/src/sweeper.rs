@@ -8,6 +8,14 @@
 //! what is left waits for the next tick. Entries hold weak references and
 //! the session's timer token, so a session that resumed or ended meanwhile
 //! is skipped, not acted on.
+//!
+//! Such dead entries are also swept out without waiting for their time:
+//! a persistent session that reconnects leaves its expiry entry behind
+//! (cancelled), due only a `--max-session-expiry` later, so a device
+//! reconnecting all day would otherwise grow the heap by one entry per
+//! reconnect. Whenever the heap has doubled since its last compaction, the
+//! dead entries are dropped (amortised O(1) per entry), so the heap stays
+//! within twice its live entries (or [`COMPACT_MIN`]).
 
 use std::cmp::{Ordering as CmpOrdering, Reverse};
 use std::collections::BinaryHeap;
@@ -27,6 +35,9 @@ pub const TICK: Duration = Duration::from_millis(100);
 /// Most due entries handled per tick.
 pub const BUDGET: usize = 1000;
 
+/// The heap is never compacted below this many entries.
+pub const COMPACT_MIN: usize = 4096;
+
 /// Something that falls due.
 #[derive(Debug)]
 pub enum Due {
@@ -44,6 +55,20 @@ pub enum Due {
     QueuedMessage { session: Weak<Session> },
     /// The retained message of this topic may have expired.
     Retained { tenant: TenantId, topic: TopicName },
+}
+
+impl Due {
+    /// Whether acting on it could still do something: false once its
+    /// session is gone or its timer was cancelled (the session resumed).
+    fn is_live(&self) -> bool {
+        match self {
+            Due::SessionExpiry { session, timers } | Due::Will { session, timers } => {
+                !timers.is_cancelled() && session.strong_count() > 0
+            }
+            Due::QueuedMessage { session } => session.strong_count() > 0,
+            Due::Retained { .. } => true,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -76,15 +101,28 @@ impl Ord for Entry {
 
 #[derive(Debug, Default)]
 pub struct Sweeper {
-    heap: Mutex<BinaryHeap<Reverse<Entry>>>,
+    heap: Mutex<Heap>,
     next: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct Heap {
+    entries: BinaryHeap<Reverse<Entry>>,
+    /// The length at which dead entries are dropped next.
+    compact_at: usize,
 }
 
 impl Sweeper {
     /// Schedules `due` at `at`.
     pub fn at(&self, at: Instant, due: Due) {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        self.heap.lock().push(Reverse(Entry { at, n, due }));
+        let heap = &mut *self.heap.lock();
+        heap.entries.push(Reverse(Entry { at, n, due }));
+        if heap.entries.len() >= heap.compact_at {
+            heap.entries.retain(|Reverse(e)| e.due.is_live());
+            heap.compact_at = (heap.entries.len() * 2).max(COMPACT_MIN);
+            heap.entries.shrink_to(heap.compact_at);
+        }
     }
 
     /// Takes up to `budget` entries due by `now`, earliest first.
@@ -92,11 +130,11 @@ impl Sweeper {
         let mut heap = self.heap.lock();
         let mut out = Vec::new();
         while out.len() < budget {
-            match heap.peek() {
+            match heap.entries.peek() {
                 Some(Reverse(e)) if e.at <= now => {}
                 _ => break,
             }
-            if let Some(Reverse(e)) = heap.pop() {
+            if let Some(Reverse(e)) = heap.entries.pop() {
                 out.push(e.due);
             }
         }
@@ -104,11 +142,11 @@ impl Sweeper {
     }
 
     pub fn len(&self) -> usize {
-        self.heap.lock().len()
+        self.heap.lock().entries.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.heap.lock().is_empty()
+        self.heap.lock().entries.is_empty()
     }
 }
 
@@ -141,5 +179,48 @@ mod tests {
         assert_eq!(names(s.take_due(later, 2)), ["t1", "t2"]);
         assert_eq!(names(s.take_due(later, 2)), ["t3"]);
         assert_eq!(s.len(), 1, "t10 is not due yet");
+    }
+
+    #[test]
+    fn entries_of_resumed_sessions_do_not_pile_up() {
+        // Issue 16 item 3: each reconnect of a persistent session left its
+        // cancelled expiry entry in the heap for --max-session-expiry.
+        let s = Sweeper::default();
+        let session = std::sync::Arc::new(Session::new(
+            crate::ids::SessionKey {
+                tenant: TenantId::default_tenant(),
+                client: crate::ids::ClientId::new("flaky"),
+            },
+            3600,
+            None,
+        ));
+        let week = Instant::now() + Duration::from_secs(604_800);
+        let mut live = CancellationToken::new();
+        for _ in 0..100_000 {
+            // A disconnect schedules the expiry; the reconnect cancels it.
+            live.cancel();
+            live = CancellationToken::new();
+            s.at(
+                week,
+                Due::SessionExpiry {
+                    session: std::sync::Arc::downgrade(&session),
+                    timers: live.clone(),
+                },
+            );
+        }
+        assert!(
+            s.len() <= COMPACT_MIN,
+            "{} entries for one session",
+            s.len()
+        );
+        // The live entry and those of other kinds stay.
+        let retained = Due::Retained {
+            tenant: TenantId::default_tenant(),
+            topic: TopicName::trusted("r".into()),
+        };
+        s.at(week, retained);
+        let due = s.take_due(week, usize::MAX);
+        let live_left = due.iter().filter(|d| d.is_live()).count();
+        assert_eq!(live_left, 2);
     }
 }
