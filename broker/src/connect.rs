@@ -31,6 +31,8 @@ enum FirstError {
     /// The decode error, and the protocol level if the bytes were a CONNECT
     /// that got as far as naming it.
     Decode(DecodeError, Option<u8>),
+    /// The bytes so far cannot start a CONNECT (`codec::cannot_start_connect`).
+    NotConnect,
 }
 
 async fn read_first<S: AsyncRead + AsyncWrite + Unpin>(
@@ -38,6 +40,9 @@ async fn read_first<S: AsyncRead + AsyncWrite + Unpin>(
     max: usize,
 ) -> Result<Packet, FirstError> {
     loop {
+        if codec::cannot_start_connect(&io.rbuf) {
+            return Err(FirstError::NotConnect);
+        }
         let level = codec::peek_connect_level(&io.rbuf);
         match codec::decode(&mut io.rbuf, None, max) {
             Ok(Some(p)) => return Ok(p),
@@ -132,6 +137,18 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
             return None;
         }
         Ok(Err(FirstError::Io)) => return None,
+        Ok(Err(FirstError::NotConnect)) => {
+            // Another packet (or an HTTP request) first, or a CONNECT
+            // broken in its first bytes.
+            let bad = if io.rbuf.first() == Some(&0x10) {
+                BadPacket::Malformed
+            } else {
+                BadPacket::NotConnectFirst
+            };
+            metrics.bad_packet(bad);
+            debug!(kind = bad.label(), "First bytes cannot start a CONNECT");
+            return None;
+        }
         Ok(Err(FirstError::Decode(e, level))) => {
             debug!(error = %e, "Bad first packet");
             let close = crate::connection::Close::from_decode(&e);

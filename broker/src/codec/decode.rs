@@ -123,6 +123,32 @@ pub fn frame_len(buf: &[u8]) -> Option<usize> {
     }
 }
 
+/// Whether the first bytes of a connection can no longer become a CONNECT:
+/// the first byte is not 0x10, the remaining length is malformed or too
+/// short for any CONNECT, or the protocol name read so far is neither
+/// `MQTT` nor `MQIsdp`. The connection closes at once instead of holding
+/// its slot for the connect timeout (an HTTP request sent to the MQTT
+/// port is refused at its first byte).
+pub fn cannot_start_connect(buf: &[u8]) -> bool {
+    let Some(&first) = buf.first() else {
+        return false;
+    };
+    if first != 0x10 {
+        return true;
+    }
+    let header_len = match frame_header(buf) {
+        Err(_) => return true,
+        Ok(None) => return false,
+        // Protocol name (2 + 4), level, flags, keep alive, and a client id
+        // (2, even when empty): nothing shorter is a CONNECT.
+        Ok(Some((_, _, remaining))) if remaining < 12 => return true,
+        Ok(Some((_, header_len, _))) => header_len,
+    };
+    let name = buf.get(header_len..).unwrap_or_default();
+    let prefix_of = |want: &[u8]| name.iter().zip(want).all(|(a, b)| a == b);
+    !(prefix_of(b"\0\x04MQTT") || prefix_of(b"\0\x06MQIsdp"))
+}
+
 /// The protocol level of a CONNECT at the front of `buf`, if enough of it
 /// is there; lets a refusal of a malformed CONNECT answer in the client's
 /// protocol version.

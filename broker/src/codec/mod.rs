@@ -21,8 +21,8 @@ pub mod reason;
 
 use bytes::Bytes;
 
+pub use decode::{cannot_start_connect, frame_len, peek_connect_level};
 pub use decode::{decode, DecodeError};
-pub use decode::{frame_len, peek_connect_level};
 pub use encode::{encode, encoded_len, fit_to, write_string, write_vbi};
 pub(crate) use properties::Context as PropertyContext;
 pub use properties::Properties;

@@ -172,11 +172,15 @@ impl Properties {
                     read_string(b)?,
                     "duplicate content type",
                 )?,
-                RESPONSE_TOPIC => set_once(
-                    &mut p.response_topic,
-                    read_string(b)?,
-                    "duplicate response topic",
-                )?,
+                RESPONSE_TOPIC => {
+                    // A topic name: no wildcards [MQTT-3.3.2-14], not
+                    // empty [MQTT-4.7.3-1]; in a PUBLISH and a will alike.
+                    let topic = read_string(b)?;
+                    if topic.is_empty() || topic.contains(['+', '#']) {
+                        return Err(DecodeError::Protocol("response topic not a topic name"));
+                    }
+                    set_once(&mut p.response_topic, topic, "duplicate response topic")?
+                }
                 CORRELATION_DATA => set_once(
                     &mut p.correlation_data,
                     read_binary(b)?,

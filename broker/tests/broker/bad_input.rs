@@ -128,6 +128,30 @@ const CASES: &[Case] = &[
         disconnect: None,
         counted: BadPacket::Malformed,
     },
+    Case {
+        name: "an HTTP request on the MQTT port",
+        connect: None,
+        bytes: b"GET / HTTP/1.1\r\nHost: broker\r\n\r\n",
+        disconnect: None,
+        counted: BadPacket::NotConnectFirst,
+    },
+    Case {
+        name: "CONNECT with a protocol name that is not MQTT",
+        connect: None,
+        bytes: &[0x10, 12, 0, 4, b'H', b'T', b'T', b'P'],
+        disconnect: None,
+        counted: BadPacket::Malformed,
+    },
+    Case {
+        name: "wildcard in a PUBLISH Response Topic",
+        connect: Some(Protocol::V5),
+        // PUBLISH "a", properties: Response Topic "reply/+".
+        bytes: &[
+            0x30, 14, 0, 1, b'a', 10, 0x08, 0, 7, b'r', b'e', b'p', b'l', b'y', b'/', b'+',
+        ],
+        disconnect: Some(reason::PROTOCOL_ERROR),
+        counted: BadPacket::ProtocolError,
+    },
 ];
 
 /// A new client can still publish and subscribe.
@@ -193,6 +217,66 @@ async fn connect_must_arrive_within_the_timeout() {
     c.send_bytes(&[0x10, 20, 0, 4]).await;
     assert_eq!(c.recv().await, None);
     broker_still_serves(&b).await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn first_bytes_that_cannot_start_a_connect_close_at_once() {
+    // Issue 16 item 5: these used to hold the connection for the whole
+    // connect timeout.
+    let b = TestBroker::with(|c| c.connect_timeout = Duration::from_secs(60)).await;
+    let cases: [&[u8]; 4] = [
+        b"G",
+        b"GET /mqtt HTTP/1.1\r\n",
+        &[0x10, 3, 0, 4, b'M'],
+        &[0x10, 30, 0, 4, b'M', b'Q', b'X'],
+    ];
+    for bytes in cases {
+        let mut c = RawClient::open(b.addr, Protocol::V311).await;
+        c.send_bytes(bytes).await;
+        let closed = c.recv_within(Duration::from_secs(3)).await;
+        assert_eq!(closed, Ok(None), "{bytes:?}: closed at once");
+    }
+    broker_still_serves(&b).await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_will_whose_response_topic_has_wildcards_is_a_protocol_error() {
+    // [MQTT-3.3.2-14], in the will properties too (issue 16 item 4).
+    let b = TestBroker::start().await;
+    for bad in ["resp+t/#", "reply/+", ""] {
+        let mut c = connect_packet(Protocol::V5, "will-rt", true, 60);
+        c.will = Some(porchlight_broker::codec::Will {
+            topic: "will/rt".into(),
+            payload: bytes::Bytes::from_static(b"x"),
+            qos: q(0),
+            retain: false,
+            properties: porchlight_broker::codec::Properties {
+                response_topic: Some(bad.into()),
+                ..Default::default()
+            },
+        });
+        let mut raw = RawClient::open(b.addr, Protocol::V5).await;
+        raw.send(&Packet::Connect(Box::new(c))).await;
+        match raw.recv().await {
+            Some(Packet::ConnAck(a)) => assert_eq!(a.reason, reason::PROTOCOL_ERROR, "{bad:?}"),
+            other => panic!("{bad:?}: {other:?}"),
+        }
+        assert_eq!(raw.recv().await, None);
+    }
+    // A proper one is accepted and forwarded.
+    let mut s = RawClient::connect(b.addr, Protocol::V5, "rt-sub").await;
+    s.subscribe("rt", q(0)).await;
+    let mut p = RawClient::connect(b.addr, Protocol::V5, "rt-pub").await;
+    let mut m = publish("rt", q(0), 0, b"x");
+    m.properties.response_topic = Some("reply/rt-pub".into());
+    p.send(&Packet::Publish(m)).await;
+    let got = s.expect_publish().await;
+    assert_eq!(
+        got.properties.response_topic.as_deref(),
+        Some("reply/rt-pub")
+    );
     b.stop().await;
 }
 
