@@ -52,6 +52,9 @@ pub struct Receiver {
     /// A shared-subscription group: its members receive in parallel, so
     /// arrival order across them says nothing about the broker.
     pub shared: bool,
+    /// The QoS subscribed with: what a QoS 1/2 publisher's message is
+    /// delivered at, at most.
+    pub qos: u8,
 }
 
 /// Everything the tasks of a run share.
@@ -70,6 +73,8 @@ pub struct Shared {
     pub storm: CancellationToken,
     /// Messages sent per publisher stream, indexed by stream.
     pub sent: Arc<Vec<std::sync::atomic::AtomicU64>>,
+    /// QoS 1 messages the broker acknowledged with success, per stream.
+    pub acked: Arc<Vec<std::sync::atomic::AtomicU64>>,
 }
 
 /// A TLS client configuration and the name to ask for.
@@ -548,6 +553,10 @@ async fn connected(
                             Counters::inc(&counters.acked);
                             if failed {
                                 Counters::inc(&counters.publish_failures);
+                            } else if let Task::Publish { stream, .. } = &client.task {
+                                if let Some(a) = shared.acked.get(*stream as usize) {
+                                    a.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                }
                             }
                         }
                         Incoming::SubAck { failed } => {

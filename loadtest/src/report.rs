@@ -116,6 +116,14 @@ pub fn table(s: &Summary) -> String {
                 ),
             },
         );
+        if let Some(n) = s.lost_acknowledged {
+            row(
+                "acknowledged lost",
+                format!(
+                    "{n} (QoS 1 messages PUBACKed to their publisher, never delivered at QoS 1)"
+                ),
+            );
+        }
         let l = &s.latency_us;
         row(
             "latency ms",

@@ -128,6 +128,10 @@ pub struct Summary {
     /// Expected and never received (with publishers elsewhere: the gaps
     /// in the sequence numbers seen, a lower bound).
     pub lost: u64,
+    /// Of those, QoS 1/2 messages to QoS 1/2 subscriptions: the broker had
+    /// acknowledged them to their publisher and must deliver them (`None`
+    /// without publishers in this process).
+    pub lost_acknowledged: Option<u64>,
     pub duplicates: u64,
     pub out_of_order: u64,
     /// Received from a stream that no subscription should have delivered.
@@ -165,12 +169,15 @@ async fn resolve(hosts: &[String]) -> Result<Vec<SocketAddr>, LoadError> {
     Ok(out)
 }
 
+/// A publisher stream: its topic and QoS, indexed by stream id.
+type Stream = (String, u8);
+
 /// The clients of a plan, the receivers to read at the end, and the
-/// publisher streams' topics.
+/// publisher streams.
 fn build(
     plan: &Plan,
     brokers: &[SocketAddr],
-) -> (Vec<Client>, Vec<Arc<Mutex<Receiver>>>, Vec<String>) {
+) -> (Vec<Client>, Vec<Arc<Mutex<Receiver>>>, Vec<Stream>) {
     let c = &plan.connection;
     let mut clients = Vec::with_capacity(plan.clients());
     let mut receivers = Vec::new();
@@ -180,11 +187,12 @@ fn build(
             Role::Subscriber {
                 topic,
                 shared: Some(_),
-                ..
+                qos,
             } => {
                 let r = Arc::new(Mutex::new(Receiver {
                     filter: expand(topic, 0, ""),
                     shared: true,
+                    qos: *qos,
                     ..Receiver::default()
                 }));
                 receivers.push(r.clone());
@@ -204,6 +212,7 @@ fn build(
                         None => {
                             let r = Arc::new(Mutex::new(Receiver {
                                 filter: filter.clone(),
+                                qos: *qos,
                                 ..Receiver::default()
                             }));
                             receivers.push(r.clone());
@@ -223,7 +232,7 @@ fn build(
                 Role::Publisher(p) => {
                     let name = expand(&p.topic, i, &client_id);
                     let stream = topics.len() as u32;
-                    topics.push(name.clone());
+                    topics.push((name.clone(), p.qos));
                     Task::Publish {
                         spec: Publish {
                             topic: name,
@@ -431,6 +440,7 @@ pub async fn run(plan: Plan, options: Options) -> Result<Summary, LoadError> {
         stop: CancellationToken::new(),
         storm: CancellationToken::new(),
         sent: Arc::new(topics.iter().map(|_| AtomicU64::new(0)).collect()),
+        acked: Arc::new(topics.iter().map(|_| AtomicU64::new(0)).collect()),
     });
     let started = Instant::now();
     let mut sampler = Sampler::new(&options, started);
@@ -552,11 +562,17 @@ pub async fn run(plan: Plan, options: Options) -> Result<Summary, LoadError> {
         .iter()
         .map(|s| s.load(Ordering::Relaxed))
         .collect();
+    let acked: Vec<u64> = shared
+        .acked
+        .iter()
+        .map(|s| s.load(Ordering::Relaxed))
+        .collect();
     let mut by_topic: HashMap<&str, Vec<u32>> = HashMap::new();
-    for (i, t) in topics.iter().enumerate() {
+    for (i, (t, _)) in topics.iter().enumerate() {
         by_topic.entry(t.as_str()).or_default().push(i as u32);
     }
     let (mut expected, mut unique, mut unexpected, mut foreign) = (0u64, 0u64, 0u64, 0u64);
+    let mut lost_acknowledged = 0u64;
     let mut all = Counts::default();
     for r in &receivers {
         let r = r.lock();
@@ -564,12 +580,20 @@ pub async fn run(plan: Plan, options: Options) -> Result<Summary, LoadError> {
         // Ascending stream ids either way (`by_topic` is filled in order).
         let matched: Vec<u32> = if r.filter.contains(['+', '#']) {
             (0..topics.len() as u32)
-                .filter(|&s| matches(&r.filter, &topics[s as usize]))
+                .filter(|&s| matches(&r.filter, &topics[s as usize].0))
                 .collect()
         } else {
             by_topic.get(r.filter.as_str()).cloned().unwrap_or_default()
         };
         expected += matched.iter().map(|&s| sent[s as usize]).sum::<u64>();
+        // Messages a broker must deliver: QoS 1/2 publishes it
+        // acknowledged, to a QoS 1/2 subscription.
+        if r.qos > 0 {
+            for &s in matched.iter().filter(|&&s| topics[s as usize].1 > 0) {
+                let got = r.streams.get(&s).map_or(0, |t| t.counts().unique);
+                lost_acknowledged += acked[s as usize].saturating_sub(got);
+            }
+        }
         for (stream, t) in &r.streams {
             let mut counts = t.counts().clone();
             if r.shared {
@@ -664,6 +688,7 @@ pub async fn run(plan: Plan, options: Options) -> Result<Summary, LoadError> {
         received: Counters::get(&c.received),
         unique,
         lost,
+        lost_acknowledged: have_publishers.then_some(lost_acknowledged),
         duplicates: all.duplicates,
         out_of_order: all.out_of_order,
         unexpected,
