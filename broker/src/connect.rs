@@ -96,8 +96,11 @@ async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(
     });
     codec::fit_to(&mut ack, protocol, client_max_packet);
     codec::encode(&ack, protocol, &mut io.wbuf);
-    let _ = tokio::time::timeout(Duration::from_secs(2), io.flush_all()).await;
-    io.shutdown().await;
+    // The close lingers, so the refusal is not lost to a reset when the
+    // client sent more after its CONNECT.
+    if let Ok(Ok(())) = tokio::time::timeout(Duration::from_secs(2), io.flush_all()).await {
+        io.close_lingering(Duration::from_secs(2)).await;
+    }
     count_bytes(&mut io, metrics);
 }
 

@@ -487,6 +487,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             self.broker.metrics.bad_packet(bad);
         }
         debug!(reason = ?close.reason, detail = %close.detail, "Connection closed");
+        let told = self.protocol.is_v5() && close.reason.is_some();
         if self.protocol.is_v5() {
             if let Some(code) = close.reason {
                 self.send_fitted(Packet::Disconnect(Disconnect {
@@ -511,13 +512,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         // Then the last packets and the close (TLS close_notify, WebSocket
         // Close frame), bounded: a peer that stopped reading cannot keep
         // this task, or its socket, alive.
+        // After a server DISCONNECT the close lingers (`Transport::
+        // close_lingering`), so the reason reaches a client that is still
+        // sending instead of being lost to a reset.
         let io = &mut self.io;
+        let linger = told.then_some(CLOSE_FLUSH_TIMEOUT);
         let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, async move {
-            if io.flush_all().await.is_ok() {
+            if io.flush_all().await.is_ok() && linger.is_none() {
                 io.shutdown().await;
             }
         })
         .await;
+        if let Some(wait) = linger {
+            self.io.close_lingering(wait).await;
+        }
         self.count_written();
     }
 }

@@ -157,6 +157,9 @@ pub struct Metrics {
     pub ws_handshake_failures: AtomicU64,
     pub backpressure_waits: AtomicU64,
     pub backpressure_timeouts: AtomicU64,
+    /// Failed `accept` calls (out of file descriptors, mostly):
+    /// `porchlight_accept_failures_total`.
+    pub accept_failures: AtomicU64,
     dropped: [AtomicU64; DropReason::ALL.len()],
     bad_packets: [AtomicU64; 9],
 }

@@ -17,6 +17,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
@@ -205,13 +206,26 @@ impl Drop for Counted {
 
 async fn accept_loop(listener: Listener, tls: Option<TlsMaterial>, broker: Arc<Broker>) {
     let (kind, proxy) = (listener.kind, listener.proxy);
+    let mut backoff = AcceptBackoff::default();
     loop {
         let (stream, peer) = match listener.tcp.accept().await {
-            Ok(s) => s,
+            Ok(s) => {
+                if let Some(failed) = backoff.succeeded() {
+                    info!(failed, "Accepting connections again");
+                }
+                s
+            }
             Err(e) => {
-                // EMFILE and friends: back off briefly instead of spinning.
-                warn!(error = %e, "Accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                // EMFILE and friends: the pending connection stays queued
+                // and the next accept fails the same way, so wait, longer
+                // each time, and log at powers of two.
+                broker.metrics.inc(&broker.metrics.accept_failures);
+                let (wait, log) = backoff.failed();
+                if log {
+                    warn!(error = %e, failed = backoff.failures, wait_ms = wait.as_millis() as u64,
+                        "Accept failed");
+                }
+                tokio::time::sleep(wait).await;
                 continue;
             }
         };
@@ -259,6 +273,38 @@ async fn accept_loop(listener: Listener, tls: Option<TlsMaterial>, broker: Arc<B
                 }
             }
         });
+    }
+}
+
+/// Consecutive `accept` failures: each waits twice as long as the one
+/// before ([`ACCEPT_WAIT_MIN`] to [`ACCEPT_WAIT_MAX`]), and is logged only
+/// at the 1st, 2nd, 4th, 8th… of a run, so a node out of file
+/// descriptors neither spins nor floods its log. A success ends the run.
+#[derive(Debug, Default)]
+struct AcceptBackoff {
+    failures: u64,
+}
+
+/// The first wait after a failed `accept`.
+const ACCEPT_WAIT_MIN: Duration = Duration::from_millis(5);
+/// The longest wait: a freed descriptor is used within a second.
+const ACCEPT_WAIT_MAX: Duration = Duration::from_secs(1);
+
+impl AcceptBackoff {
+    /// One more failure: how long to wait, and whether to log it.
+    fn failed(&mut self) -> (Duration, bool) {
+        self.failures += 1;
+        let shift = (self.failures - 1).min(8) as u32;
+        let wait = ACCEPT_WAIT_MIN
+            .saturating_mul(1 << shift)
+            .min(ACCEPT_WAIT_MAX);
+        (wait, self.failures.is_power_of_two())
+    }
+
+    /// A success: the length of the run of failures it ended, if any.
+    fn succeeded(&mut self) -> Option<u64> {
+        let run = std::mem::take(&mut self.failures);
+        (run > 0).then_some(run)
     }
 }
 
@@ -438,6 +484,29 @@ async fn wake_on_reload(broker: Arc<Broker>) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn accept_failures_back_off_and_log_at_powers_of_two() {
+        let mut b = super::AcceptBackoff::default();
+        let runs: Vec<(u64, bool)> = (0..12)
+            .map(|_| b.failed())
+            .map(|(w, log)| (w.as_millis() as u64, log))
+            .collect();
+        let waits: Vec<u64> = runs.iter().map(|r| r.0).collect();
+        assert_eq!(
+            waits,
+            [5, 10, 20, 40, 80, 160, 320, 640, 1000, 1000, 1000, 1000]
+        );
+        let logged: Vec<usize> = (0..12).filter(|&i| runs[i].1).map(|i| i + 1).collect();
+        assert_eq!(logged, [1, 2, 4, 8]);
+        assert_eq!(b.succeeded(), Some(12));
+        assert_eq!(b.succeeded(), None);
+        assert_eq!(
+            b.failed(),
+            (super::ACCEPT_WAIT_MIN, true),
+            "a new run starts over"
+        );
+    }
+
     use std::time::Duration;
 
     use tokio::net::TcpStream;

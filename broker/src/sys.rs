@@ -24,7 +24,7 @@ pub fn publish_stats(broker: &Broker) {
     let m = &broker.metrics;
     let g = Metrics::get;
     let uptime = broker.started_at.elapsed().as_secs();
-    let values: [(&str, String); 9] = [
+    let values: [(&str, String); 10] = [
         ("version", env!("CARGO_PKG_VERSION").to_owned()),
         ("uptime", format!("{uptime} seconds")),
         ("clients/connected", g(&m.clients_connected).to_string()),
@@ -34,6 +34,10 @@ pub fn publish_stats(broker: &Broker) {
         ("bytes/received", g(&m.bytes_received).to_string()),
         ("bytes/sent", g(&m.bytes_sent).to_string()),
         ("retained messages/count", g(&m.retained).to_string()),
+        (
+            "connections/accept_failures",
+            g(&m.accept_failures).to_string(),
+        ),
     ];
     let mut values: Vec<(String, String)> =
         values.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();

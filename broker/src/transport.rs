@@ -14,7 +14,7 @@ use std::pin::Pin;
 use std::task::{ready, Poll};
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 /// Output above this stops reading input and pulling deliveries until the
 /// client has taken some (backpressure for clients that do not read).
@@ -173,4 +173,37 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Transport<S> {
     pub async fn shutdown(&mut self) {
         let _ = self.stream.shutdown().await;
     }
+
+    /// A lingering close, after the last packet the client must read (a
+    /// server DISCONNECT, a refusing CONNACK): half-closes, then reads and
+    /// discards what the client still sends until it closes its side,
+    /// falls quiet for [`LINGER_IDLE`], or `wait` or [`LINGER_BYTES`] run
+    /// out. Closing a socket with unread input makes the kernel answer
+    /// with a reset, and a client still busy writing then fails its next
+    /// write and may never read the reason code.
+    pub async fn close_lingering(&mut self, wait: std::time::Duration) {
+        let drain = async {
+            self.stream.shutdown().await?;
+            let mut sink = [0u8; STACK_READ];
+            let mut left = LINGER_BYTES;
+            while left > 0 {
+                match tokio::time::timeout(LINGER_IDLE, self.stream.read(&mut sink)).await {
+                    Ok(Ok(0)) | Err(_) => break,
+                    Ok(Ok(n)) => left = left.saturating_sub(n),
+                    Ok(Err(e)) => return Err(e),
+                }
+            }
+            io::Result::Ok(())
+        };
+        let _ = tokio::time::timeout(wait, drain).await;
+    }
 }
+
+/// Most input a lingering close reads and discards before it gives up.
+pub const LINGER_BYTES: usize = 256 * 1024;
+
+/// A lingering close ends once the client has sent nothing for this long:
+/// what it wrote before it read the reason has arrived within about a
+/// round trip, and an idle client (most devices) is not held at all past
+/// this.
+pub const LINGER_IDLE: std::time::Duration = std::time::Duration::from_millis(250);

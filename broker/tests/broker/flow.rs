@@ -608,3 +608,53 @@ async fn qos0_traffic_never_costs_a_connected_subscriber_an_acknowledged_qos1_me
     assert!(b.broker.metrics.dropped_count(DropReason::QueueFull) > 0);
     b.stop().await;
 }
+
+#[tokio::test]
+async fn a_server_disconnect_reaches_a_client_that_is_still_sending() {
+    // Issue 16 item 5 (Paho's test_flow_control2): the broker closed its
+    // socket at once, so the client's next writes met a reset and a client
+    // library that stops at a failed write never read DISCONNECT 0x93. Now
+    // the close lingers: half-close, then drain the input for a bounded
+    // time, so the client can go on writing until it reads the reason.
+    let b = TestBroker::with(|c| c.receive_maximum = 2).await;
+    let (mut p, _) =
+        RawClient::connect_with(b.addr, connect_packet(Protocol::V5, "flow2", true, 60)).await;
+    let mut out = bytes::BytesMut::new();
+    for id in 1..=21u16 {
+        porchlight_broker::codec::encode(
+            &Packet::Publish(publish("fc2", q(2), id, b"m")),
+            Protocol::V5,
+            &mut out,
+        );
+    }
+    p.send_bytes(&out).await;
+    wait_until("the broker refused the third QoS 2 publish", || {
+        b.broker
+            .metrics
+            .bad_packet_count(BadPacket::ReceiveMaximumExceeded)
+            == 1
+    })
+    .await;
+    // The client keeps writing for a while, as a client busy publishing
+    // does: every write goes through (a reset would fail the second).
+    let mut ping = bytes::BytesMut::new();
+    porchlight_broker::codec::encode(&Packet::PingReq, Protocol::V5, &mut ping);
+    for i in 0..10 {
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let wrote = p.try_send_bytes(&ping).await;
+        assert!(wrote.is_ok(), "write {i} after the DISCONNECT: {wrote:?}");
+    }
+    let mut acks = 0;
+    loop {
+        match p.recv().await {
+            Some(Packet::PubRec(_)) => acks += 1,
+            Some(Packet::Disconnect(d)) => {
+                assert_eq!(d.reason, reason::RECEIVE_MAXIMUM_EXCEEDED);
+                break;
+            }
+            other => panic!("expected PUBREC or DISCONNECT, got {other:?} after {acks} PUBRECs"),
+        }
+    }
+    assert_eq!(acks, 2);
+    b.stop().await;
+}

@@ -246,7 +246,13 @@ impl RawClient {
 
     pub async fn send_bytes(&mut self, bytes: &[u8]) {
         // The broker may already have closed; that is for the caller to check.
-        let _ = self.stream.write_all(bytes).await;
+        let _ = self.try_send_bytes(bytes).await;
+    }
+
+    /// Writes `bytes`, saying whether the write went through (it fails
+    /// once the broker has reset the connection).
+    pub async fn try_send_bytes(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes).await
     }
 
     /// Next packet, or `None` if the connection closed. Fails the test if
@@ -565,9 +571,31 @@ pub fn spawn_binary_bare_logged(
     data_dir: &std::path::Path,
     extra: &[&str],
 ) -> (Spawned, SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
+    spawn_binary_with_fds(data_dir, extra, None)
+}
+
+/// Like `spawn_binary_logged`, with the process's open-file limit set to
+/// `max_fds` (through the shell's `ulimit -n`, which lowering needs no
+/// privilege for) when given.
+pub fn spawn_binary_with_fds(
+    data_dir: &std::path::Path,
+    extra: &[&str],
+    max_fds: Option<u32>,
+) -> (Spawned, SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
     use std::io::{BufRead, BufReader};
+    let bin = env!("CARGO_BIN_EXE_porchlight");
+    let mut command = match max_fds {
+        Some(n) => {
+            let mut c = std::process::Command::new("sh");
+            c.arg("-c")
+                .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+                .arg(bin);
+            c
+        }
+        None => std::process::Command::new(bin),
+    };
     let mut child = Spawned(
-        std::process::Command::new(env!("CARGO_BIN_EXE_porchlight"))
+        command
             .args(["--log-format", "json"])
             .arg("--data-dir")
             .arg(data_dir)
