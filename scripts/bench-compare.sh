@@ -9,7 +9,9 @@
 #   SCENARIOS default to all: idle-10k idle-19k conn-rate conn-tls-full
 #   conn-tls-resumed fan-in-qos0 fan-in-qos0-flood fan-in-qos1 fan-out-200
 #   fan-out-1000 p2p shared latency
-#   BROKERS="porchlight mosquitto rumqttd" selects brokers.
+#   BROKERS="porchlight mosquitto rumqttd" selects brokers; "baseline" is
+#   the porchlight binary named by BASELINE=PATH, run with the same flags,
+#   for an A/B of two builds. NO_DOC=1 leaves docs/benchmarks.md alone.
 # Traffic stays on 127.0.0.1; every run is bounded by SECONDS plus the
 # connect and drain deadlines.
 set -euo pipefail
@@ -110,9 +112,10 @@ start() {
   port=$((20000 + 2 * run_no)); tls_port=$((port + 1)); run_no=$((run_no + 1))
   configs
   case $1 in
-    porchlight)
+    porchlight|baseline)
       rm -rf "$work/data"
-      target/release/porchlight --listen 127.0.0.1:$port --data-dir "$work/data" \
+      bin=target/release/porchlight; [ "$1" = baseline ] && bin=${BASELINE:?BASELINE=path of the other porchlight binary}
+      "$bin" --listen 127.0.0.1:$port --data-dir "$work/data" \
         --tls-listen 127.0.0.1:$tls_port --tls-cert "$work/pki/server.crt" --tls-key "$work/pki/server.key" \
         --log-level warn --no-sys-topics --max-inflight 100 --max-connections 1000000 &
       ;;
@@ -242,7 +245,7 @@ for s in scenarios:
     for b in brokers:
         for c in charts:
             src = f"{out}/report/{s}.{b}/{c}.svg"
-            if os.path.exists(src):
+            if os.path.exists(src) and not os.environ.get("NO_DOC"):
                 os.makedirs("docs/bench", exist_ok=True)
                 dst = f"docs/bench/{s}.{b}.{c}.svg"
                 shutil.copyfile(src, dst)
@@ -254,7 +257,7 @@ print(table)
 doc = "docs/benchmarks.md"
 text = open(doc).read()
 begin, end = "<!-- bench-compare:begin -->", "<!-- bench-compare:end -->"
-if begin in text and end in text:
+if begin in text and end in text and not os.environ.get("NO_DOC"):
     head, rest = text.split(begin, 1)
     _, tail = rest.split(end, 1)
     rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()

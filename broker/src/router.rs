@@ -86,7 +86,11 @@ impl Router {
                 Some((s, d)) if s.id == sub.session.id => {
                     d.qos = d.qos.max(qos);
                     d.retain |= retain;
-                    d.subscription_ids.extend(sub.id);
+                    if let Some(id) = sub.id {
+                        // Overlapping subscriptions of one session: rare.
+                        let ids = d.subscription_ids.iter().copied().chain([id]);
+                        d.subscription_ids = ids.collect();
+                    }
                 }
                 _ => {
                     if let Some((s, d)) = current.take() {
@@ -204,7 +208,7 @@ impl Router {
         let m = self.state.matches(&tenant, &d.msg.topic);
         let mut candidates: Vec<Subscriber> = Vec::new();
         for (sub, s) in m.shared {
-            if s == *share && sub.session.id != leaving {
+            if *s == *share && sub.session.id != leaving {
                 candidates.push(sub);
             }
         }
@@ -216,7 +220,7 @@ impl Router {
                 again
                     .shared
                     .into_iter()
-                    .filter(|(sub, s)| s == share && sub.session.id != leaving)
+                    .filter(|(sub, s)| **s == *share && sub.session.id != leaving)
                     .map(|(sub, _)| sub),
             );
         }

@@ -36,8 +36,9 @@ pub struct Subscriber {
 
 #[derive(Debug)]
 struct SharedGroup {
-    /// The group and filter, handed out with each chosen member.
-    share: ShareRef,
+    /// The group and filter, handed out with each chosen member (shared,
+    /// so each delivery through the group carries a pointer, not a copy).
+    share: Arc<ShareRef>,
     /// Members in subscription order.
     members: Vec<Subscriber>,
     /// Round-robin cursor.
@@ -69,7 +70,7 @@ struct Node {
 #[derive(Debug, Default)]
 pub struct Matches {
     pub direct: Vec<Subscriber>,
-    pub shared: Vec<(Subscriber, ShareRef)>,
+    pub shared: Vec<(Subscriber, Arc<ShareRef>)>,
 }
 
 #[derive(Debug, Default)]
@@ -121,10 +122,10 @@ impl SubscriptionTrie {
                 None => w.subscribers.insert(sid, sub).is_some(),
                 Some(g) => {
                     let grp = w.shared.entry(g.into()).or_insert_with(|| SharedGroup {
-                        share: ShareRef {
+                        share: Arc::new(ShareRef {
                             group: Arc::from(g),
                             filter: Arc::from(filter),
-                        },
+                        }),
                         members: Vec::new(),
                         next: AtomicUsize::new(0),
                     });

@@ -688,7 +688,7 @@ pub async fn run(plan: Plan, options: Options) -> Result<Summary, LoadError> {
         received: Counters::get(&c.received),
         unique,
         lost,
-        lost_acknowledged: have_publishers.then_some(lost_acknowledged),
+        lost_acknowledged: (have_publishers && !receivers.is_empty()).then_some(lost_acknowledged),
         duplicates: all.duplicates,
         out_of_order: all.out_of_order,
         unexpected,

@@ -232,10 +232,10 @@ fn decode_delivery(r: &mut Reader<'_>, tenant: &TenantId) -> Result<Delivery, Ba
     }
     let share = match r.u8()? {
         0 => None,
-        _ => Some(ShareRef {
+        _ => Some(Arc::new(ShareRef {
             group: Arc::from(r.str()?),
             filter: Arc::from(r.str()?),
-        }),
+        })),
     };
     if !r.buf.is_empty() {
         let t = r.str()?;
@@ -247,7 +247,7 @@ fn decode_delivery(r: &mut Reader<'_>, tenant: &TenantId) -> Result<Delivery, Ba
         msg: Arc::new(msg),
         qos,
         retain,
-        subscription_ids,
+        subscription_ids: subscription_ids.into(),
         share,
         seq: 0,
     })
