@@ -27,6 +27,7 @@ fn main() {
             },
             0,
             None,
+            None,
         )),
         options: SubscriptionOptions::new(QoS::AtMostOnce),
         id: None,

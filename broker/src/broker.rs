@@ -58,6 +58,7 @@ impl Broker {
         let restored = persist.load(config.topic_limits())?;
         let metrics = Arc::new(Metrics::default());
         let state = Arc::new(State::new(metrics.clone(), Some(persist.clone())));
+        state.queue_memory().set_limit(config.max_queued_memory);
         // The limits the state enforces (retained, persistent sessions,
         // queued bytes); `server.rs` applies them again after each reload.
         state.tenants().apply(&auth.directory());

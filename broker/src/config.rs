@@ -300,6 +300,15 @@ pub struct Cli {
     #[arg(long, value_name = "BYTES", env = "PORCHLIGHT_MAX_QUEUED_BYTES", default_value_t = 16 * 1024 * 1024)]
     pub max_queued_bytes: usize,
 
+    /// Most memory for queued messages on the whole node: their bytes plus
+    /// 64 per queue entry. At the bound, QoS 1/2 publishes that would be
+    /// queued for an offline session are refused (v5 0x97; 3.1.1:
+    /// connection closed) and QoS 0 ones skip offline sessions (counted).
+    /// Default: a quarter of the memory this process may use (its cgroup
+    /// limit, else the machine's). 0: no bound.
+    #[arg(long, value_name = "BYTES", env = "PORCHLIGHT_MAX_QUEUED_MEMORY")]
+    pub max_queued_memory: Option<u64>,
+
     /// When acknowledgements of durable messages wait for the disk:
     /// `always` (fsync before every acknowledgement), `group` (one fsync per
     /// group-commit window covers all writes in it), `never` (acknowledge at
@@ -476,6 +485,8 @@ pub struct Config {
     pub max_inflight: u16,
     pub max_queued_messages: usize,
     pub max_queued_bytes: usize,
+    /// `--max-queued-memory`, resolved (0: no bound).
+    pub max_queued_memory: u64,
     pub queue_overflow: QueueOverflow,
     /// See `--publish-backpressure-ms`; `None` when 0.
     pub publish_backpressure: Option<Duration>,
@@ -679,6 +690,9 @@ impl Cli {
             max_inflight: self.max_inflight,
             max_queued_messages: self.max_queued_messages,
             max_queued_bytes: self.max_queued_bytes,
+            max_queued_memory: self
+                .max_queued_memory
+                .unwrap_or_else(crate::queue_memory::default_limit),
             queue_overflow: self.queue_overflow,
             publish_backpressure: (self.publish_backpressure_ms > 0)
                 .then(|| Duration::from_millis(self.publish_backpressure_ms)),

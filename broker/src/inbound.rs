@@ -438,7 +438,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             } else if let Some(refused) = outcome.refused {
                 if !v5 && p.qos != QoS::AtMostOnce {
                     // 3.1.1 has no reason codes: the connection is closed.
-                    return Err(Close::quiet("durable write refused", true));
+                    return Err(Close::quiet(
+                        "publish refused (store or queued memory full)",
+                        true,
+                    ));
                 }
                 code = refused;
             } else if outcome.queued == 0 && !outcome.overflowed {

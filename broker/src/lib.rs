@@ -17,7 +17,8 @@
 //!   `sweeper.rs`: the deadlines it sweeps.
 //! - `persist/`: durable records on `porchlight-storage`; `load.rs` reads
 //!   them back at start-up.
-//! - `session.rs`: one session's subscriptions, queue and in-flight state.
+//! - `session.rs`: one session's subscriptions, queue and in-flight state;
+//!   `queue_memory.rs`: the node-wide bound on queued messages.
 //! - `router.rs`: publish fan-out; `trie.rs` matches, `retained.rs` retains.
 //! - `message.rs`, `topic.rs`, `ids.rs`: the nouns.
 //! - `broker.rs`: the shared state; `config.rs`, `metrics.rs`, `sys.rs`,
@@ -44,6 +45,7 @@ pub mod outbound;
 pub mod password;
 pub mod persist;
 pub mod proxy;
+pub mod queue_memory;
 pub mod registry;
 pub mod reload;
 pub mod retained;

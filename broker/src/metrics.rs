@@ -62,10 +62,13 @@ pub enum DropReason {
     /// Over a tenant quota kept in the state: the subscriber tenant's
     /// queued bytes, or a retained publish over the retained limits.
     TenantQuota,
+    /// A QoS 0 message for an offline session while the node's queued
+    /// messages are at `--max-queued-memory`.
+    QueueMemory,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 7] = [
+    pub const ALL: [DropReason; 8] = [
         DropReason::QueueFull,
         DropReason::PacketTooLarge,
         DropReason::Expired,
@@ -73,6 +76,7 @@ impl DropReason {
         DropReason::NotDurable,
         DropReason::RateLimited,
         DropReason::TenantQuota,
+        DropReason::QueueMemory,
     ];
 
     pub fn label(self) -> &'static str {
@@ -85,6 +89,7 @@ impl DropReason {
             DropReason::NotDurable => "not_durable",
             DropReason::RateLimited => "rate_limited",
             DropReason::TenantQuota => "tenant_quota",
+            DropReason::QueueMemory => "queue_memory",
         }
     }
 }

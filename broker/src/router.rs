@@ -56,6 +56,18 @@ impl Router {
                 return out;
             }
         }
+        // At `--max-queued-memory`, nothing more is queued for offline
+        // sessions (whose queues nobody drains): a QoS 1/2 message that
+        // would be is refused whole (0x97; the publisher may retry), a QoS 0
+        // one skips them (counted). Connected sessions' queues are bounded
+        // by flow control and still take it.
+        let memory = self.state.queue_memory();
+        let full = memory.is_full();
+        if full && msg.qos != QoS::AtMostOnce && m.any_offline() {
+            memory.refuse();
+            out.refused = Some(reason::QUOTA_EXCEEDED);
+            return out;
+        }
         if msg.retain {
             let (applied, write) = self.state.apply(Command::Retain {
                 message: msg.clone(),
@@ -72,6 +84,11 @@ impl Router {
         m.direct.sort_unstable_by_key(|s| s.session.id);
         let mut current: Option<(Arc<Session>, Delivery)> = None;
         for sub in m.direct {
+            if full && !sub.session.is_online() {
+                memory.refuse();
+                sub.session.dropped(&self.metrics, DropReason::QueueMemory);
+                continue;
+            }
             if sub.options.no_local
                 && msg
                     .publisher
@@ -112,6 +129,11 @@ impl Router {
             self.deliver_to(&mut out, &s, d);
         }
         for (sub, share) in m.shared {
+            if full && !sub.session.is_online() {
+                memory.refuse();
+                sub.session.dropped(&self.metrics, DropReason::QueueMemory);
+                continue;
+            }
             let d = Delivery {
                 msg: msg.clone(),
                 qos: effective_qos(msg.qos, sub.options.qos),

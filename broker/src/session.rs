@@ -42,6 +42,7 @@ use crate::ids::{ConnectionId, SessionId, SessionKey};
 use crate::message::Delivery;
 use crate::metrics::DropReason;
 use crate::persist::{Persist, RestoredInflight};
+use crate::queue_memory::QueueMemory;
 use crate::tenant::quota::{release, reserve_n, QuotaKind, StateLimits, Usage};
 use crate::topic::TopicFilter;
 
@@ -122,6 +123,9 @@ pub struct SessionState {
     /// The session's tenant's usage (queued bytes, drops); `None` once the
     /// session is deleted (its queue no longer counts) and in unit tests.
     pub usage: Option<Arc<Usage>>,
+    /// The node's queued memory (`--max-queued-memory`), kept in step
+    /// with `queue` like the tenant's; `None` once deleted, and in tests.
+    node_memory: Option<Arc<QueueMemory>>,
     /// Counted in the tenant's `persistent_sessions` (from the first
     /// attach with an expiry until the session is deleted).
     pub persistent: bool,
@@ -175,7 +179,12 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(key: SessionKey, expiry_interval: u32, usage: Option<Arc<Usage>>) -> Session {
+    pub fn new(
+        key: SessionKey,
+        expiry_interval: u32,
+        usage: Option<Arc<Usage>>,
+        node_memory: Option<Arc<QueueMemory>>,
+    ) -> Session {
         Session {
             key,
             id: SessionId::next(),
@@ -205,6 +214,7 @@ impl Session {
                 queued_qos0_bytes: 0,
                 queued_bytes: 0,
                 usage,
+                node_memory,
                 persistent: false,
                 disconnected_at: None,
                 user: None,
@@ -395,6 +405,9 @@ impl SessionState {
     fn push_reserved(&mut self, d: Delivery) {
         self.queued_bytes += d.msg.size();
         self.count_qos0(&d, true);
+        if let Some(m) = &self.node_memory {
+            m.add(d.msg.size());
+        }
         // Grow by half, not double: a million offline queues carry on
         // average a quarter spare instead of half (still amortised O(1)).
         let len = self.queue.len();
@@ -409,6 +422,9 @@ impl SessionState {
         self.queued_bytes -= d.msg.size();
         self.count_qos0(d, false);
         self.tenant_queued_sub(d.msg.size());
+        if let Some(m) = &self.node_memory {
+            m.sub(d.msg.size(), 1);
+        }
     }
 
     /// Counts a QoS 0 delivery into (`added`) or out of the queue.
@@ -512,6 +528,9 @@ impl SessionState {
         self.tenant_queued_add(d.msg.size());
         self.queued_bytes += d.msg.size();
         self.count_qos0(&d, true);
+        if let Some(m) = &self.node_memory {
+            m.add(d.msg.size());
+        }
         self.queue.push_front(d);
     }
 
@@ -522,6 +541,9 @@ impl SessionState {
         self.queue.extend(kept);
         let before = self.queued_bytes;
         self.queued_bytes = self.queue.iter().map(|d| d.msg.size()).sum();
+        if let Some(m) = &self.node_memory {
+            m.sub(before - self.queued_bytes, gone.len());
+        }
         let qos0 = self.queue.iter().filter(|d| d.qos == QoS::AtMostOnce);
         (self.queued_qos0, self.queued_qos0_bytes) =
             qos0.fold((0, 0), |(n, b), d| (n + 1, b + d.msg.size()));
@@ -562,6 +584,9 @@ impl SessionState {
     pub fn forget_tenant(&mut self) {
         self.tenant_queued_sub(self.queued_bytes);
         self.usage = None;
+        if let Some(m) = self.node_memory.take() {
+            m.sub(self.queued_bytes, self.queue.len());
+        }
     }
 
     /// Removes expired queued deliveries; returns them.
@@ -658,7 +683,7 @@ mod tests {
             tenant: TenantId::default_tenant(),
             client: ClientId::new("s"),
         };
-        Session::new(key, 0, None)
+        Session::new(key, 0, None, None)
     }
 
     /// A delivery of QoS `qos` whose payload is `tag`.

@@ -38,6 +38,8 @@ pub struct State {
     persist: Option<Arc<Persist>>,
     /// Deadlines: expiring retained messages are registered here.
     sweeper: Arc<Sweeper>,
+    /// Every session queue's messages, for `--max-queued-memory`.
+    queue_memory: Arc<crate::queue_memory::QueueMemory>,
     sessions: DashMap<SessionKey, Arc<Session>, foldhash::fast::RandomState>,
     trie: SubscriptionTrie,
     retained: RetainedStore,
@@ -52,11 +54,17 @@ impl State {
             metrics,
             persist,
             sweeper: Arc::new(Sweeper::default()),
+            queue_memory: Arc::default(),
             sessions: DashMap::default(),
             trie: SubscriptionTrie::default(),
             retained: RetainedStore::new(tenants.clone()),
             tenants,
         }
+    }
+
+    /// The node-wide count of queued messages (`--max-queued-memory`).
+    pub fn queue_memory(&self) -> &Arc<crate::queue_memory::QueueMemory> {
+        &self.queue_memory
     }
 
     /// Every tenant's usage on this node. Subscriptions: a live SUBSCRIBE
@@ -214,7 +222,12 @@ impl State {
                     );
                 }
                 usage.sessions.fetch_add(1, Ordering::Relaxed);
-                let session = Arc::new(Session::new(v.key().clone(), expiry_interval, Some(usage)));
+                let session = Arc::new(Session::new(
+                    v.key().clone(),
+                    expiry_interval,
+                    Some(usage),
+                    Some(self.queue_memory.clone()),
+                ));
                 // Before it is visible: a concurrent `PutSession` must not
                 // see it unreserved and reserve again.
                 session.lock().persistent = expiry_interval > 0;
@@ -307,7 +320,12 @@ impl State {
         // before the limit was lowered) is kept.
         usage.sessions.fetch_add(1, Ordering::Relaxed);
         usage.persistent_sessions.fetch_add(1, Ordering::AcqRel);
-        let session = Arc::new(Session::new(r.key.clone(), r.expiry_interval, Some(usage)));
+        let session = Arc::new(Session::new(
+            r.key.clone(),
+            r.expiry_interval,
+            Some(usage),
+            Some(self.queue_memory.clone()),
+        ));
         {
             let mut st = session.lock();
             st.persistent = true;

@@ -193,6 +193,7 @@ mod tests {
             },
             3600,
             None,
+            None,
         ));
         let week = Instant::now() + Duration::from_secs(604_800);
         let mut live = CancellationToken::new();

@@ -24,7 +24,8 @@ pub fn publish_stats(broker: &Broker) {
     let m = &broker.metrics;
     let g = Metrics::get;
     let uptime = broker.started_at.elapsed().as_secs();
-    let values: [(&str, String); 10] = [
+    let memory = broker.state.queue_memory();
+    let values: [(&str, String); 12] = [
         ("version", env!("CARGO_PKG_VERSION").to_owned()),
         ("uptime", format!("{uptime} seconds")),
         ("clients/connected", g(&m.clients_connected).to_string()),
@@ -38,6 +39,8 @@ pub fn publish_stats(broker: &Broker) {
             "connections/accept_failures",
             g(&m.accept_failures).to_string(),
         ),
+        ("queued/memory", memory.used().to_string()),
+        ("queued/memory_refusals", memory.refused().to_string()),
     ];
     let mut values: Vec<(String, String)> =
         values.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();

@@ -73,6 +73,14 @@ pub struct Matches {
     pub shared: Vec<(Subscriber, Arc<ShareRef>)>,
 }
 
+impl Matches {
+    /// Whether a delivery of this match would go to an offline session.
+    pub fn any_offline(&self) -> bool {
+        let offline = |s: &Subscriber| !s.session.is_online();
+        self.direct.iter().any(offline) || self.shared.iter().any(|(s, _)| offline(s))
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct SubscriptionTrie {
     roots: DashMap<TenantId, Arc<Node>>,
@@ -284,6 +292,7 @@ mod tests {
                     client: ClientId::new(name),
                 },
                 0,
+                None,
                 None,
             )),
             options: SubscriptionOptions::new(QoS::AtMostOnce),

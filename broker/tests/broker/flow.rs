@@ -658,3 +658,73 @@ async fn a_server_disconnect_reaches_a_client_that_is_still_sending() {
     assert_eq!(acks, 2);
     b.stop().await;
 }
+
+/// A v5 persistent session `id` subscribed to `filter` at QoS 1, left
+/// offline.
+async fn offline_session(b: &TestBroker, id: &str, filter: &str) {
+    let mut c = connect_packet(Protocol::V5, id, false, 60);
+    c.properties.session_expiry_interval = Some(3600);
+    let (mut s, _) = RawClient::connect_with(b.addr, c).await;
+    s.subscribe(filter, q(1)).await;
+    drop(s);
+    b.wait_offline(id).await;
+}
+
+#[tokio::test]
+async fn the_node_wide_queued_memory_bound_refuses_what_offline_sessions_would_queue() {
+    // Issue 16 item 2: offline queues had no bound but each session's.
+    let b = TestBroker::with(|c| c.max_queued_memory = 64 * 1024).await;
+    for id in ["off-1", "off-2"] {
+        offline_session(&b, id, "mem/#").await;
+    }
+    let mut p = RawClient::connect(b.addr, Protocol::V5, "mem-pub").await;
+    // Each message: 1,029 bytes + 64 per queue, twice: the bound is
+    // reached after 30.
+    let payload: &'static [u8] = Box::leak(vec![7u8; 1024].into_boxed_slice());
+    let mut accepted = 0;
+    let refused = loop {
+        let id = accepted + 1;
+        p.publish("mem/x", q(1), id, payload).await;
+        match p.recv().await {
+            Some(Packet::PubAck(a)) if a.reason == reason::SUCCESS => accepted += 1,
+            Some(Packet::PubAck(a)) => break a.reason,
+            other => panic!("expected PUBACK, got {other:?}"),
+        }
+        assert!(accepted <= 40, "never refused");
+    };
+    assert_eq!(refused, reason::QUOTA_EXCEEDED);
+    assert_eq!(accepted, 30);
+    let memory = b.broker.state.queue_memory().clone();
+    assert_eq!(memory.refused(), 1);
+    // QoS 0 is not refused but skips the offline sessions, counted; a
+    // connected subscriber still gets it.
+    let mut live = RawClient::connect(b.addr, Protocol::V5, "mem-live").await;
+    live.subscribe("mem/#", q(0)).await;
+    p.publish("mem/x", q(0), 0, b"zero").await;
+    assert_eq!(&live.expect_publish().await.payload[..], b"zero");
+    let m = &b.broker.metrics;
+    assert_eq!(m.dropped_count(DropReason::QueueMemory), 2);
+    // MQTT 3.1.1 has no reason code: the publisher is disconnected.
+    let mut v3 = RawClient::connect(b.addr, Protocol::V311, "mem-pub-v3").await;
+    v3.publish("mem/x", q(1), 1, b"v3").await;
+    assert_eq!(v3.recv().await, None);
+    // One offline session comes back and takes its queue: room again.
+    let mut c = connect_packet(Protocol::V5, "off-1", false, 60);
+    c.properties.session_expiry_interval = Some(3600);
+    let (mut s, ack) = RawClient::connect_with(b.addr, c).await;
+    assert!(ack.session_present);
+    for _ in 0..30 {
+        let got = s.expect_publish().await;
+        s.send(&Packet::PubAck(Ack::new(got.packet_id, 0))).await;
+    }
+    wait_until("queued memory below the bound", || {
+        memory.used() < memory.limit()
+    })
+    .await;
+    p.publish("mem/x", q(1), 100, b"again").await;
+    match p.recv().await {
+        Some(Packet::PubAck(a)) => assert_eq!(a.reason, reason::SUCCESS),
+        other => panic!("expected PUBACK, got {other:?}"),
+    }
+    b.stop().await;
+}
