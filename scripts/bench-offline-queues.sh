@@ -7,7 +7,8 @@
 # the fan-out does to unrelated clients. Prints, per build and round: the
 # broker's RSS before and after (and per entry), its store's size, the
 # publisher's PUBACKs, and the canary's p50/p99/max.
-# Builds: BINS="target/release/porchlight /path/to/other/porchlight"
+# Builds: BINS="target/release/porchlight /path/to/other/porchlight"; BROKER_FLAGS
+# adds flags to every broker (e.g. "--fsync never").
 # (default: this tree's release build), run interleaved, ROUNDS times.
 # Traffic stays on 127.0.0.1; every run is bounded (60 s of publishing).
 #   usage: scripts/bench-offline-queues.sh [ROUNDS] [SESSIONS] [MESSAGES]
@@ -35,7 +36,8 @@ half=$((sessions / 2))
 for r in $(seq "$rounds"); do
   for bin in "${bins[@]}"; do
     port=$((port + 1))
-    start_broker "$bin" $port
+    # shellcheck disable=SC2086
+    start_broker "$bin" $port ${BROKER_FLAGS:-}
     $lt sub -H 127.0.0.1:$port -c $half -R 0 -d 1 --drain 0 --persistent -t 'fan/#' --qos 1 \
       --client-prefix v3 -q >/dev/null 2>&1
     $lt sub -H 127.0.0.1:$port -c $half -R 0 -d 1 --drain 0 --persistent -x 3600 -V 5 -t 'fan/#' \

@@ -88,3 +88,18 @@ impl Broker {
         }))
     }
 }
+
+/// Runs `f`, which may take milliseconds or wait on a lock (a large
+/// fan-out, writing a group commit's records), with this runtime worker's
+/// other tasks handed to another worker (`tokio::task::block_in_place`),
+/// so they are not held up behind it. Runs `f` as is outside a
+/// multi-threaded runtime (unit and integration tests).
+pub fn off_worker<R>(f: impl FnOnce() -> R) -> R {
+    let multi = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if multi {
+        tokio::task::block_in_place(f)
+    } else {
+        f()
+    }
+}

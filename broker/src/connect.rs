@@ -562,6 +562,7 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         done,
         overflowed: false,
         woke_subscriber: false,
+        routed: 0,
         backpressure: None,
         pending: std::collections::VecDeque::new(),
         pending_pubacks: 0,

@@ -449,6 +449,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             }
             self.overflowed |= outcome.overflowed;
             self.woke_subscriber |= outcome.woke;
+            self.routed += outcome.queued;
             // Flow control: stop reading this client until the subscriber
             // queue it filled drains (not our own queue: we drain it).
             if let (Some(full), Some(limit)) =

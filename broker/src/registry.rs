@@ -289,7 +289,9 @@ impl Registry {
                 // nobody waits for an fsync (under `never` there is no group
                 // committer: they are written here, and sled flushes them).
                 if p.store().fsync_mode() == porchlight_storage::FsyncMode::Never {
-                    p.flush_pending();
+                    // Off the worker: a tick may have a large fan-out's
+                    // records to write.
+                    crate::broker::off_worker(|| p.flush_pending());
                 } else {
                     p.store().request_flush();
                 }

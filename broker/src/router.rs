@@ -27,6 +27,10 @@ use crate::tenant::quota::QuotaKind;
 use crate::trie::{Matches, Subscriber};
 use porchlight_storage::Health;
 
+/// Matches from which a publish's deliveries are queued off the runtime's
+/// worker (`tokio::task::block_in_place`).
+const LARGE_FANOUT: usize = 1024;
+
 #[derive(Debug)]
 pub struct Router {
     config: Arc<Config>,
@@ -46,7 +50,7 @@ impl Router {
     /// Routes `msg` to every matching session.
     pub fn publish(&self, msg: Arc<Message>) -> PublishOutcome {
         let mut out = PublishOutcome::default();
-        let mut m = self.state.matches(&msg.tenant, &msg.topic);
+        let m = self.state.matches(&msg.tenant, &msg.topic);
         // A QoS 1/2 message that needs durability (retained, or queued for
         // a durable session) is refused whole while the store refuses
         // writes: better than delivering it to some and failing the ack.
@@ -80,6 +84,28 @@ impl Router {
             }
             out.write = std::mem::replace(&mut out.write, Write::None).and(write);
         }
+        // A large fan-out takes milliseconds, and may wait on the store's
+        // barrier while a group commit writes: off the runtime's worker, so
+        // the other tasks queued on it (unrelated clients) move to another.
+        let large = m.direct.len() + m.shared.len() >= LARGE_FANOUT;
+        if large {
+            crate::broker::off_worker(|| self.deliver_all(&msg, m, full, &mut out));
+        } else {
+            self.deliver_all(&msg, m, full, &mut out);
+        }
+        out
+    }
+
+    /// Queues `msg` for every match; at the node's queued-memory bound
+    /// (`full`) offline sessions are skipped.
+    fn deliver_all(
+        &self,
+        msg: &Arc<Message>,
+        mut m: Matches,
+        full: bool,
+        out: &mut PublishOutcome,
+    ) {
+        let memory = self.state.queue_memory();
         // Merge overlapping subscriptions: sort by session, fold runs.
         m.direct.sort_unstable_by_key(|s| s.session.id);
         let mut current: Option<(Arc<Session>, Delivery)> = None;
@@ -111,7 +137,7 @@ impl Router {
                 }
                 _ => {
                     if let Some((s, d)) = current.take() {
-                        self.deliver_to(&mut out, &s, d);
+                        self.deliver_to(out, &s, d);
                     }
                     let d = Delivery {
                         msg: msg.clone(),
@@ -126,7 +152,7 @@ impl Router {
             }
         }
         if let Some((s, d)) = current.take() {
-            self.deliver_to(&mut out, &s, d);
+            self.deliver_to(out, &s, d);
         }
         for (sub, share) in m.shared {
             if full && !sub.session.is_online() {
@@ -142,9 +168,8 @@ impl Router {
                 share: Some(share),
                 seq: 0,
             };
-            self.deliver_to(&mut out, &sub.session, d);
+            self.deliver_to(out, &sub.session, d);
         }
-        out
     }
 
     /// Queues one delivery of a publish and notes, for the publisher, the
@@ -335,6 +360,25 @@ mod tests {
         let db = sessions[1].lock().queue.pop_front().expect("b got it");
         assert!(Arc::ptr_eq(&da.msg, &db.msg), "one message, not copies");
         assert_eq!(da.msg.payload.as_ptr(), db.msg.payload.as_ptr());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_large_fan_out_is_queued_off_the_worker_and_whole() {
+        // At LARGE_FANOUT matches and more, deliveries are queued inside
+        // `block_in_place` (on a multi-threaded runtime, as the binary
+        // runs): every session still gets the message once.
+        let (router, state, config) = router();
+        let n = LARGE_FANOUT + 76;
+        let sessions: Vec<_> = (0..n)
+            .map(|i| subscribed(&state, &config, &format!("s{i}"), "big/#", QoS::AtLeastOnce))
+            .collect();
+        let out = router.publish(message(
+            "big/x",
+            bytes::Bytes::from_static(b"x"),
+            QoS::AtLeastOnce,
+        ));
+        assert_eq!(out.queued, n);
+        assert!(sessions.iter().all(|s| s.lock().queue.len() == 1));
     }
 
     #[test]
