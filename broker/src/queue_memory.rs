@@ -22,10 +22,9 @@ pub const ENTRY_COST: u64 = 64;
 
 #[derive(Debug, Default)]
 pub struct QueueMemory {
-    /// Bytes of the queued deliveries' messages.
-    bytes: AtomicU64,
-    /// Queue entries.
-    entries: AtomicU64,
+    /// The queued deliveries' message bytes plus [`ENTRY_COST`] each: one
+    /// counter, so a queue change is one atomic add on a shared line.
+    used: AtomicU64,
     /// The bound in bytes; 0: none. Set once at start-up.
     limit: AtomicU64,
     /// At the bound as last seen: a change is logged once.
@@ -47,20 +46,23 @@ impl QueueMemory {
 
     /// One delivery of `bytes` joined a queue.
     pub fn add(&self, bytes: usize) {
-        self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
-        self.entries.fetch_add(1, Ordering::Relaxed);
+        self.used
+            .fetch_add(bytes as u64 + ENTRY_COST, Ordering::Relaxed);
     }
 
     /// `entries` deliveries of `bytes` in all left their queues.
     pub fn sub(&self, bytes: usize, entries: usize) {
-        sub(&self.bytes, bytes as u64);
-        sub(&self.entries, entries as u64);
+        let n = bytes as u64 + (entries as u64).saturating_mul(ENTRY_COST);
+        let _ = self
+            .used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                Some(v.saturating_sub(n))
+            });
     }
 
     /// The node's queued memory, as this module counts it.
     pub fn used(&self) -> u64 {
-        let entries = self.entries.load(Ordering::Relaxed);
-        self.bytes.load(Ordering::Relaxed) + entries.saturating_mul(ENTRY_COST)
+        self.used.load(Ordering::Relaxed)
     }
 
     pub fn limit(&self) -> u64 {
@@ -76,7 +78,10 @@ impl QueueMemory {
         }
         let used = self.used();
         let full = used >= limit;
-        if self.over.swap(full, Ordering::Relaxed) != full {
+        // Read first: the flag's line is only written when it changes.
+        if self.over.load(Ordering::Relaxed) != full
+            && self.over.swap(full, Ordering::Relaxed) != full
+        {
             let refused = self.refused();
             if full {
                 warn!(used, limit, "Queued messages reached --max-queued-memory: messages for offline sessions are refused (v5 0x97) or dropped (QoS 0)");
@@ -98,13 +103,6 @@ impl QueueMemory {
     pub fn refused(&self) -> u64 {
         self.refused.load(Ordering::Relaxed)
     }
-}
-
-/// Subtracts without wrapping below zero.
-fn sub(counter: &AtomicU64, n: u64) {
-    let _ = counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
-        Some(v.saturating_sub(n))
-    });
 }
 
 /// The default bound: a quarter of the memory this process may use (its
