@@ -129,6 +129,7 @@ impl Persist {
             s.subscriptions
                 .push((filter, options, (id != 0).then_some(id)));
         }
+        let mut interner = Interner::default();
         for r in self.store.scan(QUEUE) {
             let (k, v) = r?;
             let (sk, rest, known) = owner(&mut sessions, QUEUE, &k)?;
@@ -143,7 +144,7 @@ impl Persist {
             let tenant = s.key.tenant.clone();
             let mut d = (|| {
                 rd.version()?;
-                decode_delivery(&mut rd, &tenant)
+                decode_delivery(&mut rd, &tenant, &mut interner)
             })()
             .map_err(|e| corrupt(QUEUE, &k, e))?;
             d.seq = seq;

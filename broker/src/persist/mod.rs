@@ -221,8 +221,19 @@ fn encode_delivery(out: &mut Vec<u8>, d: &Delivery) {
     put_str(out, d.msg.tenant.as_str());
 }
 
-fn decode_delivery(r: &mut Reader<'_>, tenant: &TenantId) -> Result<Delivery, Bad> {
+/// Messages read back at start-up, by their stored bytes and tenant: a
+/// message queued to many durable sessions is stored once per session,
+/// and comes back as one shared `Message`, as it was before the restart.
+pub(crate) type Interner = std::collections::HashMap<Vec<u8>, Arc<Message>>;
+
+fn decode_delivery(
+    r: &mut Reader<'_>,
+    tenant: &TenantId,
+    interner: &mut Interner,
+) -> Result<Delivery, Bad> {
+    let start = r.buf;
     let mut msg = decode_message(r, tenant)?;
+    let raw = &start[..start.len() - r.buf.len()];
     let qos = r.qos()?;
     let retain = r.u8()? != 0;
     let n = r.u16()?;
@@ -243,8 +254,12 @@ fn decode_delivery(r: &mut Reader<'_>, tenant: &TenantId) -> Result<Delivery, Ba
             msg.tenant = TenantId::new(t);
         }
     }
+    let mut key = Vec::with_capacity(2 + msg.tenant.as_str().len() + raw.len());
+    put_str(&mut key, msg.tenant.as_str());
+    key.extend_from_slice(raw);
+    let msg = interner.entry(key).or_insert_with(|| Arc::new(msg)).clone();
     Ok(Delivery {
-        msg: Arc::new(msg),
+        msg,
         qos,
         retain,
         subscription_ids: subscription_ids.into(),

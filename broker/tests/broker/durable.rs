@@ -720,3 +720,38 @@ async fn fsync_never_still_reaches_the_disk_within_its_window() {
     drain_in_order(&mut s, 20).await;
     kill9(&mut broker);
 }
+
+#[tokio::test]
+async fn a_message_queued_to_many_sessions_is_shared_again_after_a_restart() {
+    // Issue 16 item 2: restored queues held one copy of a message per
+    // session; a message is now one shared body in memory after a restart
+    // too (it is still stored once per session on disk).
+    let b = TestBroker::start().await;
+    for id in ["share-1", "share-2", "share-3"] {
+        let (mut s, _) = RawClient::connect_with(b.addr, durable_client(Protocol::V5, id)).await;
+        s.subscribe("d/#", q(1)).await;
+        drop(s);
+        b.wait_offline(id).await;
+    }
+    let mut p = RawClient::connect(b.addr, Protocol::V311, "share-pub").await;
+    // Two messages (QoS 1 and QoS 2).
+    publish_acknowledged(&mut p, 1).await;
+    drop(p);
+    let b = b.restart().await;
+    let fronts: Vec<_> = ["share-1", "share-2", "share-3"]
+        .iter()
+        .map(|id| {
+            let s = b.session(id).expect("restored");
+            let st = s.lock();
+            assert_eq!(st.queue.len(), 2, "{id}");
+            st.queue.iter().map(|d| d.msg.clone()).collect::<Vec<_>>()
+        })
+        .collect();
+    for other in &fronts[1..] {
+        for (a, b) in fronts[0].iter().zip(other) {
+            assert!(std::sync::Arc::ptr_eq(a, b), "one shared message");
+        }
+    }
+    assert!(!std::sync::Arc::ptr_eq(&fronts[0][0], &fronts[0][1]));
+    b.stop().await;
+}
