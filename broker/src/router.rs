@@ -106,11 +106,15 @@ impl Router {
         out: &mut PublishOutcome,
     ) {
         let memory = self.state.queue_memory();
+        // Only QoS 0 skips offline sessions: a QoS 1/2 message was refused
+        // before (`publish`), and one whose session went offline since is
+        // queued as usual, never dropped after its publisher is answered.
+        let skip_offline = full && msg.qos == QoS::AtMostOnce;
         // Merge overlapping subscriptions: sort by session, fold runs.
         m.direct.sort_unstable_by_key(|s| s.session.id);
         let mut current: Option<(Arc<Session>, Delivery)> = None;
         for sub in m.direct {
-            if full && !sub.session.is_online() {
+            if skip_offline && !sub.session.is_online() {
                 memory.refuse();
                 sub.session.dropped(&self.metrics, DropReason::QueueMemory);
                 continue;
@@ -155,7 +159,7 @@ impl Router {
             self.deliver_to(out, &s, d);
         }
         for (sub, share) in m.shared {
-            if full && !sub.session.is_online() {
+            if skip_offline && !sub.session.is_online() {
                 memory.refuse();
                 sub.session.dropped(&self.metrics, DropReason::QueueMemory);
                 continue;
@@ -379,6 +383,23 @@ mod tests {
         ));
         assert_eq!(out.queued, n);
         assert!(sessions.iter().all(|s| s.lock().queue.len() == 1));
+    }
+
+    #[test]
+    fn at_the_memory_bound_only_qos0_skips_offline_sessions() {
+        // A QoS 1 message is refused before routing when it would queue
+        // for an offline session; one whose subscriber went offline after
+        // that check must still be queued, not skipped after its PUBACK.
+        let (router, state, config) = router();
+        let session = subscribed(&state, &config, "off", "t", QoS::AtLeastOnce);
+        for (qos, queued) in [(QoS::AtLeastOnce, 1), (QoS::AtMostOnce, 0)] {
+            let msg = message("t", bytes::Bytes::from_static(b"x"), qos);
+            let m = state.matches(&msg.tenant, &msg.topic);
+            let mut out = PublishOutcome::default();
+            router.deliver_all(&msg, m, true, &mut out);
+            assert_eq!(out.queued, queued, "{qos:?}");
+        }
+        assert_eq!(session.lock().queue.len(), 1);
     }
 
     #[test]

@@ -30,8 +30,16 @@ const META_TREE: &str = "meta";
 const DATA_TREE: &str = "data";
 const FORMAT_KEY: &[u8] = b"format-version";
 /// In the meta tree while a large atomic batch is being applied (see
-/// [`Store::write_atomic`]).
+/// [`Store::write_atomic`]): the number of journal chunks, written after
+/// them.
 const JOURNAL_KEY: &[u8] = b"journal";
+/// Prefix of the journal's chunks, each followed by its u32 index.
+const JOURNAL_CHUNK_PREFIX: &[u8] = b"journal-chunk/";
+/// Largest journal chunk. sled writes a value over about 128 KiB to a blob
+/// file of its own, which its flush does not fsync: a journal in one large
+/// value could be lost to a power cut while the operations after it
+/// survive. Chunks this small stay inside the fsynced log.
+const JOURNAL_CHUNK: usize = 64 * 1024;
 /// Version byte of a journal record.
 const JOURNAL_V1: u8 = 1;
 /// Atomic batches up to this many operations are one sled `apply_batch`;
@@ -116,6 +124,10 @@ pub struct Store {
     /// Format version and the journal of a large atomic batch.
     meta: sled::Tree,
     data: sled::Tree,
+    /// A journal's operations failed to apply and its record may still be
+    /// there: removed before the next atomic batch, so it is never
+    /// replayed over what came after.
+    journal_left: AtomicBool,
     commit: Committer,
     max_disk_bytes: Option<u64>,
     disk_used: Arc<AtomicU64>,
@@ -194,6 +206,7 @@ impl Store {
             db,
             meta,
             data,
+            journal_left: AtomicBool::new(false),
             pre_flush,
             barrier,
             commit,
@@ -277,11 +290,12 @@ impl Store {
     /// concurrently (the committer calls it under the barrier).
     ///
     /// Up to [`APPLY_BATCH_MAX`] operations are one sled batch. A larger
-    /// batch is written as one journal record (a single value) first, then
-    /// applied operation by operation, then the record is removed. sled
-    /// recovers a prefix of its log, so after a crash either no operation
-    /// of the batch is on disk (nor the record), or the record is, and
-    /// `Store::open` applies it again whole.
+    /// batch is written as a journal first (chunks of at most
+    /// [`JOURNAL_CHUNK`], then a record naming how many), then applied
+    /// operation by operation, then the journal is removed. sled recovers
+    /// a prefix of its log, so after a crash either no operation of the
+    /// batch is on disk (nor the record), or the record and its chunks
+    /// are, and `Store::open` applies the batch again whole.
     pub fn write_atomic(&self, batch: Batch) -> Result<(), StorageError> {
         if batch.is_empty() {
             return Ok(());
@@ -293,6 +307,10 @@ impl Store {
                 detail: e.to_string(),
             }
         };
+        if self.journal_left.load(Ordering::Relaxed) {
+            clear_journal(&self.meta).map_err(err)?;
+            self.journal_left.store(false, Ordering::Relaxed);
+        }
         if batch.ops.len() <= APPLY_BATCH_MAX {
             let mut b = sled::Batch::default();
             for (key, value) in batch.ops {
@@ -303,12 +321,12 @@ impl Store {
             }
             return self.data.apply_batch(b).map_err(err);
         }
-        self.meta
-            .insert(JOURNAL_KEY, encode_journal(&batch.ops))
-            .map_err(err)?;
-        apply_ops(&self.data, batch.ops).map_err(err)?;
-        self.meta.remove(JOURNAL_KEY).map_err(err)?;
-        Ok(())
+        write_journal(&self.meta, &encode_journal(&batch.ops)).map_err(err)?;
+        let applied = apply_ops(&self.data, batch.ops).and_then(|()| clear_journal(&self.meta));
+        if applied.is_err() {
+            self.journal_left.store(true, Ordering::Relaxed);
+        }
+        applied.map_err(err)
     }
 
     /// Runs `f` with deferred writers kept out (the write side of the
@@ -501,6 +519,56 @@ fn decode_journal(mut b: &[u8]) -> Result<Ops, String> {
     Ok(ops)
 }
 
+fn chunk_key(i: u32) -> Vec<u8> {
+    let mut k = JOURNAL_CHUNK_PREFIX.to_vec();
+    k.extend_from_slice(&i.to_be_bytes());
+    k
+}
+
+/// Writes an encoded journal as chunks, then the record naming how many:
+/// sled recovers a prefix of its log, so a record on disk means every
+/// chunk is.
+fn write_journal(meta: &sled::Tree, encoded: &[u8]) -> Result<(), sled::Error> {
+    let mut n = 0u32;
+    for chunk in encoded.chunks(JOURNAL_CHUNK) {
+        meta.insert(chunk_key(n), chunk)?;
+        n += 1;
+    }
+    meta.insert(JOURNAL_KEY, &n.to_be_bytes())?;
+    Ok(())
+}
+
+/// The encoded journal, if its record is there; an error names what is
+/// missing or damaged.
+fn read_journal(meta: &sled::Tree) -> Result<Option<Vec<u8>>, String> {
+    let Some(record) = meta.get(JOURNAL_KEY).map_err(|e| e.to_string())? else {
+        return Ok(None);
+    };
+    let n: [u8; 4] = record
+        .as_ref()
+        .try_into()
+        .map_err(|_| "journal record of the wrong size".to_string())?;
+    let mut out = Vec::new();
+    for i in 0..u32::from_be_bytes(n) {
+        let chunk = meta
+            .get(chunk_key(i))
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("journal chunk {i} missing"))?;
+        out.extend_from_slice(&chunk);
+    }
+    Ok(Some(out))
+}
+
+/// Removes the journal: its record first (a crash between leaves chunks
+/// that nothing reads and the next journal overwrites), then its chunks.
+fn clear_journal(meta: &sled::Tree) -> Result<(), sled::Error> {
+    meta.remove(JOURNAL_KEY)?;
+    for k in meta.scan_prefix(JOURNAL_CHUNK_PREFIX).keys() {
+        meta.remove(k?)?;
+    }
+    Ok(())
+}
+
 /// Inserts and removes one by one, in order.
 fn apply_ops(tree: &sled::Tree, ops: Ops) -> Result<(), sled::Error> {
     for (key, value) in ops {
@@ -515,13 +583,13 @@ fn apply_ops(tree: &sled::Tree, ops: Ops) -> Result<(), sled::Error> {
 /// Applies the journal of a large atomic batch a crash interrupted, whole,
 /// and removes it (`Store::write_atomic`).
 fn replay_journal(db: &sled::Db, meta: &sled::Tree, data: &sled::Tree) -> Result<(), String> {
-    let Some(record) = meta.get(JOURNAL_KEY).map_err(|e| e.to_string())? else {
+    let Some(encoded) = read_journal(meta)? else {
         return Ok(());
     };
-    let ops = decode_journal(&record)?;
+    let ops = decode_journal(&encoded)?;
     let n = ops.len();
     apply_ops(data, ops).map_err(|e| e.to_string())?;
-    meta.remove(JOURNAL_KEY).map_err(|e| e.to_string())?;
+    clear_journal(meta).map_err(|e| e.to_string())?;
     db.flush().map_err(|e| e.to_string())?;
     tracing::info!(writes = n, "Replayed an atomic batch a crash interrupted");
     Ok(())
@@ -723,32 +791,57 @@ mod tests {
             let mut b = Batch::default();
             b.put(U, &[9], b"to be deleted");
             s.write_atomic(b).expect("put");
-            let ops = big_batch(3_000).ops;
-            s.meta
-                .insert(JOURNAL_KEY, encode_journal(&ops))
-                .expect("journal");
+            let ops = big_batch(10_000).ops;
+            write_journal(&s.meta, &encode_journal(&ops)).expect("journal");
+            assert!(
+                s.meta.scan_prefix(JOURNAL_CHUNK_PREFIX).count() > 1,
+                "a large journal is in chunks"
+            );
             apply_ops(&s.data, ops.into_iter().take(1_000).collect()).expect("prefix");
             s.close().expect("close");
         }
         let s = open(dir.path());
-        assert_eq!(count(&s, T), 3_000, "the rest applied");
+        assert_eq!(count(&s, T), 10_000, "the rest applied");
         assert_eq!(count(&s, U), 0, "the delete too");
         assert!(s.meta.get(JOURNAL_KEY).expect("meta").is_none());
+        assert_eq!(s.meta.scan_prefix(JOURNAL_CHUNK_PREFIX).count(), 0);
         drop(s);
-        // A damaged journal is refused, naming the directory, not skipped.
-        {
-            let s = open(dir.path());
-            s.meta
-                .insert(JOURNAL_KEY, &[JOURNAL_V1, 0, 0])
-                .expect("journal");
-            s.close().expect("close");
+        // A damaged journal, or one with a chunk missing, is refused,
+        // naming the directory, not skipped.
+        for (chunks, chunk) in [(1u32, Some(&[JOURNAL_V1, 0, 0][..])), (2, None)] {
+            {
+                let s = open(dir.path());
+                if let Some(c) = chunk {
+                    s.meta.insert(chunk_key(0), c).expect("chunk");
+                }
+                s.meta
+                    .insert(JOURNAL_KEY, &chunks.to_be_bytes())
+                    .expect("journal");
+                s.close().expect("close");
+            }
+            let err = Store::open(dir.path(), StoreOptions::default()).expect_err("refused");
+            let text = err.to_string();
+            assert!(
+                text.contains("journal") && text.contains(&dir.path().display().to_string()),
+                "{text}"
+            );
+            // Removed by hand, the store opens again.
+            let db = sled::open(dir.path()).expect("sled");
+            clear_journal(&db.open_tree(META_TREE).expect("meta")).expect("clear");
+            db.flush().expect("flush");
         }
-        let err = Store::open(dir.path(), StoreOptions::default()).expect_err("refused");
-        let text = err.to_string();
-        assert!(
-            text.contains("journal") && text.contains(&dir.path().display().to_string()),
-            "{text}"
-        );
+        assert_eq!(count(&open(dir.path()), T), 10_000);
+    }
+
+    #[test]
+    fn a_journal_left_by_a_failed_apply_is_removed_before_the_next_batch() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = open(dir.path());
+        write_journal(&s.meta, &encode_journal(&big_batch(10).ops)).expect("journal");
+        s.journal_left.store(true, Ordering::Relaxed);
+        s.write_atomic(big_batch(1)).expect("write");
+        assert!(s.meta.get(JOURNAL_KEY).expect("meta").is_none());
+        assert_eq!(s.meta.scan_prefix(JOURNAL_CHUNK_PREFIX).count(), 0);
     }
 
     #[test]
