@@ -61,6 +61,14 @@ type Hook = Box<dyn Fn() -> Result<(), String> + Send + Sync>;
 /// See `Store::defer`.
 pub(crate) type Barrier = Arc<parking_lot::RwLock<()>>;
 
+/// What the flusher runs around each flush: the pre-flush hook under the
+/// barrier's write side before it, the blob files' fsync after it.
+pub(crate) struct AroundFlush {
+    pub pre_flush: PreFlush,
+    pub barrier: Barrier,
+    pub blobs: Arc<crate::blobs::Blobs>,
+}
+
 /// Called by the flusher just before each fsync (see `Store::set_pre_flush`).
 #[derive(Clone, Default)]
 pub(crate) struct PreFlush(Arc<std::sync::RwLock<Option<Hook>>>);
@@ -128,8 +136,7 @@ impl Committer {
         mode: FsyncMode,
         window: Duration,
         disk_used: Arc<AtomicU64>,
-        pre_flush: PreFlush,
-        barrier: Barrier,
+        around: AroundFlush,
     ) -> Committer {
         let issued = Arc::new(AtomicU64::new(0));
         let (tx, durable) = watch::channel(Durable::default());
@@ -156,8 +163,7 @@ impl Committer {
                 .name("porchlight-fsync".into())
                 .spawn(move || {
                     flusher(
-                        db, tx, issued, shared, failed, flushes, window, disk_used, pre_flush,
-                        barrier,
+                        db, tx, issued, shared, failed, flushes, window, disk_used, around,
                     )
                 });
             match spawned {
@@ -258,9 +264,13 @@ fn flusher(
     flushes: Arc<AtomicU64>,
     window: Duration,
     disk_used: Arc<AtomicU64>,
-    pre_flush: PreFlush,
-    barrier: Barrier,
+    around: AroundFlush,
 ) {
+    let AroundFlush {
+        pre_flush,
+        barrier,
+        blobs,
+    } = around;
     loop {
         {
             let mut r = shared.requests.lock().unwrap_or_else(|p| p.into_inner());
@@ -281,7 +291,16 @@ fn flusher(
             let hooked = pre_flush.run();
             (issued.load(Ordering::Acquire), hooked)
         };
-        let flushed = hooked.and_then(|()| db.flush().map(|_| ()).map_err(|e| e.to_string()));
+        // The log, then the blob files it may name (`blobs.rs`): both are on
+        // disk before any acknowledgement waiting on this flush.
+        let flushed = hooked
+            .and_then(|()| db.flush().map(|_| ()).map_err(|e| e.to_string()))
+            .and_then(|()| {
+                blobs
+                    .sync()
+                    .map(|_| ())
+                    .map_err(|e| format!("blob fsync: {e}"))
+            });
         match flushed {
             Ok(_) => {
                 flushes.fetch_add(1, Ordering::Relaxed);

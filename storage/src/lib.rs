@@ -12,6 +12,7 @@
 //! format-version byte at the front of every value.
 #![forbid(unsafe_code)]
 
+mod blobs;
 mod commit;
 mod error;
 mod store;

@@ -128,6 +128,8 @@ pub struct Store {
     /// there: removed before the next atomic batch, so it is never
     /// replayed over what came after.
     journal_left: AtomicBool,
+    /// Large values' blob files, fsynced by the committer.
+    blobs: Arc<crate::blobs::Blobs>,
     commit: Committer,
     max_disk_bytes: Option<u64>,
     disk_used: Arc<AtomicU64>,
@@ -188,14 +190,18 @@ impl Store {
         let disk_used = Arc::new(AtomicU64::new(db.size_on_disk().unwrap_or(0)));
         let pre_flush = crate::commit::PreFlush::default();
         let barrier = crate::commit::Barrier::default();
+        let blobs = Arc::new(crate::blobs::Blobs::new(path.to_owned()));
         let commit = Committer::start(
             db.clone(),
             path.to_owned(),
             opts.fsync,
             opts.group_window,
             disk_used.clone(),
-            pre_flush.clone(),
-            barrier.clone(),
+            crate::commit::AroundFlush {
+                pre_flush: pre_flush.clone(),
+                barrier: barrier.clone(),
+                blobs: blobs.clone(),
+            },
         );
         replay_journal(&db, &meta, &data).map_err(|e| StorageError::Open {
             path: path.to_owned(),
@@ -207,6 +213,7 @@ impl Store {
             meta,
             data,
             journal_left: AtomicBool::new(false),
+            blobs,
             pre_flush,
             barrier,
             commit,
@@ -234,7 +241,12 @@ impl Store {
         self.check_writable(batch.puts > 0)?;
         for (key, value) in batch.ops {
             let r = match value {
-                Some(v) => self.data.insert(key, v).map(|_| ()),
+                Some(v) => {
+                    let len = v.len();
+                    let r = self.data.insert(key, v).map(|_| ());
+                    self.blobs.note(len);
+                    r
+                }
                 None => self.data.remove(key).map(|_| ()),
             };
             r.map_err(|e| {
@@ -311,6 +323,12 @@ impl Store {
             clear_journal(&self.meta).map_err(err)?;
             self.journal_left.store(false, Ordering::Relaxed);
         }
+        let largest = batch
+            .ops
+            .iter()
+            .filter_map(|(_, v)| v.as_ref())
+            .map(Vec::len)
+            .max();
         if batch.ops.len() <= APPLY_BATCH_MAX {
             let mut b = sled::Batch::default();
             for (key, value) in batch.ops {
@@ -319,10 +337,13 @@ impl Store {
                     None => b.remove(key),
                 }
             }
-            return self.data.apply_batch(b).map_err(err);
+            let r = self.data.apply_batch(b).map_err(err);
+            self.blobs.note(largest.unwrap_or(0));
+            return r;
         }
         write_journal(&self.meta, &encode_journal(&batch.ops)).map_err(err)?;
         let applied = apply_ops(&self.data, batch.ops).and_then(|()| clear_journal(&self.meta));
+        self.blobs.note(largest.unwrap_or(0));
         if applied.is_err() {
             self.journal_left.store(true, Ordering::Relaxed);
         }
@@ -450,13 +471,15 @@ impl Store {
 
     /// Flushes everything to disk now (shutdown).
     pub fn flush(&self) -> Result<(), StorageError> {
-        self.db
-            .flush()
+        let err = |detail: String| StorageError::Flush {
+            path: self.path.clone(),
+            detail,
+        };
+        self.db.flush().map_err(|e| err(e.to_string()))?;
+        self.blobs
+            .sync()
             .map(|_| ())
-            .map_err(|e| StorageError::Flush {
-                path: self.path.clone(),
-                detail: e.to_string(),
-            })
+            .map_err(|e| err(format!("blob fsync: {e}")))
     }
 }
 
@@ -831,6 +854,33 @@ mod tests {
             db.flush().expect("flush");
         }
         assert_eq!(count(&open(dir.path()), T), 10_000);
+    }
+
+    #[tokio::test]
+    async fn a_large_values_blob_file_is_synced_before_its_write_is_durable() {
+        // sled keeps such values in files its flush does not fsync
+        // (`blobs.rs`).
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = open(dir.path());
+        let mut b = Batch::default();
+        b.put(T, b"small", &[1; 100]);
+        s.durable(s.write(b).expect("write"))
+            .await
+            .expect("durable");
+        assert!(
+            s.blobs.synced.lock().is_empty(),
+            "no blob for a small value"
+        );
+        let mut b = Batch::default();
+        b.put(T, b"large", &vec![7; 1 << 20]);
+        s.durable(s.write(b).expect("write"))
+            .await
+            .expect("durable");
+        let blob_files = std::fs::read_dir(dir.path().join("blobs"))
+            .expect("blobs")
+            .count();
+        assert!(blob_files >= 1, "sled made a blob of a 1 MiB value");
+        assert_eq!(s.blobs.synced.lock().len(), blob_files, "each one synced");
     }
 
     #[test]
