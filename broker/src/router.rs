@@ -113,10 +113,16 @@ impl Router {
         // Merge overlapping subscriptions: sort by session, fold runs.
         m.direct.sort_unstable_by_key(|s| s.session.id);
         let mut current: Option<(Arc<Session>, Delivery)> = None;
+        // Sorted by session: overlapping subscriptions of one skipped
+        // session are one drop.
+        let mut skipped = None;
         for sub in m.direct {
             if skip_offline && !sub.session.is_online() {
-                memory.refuse();
-                sub.session.dropped(&self.metrics, DropReason::QueueMemory);
+                if skipped != Some(sub.session.id) {
+                    skipped = Some(sub.session.id);
+                    memory.refuse();
+                    sub.session.dropped(&self.metrics, DropReason::QueueMemory);
+                }
                 continue;
             }
             if sub.options.no_local
@@ -400,6 +406,25 @@ mod tests {
             assert_eq!(out.queued, queued, "{qos:?}");
         }
         assert_eq!(session.lock().queue.len(), 1);
+    }
+
+    #[test]
+    fn a_qos0_message_skipping_an_offline_session_is_one_drop_however_many_filters_match() {
+        let (router, state, config) = router();
+        let session = subscribed(&state, &config, "off", "t/#", QoS::AtMostOnce);
+        state.apply(Command::Subscribe {
+            key: key("off"),
+            filter: TopicFilter::parse("t/+", config.topic_limits()).expect("filter"),
+            options: SubscriptionOptions::new(QoS::AtMostOnce),
+            id: None,
+        });
+        let msg = message("t/x", bytes::Bytes::from_static(b"x"), QoS::AtMostOnce);
+        let m = state.matches(&msg.tenant, &msg.topic);
+        assert_eq!(m.direct.len(), 2);
+        router.deliver_all(&msg, m, true, &mut PublishOutcome::default());
+        assert_eq!(router.metrics.dropped_count(DropReason::QueueMemory), 1);
+        assert_eq!(state.queue_memory().refused(), 1);
+        assert!(session.lock().queue.is_empty());
     }
 
     #[test]
