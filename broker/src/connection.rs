@@ -533,15 +533,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         // close_lingering`), so the reason reaches a client that is still
         // sending instead of being lost to a reset.
         let io = &mut self.io;
-        let linger = told.then_some(CLOSE_FLUSH_TIMEOUT);
         let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, async move {
-            if io.flush_all().await.is_ok() && linger.is_none() {
+            if io.flush_all().await.is_ok() && !told {
                 io.shutdown().await;
             }
         })
         .await;
-        if let Some(wait) = linger {
-            self.io.close_lingering(wait).await;
+        if told {
+            self.io.close_lingering(CLOSE_FLUSH_TIMEOUT).await;
         }
         self.count_written();
     }

@@ -105,7 +105,6 @@ impl Router {
         full: bool,
         out: &mut PublishOutcome,
     ) {
-        let memory = self.state.queue_memory();
         // Only QoS 0 skips offline sessions: a QoS 1/2 message was refused
         // before (`publish`), and one whose session went offline since is
         // queued as usual, never dropped after its publisher is answered.
@@ -120,8 +119,7 @@ impl Router {
             if skip_offline && !sub.session.is_online() {
                 if skipped != Some(sub.session.id) {
                     skipped = Some(sub.session.id);
-                    memory.refuse();
-                    sub.session.dropped(&self.metrics, DropReason::QueueMemory);
+                    self.skipped_at_memory_bound(&sub.session);
                 }
                 continue;
             }
@@ -166,8 +164,7 @@ impl Router {
         }
         for (sub, share) in m.shared {
             if skip_offline && !sub.session.is_online() {
-                memory.refuse();
-                sub.session.dropped(&self.metrics, DropReason::QueueMemory);
+                self.skipped_at_memory_bound(&sub.session);
                 continue;
             }
             let d = Delivery {
@@ -180,6 +177,13 @@ impl Router {
             };
             self.deliver_to(out, &sub.session, d);
         }
+    }
+
+    /// Counts a QoS 0 message not queued for an offline session at the
+    /// node's queued-memory bound.
+    fn skipped_at_memory_bound(&self, session: &Session) {
+        self.state.queue_memory().refuse();
+        session.dropped(&self.metrics, DropReason::QueueMemory);
     }
 
     /// Queues one delivery of a publish and notes, for the publisher, the

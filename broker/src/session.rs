@@ -403,11 +403,7 @@ impl SessionState {
 
     /// Appends a delivery whose bytes the tenant already counted.
     fn push_reserved(&mut self, d: Delivery) {
-        self.queued_bytes += d.msg.size();
-        self.count_qos0(&d, true);
-        if let Some(m) = &self.node_memory {
-            m.add(d.msg.size());
-        }
+        self.entered_queue(&d);
         // Grow by half, not double: a million offline queues carry on
         // average a quarter spare instead of half (still amortised O(1)).
         let len = self.queue.len();
@@ -415,6 +411,16 @@ impl SessionState {
             self.queue.reserve_exact((len / 2).max(4));
         }
         self.queue.push_back(d);
+    }
+
+    /// Keeps the counters in step with a delivery that joined the queue
+    /// (the tenant's is the caller's: `push_reserved` reserved it first).
+    fn entered_queue(&mut self, d: &Delivery) {
+        self.queued_bytes += d.msg.size();
+        self.count_qos0(d, true);
+        if let Some(m) = &self.node_memory {
+            m.add(d.msg.size());
+        }
     }
 
     /// Keeps the counters in step with a delivery that left the queue.
@@ -501,21 +507,19 @@ impl SessionState {
         if !evict_qos0 {
             return EnqueueOutcome::DroppedNew;
         }
-        while !fits(self) {
-            match self.pop_oldest_qos0() {
-                Some(d) => dropped.push(d.seq),
-                None => break,
-            }
-        }
-        if !fits(self) && !limits.backpressure {
-            // Drop-oldest for a QoS 1/2 delivery: QoS 0 is gone, the
-            // oldest QoS 1/2 ones go next.
-            while !fits(self) {
-                match self.pop_queued() {
+        let mut evict = |st: &mut SessionState, pop: fn(&mut SessionState) -> Option<Delivery>| {
+            while !fits(st) {
+                match pop(st) {
                     Some(d) => dropped.push(d.seq),
                     None => break,
                 }
             }
+        };
+        evict(self, SessionState::pop_oldest_qos0);
+        if !limits.backpressure {
+            // Drop-oldest for a QoS 1/2 delivery: QoS 0 is gone, the
+            // oldest QoS 1/2 ones go next.
+            evict(self, SessionState::pop_queued);
         }
         match dropped.len() {
             0 => EnqueueOutcome::Queued,
@@ -526,11 +530,7 @@ impl SessionState {
     /// Puts a delivery back at the front (it could not be sent yet).
     pub fn unpop_queued(&mut self, d: Delivery) {
         self.tenant_queued_add(d.msg.size());
-        self.queued_bytes += d.msg.size();
-        self.count_qos0(&d, true);
-        if let Some(m) = &self.node_memory {
-            m.add(d.msg.size());
-        }
+        self.entered_queue(&d);
         self.queue.push_front(d);
     }
 

@@ -7,14 +7,6 @@ use porchlight_storage::FsyncMode;
 
 use crate::support::*;
 
-fn durable_client(protocol: Protocol, id: &str) -> porchlight_broker::codec::Connect {
-    let mut c = connect_packet(protocol, id, false, 60);
-    if protocol == Protocol::V5 {
-        c.properties.session_expiry_interval = Some(3600);
-    }
-    c
-}
-
 fn numbered(topic: &str, qos: QoS, id: u16, n: u32) -> Packet {
     let mut p = publish(topic, qos, id, b"");
     p.payload = Bytes::from(n.to_be_bytes().to_vec());

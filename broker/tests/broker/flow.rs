@@ -662,9 +662,7 @@ async fn a_server_disconnect_reaches_a_client_that_is_still_sending() {
 /// A v5 persistent session `id` subscribed to `filter` at QoS 1, left
 /// offline.
 async fn offline_session(b: &TestBroker, id: &str, filter: &str) {
-    let mut c = connect_packet(Protocol::V5, id, false, 60);
-    c.properties.session_expiry_interval = Some(3600);
-    let (mut s, _) = RawClient::connect_with(b.addr, c).await;
+    let (mut s, _) = RawClient::connect_with(b.addr, durable_client(Protocol::V5, id)).await;
     s.subscribe(filter, q(1)).await;
     drop(s);
     b.wait_offline(id).await;
@@ -709,9 +707,7 @@ async fn the_node_wide_queued_memory_bound_refuses_what_offline_sessions_would_q
     v3.publish("mem/x", q(1), 1, b"v3").await;
     assert_eq!(v3.recv().await, None);
     // One offline session comes back and takes its queue: room again.
-    let mut c = connect_packet(Protocol::V5, "off-1", false, 60);
-    c.properties.session_expiry_interval = Some(3600);
-    let (mut s, ack) = RawClient::connect_with(b.addr, c).await;
+    let (mut s, ack) = RawClient::connect_with(b.addr, durable_client(Protocol::V5, "off-1")).await;
     assert!(ack.session_present);
     for _ in 0..30 {
         let got = s.expect_publish().await;

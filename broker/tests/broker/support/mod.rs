@@ -180,6 +180,16 @@ pub struct RawClient {
     pub protocol: Protocol,
 }
 
+/// A CONNECT for a persistent session: clean session 0, and for v5 a
+/// Session Expiry Interval of an hour.
+pub fn durable_client(protocol: Protocol, id: &str) -> codec::Connect {
+    let mut c = connect_packet(protocol, id, false, 60);
+    if protocol == Protocol::V5 {
+        c.properties.session_expiry_interval = Some(3600);
+    }
+    c
+}
+
 pub fn connect_packet(
     protocol: Protocol,
     client_id: &str,
