@@ -15,6 +15,7 @@
 mod blobs;
 mod commit;
 mod error;
+mod journal;
 mod store;
 
 pub use commit::{FsyncMode, Ticket};

@@ -23,25 +23,13 @@ use std::time::Duration;
 
 use crate::commit::{Committer, FsyncMode, Ticket};
 use crate::error::StorageError;
+use crate::journal::{apply_ops, clear_journal, encode_journal, replay_journal, write_journal};
 
 /// Format of the data directory; bump when records change incompatibly.
 pub const FORMAT_VERSION: u32 = 1;
 const META_TREE: &str = "meta";
 const DATA_TREE: &str = "data";
 const FORMAT_KEY: &[u8] = b"format-version";
-/// In the meta tree while a large atomic batch is being applied (see
-/// [`Store::write_atomic`]): the number of journal chunks, written after
-/// them.
-const JOURNAL_KEY: &[u8] = b"journal";
-/// Prefix of the journal's chunks, each followed by its u32 index.
-const JOURNAL_CHUNK_PREFIX: &[u8] = b"journal-chunk/";
-/// Largest journal chunk. sled writes a value over about 128 KiB to a blob
-/// file of its own, which its flush does not fsync: a journal in one large
-/// value could be lost to a power cut while the operations after it
-/// survive. Chunks this small stay inside the fsynced log.
-const JOURNAL_CHUNK: usize = 64 * 1024;
-/// Version byte of a journal record.
-const JOURNAL_V1: u8 = 1;
 /// Atomic batches up to this many operations are one sled `apply_batch`;
 /// larger ones go through the journal. sled 0.34 keeps far more memory
 /// than the data after large `apply_batch` calls: 5,000 entries per batch
@@ -303,7 +291,7 @@ impl Store {
     ///
     /// Up to [`APPLY_BATCH_MAX`] operations are one sled batch. A larger
     /// batch is written as a journal first (chunks of at most
-    /// [`JOURNAL_CHUNK`], then a record naming how many), then applied
+    /// [`crate::journal::JOURNAL_CHUNK`], then a record naming how many), then applied
     /// operation by operation, then the journal is removed. sled recovers
     /// a prefix of its log, so after a crash either no operation of the
     /// batch is on disk (nor the record), or the record and its chunks
@@ -483,141 +471,6 @@ impl Store {
     }
 }
 
-type Ops = Vec<(Vec<u8>, Option<Vec<u8>>)>;
-
-/// A journal record: a version byte, then per operation the key and, for
-/// a put, the value, each with a u32 length; a delete has no value.
-fn encode_journal(ops: &Ops) -> Vec<u8> {
-    let size: usize = ops
-        .iter()
-        .map(|(k, v)| 9 + k.len() + v.as_ref().map_or(0, Vec::len))
-        .sum();
-    let mut out = Vec::with_capacity(1 + size);
-    out.push(JOURNAL_V1);
-    for (k, v) in ops {
-        out.extend_from_slice(&(k.len() as u32).to_be_bytes());
-        out.extend_from_slice(k);
-        match v {
-            Some(v) => {
-                out.push(1);
-                out.extend_from_slice(&(v.len() as u32).to_be_bytes());
-                out.extend_from_slice(v);
-            }
-            None => out.push(0),
-        }
-    }
-    out
-}
-
-fn decode_journal(mut b: &[u8]) -> Result<Ops, String> {
-    fn take<'a>(b: &mut &'a [u8], n: usize) -> Result<&'a [u8], String> {
-        if b.len() < n {
-            return Err("truncated journal record".into());
-        }
-        let (a, rest) = b.split_at(n);
-        *b = rest;
-        Ok(a)
-    }
-    fn len(b: &mut &[u8]) -> Result<usize, String> {
-        let l = take(b, 4)?;
-        Ok(u32::from_be_bytes([l[0], l[1], l[2], l[3]]) as usize)
-    }
-    if take(&mut b, 1)? != [JOURNAL_V1] {
-        return Err("unknown journal record version".into());
-    }
-    let mut ops = Vec::new();
-    while !b.is_empty() {
-        let n = len(&mut b)?;
-        let key = take(&mut b, n)?.to_vec();
-        let value = match take(&mut b, 1)?[0] {
-            0 => None,
-            1 => {
-                let n = len(&mut b)?;
-                Some(take(&mut b, n)?.to_vec())
-            }
-            _ => return Err("bad journal operation".into()),
-        };
-        ops.push((key, value));
-    }
-    Ok(ops)
-}
-
-fn chunk_key(i: u32) -> Vec<u8> {
-    let mut k = JOURNAL_CHUNK_PREFIX.to_vec();
-    k.extend_from_slice(&i.to_be_bytes());
-    k
-}
-
-/// Writes an encoded journal as chunks, then the record naming how many:
-/// sled recovers a prefix of its log, so a record on disk means every
-/// chunk is.
-fn write_journal(meta: &sled::Tree, encoded: &[u8]) -> Result<(), sled::Error> {
-    let mut n = 0u32;
-    for chunk in encoded.chunks(JOURNAL_CHUNK) {
-        meta.insert(chunk_key(n), chunk)?;
-        n += 1;
-    }
-    meta.insert(JOURNAL_KEY, &n.to_be_bytes())?;
-    Ok(())
-}
-
-/// The encoded journal, if its record is there; an error names what is
-/// missing or damaged.
-fn read_journal(meta: &sled::Tree) -> Result<Option<Vec<u8>>, String> {
-    let Some(record) = meta.get(JOURNAL_KEY).map_err(|e| e.to_string())? else {
-        return Ok(None);
-    };
-    let n: [u8; 4] = record
-        .as_ref()
-        .try_into()
-        .map_err(|_| "journal record of the wrong size".to_string())?;
-    let mut out = Vec::new();
-    for i in 0..u32::from_be_bytes(n) {
-        let chunk = meta
-            .get(chunk_key(i))
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("journal chunk {i} missing"))?;
-        out.extend_from_slice(&chunk);
-    }
-    Ok(Some(out))
-}
-
-/// Removes the journal: its record first (a crash between leaves chunks
-/// that nothing reads and the next journal overwrites), then its chunks.
-fn clear_journal(meta: &sled::Tree) -> Result<(), sled::Error> {
-    meta.remove(JOURNAL_KEY)?;
-    for k in meta.scan_prefix(JOURNAL_CHUNK_PREFIX).keys() {
-        meta.remove(k?)?;
-    }
-    Ok(())
-}
-
-/// Inserts and removes one by one, in order.
-fn apply_ops(tree: &sled::Tree, ops: Ops) -> Result<(), sled::Error> {
-    for (key, value) in ops {
-        match value {
-            Some(v) => tree.insert(key, v).map(|_| ())?,
-            None => tree.remove(key).map(|_| ())?,
-        }
-    }
-    Ok(())
-}
-
-/// Applies the journal of a large atomic batch a crash interrupted, whole,
-/// and removes it (`Store::write_atomic`).
-fn replay_journal(db: &sled::Db, meta: &sled::Tree, data: &sled::Tree) -> Result<(), String> {
-    let Some(encoded) = read_journal(meta)? else {
-        return Ok(());
-    };
-    let ops = decode_journal(&encoded)?;
-    let n = ops.len();
-    apply_ops(data, ops).map_err(|e| e.to_string())?;
-    clear_journal(meta).map_err(|e| e.to_string())?;
-    db.flush().map_err(|e| e.to_string())?;
-    tracing::info!(writes = n, "Replayed an atomic batch a crash interrupted");
-    Ok(())
-}
-
 /// Opens sled. A directory still locked (by a process that is exiting, or
 /// a store handle being released) is retried for up to 5 s before the
 /// error is reported.
@@ -744,6 +597,7 @@ fn check_directory(path: &Path) -> Result<bool, StorageError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::journal::*;
 
     const T: Table = Table(1);
     const U: Table = Table(2);
