@@ -4,9 +4,12 @@
 //! subscriber's [`Delivery`] shares it (payload and pre-encoded properties
 //! included) and adds only what differs per subscriber: granted QoS,
 //! retain flag and subscription identifiers. `outbound.rs` encodes a
-//! delivery for one connection.
+//! delivery for one connection. A message queued for durable sessions is
+//! also written once to the store's body table (`persist/`); its
+//! [`StoredBody`] handle says where, and frees the record when the last
+//! delivery holding the message is gone.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
@@ -34,6 +37,53 @@ pub struct Message {
     /// The publishing session, for no-local subscriptions (its tenant is
     /// not the message's when a gateway published through `$tenant/`).
     pub publisher: Option<SessionKey>,
+    /// Its record in the store's body table, from the first time it is
+    /// queued for a durable session (`Persist::push_queue`); every durable
+    /// queue entry of it names that record instead of carrying a copy.
+    pub stored: OnceLock<Arc<StoredBody>>,
+}
+
+/// Body ids whose message is gone, for the store to delete with its next
+/// group commit (after the queue records that named them).
+pub type ReleasedBodies = parking_lot::Mutex<Vec<u64>>;
+
+/// A message's record in the store's body table. It is held by the
+/// message and by every queue entry kept on disk only (`session.rs`'s
+/// spill): once none holds it, no queue record on disk names the body
+/// (each was deleted before its delivery was dropped), and dropping this
+/// hands the id to the store to delete.
+#[derive(Debug)]
+pub struct StoredBody {
+    pub id: u64,
+    /// The message's tenant and expiry, for queue entries that no longer
+    /// hold it.
+    pub tenant: TenantId,
+    pub expires_at: Option<Instant>,
+    /// The message as last read back from disk, while something holds it:
+    /// entries of many sessions read back share one copy.
+    pub loaded: parking_lot::Mutex<Weak<Message>>,
+    released: Weak<ReleasedBodies>,
+}
+
+impl StoredBody {
+    pub fn new(id: u64, msg: &Message, released: Weak<ReleasedBodies>) -> StoredBody {
+        StoredBody {
+            id,
+            tenant: msg.tenant.clone(),
+            expires_at: msg.expires_at,
+            loaded: parking_lot::Mutex::new(Weak::new()),
+            released,
+        }
+    }
+}
+
+impl Drop for StoredBody {
+    fn drop(&mut self) {
+        // The store is gone (shutdown): its records stay for the restart.
+        if let Some(r) = self.released.upgrade() {
+            r.lock().push(self.id);
+        }
+    }
 }
 
 impl Message {
@@ -70,6 +120,7 @@ impl Message {
                 .message_expiry_interval
                 .map(|s| received_at + std::time::Duration::from_secs(u64::from(s))),
             publisher,
+            stored: OnceLock::new(),
         }
     }
 

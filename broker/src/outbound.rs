@@ -172,7 +172,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         while self.io.wbuf.len() + holding.as_ref().map_or(0, |(_, h)| h.len()) < WRITE_HIGH_WATER
             && st.resend.is_empty()
         {
-            let Some(front) = st.queue.front() else {
+            let Some(front) = st.front_queued() else {
                 break;
             };
             if front.qos != QoS::AtMostOnce && st.window_used() >= self.send_window {

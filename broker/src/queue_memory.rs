@@ -1,24 +1,44 @@
 //! The node-wide bound on queued messages (`--max-queued-memory`).
 //!
 //! Owns one count for the whole node: the bytes of every queued delivery
-//! (topic, payload and properties, as `--max-queued-bytes` counts them)
-//! plus [`ENTRY_COST`] per queue entry. Session queues (`session.rs`) add
-//! and subtract as deliveries come and go; the router (`router.rs`) asks
-//! [`QueueMemory::is_full`] before it queues a message for an offline
-//! session, and refuses or drops at the bound. It does not own the queues,
-//! nor the per-session and per-tenant bounds.
+//! held in memory (topic, payload and properties, as `--max-queued-bytes`
+//! counts them) plus [`ENTRY_COST`] per such entry, plus [`SPILL_COST`] per
+//! entry kept on disk only. Session queues (`session.rs`) add and subtract
+//! as deliveries come and go. It does not own the queues, nor the
+//! per-session and per-tenant bounds.
 //!
-//! A body shared by many queues is counted once per queue: an upper bound
-//! for the bodies, which stands in for what the store keeps per entry (a
-//! durable session's entry is a record of its own in sled).
+//! Two thresholds, so the bound is never passed:
+//! - from three quarters of it ([`QueueMemory::spills`]), what joins an
+//!   offline durable session's queue is kept on disk only: its message
+//!   body is in the store already, and the queue keeps its place (24
+//!   bytes) until the session reads it back;
+//! - at the bound ([`QueueMemory::is_full`]) the router refuses QoS 1/2
+//!   publishes that would queue for an offline session (v5 0x97) and QoS 0
+//!   ones skip offline sessions.
+//!
+//! A body shared by many queues is counted once per queue: an upper bound.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 
 use tracing::{info, warn};
 
 /// What one queue entry costs beyond its message's bytes: the 48-byte
 /// `Delivery` and the queue's spare room.
 pub const ENTRY_COST: u64 = 64;
+
+/// What one queue entry kept on disk only costs: its 24-byte place in the
+/// queue and the queue's spare room.
+pub const SPILL_COST: u64 = 32;
+
+/// Where queued memory stands against its bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Level {
+    Under = 0,
+    /// Past three quarters: offline durable sessions' entries spill.
+    Spill = 1,
+    /// At the bound: publishes that would queue offline are refused.
+    Full = 2,
+}
 
 #[derive(Debug, Default)]
 pub struct QueueMemory {
@@ -27,10 +47,12 @@ pub struct QueueMemory {
     used: AtomicU64,
     /// The bound in bytes; 0: none. Set once at start-up.
     limit: AtomicU64,
-    /// At the bound as last seen: a change is logged once.
-    over: AtomicBool,
+    /// The [`Level`] as last seen: a change is logged once.
+    level: AtomicU8,
     /// Publishes refused and deliveries dropped at the bound.
     refused: AtomicU64,
+    /// Queue entries kept on disk only, now.
+    spilled: AtomicU64,
 }
 
 impl QueueMemory {
@@ -52,12 +74,37 @@ impl QueueMemory {
 
     /// `entries` deliveries of `bytes` in all left their queues.
     pub fn sub(&self, bytes: usize, entries: usize) {
-        let n = bytes as u64 + (entries as u64).saturating_mul(ENTRY_COST);
+        self.sub_raw(bytes as u64 + (entries as u64).saturating_mul(ENTRY_COST));
+    }
+
+    fn sub_raw(&self, n: u64) {
         let _ = self
             .used
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
                 Some(v.saturating_sub(n))
             });
+    }
+
+    /// An entry joined a queue on disk only.
+    pub fn add_spilled(&self) {
+        self.used.fetch_add(SPILL_COST, Ordering::Relaxed);
+        self.spilled.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `entries` entries kept on disk only left their queues (or were read
+    /// back into memory).
+    pub fn sub_spilled(&self, entries: usize) {
+        self.sub_raw((entries as u64).saturating_mul(SPILL_COST));
+        let _ = self
+            .spilled
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                Some(v.saturating_sub(entries as u64))
+            });
+    }
+
+    /// Queue entries kept on disk only, now.
+    pub fn spilled(&self) -> u64 {
+        self.spilled.load(Ordering::Relaxed)
     }
 
     /// The node's queued memory, as this module counts it.
@@ -69,30 +116,53 @@ impl QueueMemory {
         self.limit.load(Ordering::Relaxed)
     }
 
-    /// Whether queued memory is at its bound. Logs when that changes:
-    /// reaching the bound at warn, falling below it at info.
+    /// Whether queued memory is at its bound (the router refuses what
+    /// would queue for offline sessions).
     pub fn is_full(&self) -> bool {
+        self.level() == Level::Full
+    }
+
+    /// Whether what joins an offline durable session's queue is kept on
+    /// disk only (past three quarters of the bound).
+    pub fn spills(&self) -> bool {
+        self.level() >= Level::Spill
+    }
+
+    /// Where queued memory stands. Logs when that changes: passing a
+    /// threshold at warn, falling back under one at info.
+    fn level(&self) -> Level {
         let limit = self.limit();
         if limit == 0 {
-            return false;
+            return Level::Under;
         }
         let used = self.used();
-        let full = used >= limit;
-        // Read first: the flag's line is only written when it changes.
-        if self.over.load(Ordering::Relaxed) != full
-            && self.over.swap(full, Ordering::Relaxed) != full
-        {
-            let refused = self.refused();
-            if full {
-                warn!(used, limit, "Queued messages reached --max-queued-memory: messages for offline sessions are refused (v5 0x97) or dropped (QoS 0)");
-            } else {
-                info!(
-                    used,
-                    limit, refused, "Queued messages back under --max-queued-memory"
-                );
+        let level = if used >= limit {
+            Level::Full
+        } else if used >= limit - limit / 4 {
+            Level::Spill
+        } else {
+            Level::Under
+        };
+        // Read first: the line is only written when the level changes.
+        let l = level as u8;
+        if self.level.load(Ordering::Relaxed) != l {
+            let was = self.level.swap(l, Ordering::Relaxed);
+            if was != l {
+                self.log_change(was, level, used, limit);
             }
         }
-        full
+        level
+    }
+
+    fn log_change(&self, was: u8, now: Level, used: u64, limit: u64) {
+        let (refused, spilled) = (self.refused(), self.spilled());
+        let rising = now as u8 > was;
+        match now {
+            Level::Full => warn!(used, limit, spilled, "Queued messages reached --max-queued-memory: messages for offline sessions are refused (v5 0x97) or dropped (QoS 0)"),
+            Level::Spill if rising => warn!(used, limit, "Queued messages passed 3/4 of --max-queued-memory: new messages for offline durable sessions are kept on disk only"),
+            Level::Spill => info!(used, limit, refused, spilled, "Queued messages back under --max-queued-memory: offline sessions queue again, still on disk only"),
+            Level::Under => info!(used, limit, refused, spilled, "Queued messages back under 3/4 of --max-queued-memory: new messages are held in memory again"),
+        }
     }
 
     /// Counts a publish refused, or a delivery dropped, at the bound.
@@ -145,9 +215,18 @@ mod tests {
         m.sub(36, 1);
         assert_eq!(m.used(), 900);
         assert!(!m.is_full());
+        assert!(m.spills(), "past three quarters");
+        m.sub(72, 2);
+        assert_eq!(m.used(), 700);
+        assert!(!m.spills());
+        m.add_spilled();
+        assert_eq!((m.used(), m.spilled()), (700 + SPILL_COST, 1));
+        m.sub_spilled(1);
+        assert_eq!((m.used(), m.spilled()), (700, 0));
         m.sub(10_000, 100);
         assert_eq!(m.used(), 0, "never below zero");
         assert!(!QueueMemory::new(0).is_full(), "0: no bound");
+        assert!(!QueueMemory::new(0).spills(), "0: no bound");
     }
 
     #[test]

@@ -341,10 +341,10 @@ impl Registry {
                 }
                 let next = {
                     let mut st = session.lock();
-                    for d in st.take_expired(Instant::now()) {
+                    for seq in st.take_expired(Instant::now()) {
                         session.dropped(&self.metrics, DropReason::Expired);
                         if let Some(p) = &st.persist {
-                            drop(Write::from_result(p.remove_queued(&session.key, d.seq)));
+                            drop(Write::from_result(p.remove_queued(&session.key, seq)));
                         }
                     }
                     st.earliest_expiry()
@@ -531,7 +531,7 @@ impl Registry {
                     }
                 }
             }
-            if st.queue.iter().any(|d| d.share.is_some()) {
+            if st.has_shared_queued() {
                 let shared = st.retain_queued(|d| d.share.is_none());
                 out.extend(shared.into_iter().map(|d| {
                     let seq = d.seq;

@@ -186,8 +186,7 @@ impl Server {
             );
         }
         // Last: everything the sessions wrote reaches the disk.
-        broker.persist.flush_pending();
-        if let Err(e) = broker.persist.store().close() {
+        if let Err(e) = broker.persist.close() {
             error!(error = %e, "Final flush of the store failed");
         }
         info!("Shutdown complete");

@@ -23,6 +23,13 @@
 //! subscriber is slow, not gone, and the publisher goes at its pace. One
 //! that took less marks the session `stuck` (it then drops as without
 //! flow control until it drains).
+//!
+//! Spill (`--max-queued-memory`): past three quarters of the node's bound,
+//! what joins an offline durable session's queue is kept on disk only (a
+//! [`Spilled`] place: its body is in the store already). Spilled entries
+//! always follow the ones in memory, so once a queue spills, everything
+//! after joins the spill until it is read back (in batches, as the
+//! connection takes from the queue): order is kept.
 
 use std::collections::VecDeque;
 
@@ -39,7 +46,7 @@ use crate::codec::{QoS, SubscriptionOptions, Will};
 use crate::command::Write;
 use crate::config::QueueOverflow;
 use crate::ids::{ConnectionId, SessionId, SessionKey};
-use crate::message::Delivery;
+use crate::message::{Delivery, StoredBody};
 use crate::metrics::DropReason;
 use crate::persist::{Persist, RestoredInflight};
 use crate::queue_memory::QueueMemory;
@@ -69,6 +76,22 @@ pub struct Inflight {
     pub state: OutState,
 }
 
+/// A queue entry kept on disk only: its queue record names its body in
+/// the store, which `body` keeps there; what the queue's bounds and expiry
+/// need stays in memory (24 bytes).
+#[derive(Debug)]
+pub struct Spilled {
+    seq: u64,
+    body: Arc<StoredBody>,
+    size: u32,
+    qos: QoS,
+    /// Came through a shared subscription (`Delivery::share`).
+    shared: bool,
+}
+
+/// How many spilled entries a connection reads back at a time.
+const READ_BACK: usize = 64;
+
 /// The connection currently attached to a session.
 #[derive(Debug, Clone)]
 pub struct Owner {
@@ -84,7 +107,12 @@ pub struct SessionState {
     /// Keyed by the filter exactly as subscribed (including `$share/g/`).
     /// Changed only by `state.rs` applying commands.
     pub subscriptions: HashMap<TopicFilter, StoredSubscription>,
+    /// The queue's entries held in memory, oldest first; `spilled` follows.
     pub queue: VecDeque<Delivery>,
+    /// The queue's entries kept on disk only, after every one in `queue`.
+    spilled: VecDeque<Spilled>,
+    /// The session's key, to read spilled entries back.
+    key: SessionKey,
     pub inflight: HashMap<u16, Inflight>,
     next_seq: u64,
     /// Incoming QoS 2 packet ids whose PUBLISH was routed; PUBREL pending.
@@ -111,12 +139,14 @@ pub struct SessionState {
     pub persist: Option<Arc<Persist>>,
     /// Last queue position given to a delivery of a durable session.
     next_queue_seq: u64,
-    /// How many deliveries in `queue` are QoS 0: a full queue drops them
-    /// first, and skips looking for one when there is none.
+    /// How many queued deliveries (in `queue` and `spilled`) are QoS 0: a
+    /// full queue drops them first, and skips looking for one when there
+    /// is none.
     queued_qos0: usize,
-    /// Bytes of the QoS 0 deliveries in `queue`.
+    /// Bytes of the queued QoS 0 deliveries.
     queued_qos0_bytes: usize,
-    /// Bytes of the messages in `queue` (for `--max-queued-bytes`).
+    /// Bytes of the queued messages, in `queue` and `spilled` (for
+    /// `--max-queued-bytes`).
     /// Change it only through the queue methods below: they keep the
     /// tenant's `queued_bytes` in step.
     pub queued_bytes: usize,
@@ -186,7 +216,7 @@ impl Session {
         node_memory: Option<Arc<QueueMemory>>,
     ) -> Session {
         Session {
-            key,
+            key: key.clone(),
             id: SessionId::next(),
             online: AtomicBool::new(false),
             notify: Notify::new(),
@@ -198,6 +228,8 @@ impl Session {
             state: Mutex::new(SessionState {
                 subscriptions: HashMap::new(),
                 queue: VecDeque::new(),
+                spilled: VecDeque::new(),
+                key,
                 inflight: HashMap::new(),
                 next_seq: 0,
                 incoming_qos2: HashSet::new(),
@@ -281,7 +313,7 @@ impl Session {
         if !self.full.load(Ordering::Relaxed) && !self.stuck.load(Ordering::Relaxed) {
             return;
         }
-        if st.queue.len() * 2 <= limits.max_messages && st.queued_bytes * 2 <= limits.max_bytes {
+        if st.queued_len() * 2 <= limits.max_messages && st.queued_bytes * 2 <= limits.max_bytes {
             self.full.store(false, Ordering::Relaxed);
             self.stuck.store(false, Ordering::Relaxed);
             self.room.notify_waiters();
@@ -291,9 +323,10 @@ impl Session {
     /// Queues a delivery, applying the overflow policy at `max_queued`,
     /// and wakes the connection. For a durable session the queue entry is
     /// written under the session's lock, so the store sees queue changes in
-    /// the order memory does. The flag is true when the delivery went into
-    /// an empty queue of a connected session: its connection was probably
-    /// idle and this wakes it.
+    /// the order memory does; past three quarters of `--max-queued-memory`
+    /// an offline one keeps it on disk only. The flag is true when the
+    /// delivery went into an empty queue of a connected session: its
+    /// connection was probably idle and this wakes it.
     pub fn enqueue(
         &self,
         mut delivery: Delivery,
@@ -302,7 +335,7 @@ impl Session {
         let was_empty;
         let (outcome, write) = {
             let mut st = self.state.lock();
-            was_empty = st.queue.is_empty();
+            was_empty = st.queued_len() == 0;
             if st.persist.is_some() {
                 st.next_queue_seq += 1;
                 delivery.seq = st.next_queue_seq;
@@ -322,10 +355,10 @@ impl Session {
             let slack = if limits.backpressure { 2 } else { 1 };
             let (max_messages, max_bytes) = (limits.max_messages * slack, limits.max_bytes * slack);
             let fits = |st: &SessionState| {
-                st.queue.len() < max_messages && st.queued_bytes + size <= max_bytes
+                st.queued_len() < max_messages && st.queued_bytes + size <= max_bytes
             };
             let mut dropped = Vec::new();
-            let outcome = if fits(&st) {
+            let mut outcome = if fits(&st) {
                 EnqueueOutcome::Queued
             } else if size > max_bytes {
                 EnqueueOutcome::DroppedNew
@@ -333,30 +366,34 @@ impl Session {
                 let new = (delivery.qos, size);
                 st.make_room(new, (max_messages, max_bytes), limits, &mut dropped)
             };
-            if outcome == EnqueueOutcome::DroppedNew {
-                st.tenant_queued_sub(size);
-            } else {
-                st.push_reserved(delivery);
-            }
-            if limits.backpressure
-                && (st.queue.len() >= limits.max_messages || st.queued_bytes >= limits.max_bytes)
-            {
-                self.full.store(true, Ordering::Relaxed);
-            }
-            let write = match (&st.persist, st.queue.back(), outcome) {
-                (Some(p), Some(d), EnqueueOutcome::Queued | EnqueueOutcome::DroppedOldest(_)) => {
-                    Write::from_result(p.push_queue(&self.key, d, &dropped))
+            let write = match (&st.persist, outcome) {
+                (Some(p), EnqueueOutcome::Queued | EnqueueOutcome::DroppedOldest(_)) => {
+                    Write::from_result(p.push_queue(&self.key, &delivery, &dropped))
                 }
                 _ => Write::None,
             };
             if matches!(write, Write::Failed(_)) {
                 // Not on disk, so not queued: the publisher is told, and a
                 // restart cannot disagree with what was delivered.
-                st.pop_newest();
-                (EnqueueOutcome::NotDurable, write)
-            } else {
-                (outcome, write)
+                outcome = EnqueueOutcome::NotDurable;
             }
+            if matches!(
+                outcome,
+                EnqueueOutcome::Queued | EnqueueOutcome::DroppedOldest(_)
+            ) {
+                let spill = st.persist.is_some()
+                    && !self.is_online()
+                    && st.node_memory.as_ref().is_some_and(|m| m.spills());
+                st.push_reserved(delivery, spill);
+            } else {
+                st.tenant_queued_sub(size);
+            }
+            if limits.backpressure
+                && (st.queued_len() >= limits.max_messages || st.queued_bytes >= limits.max_bytes)
+            {
+                self.full.store(true, Ordering::Relaxed);
+            }
+            (outcome, write)
         };
         let queued = matches!(
             outcome,
@@ -366,6 +403,15 @@ impl Session {
             self.notify.notify_one();
         }
         (outcome, write, queued && was_empty && self.is_online())
+    }
+}
+
+/// Grows a queue by half, not double: a million offline queues carry on
+/// average a quarter spare instead of half (still amortised O(1)).
+fn grow_by_half<T>(q: &mut VecDeque<T>) {
+    let len = q.len();
+    if len == q.capacity() {
+        q.reserve_exact((len / 2).max(4));
     }
 }
 
@@ -398,26 +444,102 @@ impl SessionState {
     /// step.
     pub fn push_queued(&mut self, d: Delivery) {
         self.tenant_queued_add(d.msg.size());
-        self.push_reserved(d);
+        self.push_reserved(d, false);
     }
 
-    /// Appends a delivery whose bytes the tenant already counted.
-    fn push_reserved(&mut self, d: Delivery) {
-        self.entered_queue(&d);
-        // Grow by half, not double: a million offline queues carry on
-        // average a quarter spare instead of half (still amortised O(1)).
-        let len = self.queue.len();
-        if len == self.queue.capacity() {
-            self.queue.reserve_exact((len / 2).max(4));
+    /// Appends a delivery whose bytes the tenant already counted: to the
+    /// spill if asked (`spill`, and its message has a stored body) or if
+    /// the queue already spills (order is kept), else in memory.
+    fn push_reserved(&mut self, d: Delivery, spill: bool) {
+        if spill || !self.spilled.is_empty() {
+            if let Some(body) = d.msg.stored.get() {
+                let s = Spilled {
+                    seq: d.seq,
+                    body: body.clone(),
+                    size: d.msg.size() as u32,
+                    qos: d.qos,
+                    shared: d.share.is_some(),
+                };
+                self.queued_bytes += d.msg.size();
+                self.count_qos0(d.qos, d.msg.size(), true);
+                if let Some(m) = &self.node_memory {
+                    m.add_spilled();
+                }
+                grow_by_half(&mut self.spilled);
+                self.spilled.push_back(s);
+                return;
+            }
         }
+        self.entered_queue(&d);
+        grow_by_half(&mut self.queue);
         self.queue.push_back(d);
+    }
+
+    /// How many deliveries are queued, in memory and on disk only.
+    pub fn queued_len(&self) -> usize {
+        self.queue.len() + self.spilled.len()
+    }
+
+    /// Whether some queued deliveries came through a shared subscription.
+    pub fn has_shared_queued(&self) -> bool {
+        self.queue.iter().any(|d| d.share.is_some()) || self.spilled.iter().any(|s| s.shared)
+    }
+
+    /// Keeps the counters in step with a spilled entry that left the queue
+    /// without being read back (dropped or expired).
+    fn left_spill(&mut self, s: &Spilled) {
+        let size = s.size as usize;
+        self.queued_bytes -= size;
+        self.count_qos0(s.qos, size, false);
+        self.tenant_queued_sub(size);
+        if let Some(m) = &self.node_memory {
+            m.sub_spilled(1);
+        }
+    }
+
+    /// Reads up to `n` spilled entries back into memory, oldest first. An
+    /// entry that cannot be read is dropped and logged (the store refuses
+    /// reads only when damaged).
+    fn read_back(&mut self, n: usize) {
+        let Some(p) = self.persist.clone() else {
+            return;
+        };
+        for _ in 0..n {
+            let Some(s) = self.spilled.pop_front() else {
+                break;
+            };
+            match p.read_queued(&self.key, s.seq, &s.body) {
+                Ok(Some(d)) => {
+                    // Counted in `queued_bytes` and the QoS 0 counts already.
+                    if let Some(m) = &self.node_memory {
+                        m.sub_spilled(1);
+                        m.add(d.msg.size());
+                    }
+                    grow_by_half(&mut self.queue);
+                    self.queue.push_back(d);
+                }
+                r => {
+                    let error = r.err().map(|e| e.to_string());
+                    tracing::warn!(client_id = %self.key.client, seq = s.seq, ?error, "Dropping a queued message that cannot be read back from the store");
+                    self.left_spill(&s);
+                }
+            }
+        }
+    }
+
+    /// The oldest queued delivery, read back from disk if it was spilled.
+    pub fn front_queued(&mut self) -> Option<&Delivery> {
+        if self.queue.is_empty() {
+            self.read_back(READ_BACK);
+        }
+        self.queue.front()
     }
 
     /// Keeps the counters in step with a delivery that joined the queue
     /// (the tenant's is the caller's: `push_reserved` reserved it first).
     fn entered_queue(&mut self, d: &Delivery) {
         self.queued_bytes += d.msg.size();
-        self.count_qos0(d, true);
+        self.count_qos0(d.qos, d.msg.size(), true);
         if let Some(m) = &self.node_memory {
             m.add(d.msg.size());
         }
@@ -426,50 +548,64 @@ impl SessionState {
     /// Keeps the counters in step with a delivery that left the queue.
     fn left_queue(&mut self, d: &Delivery) {
         self.queued_bytes -= d.msg.size();
-        self.count_qos0(d, false);
+        self.count_qos0(d.qos, d.msg.size(), false);
         self.tenant_queued_sub(d.msg.size());
         if let Some(m) = &self.node_memory {
             m.sub(d.msg.size(), 1);
         }
     }
 
-    /// Counts a QoS 0 delivery into (`added`) or out of the queue.
-    fn count_qos0(&mut self, d: &Delivery, added: bool) {
-        if d.qos != QoS::AtMostOnce {
+    /// Counts a QoS 0 delivery of `size` bytes into (`added`) or out of
+    /// the queue.
+    fn count_qos0(&mut self, qos: QoS, size: usize, added: bool) {
+        if qos != QoS::AtMostOnce {
             return;
         }
         if added {
             self.queued_qos0 += 1;
-            self.queued_qos0_bytes += d.msg.size();
+            self.queued_qos0_bytes += size;
         } else {
             self.queued_qos0 -= 1;
-            self.queued_qos0_bytes -= d.msg.size();
+            self.queued_qos0_bytes -= size;
         }
     }
 
-    /// Takes the oldest queued delivery, keeping `queued_bytes` in step.
+    /// Takes the oldest queued delivery (read back from disk if spilled),
+    /// keeping `queued_bytes` in step.
     pub fn pop_queued(&mut self) -> Option<Delivery> {
+        self.front_queued()?;
         let d = self.queue.pop_front()?;
         self.left_queue(&d);
         Some(d)
     }
 
-    /// Takes the newest queued delivery (one the store refused).
-    fn pop_newest(&mut self) -> Option<Delivery> {
-        let d = self.queue.pop_back()?;
-        self.left_queue(&d);
-        Some(d)
+    /// Drops the oldest queued delivery (without reading a spilled one
+    /// back); returns its queue position.
+    fn drop_oldest(&mut self) -> Option<u64> {
+        if let Some(d) = self.queue.pop_front() {
+            self.left_queue(&d);
+            return Some(d.seq);
+        }
+        let s = self.spilled.pop_front()?;
+        self.left_spill(&s);
+        Some(s.seq)
     }
 
-    /// Takes the oldest queued QoS 0 delivery, if any.
-    fn pop_oldest_qos0(&mut self) -> Option<Delivery> {
+    /// Drops the oldest queued QoS 0 delivery, if any; returns its queue
+    /// position.
+    fn drop_oldest_qos0(&mut self) -> Option<u64> {
         if self.queued_qos0 == 0 {
             return None;
         }
-        let i = self.queue.iter().position(|d| d.qos == QoS::AtMostOnce)?;
-        let d = self.queue.remove(i)?;
-        self.left_queue(&d);
-        Some(d)
+        if let Some(i) = self.queue.iter().position(|d| d.qos == QoS::AtMostOnce) {
+            let d = self.queue.remove(i)?;
+            self.left_queue(&d);
+            return Some(d.seq);
+        }
+        let i = self.spilled.iter().position(|s| s.qos == QoS::AtMostOnce)?;
+        let s = self.spilled.remove(i)?;
+        self.left_spill(&s);
+        Some(s.seq)
     }
 
     /// Makes room in a full queue for a delivery of `size` bytes and QoS
@@ -493,10 +629,10 @@ impl SessionState {
         dropped: &mut Vec<u64>,
     ) -> EnqueueOutcome {
         let fits = |st: &SessionState| {
-            st.queue.len() < max_messages && st.queued_bytes + size <= max_bytes
+            st.queued_len() < max_messages && st.queued_bytes + size <= max_bytes
         };
         // Whether dropping every queued QoS 0 delivery would make it fit.
-        let fits_without_qos0 = self.queue.len() - self.queued_qos0 < max_messages
+        let fits_without_qos0 = self.queued_len() - self.queued_qos0 < max_messages
             && self.queued_bytes - self.queued_qos0_bytes + size <= max_bytes;
         let qos0 = qos == QoS::AtMostOnce;
         let evict_qos0 = if qos0 {
@@ -507,19 +643,19 @@ impl SessionState {
         if !evict_qos0 {
             return EnqueueOutcome::DroppedNew;
         }
-        let mut evict = |st: &mut SessionState, pop: fn(&mut SessionState) -> Option<Delivery>| {
+        let mut evict = |st: &mut SessionState, pop: fn(&mut SessionState) -> Option<u64>| {
             while !fits(st) {
                 match pop(st) {
-                    Some(d) => dropped.push(d.seq),
+                    Some(seq) => dropped.push(seq),
                     None => break,
                 }
             }
         };
-        evict(self, SessionState::pop_oldest_qos0);
+        evict(self, SessionState::drop_oldest_qos0);
         if !limits.backpressure {
             // Drop-oldest for a QoS 1/2 delivery: QoS 0 is gone, the
             // oldest QoS 1/2 ones go next.
-            evict(self, SessionState::pop_queued);
+            evict(self, SessionState::drop_oldest);
         }
         match dropped.len() {
             0 => EnqueueOutcome::Queued,
@@ -535,19 +671,21 @@ impl SessionState {
     }
 
     /// Keeps only the queued deliveries `keep` accepts (in order) and
-    /// returns the others.
-    pub fn retain_queued(&mut self, mut keep: impl FnMut(&Delivery) -> bool) -> Vec<Delivery> {
+    /// returns the others. Spilled entries are read back first: this is
+    /// for rare, whole-queue changes (a leaving member of a shared
+    /// subscription with shared deliveries queued).
+    pub fn retain_queued(&mut self, keep: impl FnMut(&Delivery) -> bool) -> Vec<Delivery> {
+        self.read_back(usize::MAX);
+        self.retain_in_memory(keep)
+    }
+
+    /// [`SessionState::retain_queued`] for the entries held in memory.
+    fn retain_in_memory(&mut self, mut keep: impl FnMut(&Delivery) -> bool) -> Vec<Delivery> {
         let (kept, gone): (Vec<_>, Vec<_>) = self.queue.drain(..).partition(|d| keep(d));
         self.queue.extend(kept);
-        let before = self.queued_bytes;
-        self.queued_bytes = self.queue.iter().map(|d| d.msg.size()).sum();
-        if let Some(m) = &self.node_memory {
-            m.sub(before - self.queued_bytes, gone.len());
+        for d in &gone {
+            self.left_queue(d);
         }
-        let qos0 = self.queue.iter().filter(|d| d.qos == QoS::AtMostOnce);
-        (self.queued_qos0, self.queued_qos0_bytes) =
-            qos0.fold((0, 0), |(n, b), d| (n + 1, b + d.msg.size()));
-        self.tenant_queued_sub(before - self.queued_bytes);
         gone
     }
 
@@ -558,7 +696,12 @@ impl SessionState {
         key: &SessionKey,
         keep: impl Fn(&crate::ids::TenantId) -> bool,
     ) {
-        let gone = self.retain_queued(|d| keep(&d.msg.tenant));
+        let mut gone: Vec<u64> = self
+            .retain_in_memory(|d| keep(&d.msg.tenant))
+            .iter()
+            .map(|d| d.seq)
+            .collect();
+        gone.extend(self.drop_spilled(|s| !keep(&s.body.tenant)));
         let ids: Vec<(u16, u64)> = self
             .inflight
             .iter()
@@ -571,8 +714,8 @@ impl SessionState {
             self.inflight.remove(id);
         }
         if let Some(p) = &self.persist {
-            for d in &gone {
-                drop(Write::from_result(p.remove_queued(key, d.seq)));
+            for seq in &gone {
+                drop(Write::from_result(p.remove_queued(key, *seq)));
             }
             for (id, queue_seq) in &ids {
                 drop(Write::from_result(p.acknowledged(key, *id, *queue_seq)));
@@ -585,21 +728,46 @@ impl SessionState {
         self.tenant_queued_sub(self.queued_bytes);
         self.usage = None;
         if let Some(m) = self.node_memory.take() {
-            m.sub(self.queued_bytes, self.queue.len());
+            let spilled: usize = self.spilled.iter().map(|s| s.size as usize).sum();
+            m.sub(self.queued_bytes - spilled, self.queue.len());
+            m.sub_spilled(self.spilled.len());
         }
     }
 
-    /// Removes expired queued deliveries; returns them.
-    pub fn take_expired(&mut self, now: Instant) -> Vec<Delivery> {
-        if !self.queue.iter().any(|d| d.msg.is_expired(now)) {
+    /// Removes expired queued deliveries (spilled ones without reading
+    /// them back); returns their queue positions.
+    pub fn take_expired(&mut self, now: Instant) -> Vec<u64> {
+        let expired = |at: Option<Instant>| at.is_some_and(|t| t <= now);
+        let mut gone = Vec::new();
+        if self.queue.iter().any(|d| expired(d.msg.expires_at)) {
+            let out = self.retain_in_memory(|d| !expired(d.msg.expires_at));
+            gone.extend(out.iter().map(|d| d.seq));
+        }
+        gone.extend(self.drop_spilled(|s| expired(s.body.expires_at)));
+        gone
+    }
+
+    /// Drops the spilled entries `drop` picks, without reading them back;
+    /// returns their queue positions.
+    fn drop_spilled(&mut self, drop: impl Fn(&Spilled) -> bool) -> Vec<u64> {
+        if !self.spilled.iter().any(&drop) {
             return Vec::new();
         }
-        self.retain_queued(|d| !d.msg.is_expired(now))
+        let (out, kept): (Vec<_>, Vec<_>) = self.spilled.drain(..).partition(|s| drop(s));
+        self.spilled.extend(kept);
+        out.iter()
+            .map(|s| {
+                self.left_spill(s);
+                s.seq
+            })
+            .collect()
     }
 
     /// The earliest expiry among queued deliveries.
     pub fn earliest_expiry(&self) -> Option<Instant> {
-        self.queue.iter().filter_map(|d| d.msg.expires_at).min()
+        let queued = self.queue.iter().filter_map(|d| d.msg.expires_at);
+        let spilled = self.spilled.iter().filter_map(|s| s.body.expires_at);
+        queued.chain(spilled).min()
     }
 
     /// Allocates a packet id not used by any in-flight message, or `None`
@@ -632,9 +800,16 @@ impl SessionState {
         inflight: Vec<RestoredInflight>,
         incoming: Vec<u16>,
     ) {
+        // Past three quarters of the node's bound, a queue whose every
+        // entry names a stored body stays on disk (older entries carry
+        // their message, and order must hold).
+        let can_spill =
+            self.persist.is_some() && queue.iter().all(|d| d.msg.stored.get().is_some());
         for d in queue {
             self.next_queue_seq = self.next_queue_seq.max(d.seq);
-            self.push_queued(d);
+            let spill = can_spill && self.node_memory.as_ref().is_some_and(|m| m.spills());
+            self.tenant_queued_add(d.msg.size());
+            self.push_reserved(d, spill);
         }
         for f in inflight {
             self.next_seq = self.next_seq.max(f.seq);
@@ -840,5 +1015,138 @@ mod tests {
             (st.queued_qos0, st.queued_qos0_bytes, st.queued_bytes),
             (0, 0, 2)
         );
+    }
+
+    /// A durable, offline session on a real store, with a node-wide
+    /// queued-memory bound of `limit` bytes.
+    fn durable_session(dir: &std::path::Path, limit: u64) -> (Session, Arc<QueueMemory>) {
+        let key = SessionKey {
+            tenant: TenantId::default_tenant(),
+            client: ClientId::new("d"),
+        };
+        let memory = Arc::new(QueueMemory::new(limit));
+        let s = Session::new(key.clone(), 3600, None, Some(memory.clone()));
+        let p = Persist::open(dir, porchlight_storage::StoreOptions::default()).expect("open");
+        p.put_session(&key, 3600, 0).expect("session");
+        s.lock().persist = Some(p);
+        (s, memory)
+    }
+
+    fn roomy() -> QueueLimits {
+        QueueLimits {
+            max_messages: 100,
+            ..limits(QueueOverflow::DropOldest, false)
+        }
+    }
+
+    /// Tags of every queued delivery, taken in order (spilled ones read
+    /// back from the store).
+    fn drain(s: &Session) -> Vec<u8> {
+        let mut st = s.lock();
+        std::iter::from_fn(|| st.pop_queued())
+            .map(|d| d.msg.payload[0])
+            .collect()
+    }
+
+    /// Issue 16 item 2: at the node's bound, durable sessions' bodies are
+    /// kept on disk only. Each entry here is 2 bytes + 64: the 12th passes
+    /// three quarters of 1,000, and the ones after it are spilled.
+    #[test]
+    fn past_three_quarters_of_the_bound_an_offline_durable_queue_spills_in_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (s, memory) = durable_session(dir.path(), 1000);
+        for tag in 1..=20 {
+            assert_eq!(push(&s, 1, tag, roomy()), EnqueueOutcome::Queued);
+        }
+        {
+            let st = s.lock();
+            assert_eq!((st.queue.len(), st.spilled.len()), (12, 8));
+            assert_eq!((st.queued_len(), st.queued_bytes), (20, 40));
+        }
+        let per_entry = 2 + crate::queue_memory::ENTRY_COST;
+        let spill = crate::queue_memory::SPILL_COST;
+        assert_eq!(memory.used(), 12 * per_entry + 8 * spill);
+        assert_eq!(memory.spilled(), 8);
+        // Under the bound again, a queue that spills goes on spilling
+        // until it is read back: order is kept.
+        memory.set_limit(1 << 20);
+        push(&s, 1, 21, roomy());
+        assert_eq!(s.lock().spilled.len(), 9);
+        s.lock().persist.as_ref().expect("durable").flush_pending();
+        assert_eq!(drain(&s), (1..=21).collect::<Vec<u8>>());
+        assert_eq!((memory.used(), memory.spilled()), (0, 0));
+        let st = s.lock();
+        assert_eq!((st.queued_bytes, st.queued_qos0), (0, 0));
+    }
+
+    #[test]
+    fn spilled_entries_are_dropped_and_expire_without_being_read_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (s, memory) = durable_session(dir.path(), 100);
+        // 66 bytes an entry: past three quarters from the third on.
+        push(&s, 1, 1, roomy());
+        push(&s, 1, 2, roomy());
+        push(&s, 0, 3, roomy());
+        let mut expiring = delivery(1, 4);
+        let props = Properties {
+            message_expiry_interval: Some(0),
+            ..Properties::default()
+        };
+        expiring.msg = Arc::new(Message::new(
+            TenantId::default_tenant(),
+            TopicName::trusted("t".into()),
+            bytes::Bytes::from_static(&[4]),
+            QoS::AtLeastOnce,
+            false,
+            &props,
+            None,
+        ));
+        s.enqueue(expiring, roomy());
+        push(&s, 1, 5, roomy());
+        assert_eq!(s.lock().spilled.len(), 3);
+        // The expired one goes, by its queue position.
+        let gone = s.lock().take_expired(Instant::now());
+        assert_eq!(gone, [4]);
+        // A full queue drops its spilled QoS 0 entry first.
+        let full = QueueLimits {
+            max_messages: 4,
+            ..roomy()
+        };
+        assert_eq!(push(&s, 1, 6, full), EnqueueOutcome::DroppedOldest(1));
+        assert_eq!(memory.spilled(), 2, "5 and 6");
+        assert_eq!(drain(&s), [1, 2, 5, 6]);
+        assert_eq!((memory.used(), memory.spilled()), (0, 0));
+    }
+
+    #[test]
+    fn a_queue_restored_past_three_quarters_of_the_bound_stays_on_disk() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let (s, _) = durable_session(dir.path(), 0);
+            for tag in 1..=5 {
+                push(&s, 1, tag, roomy());
+            }
+            let p = s.lock().persist.clone().expect("durable");
+            p.close().expect("close");
+        }
+        let p =
+            Persist::open(dir.path(), porchlight_storage::StoreOptions::default()).expect("reopen");
+        let limits = crate::topic::TopicLimits {
+            max_length: 64,
+            max_levels: 8,
+        };
+        let mut restored = p.load(limits).expect("load");
+        let r = restored.sessions.pop().expect("one session");
+        let memory = Arc::new(QueueMemory::new(1000));
+        memory.add(800);
+        let s = Session::new(r.key, 3600, None, Some(memory.clone()));
+        {
+            let mut st = s.lock();
+            st.persist = Some(p);
+            st.restore_queues(r.queue, r.inflight, r.incoming);
+            assert_eq!((st.queue.len(), st.spilled.len()), (0, 5));
+        }
+        drop(restored);
+        assert_eq!(drain(&s), [1, 2, 3, 4, 5]);
     }
 }

@@ -25,7 +25,7 @@ pub fn publish_stats(broker: &Broker) {
     let g = Metrics::get;
     let uptime = broker.started_at.elapsed().as_secs();
     let memory = broker.state.queue_memory();
-    let values: [(&str, String); 12] = [
+    let values: [(&str, String); 13] = [
         ("version", env!("CARGO_PKG_VERSION").to_owned()),
         ("uptime", format!("{uptime} seconds")),
         ("clients/connected", g(&m.clients_connected).to_string()),
@@ -41,6 +41,7 @@ pub fn publish_stats(broker: &Broker) {
         ),
         ("queued/memory", memory.used().to_string()),
         ("queued/memory_refusals", memory.refused().to_string()),
+        ("queued/spilled", memory.spilled().to_string()),
     ];
     let mut values: Vec<(String, String)> =
         values.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();

@@ -399,6 +399,30 @@ impl Store {
             })
     }
 
+    /// The record of `table` under `key`, if any.
+    pub fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        self.data
+            .get(prefixed(table, key))
+            .map(|v| v.map(|v| v.to_vec()))
+            .map_err(|e| StorageError::Corrupt {
+                path: self.path.clone(),
+                detail: e.to_string(),
+            })
+    }
+
+    /// The largest key of `table` (without the table byte), if any: where
+    /// a table keyed by a counter resumes it.
+    pub fn last_key(&self, table: Table) -> Result<Option<Vec<u8>>, StorageError> {
+        match self.data.scan_prefix([table.0]).next_back() {
+            None => Ok(None),
+            Some(Ok((k, _))) => Ok(Some(k[1..].to_vec())),
+            Some(Err(e)) => Err(StorageError::Corrupt {
+                path: self.path.clone(),
+                detail: e.to_string(),
+            }),
+        }
+    }
+
     /// Keys of `table` starting with `prefix` (to delete a group).
     pub fn keys_with_prefix(
         &self,

@@ -130,6 +130,7 @@ impl Persist {
                 .push((filter, options, (id != 0).then_some(id)));
         }
         let mut interner = Interner::default();
+        let mut bodies = self.load_bodies()?;
         for r in self.store.scan(QUEUE) {
             let (k, v) = r?;
             let (sk, rest, known) = owner(&mut sessions, QUEUE, &k)?;
@@ -141,14 +142,30 @@ impl Persist {
                 .u64()
                 .map_err(|e| corrupt(QUEUE, &k, e))?;
             let mut rd = Reader::new(&v);
-            let tenant = s.key.tenant.clone();
-            let mut d = (|| {
-                rd.version()?;
-                decode_delivery(&mut rd, &tenant, &mut interner)
+            let entry = (|| match rd.version_of(&[V1, V2])? {
+                V1 => decode_v1_entry(&mut rd, &s.key.tenant, &mut interner).map(Some),
+                _ => {
+                    let id = rd.u64()?;
+                    let fields = DeliveryFields::decode(&mut rd)?;
+                    Ok(bodies
+                        .message(id, &self.released)?
+                        .map(|m| fields.with(m, 0)))
+                }
             })()
             .map_err(|e| corrupt(QUEUE, &k, e))?;
-            d.seq = seq;
-            s.queue.push(d);
+            match entry {
+                Some(mut d) => {
+                    d.seq = seq;
+                    s.queue.push(d);
+                }
+                None => {
+                    // Its body was released: every queue entry naming it
+                    // had been deleted in memory, and a crash (or a teardown
+                    // without `close`) kept this one on disk.
+                    tracing::warn!(client_id = %s.key.client, seq, "Dropping a queue entry whose message body is gone");
+                    orphans.push((QUEUE, k.clone()));
+                }
+            }
         }
         for r in self.store.scan(INFLIGHT) {
             let (k, v) = r?;
@@ -285,6 +302,13 @@ impl Persist {
                 }
             });
         }
+        // Bodies no queue entry names (released, or named only by purged
+        // entries) are purged too.
+        orphans.extend(
+            bodies
+                .unused()
+                .map(|id| (BODIES, id.to_be_bytes().to_vec())),
+        );
         // Records of sessions whose session record is gone (a delete a
         // crash interrupted) are purged.
         if !orphans.is_empty() {
@@ -298,6 +322,60 @@ impl Persist {
             sessions: sessions.into_values().collect(),
             retained,
         })
+    }
+}
+
+/// The `BODIES` table as read at start-up: raw records, each decoded
+/// into one shared `Message` when a queue entry first names it.
+struct Bodies {
+    raw: std::collections::HashMap<u64, Vec<u8>>,
+    decoded: std::collections::HashMap<u64, Arc<Message>>,
+}
+
+impl Persist {
+    fn load_bodies(&self) -> Result<Bodies, StorageError> {
+        let mut raw = std::collections::HashMap::new();
+        for r in self.store.scan(BODIES) {
+            let (k, v) = r?;
+            let id = body_id(&k).ok_or_else(|| StorageError::Corrupt {
+                path: self.store.path().to_owned(),
+                detail: format!("table {} key {:02x?}: invalid body id", BODIES.0, k),
+            })?;
+            raw.insert(id, v);
+        }
+        Ok(Bodies {
+            raw,
+            decoded: std::collections::HashMap::new(),
+        })
+    }
+}
+
+impl Bodies {
+    /// The message stored as body `id`, or `None` if there is none. Its
+    /// [`StoredBody`] releases the record once no delivery holds it.
+    fn message(
+        &mut self,
+        id: u64,
+        released: &Arc<ReleasedBodies>,
+    ) -> Result<Option<Arc<Message>>, Bad> {
+        if let Some(m) = self.decoded.get(&id) {
+            return Ok(Some(m.clone()));
+        }
+        let Some(raw) = self.raw.remove(&id) else {
+            return Ok(None);
+        };
+        let m = decode_body(&mut Reader::new(&raw))?;
+        let _ = m
+            .stored
+            .set(Arc::new(StoredBody::new(id, &m, Arc::downgrade(released))));
+        let m = Arc::new(m);
+        self.decoded.insert(id, m.clone());
+        Ok(Some(m))
+    }
+
+    /// Ids of the bodies no entry named.
+    fn unused(&self) -> impl Iterator<Item = u64> + '_ {
+        self.raw.keys().copied()
     }
 }
 

@@ -11,8 +11,16 @@
 //! Keys: a session key is `[u16 tenant len][tenant][u16 client len][client]`,
 //! so every record of a session shares that prefix; integers are big-endian
 //! so queue entries sort in order.
+//!
+//! A message queued for many durable sessions is stored once: its body
+//! (topic, payload, properties, expiry, publisher) is a record of the
+//! `BODIES` table, written in the same atomic batch as the first queue
+//! entry naming it, and deleted in a group commit after the last queue
+//! entry naming it is gone (see [`StoredBody`]). A queue entry holds the
+//! body's id and what differs per session.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -21,7 +29,7 @@ use porchlight_storage::{Batch, Health, StorageError, Store, StoreOptions, Table
 
 use crate::codec::{QoS, RetainHandling, SubscriptionOptions, Will};
 use crate::ids::{ClientId, SessionKey, TenantId};
-use crate::message::{Delivery, Message, ShareRef};
+use crate::message::{Delivery, Message, ReleasedBodies, ShareRef, StoredBody};
 use crate::topic::{TopicFilter, TopicName};
 
 mod load;
@@ -35,11 +43,17 @@ pub const INFLIGHT: Table = Table(4);
 pub const INCOMING: Table = Table(5);
 pub const RETAINED: Table = Table(6);
 pub const WILLS: Table = Table(7);
+/// Message bodies shared by durable queue entries, by body id.
+pub const BODIES: Table = Table(8);
 /// The session record comes first: it is deleted first.
 const ALL_SESSION_TABLES: [Table; 6] = [SESSIONS, SUBSCRIPTIONS, QUEUE, INFLIGHT, INCOMING, WILLS];
 
-/// Version byte at the front of every value written by this build.
+/// Version byte at the front of every value written by this build (a
+/// queue entry that names a stored body is `V2`).
 const V1: u8 = 1;
+/// A queue entry that names its message's record in `BODIES` instead of
+/// carrying the message (entries written before it are `V1`, still read).
+const V2: u8 = 2;
 
 /// Milliseconds since the Unix epoch for a monotonic instant.
 pub fn unix_ms(at: Instant) -> u64 {
@@ -57,6 +71,11 @@ pub fn unix_ms(at: Instant) -> u64 {
 pub fn instant_from_unix_ms(ms: u64) -> Instant {
     let now_ms = unix_ms(Instant::now());
     Instant::now() + Duration::from_millis(ms.saturating_sub(now_ms))
+}
+
+/// A `BODIES` key's id.
+fn body_id(key: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(key.try_into().ok()?))
 }
 
 pub fn session_key_bytes(key: &SessionKey) -> Vec<u8> {
@@ -136,6 +155,15 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// The version byte of a record that has several (queue entries).
+    fn version_of(&mut self, known: &[u8]) -> Result<u8, Bad> {
+        let v = self.u8()?;
+        known
+            .contains(&v)
+            .then_some(v)
+            .ok_or("unknown record version")
+    }
+
     fn qos(&mut self) -> Result<QoS, Bad> {
         QoS::from_u8(self.u8()?).ok_or("invalid QoS")
     }
@@ -197,11 +225,33 @@ fn decode_message(r: &mut Reader<'_>, tenant: &TenantId) -> Result<Message, Bad>
         forwarded_properties,
         expires_at: (expires != 0).then(|| instant_from_unix_ms(expires)),
         publisher,
+        stored: std::sync::OnceLock::new(),
     })
 }
 
-fn encode_delivery(out: &mut Vec<u8>, d: &Delivery) {
-    encode_message(out, &d.msg);
+/// A `BODIES` record: the message and its tenant.
+fn encode_body(out: &mut Vec<u8>, m: &Message) {
+    out.push(V1);
+    put_str(out, m.tenant.as_str());
+    encode_message(out, m);
+}
+
+fn decode_body(r: &mut Reader<'_>) -> Result<Message, Bad> {
+    r.version()?;
+    let tenant = TenantId::new(r.str()?);
+    decode_message(r, &tenant)
+}
+
+/// A `V2` queue entry: the body's id, then what differs per session.
+fn encode_queue_entry(out: &mut Vec<u8>, body: u64, d: &Delivery) {
+    out.push(V2);
+    out.extend_from_slice(&body.to_be_bytes());
+    encode_delivery_fields(out, d);
+}
+
+/// What a delivery adds to its message: QoS, retain flag, subscription
+/// identifiers, shared subscription.
+fn encode_delivery_fields(out: &mut Vec<u8>, d: &Delivery) {
     out.push(d.qos as u8);
     out.push(u8::from(d.retain));
     out.extend_from_slice(&(d.subscription_ids.len() as u16).to_be_bytes());
@@ -216,17 +266,61 @@ fn encode_delivery(out: &mut Vec<u8>, d: &Delivery) {
         }
         None => out.push(0),
     }
-    // Last, so records written before it decode too: the message's tenant
-    // differs from the session's for a gateway (`$tenant/<id>/`).
-    put_str(out, d.msg.tenant.as_str());
 }
 
-/// Messages read back at start-up, by their stored bytes and tenant: a
-/// message queued to many durable sessions is stored once per session,
-/// and comes back as one shared `Message`, as it was before the restart.
+/// The per-session fields of a queue entry (`encode_delivery_fields`).
+struct DeliveryFields {
+    qos: QoS,
+    retain: bool,
+    subscription_ids: Box<[u32]>,
+    share: Option<Arc<ShareRef>>,
+}
+
+impl DeliveryFields {
+    fn decode(r: &mut Reader<'_>) -> Result<DeliveryFields, Bad> {
+        let qos = r.qos()?;
+        let retain = r.u8()? != 0;
+        let n = r.u16()?;
+        let mut subscription_ids = Vec::with_capacity(usize::from(n));
+        for _ in 0..n {
+            subscription_ids.push(r.u32()?);
+        }
+        let share = match r.u8()? {
+            0 => None,
+            _ => Some(Arc::new(ShareRef {
+                group: Arc::from(r.str()?),
+                filter: Arc::from(r.str()?),
+            })),
+        };
+        Ok(DeliveryFields {
+            qos,
+            retain,
+            subscription_ids: subscription_ids.into(),
+            share,
+        })
+    }
+
+    fn with(self, msg: Arc<Message>, seq: u64) -> Delivery {
+        Delivery {
+            msg,
+            qos: self.qos,
+            retain: self.retain,
+            subscription_ids: self.subscription_ids,
+            share: self.share,
+            seq,
+        }
+    }
+}
+
+/// Messages of `V1` queue entries read back at start-up, by their stored
+/// bytes and tenant: such entries carry a copy of the message each, and
+/// one queued to many sessions comes back as one shared `Message`.
 pub(crate) type Interner = std::collections::HashMap<Vec<u8>, Arc<Message>>;
 
-fn decode_delivery(
+/// A `V1` queue entry (after its version byte): the message, the
+/// per-session fields, then the message's tenant when it is not the
+/// session's (a gateway's; older entries lack it).
+fn decode_v1_entry(
     r: &mut Reader<'_>,
     tenant: &TenantId,
     interner: &mut Interner,
@@ -234,20 +328,7 @@ fn decode_delivery(
     let start = r.buf;
     let mut msg = decode_message(r, tenant)?;
     let raw = &start[..start.len() - r.buf.len()];
-    let qos = r.qos()?;
-    let retain = r.u8()? != 0;
-    let n = r.u16()?;
-    let mut subscription_ids = Vec::with_capacity(usize::from(n));
-    for _ in 0..n {
-        subscription_ids.push(r.u32()?);
-    }
-    let share = match r.u8()? {
-        0 => None,
-        _ => Some(Arc::new(ShareRef {
-            group: Arc::from(r.str()?),
-            filter: Arc::from(r.str()?),
-        })),
-    };
+    let fields = DeliveryFields::decode(r)?;
     if !r.buf.is_empty() {
         let t = r.str()?;
         if t != tenant.as_str() {
@@ -258,14 +339,7 @@ fn decode_delivery(
     put_str(&mut key, msg.tenant.as_str());
     key.extend_from_slice(raw);
     let msg = interner.entry(key).or_insert_with(|| Arc::new(msg)).clone();
-    Ok(Delivery {
-        msg,
-        qos,
-        retain,
-        subscription_ids: subscription_ids.into(),
-        share,
-        seq: 0,
-    })
+    Ok(fields.with(msg, 0))
 }
 
 fn options_byte(o: SubscriptionOptions) -> u8 {
@@ -306,6 +380,11 @@ struct Pending {
     refs: std::collections::HashMap<(Vec<u8>, u16), (u64, u64)>,
     /// Incoming QoS 2 packet ids to record.
     incoming: std::collections::HashSet<(Vec<u8>, u16)>,
+    /// Message bodies to store: body id → encoded record.
+    messages: std::collections::HashMap<u64, Vec<u8>>,
+    /// Bodies no queue entry names any more, taken from `released`: kept
+    /// here until the batch deleting them is in.
+    released: Vec<u64>,
 }
 
 /// The broker's handle on the store.
@@ -322,14 +401,30 @@ struct Pending {
 pub struct Persist {
     store: Store,
     pending: parking_lot::Mutex<Pending>,
+    /// Where a message's [`StoredBody`] puts its id when the message is
+    /// gone; taken by the next `write_pending`.
+    released: Arc<ReleasedBodies>,
+    /// The next body id (one past the largest stored).
+    next_body: AtomicU64,
+    /// Set by [`Persist::close`]: from then on nothing is deleted, as the
+    /// messages still in memory are dropped with the process, not consumed.
+    closed: AtomicBool,
 }
 
 impl Persist {
     /// Opens the store and registers `write_pending` with its committer.
     pub fn open(path: &Path, opts: StoreOptions) -> Result<Arc<Persist>, StorageError> {
+        let store = Store::open(path, opts)?;
+        let next_body = match store.last_key(BODIES)? {
+            Some(k) => body_id(&k).map_or(1, |id| id + 1),
+            None => 1,
+        };
         let persist = Arc::new(Persist {
-            store: Store::open(path, opts)?,
+            store,
             pending: parking_lot::Mutex::new(Pending::default()),
+            released: Arc::default(),
+            next_body: AtomicU64::new(next_body),
+            closed: AtomicBool::new(false),
         });
         let weak = Arc::downgrade(&persist);
         persist.store.set_pre_flush(move || match weak.upgrade() {
@@ -346,7 +441,24 @@ impl Persist {
         // is held): it is cleared only once the batch is in, so a failed
         // batch keeps everything for the next attempt.
         let mut pending = self.pending.lock();
+        if self.closed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let released = std::mem::take(&mut *self.released.lock());
+        pending.released.extend(released);
         let mut b = Batch::default();
+        // A body written and released between two commits is never written.
+        let gone: std::collections::HashSet<u64> = pending.released.iter().copied().collect();
+        for (id, value) in &pending.messages {
+            if !gone.contains(id) {
+                b.put(BODIES, &id.to_be_bytes(), value);
+            }
+        }
+        for id in &pending.released {
+            if !pending.messages.contains_key(id) {
+                b.delete(BODIES, &id.to_be_bytes());
+            }
+        }
         for ((skey, seq), value) in &pending.bodies {
             b.put(QUEUE, &with_suffix(skey, &seq.to_be_bytes()), value);
         }
@@ -369,12 +481,90 @@ impl Persist {
         Ok(())
     }
 
-    /// Writes the deferred records now (shutdown), keeping deferred writers
-    /// out meanwhile.
+    /// Writes the deferred records now (`--fsync never`), keeping deferred
+    /// writers out meanwhile.
     pub fn flush_pending(&self) {
         if let Err(e) = self.store.exclusive(|| self.write_pending()) {
             tracing::warn!(error = %e, "Cannot write deferred records");
         }
+    }
+
+    /// Shutdown: writes the deferred records, then closes the store. The
+    /// messages still queued in memory are dropped after this without
+    /// releasing their bodies: their queue entries stay for the restart.
+    pub fn close(&self) -> Result<(), StorageError> {
+        self.flush_pending();
+        self.closed.store(true, Ordering::Release);
+        self.store.close()
+    }
+
+    /// The id of `msg`'s record in `BODIES`, which it gets (deferred, with
+    /// the caller's queue entry) the first time it is queued for a durable
+    /// session. Call it inside the `defer` that records that entry: the
+    /// body is then in the same atomic batch, or an earlier one.
+    fn body_id(&self, msg: &Message) -> u64 {
+        msg.stored
+            .get_or_init(|| {
+                let id = self.next_body.fetch_add(1, Ordering::Relaxed);
+                let mut v = Vec::with_capacity(32 + msg.size());
+                encode_body(&mut v, msg);
+                self.pending.lock().messages.insert(id, v);
+                Arc::new(StoredBody::new(id, msg, Arc::downgrade(&self.released)))
+            })
+            .id
+    }
+
+    /// Reads back a queue entry kept on disk only (`session.rs`'s spill),
+    /// with its message, from the deferred writes or the store. `None`:
+    /// the entry is not there (a bug or a damaged store; logged).
+    pub fn read_queued(
+        &self,
+        key: &SessionKey,
+        seq: u64,
+        body: &Arc<StoredBody>,
+    ) -> Result<Option<Delivery>, StorageError> {
+        let skey = session_key_bytes(key);
+        let pending = self.pending.lock().bodies.get(&(skey, seq)).cloned();
+        let record = match pending {
+            Some(v) => Some(v),
+            None => self.store.get(QUEUE, &Self::seq_key(key, seq))?,
+        };
+        let Some(record) = record else {
+            return Ok(None);
+        };
+        let corrupt = |why: &str| StorageError::Corrupt {
+            path: self.store.path().to_owned(),
+            detail: format!("queue entry {seq} of {}: {why}", key.client),
+        };
+        let mut r = Reader::new(&record);
+        let fields = (|| {
+            r.version_of(&[V2])?;
+            if r.u64()? != body.id {
+                return Err("names another body");
+            }
+            DeliveryFields::decode(&mut r)
+        })()
+        .map_err(corrupt)?;
+        let mut loaded = body.loaded.lock();
+        let msg = match loaded.upgrade() {
+            Some(m) => m,
+            None => {
+                let pending = self.pending.lock().messages.get(&body.id).cloned();
+                let raw = match pending {
+                    Some(v) => Some(v),
+                    None => self.store.get(BODIES, &body.id.to_be_bytes())?,
+                };
+                let Some(raw) = raw else {
+                    return Ok(None);
+                };
+                let m = decode_body(&mut Reader::new(&raw)).map_err(corrupt)?;
+                let _ = m.stored.set(body.clone());
+                let m = Arc::new(m);
+                *loaded = Arc::downgrade(&m);
+                m
+            }
+        };
+        Ok(Some(fields.with(msg, seq)))
     }
 
     /// Records a QoS 1 send, to be written with the next fsync.
@@ -508,9 +698,9 @@ impl Persist {
     ) -> Result<Ticket, StorageError> {
         self.store.check_writable(true)?;
         let skey = session_key_bytes(key);
-        let mut v = vec![V1];
-        encode_delivery(&mut v, d);
         let (r, t) = self.store.defer(|| {
+            let mut v = Vec::with_capacity(24 + 4 * d.subscription_ids.len());
+            encode_queue_entry(&mut v, self.body_id(&d.msg), d);
             let mut b = Batch::default();
             {
                 let mut p = self.pending.lock();
@@ -683,3 +873,6 @@ impl Persist {
         self.store.write(b)
     }
 }
+
+#[cfg(test)]
+mod tests;

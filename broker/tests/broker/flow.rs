@@ -669,31 +669,43 @@ async fn offline_session(b: &TestBroker, id: &str, filter: &str) {
 }
 
 #[tokio::test]
-async fn the_node_wide_queued_memory_bound_refuses_what_offline_sessions_would_queue() {
-    // Issue 16 item 2: offline queues had no bound but each session's.
+async fn the_node_wide_queued_memory_bound_spills_then_refuses_what_offline_sessions_would_queue() {
+    // Issue 16 item 2: offline queues had no bound but each session's;
+    // at the bound, durable sessions' bodies are kept on disk only.
     let b = TestBroker::with(|c| c.max_queued_memory = 64 * 1024).await;
     for id in ["off-1", "off-2"] {
         offline_session(&b, id, "mem/#").await;
     }
     let mut p = RawClient::connect(b.addr, Protocol::V5, "mem-pub").await;
-    // Each message: 1,029 bytes + 64 per queue, twice: the bound is
-    // reached after 30.
-    let payload: &'static [u8] = Box::leak(vec![7u8; 1024].into_boxed_slice());
-    let mut accepted = 0;
+    // Each message: 1,029 bytes + 64 per queue, twice. Three quarters of
+    // the bound hold 22 in memory; after that each queue keeps a 32-byte
+    // place per message, its body on disk, until the bound: about 260.
+    let payload = |i: u32| -> &'static [u8] {
+        let mut v = vec![7u8; 1024];
+        v[..4].copy_from_slice(&i.to_be_bytes());
+        Box::leak(v.into_boxed_slice())
+    };
+    let mut accepted = 0u32;
     let refused = loop {
         let id = accepted + 1;
-        p.publish("mem/x", q(1), id, payload).await;
+        p.publish("mem/x", q(1), id as u16, payload(id)).await;
         match p.recv().await {
             Some(Packet::PubAck(a)) if a.reason == reason::SUCCESS => accepted += 1,
             Some(Packet::PubAck(a)) => break a.reason,
             other => panic!("expected PUBACK, got {other:?}"),
         }
-        assert!(accepted <= 40, "never refused");
+        assert!(accepted <= 400, "never refused");
     };
     assert_eq!(refused, reason::QUOTA_EXCEEDED);
-    assert_eq!(accepted, 30);
+    assert!(accepted > 200, "{accepted}: memory alone holds 22");
     let memory = b.broker.state.queue_memory().clone();
     assert_eq!(memory.refused(), 1);
+    assert!(
+        memory.spilled() >= 2 * (u64::from(accepted) - 23),
+        "{} spilled of {accepted}",
+        memory.spilled()
+    );
+    assert!(memory.used() < memory.limit() + 2 * 1093, "the bound holds");
     // QoS 0 is not refused but skips the offline sessions, counted; a
     // connected subscriber still gets it.
     let mut live = RawClient::connect(b.addr, Protocol::V5, "mem-live").await;
@@ -706,17 +718,32 @@ async fn the_node_wide_queued_memory_bound_refuses_what_offline_sessions_would_q
     let mut v3 = RawClient::connect(b.addr, Protocol::V311, "mem-pub-v3").await;
     v3.publish("mem/x", q(1), 1, b"v3").await;
     assert_eq!(v3.recv().await, None);
-    // One offline session comes back and takes its queue: room again.
+    // A restart keeps every accepted message (the spilled ones were on
+    // disk all along), and the restored queues spill again.
+    drop((p, live));
+    let b = b.restart().await;
+    let memory = b.broker.state.queue_memory().clone();
+    assert!(memory.spilled() > 0, "restored on disk only");
+    assert!(
+        memory.used() < memory.limit() + 2 * 1093,
+        "restored within the bound: {}",
+        memory.used()
+    );
+    // One offline session comes back and takes its whole queue, the
+    // spilled part read back from disk, in order: room again.
     let (mut s, ack) = RawClient::connect_with(b.addr, durable_client(Protocol::V5, "off-1")).await;
     assert!(ack.session_present);
-    for _ in 0..30 {
+    for i in 1..=accepted {
         let got = s.expect_publish().await;
+        assert_eq!(got.payload[..4], i.to_be_bytes(), "message {i} in order");
+        assert_eq!(got.payload.len(), 1024);
         s.send(&Packet::PubAck(Ack::new(got.packet_id, 0))).await;
     }
-    wait_until("queued memory below the bound", || {
-        memory.used() < memory.limit()
+    wait_until("queued memory back under three quarters", || {
+        memory.used() < memory.limit() / 4 * 3
     })
     .await;
+    let mut p = RawClient::connect(b.addr, Protocol::V5, "mem-pub").await;
     p.publish("mem/x", q(1), 100, b"again").await;
     match p.recv().await {
         Some(Packet::PubAck(a)) => assert_eq!(a.reason, reason::SUCCESS),

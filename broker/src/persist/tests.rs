@@ -1,0 +1,221 @@
+//! Unit tests of the record formats that span tables: message bodies
+//! stored once for every durable queue entry naming them.
+
+use super::*;
+use crate::codec::Properties;
+use crate::topic::TopicLimits;
+
+const LIMITS: TopicLimits = TopicLimits {
+    max_length: 1024,
+    max_levels: 32,
+};
+
+fn key(client: &str) -> SessionKey {
+    SessionKey {
+        tenant: TenantId::default_tenant(),
+        client: ClientId::new(client),
+    }
+}
+
+fn message(payload: &'static [u8]) -> Arc<Message> {
+    Arc::new(Message::new(
+        TenantId::default_tenant(),
+        TopicName::trusted("fleet/cmd".into()),
+        Bytes::from_static(payload),
+        QoS::AtLeastOnce,
+        false,
+        &Properties::default(),
+        None,
+    ))
+}
+
+fn delivery(msg: &Arc<Message>, seq: u64, sub_id: Option<u32>) -> Delivery {
+    Delivery {
+        msg: msg.clone(),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        subscription_ids: sub_id.into_iter().collect(),
+        share: None,
+        seq,
+    }
+}
+
+fn open(dir: &Path) -> Arc<Persist> {
+    Persist::open(dir, StoreOptions::default()).expect("open")
+}
+
+/// Fails on the build before the body table: every queue entry carried
+/// its own copy of the message (1 KiB here), so 200 sessions stored 200.
+#[test]
+fn a_message_queued_to_many_sessions_is_stored_once_and_shared_after_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let payload: &'static [u8] = &[7u8; 1024];
+    {
+        let p = open(dir.path());
+        let msg = message(payload);
+        for i in 0..200u32 {
+            let k = key(&format!("c{i}"));
+            p.put_session(&k, 3600, 0).expect("session");
+            p.push_queue(&k, &delivery(&msg, 1, Some(i + 1)), &[])
+                .expect("queued");
+        }
+        p.close().expect("close");
+        assert_eq!(p.store().scan(BODIES).count(), 1, "one body record");
+        let entries: Vec<_> = p.store().scan(QUEUE).map(|r| r.expect("read")).collect();
+        assert_eq!(entries.len(), 200);
+        for (_, v) in &entries {
+            assert!(v.len() < 32, "an entry names its body: {} bytes", v.len());
+        }
+    }
+    let p = open(dir.path());
+    let r = p.load(LIMITS).expect("load");
+    assert_eq!(r.sessions.len(), 200);
+    let first = r.sessions[0].queue[0].msg.clone();
+    assert_eq!(&first.payload[..], payload);
+    assert_eq!(first.topic.as_str(), "fleet/cmd");
+    for s in &r.sessions {
+        assert_eq!(s.queue.len(), 1);
+        let d = &s.queue[0];
+        assert!(Arc::ptr_eq(&d.msg, &first), "one shared message");
+        assert_eq!(d.seq, 1);
+        assert_eq!(d.subscription_ids.len(), 1, "per-session fields kept");
+    }
+}
+
+#[test]
+fn a_body_is_deleted_once_no_queue_entry_holds_its_message() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = open(dir.path());
+    let (a, b) = (key("a"), key("b"));
+    p.put_session(&a, 3600, 0).expect("session");
+    p.put_session(&b, 3600, 0).expect("session");
+    let msg = message(b"on");
+    let (da, db) = (delivery(&msg, 1, None), delivery(&msg, 1, None));
+    drop(msg);
+    p.push_queue(&a, &da, &[]).expect("queued");
+    p.push_queue(&b, &db, &[]).expect("queued");
+    p.flush_pending();
+    assert_eq!(p.store().scan(BODIES).count(), 1);
+
+    // One session took it: the other still names the body.
+    p.remove_queued(&a, 1).expect("removed");
+    drop(da);
+    p.flush_pending();
+    assert_eq!(p.store().scan(BODIES).count(), 1, "b still needs it");
+
+    p.remove_queued(&b, 1).expect("removed");
+    drop(db);
+    p.flush_pending();
+    assert_eq!(p.store().scan(BODIES).count(), 0, "released with the last");
+    assert_eq!(p.store().scan(QUEUE).count(), 0);
+}
+
+#[test]
+fn a_body_released_before_its_commit_is_never_written() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = open(dir.path());
+    let a = key("a");
+    p.put_session(&a, 3600, 0).expect("session");
+    let msg = message(b"brief");
+    p.push_queue(&a, &delivery(&msg, 1, None), &[])
+        .expect("queued");
+    p.remove_queued(&a, 1).expect("removed");
+    drop(msg);
+    p.flush_pending();
+    assert_eq!(p.store().scan(BODIES).count(), 0);
+    assert_eq!(p.store().scan(QUEUE).count(), 0);
+}
+
+#[test]
+fn closing_keeps_the_bodies_of_messages_still_queued_in_memory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let p = open(dir.path());
+        let a = key("a");
+        p.put_session(&a, 3600, 0).expect("session");
+        let msg = message(b"keep me");
+        let d = delivery(&msg, 1, None);
+        p.push_queue(&a, &d, &[]).expect("queued");
+        p.close().expect("close");
+        // The process drops its sessions after the store closed: nothing
+        // was consumed, so nothing is released.
+        drop((d, msg));
+        p.flush_pending();
+    }
+    let p = open(dir.path());
+    let r = p.load(LIMITS).expect("load");
+    assert_eq!(&r.sessions[0].queue[0].msg.payload[..], b"keep me");
+}
+
+#[test]
+fn unnamed_bodies_and_entries_without_a_body_are_purged_at_start_up() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = key("a");
+    {
+        let p = open(dir.path());
+        p.put_session(&a, 3600, 0).expect("session");
+        let named = message(b"named");
+        p.push_queue(&a, &delivery(&named, 1, None), &[])
+            .expect("queued");
+        let lost = message(b"lost");
+        p.push_queue(&a, &delivery(&lost, 2, None), &[])
+            .expect("queued");
+        p.flush_pending();
+        // A crash remnant each way: a body nobody names, and an entry
+        // whose body was deleted.
+        let mut b = Batch::default();
+        b.put(BODIES, &999u64.to_be_bytes(), &[V1, 0, 0]);
+        b.delete(BODIES, &lost.stored.get().expect("stored").id.to_be_bytes());
+        p.store().write(b).expect("write");
+        p.close().expect("close");
+    }
+    let p = open(dir.path());
+    let r = p.load(LIMITS).expect("load");
+    let queue: Vec<&[u8]> = r.sessions[0]
+        .queue
+        .iter()
+        .map(|d| &d.msg.payload[..])
+        .collect();
+    assert_eq!(queue, [b"named"]);
+    assert_eq!(
+        p.store().scan(BODIES).count(),
+        1,
+        "the unnamed body is gone"
+    );
+    assert_eq!(
+        p.store().scan(QUEUE).count(),
+        1,
+        "the dangling entry is gone"
+    );
+    // New bodies never reuse a stored id.
+    drop(r);
+    let fresh = message(b"fresh");
+    p.push_queue(&a, &delivery(&fresh, 3, None), &[])
+        .expect("queued");
+    assert!(fresh.stored.get().expect("stored").id > 999);
+}
+
+#[test]
+fn queue_entries_written_before_the_body_table_still_load() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = key("a");
+    {
+        let p = open(dir.path());
+        p.put_session(&a, 3600, 0).expect("session");
+        let msg = message(b"old format");
+        let d = delivery(&msg, 5, Some(9));
+        let mut v = vec![V1];
+        encode_message(&mut v, &msg);
+        encode_delivery_fields(&mut v, &d);
+        put_str(&mut v, msg.tenant.as_str());
+        let mut b = Batch::default();
+        b.put(QUEUE, &Persist::seq_key(&a, 5), &v);
+        p.store().write(b).expect("write");
+        p.close().expect("close");
+    }
+    let p = open(dir.path());
+    let r = p.load(LIMITS).expect("load");
+    let d = &r.sessions[0].queue[0];
+    assert_eq!(&d.msg.payload[..], b"old format");
+    assert_eq!((d.seq, &d.subscription_ids[..]), (5, &[9][..]));
+}
