@@ -9,6 +9,7 @@
 //! [`StoredBody`] handle says where, and frees the record when the last
 //! delivery holding the message is gone.
 
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Instant;
 
@@ -62,8 +63,18 @@ pub struct StoredBody {
     /// The message as last read back from disk, while something holds it:
     /// entries of many sessions read back share one copy.
     pub loaded: parking_lot::Mutex<Weak<Message>>,
+    /// Whether the body is a record of its own ([`UNWRITTEN`] until a
+    /// second durable entry needs it: the first carries the message).
+    state: AtomicU8,
     released: Weak<ReleasedBodies>,
 }
+
+/// Only inside the first entry (or none) on disk: nothing to delete.
+const UNWRITTEN: u8 = 0;
+/// Deferred for the next commit.
+const PENDING: u8 = 1;
+/// A record of the store's body table.
+const WRITTEN: u8 = 2;
 
 impl StoredBody {
     pub fn new(id: u64, msg: &Message, released: Weak<ReleasedBodies>) -> StoredBody {
@@ -72,14 +83,54 @@ impl StoredBody {
             tenant: msg.tenant.clone(),
             expires_at: msg.expires_at,
             loaded: parking_lot::Mutex::new(Weak::new()),
+            state: AtomicU8::new(UNWRITTEN),
             released,
         }
+    }
+
+    /// A body found written at start-up.
+    pub fn written(self) -> StoredBody {
+        self.state.store(WRITTEN, Ordering::Relaxed);
+        self
+    }
+
+    /// Whether an entry naming it must also defer the body.
+    pub fn needs_writing(&self) -> bool {
+        self.state.load(Ordering::Acquire) == UNWRITTEN
+    }
+
+    /// Claims the deferring of the body; false if another entry did.
+    /// Called under the store's deferred-writes lock.
+    pub fn mark_pending(&self) -> bool {
+        self.state
+            .compare_exchange(UNWRITTEN, PENDING, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// The commit that carried the body is on disk.
+    pub fn set_written(&self) {
+        self.state.store(WRITTEN, Ordering::Release);
+    }
+}
+
+impl StoredBody {
+    /// Makes `msg`, read back from the store, the message of this body
+    /// (shared by whatever reads it back while it lives).
+    pub fn adopt(self: &Arc<Self>, msg: Message, loaded: &mut Weak<Message>) -> Arc<Message> {
+        let _ = msg.stored.set(self.clone());
+        let m = Arc::new(msg);
+        *loaded = Arc::downgrade(&m);
+        m
     }
 }
 
 impl Drop for StoredBody {
     fn drop(&mut self) {
-        // The store is gone (shutdown): its records stay for the restart.
+        // Never a record of its own: nothing to delete. The store is gone
+        // (shutdown): its records stay for the restart.
+        if self.state.load(Ordering::Acquire) == UNWRITTEN {
+            return;
+        }
         if let Some(r) = self.released.upgrade() {
             r.lock().push(self.id);
         }

@@ -800,9 +800,9 @@ impl SessionState {
         inflight: Vec<RestoredInflight>,
         incoming: Vec<u16>,
     ) {
-        // Past three quarters of the node's bound, a queue whose every
-        // entry names a stored body stays on disk (older entries carry
-        // their message, and order must hold).
+        // Past three quarters of the node's bound, a restored queue stays
+        // on disk (`load` gives every message a body id; a queue with one
+        // that has none is kept whole in memory, as order must hold).
         let can_spill =
             self.persist.is_some() && queue.iter().all(|d| d.msg.stored.get().is_some());
         for d in queue {

@@ -20,4 +20,4 @@ mod store;
 
 pub use commit::{FsyncMode, Ticket};
 pub use error::StorageError;
-pub use store::{Batch, Health, Store, StoreOptions, Table};
+pub use store::{Batch, Health, Store, StoreOptions, Table, DEFAULT_CACHE_BYTES};

@@ -37,6 +37,10 @@ const FORMAT_KEY: &[u8] = b"format-version";
 /// (`examples/queue_memory.rs`, decision 0006).
 pub const APPLY_BATCH_MAX: usize = 512;
 
+/// sled's page cache, unless configured: 16 MiB. sled sizes it by what its
+/// pages take on disk; small records take several times that in memory.
+pub const DEFAULT_CACHE_BYTES: u64 = 16 * 1024 * 1024;
+
 /// A table within the data tree, named by the caller's constants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Table(pub u8);
@@ -59,7 +63,7 @@ impl Default for StoreOptions {
             fsync: FsyncMode::Group,
             group_window: Duration::from_millis(2),
             max_disk_bytes: None,
-            cache_bytes: 64 * 1024 * 1024,
+            cache_bytes: DEFAULT_CACHE_BYTES,
         }
     }
 }

@@ -131,6 +131,12 @@ impl Persist {
         }
         let mut interner = Interner::default();
         let mut bodies = self.load_bodies()?;
+        // Messages of `V1` entries: given body ids once every id in use is
+        // known.
+        let mut legacy = Vec::new();
+        // `V2` entries whose body is not a record: a `V3` entry read later
+        // may carry it.
+        let mut unresolved = Vec::new();
         for r in self.store.scan(QUEUE) {
             let (k, v) = r?;
             let (sk, rest, known) = owner(&mut sessions, QUEUE, &k)?;
@@ -142,30 +148,61 @@ impl Persist {
                 .u64()
                 .map_err(|e| corrupt(QUEUE, &k, e))?;
             let mut rd = Reader::new(&v);
-            let entry = (|| match rd.version_of(&[V1, V2])? {
-                V1 => decode_v1_entry(&mut rd, &s.key.tenant, &mut interner).map(Some),
+            let entry = (|| match rd.version_of(&[V1, V2, V3])? {
+                V1 => {
+                    let (msg, fields, new) =
+                        decode_v1_entry(&mut rd, &s.key.tenant, &mut interner)?;
+                    if new {
+                        legacy.push(msg.clone());
+                    }
+                    Ok(Ok(fields.with(msg, 0)))
+                }
+                V3 => {
+                    let id = rd.u64()?;
+                    let (msg, fields) = decode_v1_parts(&mut rd, &s.key.tenant)?;
+                    Ok(Ok(fields.with(bodies.carried(id, msg, &self.released), 0)))
+                }
                 _ => {
                     let id = rd.u64()?;
                     let fields = DeliveryFields::decode(&mut rd)?;
-                    Ok(bodies
-                        .message(id, &self.released)?
-                        .map(|m| fields.with(m, 0)))
+                    Ok(match bodies.message(id, &self.released)? {
+                        Some(m) => Ok(fields.with(m, 0)),
+                        None => Err((id, fields)),
+                    })
                 }
             })()
             .map_err(|e| corrupt(QUEUE, &k, e))?;
+            if let Some(id) = entry_id(&v) {
+                self.next_body.fetch_max(id + 1, Ordering::Relaxed);
+            }
             match entry {
-                Some(mut d) => {
+                Ok(mut d) => {
                     d.seq = seq;
                     s.queue.push(d);
+                }
+                Err((id, fields)) => unresolved.push((sk, k, seq, id, fields)),
+            }
+        }
+        for (sk, k, seq, id, fields) in unresolved {
+            let Some(s) = sessions.get_mut(&sk) else {
+                continue;
+            };
+            match bodies.decoded(id) {
+                Some(m) => {
+                    let at = s.queue.partition_point(|d| d.seq < seq);
+                    s.queue.insert(at, fields.with(m, seq));
                 }
                 None => {
                     // Its body was released: every queue entry naming it
                     // had been deleted in memory, and a crash (or a teardown
                     // without `close`) kept this one on disk.
                     tracing::warn!(client_id = %s.key.client, seq, "Dropping a queue entry whose message body is gone");
-                    orphans.push((QUEUE, k.clone()));
+                    orphans.push((QUEUE, k));
                 }
             }
+        }
+        for msg in legacy {
+            self.adopt_inlined(&msg);
         }
         for r in self.store.scan(INFLIGHT) {
             let (k, v) = r?;
@@ -365,12 +402,33 @@ impl Bodies {
             return Ok(None);
         };
         let m = decode_body(&mut Reader::new(&raw))?;
-        let _ = m
-            .stored
-            .set(Arc::new(StoredBody::new(id, &m, Arc::downgrade(released))));
+        let body = StoredBody::new(id, &m, Arc::downgrade(released)).written();
+        let _ = m.stored.set(Arc::new(body));
         let m = Arc::new(m);
         self.decoded.insert(id, m.clone());
         Ok(Some(m))
+    }
+
+    /// The message a `V3` entry carries as body `id`: the one already read
+    /// for that id if any (entries of many sessions share it), else this
+    /// one, whose body record, if there is one, is in use.
+    fn carried(&mut self, id: u64, msg: Message, released: &Arc<ReleasedBodies>) -> Arc<Message> {
+        if let Some(m) = self.decoded.get(&id) {
+            return m.clone();
+        }
+        let mut body = StoredBody::new(id, &msg, Arc::downgrade(released));
+        if self.raw.remove(&id).is_some() {
+            body = body.written();
+        }
+        let _ = msg.stored.set(Arc::new(body));
+        let m = Arc::new(msg);
+        self.decoded.insert(id, m.clone());
+        m
+    }
+
+    /// The message read for body `id` so far, if any.
+    fn decoded(&self, id: u64) -> Option<Arc<Message>> {
+        self.decoded.get(&id).cloned()
     }
 
     /// Ids of the bodies no entry named.

@@ -15,9 +15,13 @@
 //! A message queued for many durable sessions is stored once: its body
 //! (topic, payload, properties, expiry, publisher) is a record of the
 //! `BODIES` table, written in the same atomic batch as the first queue
-//! entry naming it, and deleted in a group commit after the last queue
-//! entry naming it is gone (see [`StoredBody`]). A queue entry holds the
-//! body's id and what differs per session.
+//! entries naming it, and deleted in a group commit after the last queue
+//! entry naming it is gone (see [`StoredBody`]). The first durable entry
+//! of a message carries the message itself and the body's id (`V3`): one
+//! record, not two, for the common case of one durable subscriber. The
+//! second one writes the body, and it and every later one (`V2`) hold only
+//! the body's id and what differs per session. `V1` entries, from before
+//! the body table, carry their message and no id.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -54,6 +58,9 @@ const V1: u8 = 1;
 /// A queue entry that names its message's record in `BODIES` instead of
 /// carrying the message (entries written before it are `V1`, still read).
 const V2: u8 = 2;
+/// A queue entry that carries its message and names the body id that
+/// later entries of the message use (`V1`'s layout after the id).
+const V3: u8 = 3;
 
 /// Milliseconds since the Unix epoch for a monotonic instant.
 pub fn unix_ms(at: Instant) -> u64 {
@@ -230,10 +237,12 @@ fn decode_message(r: &mut Reader<'_>, tenant: &TenantId) -> Result<Message, Bad>
 }
 
 /// A `BODIES` record: the message and its tenant.
-fn encode_body(out: &mut Vec<u8>, m: &Message) {
+fn encode_body(m: &Message) -> Vec<u8> {
+    let mut out = Vec::with_capacity(32 + m.tenant.as_str().len() + m.size());
     out.push(V1);
-    put_str(out, m.tenant.as_str());
-    encode_message(out, m);
+    put_str(&mut out, m.tenant.as_str());
+    encode_message(&mut out, m);
+    out
 }
 
 fn decode_body(r: &mut Reader<'_>) -> Result<Message, Bad> {
@@ -320,14 +329,20 @@ pub(crate) type Interner = std::collections::HashMap<Vec<u8>, Arc<Message>>;
 /// A `V1` queue entry (after its version byte): the message, the
 /// per-session fields, then the message's tenant when it is not the
 /// session's (a gateway's; older entries lack it).
-fn decode_v1_entry(
+fn decode_v1_parts(
     r: &mut Reader<'_>,
     tenant: &TenantId,
-    interner: &mut Interner,
-) -> Result<Delivery, Bad> {
-    let start = r.buf;
-    let mut msg = decode_message(r, tenant)?;
-    let raw = &start[..start.len() - r.buf.len()];
+) -> Result<(Message, DeliveryFields), Bad> {
+    let msg = decode_message(r, tenant)?;
+    v1_rest(r, msg, tenant)
+}
+
+/// What follows the message in a `V1` entry.
+fn v1_rest(
+    r: &mut Reader<'_>,
+    mut msg: Message,
+    tenant: &TenantId,
+) -> Result<(Message, DeliveryFields), Bad> {
     let fields = DeliveryFields::decode(r)?;
     if !r.buf.is_empty() {
         let t = r.str()?;
@@ -335,11 +350,39 @@ fn decode_v1_entry(
             msg.tenant = TenantId::new(t);
         }
     }
+    Ok((msg, fields))
+}
+
+/// [`decode_v1_parts`], sharing one `Message` per stored message.
+fn decode_v1_entry(
+    r: &mut Reader<'_>,
+    tenant: &TenantId,
+    interner: &mut Interner,
+) -> Result<(Arc<Message>, DeliveryFields, bool), Bad> {
+    let start = r.buf;
+    let msg = decode_message(r, tenant)?;
+    let raw = &start[..start.len() - r.buf.len()];
+    let (msg, fields) = v1_rest(r, msg, tenant)?;
     let mut key = Vec::with_capacity(2 + msg.tenant.as_str().len() + raw.len());
     put_str(&mut key, msg.tenant.as_str());
     key.extend_from_slice(raw);
-    let msg = interner.entry(key).or_insert_with(|| Arc::new(msg)).clone();
-    Ok(fields.with(msg, 0))
+    let mut new = false;
+    let msg = interner
+        .entry(key)
+        .or_insert_with(|| {
+            new = true;
+            Arc::new(msg)
+        })
+        .clone();
+    Ok((msg, fields, new))
+}
+
+/// The body id a queue entry names or carries (`V2`, `V3`).
+fn entry_id(entry: &[u8]) -> Option<u64> {
+    match entry {
+        [V2 | V3, id @ ..] => body_id(id.get(..8)?),
+        _ => None,
+    }
 }
 
 fn options_byte(o: SubscriptionOptions) -> u8 {
@@ -380,8 +423,9 @@ struct Pending {
     refs: std::collections::HashMap<(Vec<u8>, u16), (u64, u64)>,
     /// Incoming QoS 2 packet ids to record.
     incoming: std::collections::HashSet<(Vec<u8>, u16)>,
-    /// Message bodies to store: body id → encoded record.
-    messages: std::collections::HashMap<u64, Vec<u8>>,
+    /// Message bodies to store: body id → its handle (to mark it written)
+    /// and encoded record.
+    messages: std::collections::HashMap<u64, (std::sync::Weak<StoredBody>, Vec<u8>)>,
     /// Bodies no queue entry names any more, taken from `released`: kept
     /// here until the batch deleting them is in.
     released: Vec<u64>,
@@ -447,9 +491,10 @@ impl Persist {
         let released = std::mem::take(&mut *self.released.lock());
         pending.released.extend(released);
         let mut b = Batch::default();
-        // A body written and released between two commits is never written.
+        // A body deferred and released between two commits is never
+        // written.
         let gone: std::collections::HashSet<u64> = pending.released.iter().copied().collect();
-        for (id, value) in &pending.messages {
+        for (id, (_, value)) in &pending.messages {
             if !gone.contains(id) {
                 b.put(BODIES, &id.to_be_bytes(), value);
             }
@@ -477,7 +522,15 @@ impl Persist {
             );
         }
         self.store.write_atomic(b)?;
-        *pending = Pending::default();
+        let done = std::mem::take(&mut *pending);
+        drop(pending);
+        // Outside the lock: a handle upgraded here may be the last one, and
+        // its drop takes `released`'s lock.
+        for (handle, _) in done.messages.into_values() {
+            if let Some(body) = handle.upgrade() {
+                body.set_written();
+            }
+        }
         Ok(())
     }
 
@@ -498,20 +551,55 @@ impl Persist {
         self.store.close()
     }
 
-    /// The id of `msg`'s record in `BODIES`, which it gets (deferred, with
-    /// the caller's queue entry) the first time it is queued for a durable
-    /// session. Call it inside the `defer` that records that entry: the
-    /// body is then in the same atomic batch, or an earlier one.
-    fn body_id(&self, msg: &Message) -> u64 {
-        msg.stored
-            .get_or_init(|| {
-                let id = self.next_body.fetch_add(1, Ordering::Relaxed);
-                let mut v = Vec::with_capacity(32 + msg.size());
-                encode_body(&mut v, msg);
-                self.pending.lock().messages.insert(id, v);
-                Arc::new(StoredBody::new(id, msg, Arc::downgrade(&self.released)))
-            })
-            .id
+    /// The queue entry of a delivery to a durable session. The message's
+    /// first one carries the message (`V1`) and gives it a body id; a later
+    /// one names the body (`V2`), which the first of them defers, under
+    /// the lock the caller's entry is deferred under: the body is in the
+    /// same commit as the entry, or an earlier one.
+    fn queue_entry(&self, d: &Delivery) -> (Vec<u8>, Option<(u64, Vec<u8>)>) {
+        let mut created = false;
+        let stored = d.msg.stored.get_or_init(|| {
+            created = true;
+            let id = self.next_body.fetch_add(1, Ordering::Relaxed);
+            Arc::new(StoredBody::new(id, &d.msg, Arc::downgrade(&self.released)))
+        });
+        let mut v = Vec::with_capacity(24 + 4 * d.subscription_ids.len());
+        if created {
+            v.reserve(32 + d.msg.size());
+            v.push(V3);
+            v.extend_from_slice(&stored.id.to_be_bytes());
+            encode_message(&mut v, &d.msg);
+            encode_delivery_fields(&mut v, d);
+            put_str(&mut v, d.msg.tenant.as_str());
+            return (v, None);
+        }
+        encode_queue_entry(&mut v, stored.id, d);
+        let body = stored
+            .needs_writing()
+            .then(|| (stored.id, encode_body(&d.msg)));
+        (v, body)
+    }
+
+    /// Defers a body `queue_entry` found unwritten, unless another entry
+    /// deferred it meanwhile.
+    fn keep_body(pending: &mut Pending, msg: &Message, (id, body): (u64, Vec<u8>)) {
+        if let Some(stored) = msg.stored.get() {
+            if stored.mark_pending() {
+                pending.messages.insert(id, (Arc::downgrade(stored), body));
+            }
+        }
+    }
+
+    /// Gives a message read from a `V1` entry (its body inside) a body id
+    /// that is not on disk yet, so its entries can be kept on disk only,
+    /// and a later entry naming it writes the body.
+    fn adopt_inlined(&self, msg: &Message) {
+        let id = self.next_body.fetch_add(1, Ordering::Relaxed);
+        let _ = msg.stored.set(Arc::new(StoredBody::new(
+            id,
+            msg,
+            Arc::downgrade(&self.released),
+        )));
     }
 
     /// Reads back a queue entry kept on disk only (`session.rs`'s spill),
@@ -523,9 +611,14 @@ impl Persist {
         seq: u64,
         body: &Arc<StoredBody>,
     ) -> Result<Option<Delivery>, StorageError> {
-        let skey = session_key_bytes(key);
-        let pending = self.pending.lock().bodies.get(&(skey, seq)).cloned();
-        let record = match pending {
+        // Entry and body from the deferred writes under one lock: a commit
+        // in between could inline the one and drop the other.
+        let (record, pending_body) = {
+            let p = self.pending.lock();
+            let record = p.bodies.get(&(session_key_bytes(key), seq)).cloned();
+            (record, p.messages.get(&body.id).map(|(_, v)| v.clone()))
+        };
+        let record = match record {
             Some(v) => Some(v),
             None => self.store.get(QUEUE, &Self::seq_key(key, seq))?,
         };
@@ -537,31 +630,40 @@ impl Persist {
             detail: format!("queue entry {seq} of {}: {why}", key.client),
         };
         let mut r = Reader::new(&record);
-        let fields = (|| {
-            r.version_of(&[V2])?;
-            if r.u64()? != body.id {
-                return Err("names another body");
-            }
-            DeliveryFields::decode(&mut r)
-        })()
-        .map_err(corrupt)?;
         let mut loaded = body.loaded.lock();
-        let msg = match loaded.upgrade() {
-            Some(m) => m,
-            None => {
-                let pending = self.pending.lock().messages.get(&body.id).cloned();
-                let raw = match pending {
-                    Some(v) => Some(v),
-                    None => self.store.get(BODIES, &body.id.to_be_bytes())?,
+        let (fields, msg) = match r.version_of(&[V1, V2, V3]).map_err(corrupt)? {
+            v @ (V1 | V3) => {
+                if v == V3 && r.u64().map_err(corrupt)? != body.id {
+                    return Err(corrupt("names another body"));
+                }
+                let (msg, fields) = decode_v1_parts(&mut r, &key.tenant).map_err(corrupt)?;
+                let msg = match loaded.upgrade() {
+                    Some(m) => m,
+                    None => body.adopt(msg, &mut loaded),
                 };
-                let Some(raw) = raw else {
-                    return Ok(None);
+                (fields, msg)
+            }
+            _ => {
+                let named = r.u64().map_err(corrupt)?;
+                if named != body.id {
+                    return Err(corrupt("names another body"));
+                }
+                let fields = DeliveryFields::decode(&mut r).map_err(corrupt)?;
+                let msg = match loaded.upgrade() {
+                    Some(m) => m,
+                    None => {
+                        let raw = match pending_body {
+                            Some(v) => Some(v),
+                            None => self.store.get(BODIES, &body.id.to_be_bytes())?,
+                        };
+                        let Some(raw) = raw else {
+                            return Ok(None);
+                        };
+                        let m = decode_body(&mut Reader::new(&raw)).map_err(corrupt)?;
+                        body.adopt(m, &mut loaded)
+                    }
                 };
-                let m = decode_body(&mut Reader::new(&raw)).map_err(corrupt)?;
-                let _ = m.stored.set(body.clone());
-                let m = Arc::new(m);
-                *loaded = Arc::downgrade(&m);
-                m
+                (fields, msg)
             }
         };
         Ok(Some(fields.with(msg, seq)))
@@ -699,11 +801,13 @@ impl Persist {
         self.store.check_writable(true)?;
         let skey = session_key_bytes(key);
         let (r, t) = self.store.defer(|| {
-            let mut v = Vec::with_capacity(24 + 4 * d.subscription_ids.len());
-            encode_queue_entry(&mut v, self.body_id(&d.msg), d);
             let mut b = Batch::default();
+            let (v, body) = self.queue_entry(d);
             {
                 let mut p = self.pending.lock();
+                if let Some(body) = body {
+                    Self::keep_body(&mut p, &d.msg, body);
+                }
                 p.bodies.insert((skey.clone(), d.seq), v);
                 for seq in dropped {
                     if p.bodies.remove(&(skey.clone(), *seq)).is_none() {

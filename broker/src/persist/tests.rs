@@ -63,9 +63,9 @@ fn a_message_queued_to_many_sessions_is_stored_once_and_shared_after_a_restart()
         assert_eq!(p.store().scan(BODIES).count(), 1, "one body record");
         let entries: Vec<_> = p.store().scan(QUEUE).map(|r| r.expect("read")).collect();
         assert_eq!(entries.len(), 200);
-        for (_, v) in &entries {
-            assert!(v.len() < 32, "an entry names its body: {} bytes", v.len());
-        }
+        // The first entry carries the message; every other names its body.
+        let small = entries.iter().filter(|(_, v)| v.len() < 32).count();
+        assert_eq!(small, 199);
     }
     let p = open(dir.path());
     let r = p.load(LIMITS).expect("load");
@@ -150,33 +150,47 @@ fn closing_keeps_the_bodies_of_messages_still_queued_in_memory() {
 #[test]
 fn unnamed_bodies_and_entries_without_a_body_are_purged_at_start_up() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let a = key("a");
+    let (a, b) = (key("a"), key("b"));
     {
         let p = open(dir.path());
-        p.put_session(&a, 3600, 0).expect("session");
-        let named = message(b"named");
-        p.push_queue(&a, &delivery(&named, 1, None), &[])
-            .expect("queued");
-        let lost = message(b"lost");
-        p.push_queue(&a, &delivery(&lost, 2, None), &[])
-            .expect("queued");
+        // Two sessions each, so the bodies are records of their own; b's
+        // entries carry the messages, and a's (read first) name them.
+        let (named, lost) = (message(b"named"), message(b"lost"));
+        for k in [&b, &a] {
+            p.put_session(k, 3600, 0).expect("session");
+            p.push_queue(k, &delivery(&named, 1, None), &[])
+                .expect("queued");
+            p.push_queue(k, &delivery(&lost, 2, None), &[])
+                .expect("queued");
+        }
         p.flush_pending();
-        // A crash remnant each way: a body nobody names, and an entry
-        // whose body was deleted.
-        let mut b = Batch::default();
-        b.put(BODIES, &999u64.to_be_bytes(), &[V1, 0, 0]);
-        b.delete(BODIES, &lost.stored.get().expect("stored").id.to_be_bytes());
-        p.store().write(b).expect("write");
+        assert_eq!(p.store().scan(BODIES).count(), 2);
+        // Crash remnants: a body nobody names, an entry naming a body that
+        // is gone, and a body deleted while the entry carrying its message
+        // (b's) is still there.
+        let mut batch = Batch::default();
+        batch.put(BODIES, &999u64.to_be_bytes(), &[V1, 0, 0]);
+        let mut dangling = vec![V2];
+        dangling.extend_from_slice(&4242u64.to_be_bytes());
+        encode_delivery_fields(&mut dangling, &delivery(&named, 9, None));
+        batch.put(QUEUE, &Persist::seq_key(&a, 9), &dangling);
+        batch.delete(BODIES, &lost.stored.get().expect("stored").id.to_be_bytes());
+        p.store().write(batch).expect("write");
         p.close().expect("close");
     }
     let p = open(dir.path());
     let r = p.load(LIMITS).expect("load");
-    let queue: Vec<&[u8]> = r.sessions[0]
-        .queue
+    let queues: Vec<Vec<&[u8]>> = r
+        .sessions
         .iter()
-        .map(|d| &d.msg.payload[..])
+        .map(|s| s.queue.iter().map(|d| &d.msg.payload[..]).collect())
         .collect();
-    assert_eq!(queue, [b"named"]);
+    // a's entry for "lost" finds the message in b's entry, read after it.
+    assert_eq!(queues, [[&b"named"[..], b"lost"], [b"named", b"lost"]]);
+    assert!(Arc::ptr_eq(
+        &r.sessions[0].queue[1].msg,
+        &r.sessions[1].queue[1].msg
+    ));
     assert_eq!(
         p.store().scan(BODIES).count(),
         1,
@@ -184,15 +198,15 @@ fn unnamed_bodies_and_entries_without_a_body_are_purged_at_start_up() {
     );
     assert_eq!(
         p.store().scan(QUEUE).count(),
-        1,
+        4,
         "the dangling entry is gone"
     );
-    // New bodies never reuse a stored id.
+    // New bodies never reuse an id in use, on disk or named.
     drop(r);
     let fresh = message(b"fresh");
     p.push_queue(&a, &delivery(&fresh, 3, None), &[])
         .expect("queued");
-    assert!(fresh.stored.get().expect("stored").id > 999);
+    assert!(fresh.stored.get().expect("stored").id > 4242);
 }
 
 #[test]
@@ -218,4 +232,41 @@ fn queue_entries_written_before_the_body_table_still_load() {
     let d = &r.sessions[0].queue[0];
     assert_eq!(&d.msg.payload[..], b"old format");
     assert_eq!((d.seq, &d.subscription_ids[..]), (5, &[9][..]));
+}
+
+/// One durable subscriber is the common case: its entry carries the
+/// message (one record, not two); a second entry writes the body.
+#[test]
+fn the_first_entry_of_a_message_carries_it_and_the_second_writes_its_body() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a, b, c) = (key("a"), key("b"), key("c"));
+    let msg = message(b"just one");
+    {
+        let p = open(dir.path());
+        for k in [&a, &b, &c] {
+            p.put_session(k, 3600, 0).expect("session");
+        }
+        p.push_queue(&a, &delivery(&msg, 1, None), &[])
+            .expect("queued");
+        p.flush_pending();
+        assert_eq!(p.store().scan(BODIES).count(), 0, "inside the entry");
+        let (_, entry) = p.store().scan(QUEUE).next().expect("one").expect("read");
+        assert_eq!(entry[0], V3);
+        // Later, two more sessions queue it: now a body.
+        p.push_queue(&b, &delivery(&msg, 1, None), &[])
+            .expect("queued");
+        p.push_queue(&c, &delivery(&msg, 1, None), &[])
+            .expect("queued");
+        p.flush_pending();
+        assert_eq!(p.store().scan(BODIES).count(), 1);
+        p.close().expect("close");
+    }
+    let p = open(dir.path());
+    let r = p.load(LIMITS).expect("load");
+    assert_eq!(r.sessions.len(), 3);
+    for s in &r.sessions {
+        assert_eq!(&s.queue[0].msg.payload[..], b"just one");
+        // Every restored message has a body id, so its queue can spill.
+        assert!(s.queue[0].msg.stored.get().is_some());
+    }
 }

@@ -420,6 +420,7 @@ fn binary_exits_64_for_any_bad_flag() {
         &["--log-format", "xml"],
         &["--no-such-flag"],
         &["--log-level", "[bad"],
+        &["--store-cache-bytes", "1000"],
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_porchlight"))
             .args(args)
