@@ -7,6 +7,8 @@
 # (--persistent); QoS 1 publishes cost the broker's store nothing, so it
 # is the subscriber's queue and in-flight records that reach the disk.
 # Every run is bounded by SECONDS plus the connect and drain deadlines.
+# BIN=/path/to/porchlight measures another build (an A/B: run it and this
+# tree's build alternately and compare medians).
 #   usage: scripts/bench-durable.sh [ROUNDS] [SECONDS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +16,7 @@ rounds=${1:-3}
 secs=${2:-5}
 cargo build --release -p porchlight-broker -p porchlight-loadtest --bin porchlight --bin porchlight-loadtest >/dev/null
 lt=target/release/porchlight-loadtest
+bin=${BIN:-target/release/porchlight}
 work=$(mktemp -d)
 pid=
 stop() { [ -n "$pid" ] && { kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; }; pid=; }
@@ -23,7 +26,7 @@ fresh() { # a new broker on a new port (the last run's ports sit in TIME_WAIT)
   stop
   port=$((port + 1))
   rm -rf "$work/data"
-  target/release/porchlight --listen 127.0.0.1:$port --data-dir "$work/data" \
+  "$bin" --listen 127.0.0.1:$port --data-dir "$work/data" \
     --log-level warn --no-sys-topics &
   pid=$!
   for _ in $(seq 200); do
