@@ -204,6 +204,14 @@ impl Persist {
         for msg in legacy {
             self.adopt_inlined(&msg);
         }
+        // A `V2` entry whose body record is gone but whose message a `V3`
+        // entry carries: the body is written again, so the entry can be
+        // read back from disk alone (spilled).
+        for m in bodies.named_unwritten() {
+            if let Some(stored) = m.stored.get() {
+                Self::keep_body(&mut self.pending.lock(), &m, (stored.id, encode_body(&m)));
+            }
+        }
         for r in self.store.scan(INFLIGHT) {
             let (k, v) = r?;
             let (sk, rest, known) = owner(&mut sessions, INFLIGHT, &k)?;
@@ -367,6 +375,8 @@ impl Persist {
 struct Bodies {
     raw: std::collections::HashMap<u64, Vec<u8>>,
     decoded: std::collections::HashMap<u64, Arc<Message>>,
+    /// Ids that `V2` entries name.
+    named: std::collections::HashSet<u64>,
 }
 
 impl Persist {
@@ -383,6 +393,7 @@ impl Persist {
         Ok(Bodies {
             raw,
             decoded: std::collections::HashMap::new(),
+            named: std::collections::HashSet::new(),
         })
     }
 }
@@ -395,6 +406,7 @@ impl Bodies {
         id: u64,
         released: &Arc<ReleasedBodies>,
     ) -> Result<Option<Arc<Message>>, Bad> {
+        self.named.insert(id);
         if let Some(m) = self.decoded.get(&id) {
             return Ok(Some(m.clone()));
         }
@@ -424,6 +436,16 @@ impl Bodies {
         let m = Arc::new(msg);
         self.decoded.insert(id, m.clone());
         m
+    }
+
+    /// Messages that `V2` entries name and whose body is not a record.
+    fn named_unwritten(&self) -> Vec<Arc<Message>> {
+        self.named
+            .iter()
+            .filter_map(|id| self.decoded.get(id))
+            .filter(|m| m.stored.get().is_some_and(|s| s.needs_writing()))
+            .cloned()
+            .collect()
     }
 
     /// The message read for body `id` so far, if any.
