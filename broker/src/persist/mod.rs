@@ -611,8 +611,8 @@ impl Persist {
         seq: u64,
         body: &Arc<StoredBody>,
     ) -> Result<Option<Delivery>, StorageError> {
-        // Entry and body from the deferred writes under one lock: a commit
-        // in between could inline the one and drop the other.
+        // Entry and body from the deferred writes, under one lock; what is
+        // not there any more was committed, and is read from the store.
         let (record, pending_body) = {
             let p = self.pending.lock();
             let record = p.bodies.get(&(session_key_bytes(key), seq)).cloned();
