@@ -229,6 +229,52 @@ mod tests {
         assert!(!QueueMemory::new(0).spills(), "0: no bound");
     }
 
+    /// Issue 16: a change of state is logged once, not once per message.
+    #[test]
+    fn each_threshold_is_logged_once_when_passed_and_once_when_left() {
+        #[derive(Clone, Default)]
+        struct Lines(std::sync::Arc<parking_lot::Mutex<Vec<u8>>>);
+        impl std::io::Write for Lines {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let m = QueueMemory::new(1000);
+            // Under → spill → full → spill → under, each level checked
+            // many times over.
+            for used in [100u64, 800, 1000, 800, 100] {
+                let now = m.used();
+                if used > now {
+                    m.add((used - now - ENTRY_COST) as usize);
+                } else {
+                    m.sub_raw(now - used);
+                }
+                for _ in 0..100 {
+                    m.is_full();
+                    m.spills();
+                }
+            }
+        });
+        let text = String::from_utf8(lines.0.lock().clone()).expect("utf-8");
+        let logged: Vec<&str> = text.lines().collect();
+        assert_eq!(logged.len(), 4, "{text}");
+        assert!(logged[0].contains("WARN") && logged[0].contains("3/4"));
+        assert!(logged[1].contains("WARN") && logged[1].contains("reached"));
+        assert!(logged[2].contains("INFO") && logged[2].contains("back under --max"));
+        assert!(logged[3].contains("INFO") && logged[3].contains("back under 3/4"));
+    }
+
     #[test]
     fn the_default_is_a_quarter_of_what_this_machine_has() {
         let limit = default_limit();
