@@ -69,9 +69,10 @@ pub(crate) struct AroundFlush {
     pub blobs: Arc<crate::blobs::Blobs>,
 }
 
-/// Called by the flusher just before each fsync (see `Store::set_pre_flush`).
+/// Called by the flusher just before each fsync (see
+/// `Store::add_pre_flush`): every participant, in the order they joined.
 #[derive(Clone, Default)]
-pub(crate) struct PreFlush(Arc<std::sync::RwLock<Option<Hook>>>);
+pub(crate) struct PreFlush(Arc<std::sync::RwLock<Vec<Hook>>>);
 
 impl std::fmt::Debug for PreFlush {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -80,17 +81,20 @@ impl std::fmt::Debug for PreFlush {
 }
 
 impl PreFlush {
-    pub(crate) fn set(&self, hook: Hook) {
-        if let Ok(mut h) = self.0.write() {
-            *h = Some(hook);
+    pub(crate) fn add(&self, hook: Hook) {
+        if let Ok(mut hooks) = self.0.write() {
+            hooks.push(hook);
         }
     }
 
-    fn run(&self) -> Result<(), String> {
-        match self.0.read() {
-            Ok(h) => h.as_ref().map_or(Ok(()), |hook| hook()),
-            Err(_) => Err("pre-flush hook poisoned".into()),
-        }
+    /// Runs every participant; the first failure fails the flush (which
+    /// is retried), after the others have run.
+    pub(crate) fn run(&self) -> Result<(), String> {
+        let hooks = self
+            .0
+            .read()
+            .map_err(|_| "pre-flush hook poisoned".to_owned())?;
+        hooks.iter().map(|hook| hook()).fold(Ok(()), Result::and)
     }
 }
 

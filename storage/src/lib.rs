@@ -5,6 +5,8 @@
 //!   atomic [`Batch`]es, scans tables, and tracks disk use and health.
 //! - `commit.rs`: group commit; turns a write's [`Ticket`] into "on disk"
 //!   according to the [`FsyncMode`].
+//! - `table.rs`: [`Table`], the one registry of table ids, with a range
+//!   for each user (the broker; the cluster, later).
 //! - `error.rs`: [`StorageError`].
 //!
 //! The crate knows no MQTT types: callers (the broker's `persist/`, and
@@ -17,7 +19,9 @@ mod commit;
 mod error;
 mod journal;
 mod store;
+mod table;
 
 pub use commit::{FsyncMode, Ticket};
 pub use error::StorageError;
-pub use store::{Batch, Health, Store, StoreOptions, Table, DEFAULT_CACHE_BYTES};
+pub use store::{Batch, Health, Store, StoreOptions, DEFAULT_CACHE_BYTES};
+pub use table::{Table, BROKER, CLUSTER};

@@ -24,6 +24,7 @@ use std::time::Duration;
 use crate::commit::{Committer, FsyncMode, Ticket};
 use crate::error::StorageError;
 use crate::journal::{apply_ops, clear_journal, encode_journal, replay_journal, write_journal};
+use crate::table::Table;
 
 /// Format of the data directory; bump when records change incompatibly.
 pub const FORMAT_VERSION: u32 = 1;
@@ -40,10 +41,6 @@ pub const APPLY_BATCH_MAX: usize = 512;
 /// sled's page cache, unless configured: 16 MiB. sled sizes it by what its
 /// pages take on disk; small records take several times that in memory.
 pub const DEFAULT_CACHE_BYTES: u64 = 16 * 1024 * 1024;
-
-/// A table within the data tree, named by the caller's constants.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Table(pub u8);
 
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
@@ -89,7 +86,7 @@ pub struct Batch {
 
 fn prefixed(table: Table, key: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + key.len());
-    k.push(table.0);
+    k.push(table.id());
     k.extend_from_slice(key);
     k
 }
@@ -356,11 +353,14 @@ impl Store {
         self.commit.request(self.commit.current());
     }
 
-    /// Registers work to do just before every group-commit fsync: writes
-    /// that only need to be as durable as the next fsync can be deferred
-    /// (and often skipped) instead of written at once.
-    pub fn set_pre_flush(&self, hook: impl Fn() -> Result<(), String> + Send + Sync + 'static) {
-        self.pre_flush.set(Box::new(hook));
+    /// Adds a participant to the work done just before every group-commit
+    /// fsync: writes that only need to be as durable as the next fsync can
+    /// be deferred (and often skipped) instead of written at once. Any
+    /// number of users may join (the broker's deferred records; later a
+    /// Raft log store); each runs under the barrier's write side, in the
+    /// order they joined.
+    pub fn add_pre_flush(&self, hook: impl Fn() -> Result<(), String> + Send + Sync + 'static) {
+        self.pre_flush.add(Box::new(hook));
     }
 
     /// The newest ticket issued: on disk, it covers every write so far.
@@ -417,7 +417,7 @@ impl Store {
     /// The largest key of `table` (without the table byte), if any: where
     /// a table keyed by a counter resumes it.
     pub fn last_key(&self, table: Table) -> Result<Option<Vec<u8>>, StorageError> {
-        match self.data.scan_prefix([table.0]).next_back() {
+        match self.data.scan_prefix([table.id()]).next_back() {
             None => Ok(None),
             Some(Ok((k, _))) => Ok(Some(k[1..].to_vec())),
             Some(Err(e)) => Err(StorageError::Corrupt {
@@ -627,8 +627,8 @@ mod tests {
     use super::*;
     use crate::journal::*;
 
-    const T: Table = Table(1);
-    const U: Table = Table(2);
+    const T: Table = Table::broker(1);
+    const U: Table = Table::broker(2);
 
     fn open(dir: &Path) -> Store {
         Store::open(dir, StoreOptions::default()).expect("open")
@@ -930,5 +930,55 @@ mod tests {
             "{} fsyncs for 100 writes",
             s.fsync_count()
         );
+    }
+
+    /// Issue 17: the broker's deferred records and, later, a Raft log store
+    /// both write just before the fsync; one hook slot replaced the first
+    /// user silently. Every participant runs, and a failure of one fails
+    /// the flush (its waiters are told) while the others still run.
+    #[tokio::test]
+    async fn every_pre_flush_participant_runs_and_one_failure_fails_the_flush() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Arc::new(open(dir.path()));
+        let runs: Vec<Arc<AtomicU64>> = (0..2).map(|_| Arc::default()).collect();
+        let fail = Arc::new(AtomicBool::new(false));
+        for (i, n) in runs.iter().enumerate() {
+            let (n, fail) = (n.clone(), fail.clone());
+            s.add_pre_flush(move || {
+                n.fetch_add(1, Ordering::Relaxed);
+                if i == 0 && fail.load(Ordering::Relaxed) {
+                    return Err("participant 0 refused".into());
+                }
+                Ok(())
+            });
+        }
+        let write = |k: &[u8]| {
+            let mut b = Batch::default();
+            b.put(T, k, b"v");
+            s.write(b).expect("write")
+        };
+        s.durable(write(b"a")).await.expect("durable");
+        let counts = |runs: &[Arc<AtomicU64>]| -> Vec<u64> {
+            runs.iter().map(|n| n.load(Ordering::Relaxed)).collect()
+        };
+        assert!(counts(&runs).iter().all(|&n| n >= 1), "{:?}", counts(&runs));
+        fail.store(true, Ordering::Relaxed);
+        let before = counts(&runs);
+        let failed = tokio::time::timeout(Duration::from_secs(5), s.durable(write(b"b")))
+            .await
+            .expect("answered");
+        assert!(failed.is_err(), "a refused participant fails the flush");
+        let after = counts(&runs);
+        assert!(after[1] > before[1], "the other participant still ran");
+        // Healed: the flush is retried, and a later write is durable.
+        fail.store(false, Ordering::Relaxed);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while s.durable(write(b"c")).await.is_err() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "never durable again"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }

@@ -58,7 +58,7 @@ impl Persist {
     pub fn load(&self, limits: TopicLimits) -> Result<Restored, StorageError> {
         let corrupt = |table: Table, key: &[u8], why: &str| StorageError::Corrupt {
             path: self.store.path().to_owned(),
-            detail: format!("table {} key {:02x?}: {why}", table.0, key),
+            detail: format!("table {} key {:02x?}: {why}", table.id(), key),
         };
         let mut sessions: BTreeMap<Vec<u8>, RestoredSession> = BTreeMap::new();
         for r in self.store.scan(SESSIONS) {
@@ -386,7 +386,7 @@ impl Persist {
             let (k, v) = r?;
             let id = body_id(&k).ok_or_else(|| StorageError::Corrupt {
                 path: self.store.path().to_owned(),
-                detail: format!("table {} key {:02x?}: invalid body id", BODIES.0, k),
+                detail: format!("table {} key {:02x?}: invalid body id", BODIES.id(), k),
             })?;
             raw.insert(id, v);
         }

@@ -40,15 +40,15 @@ mod load;
 
 pub use load::{Restored, RestoredInflight, RestoredSession};
 
-pub const SESSIONS: Table = Table(1);
-pub const SUBSCRIPTIONS: Table = Table(2);
-pub const QUEUE: Table = Table(3);
-pub const INFLIGHT: Table = Table(4);
-pub const INCOMING: Table = Table(5);
-pub const RETAINED: Table = Table(6);
-pub const WILLS: Table = Table(7);
+pub const SESSIONS: Table = Table::broker(1);
+pub const SUBSCRIPTIONS: Table = Table::broker(2);
+pub const QUEUE: Table = Table::broker(3);
+pub const INFLIGHT: Table = Table::broker(4);
+pub const INCOMING: Table = Table::broker(5);
+pub const RETAINED: Table = Table::broker(6);
+pub const WILLS: Table = Table::broker(7);
 /// Message bodies shared by durable queue entries, by body id.
-pub const BODIES: Table = Table(8);
+pub const BODIES: Table = Table::broker(8);
 /// The session record comes first: it is deleted first.
 const ALL_SESSION_TABLES: [Table; 6] = [SESSIONS, SUBSCRIPTIONS, QUEUE, INFLIGHT, INCOMING, WILLS];
 
@@ -471,7 +471,7 @@ impl Persist {
             closed: AtomicBool::new(false),
         });
         let weak = Arc::downgrade(&persist);
-        persist.store.set_pre_flush(move || match weak.upgrade() {
+        persist.store.add_pre_flush(move || match weak.upgrade() {
             Some(p) => p.write_pending().map_err(|e| e.to_string()),
             None => Ok(()),
         });
