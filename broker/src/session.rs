@@ -1048,6 +1048,12 @@ mod tests {
             .collect()
     }
 
+    /// A spilled entry's place in memory is what `SPILL_COST` counts.
+    #[test]
+    fn a_spilled_place_stays_small() {
+        assert!(std::mem::size_of::<Spilled>() <= 24);
+    }
+
     /// Issue 16 item 2: at the node's bound, durable sessions' bodies are
     /// kept on disk only. Each entry here is 2 bytes + 64: the 12th passes
     /// three quarters of 1,000, and the ones after it are spilled.
