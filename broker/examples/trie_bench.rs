@@ -10,9 +10,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use porchlight_broker::codec::{QoS, SubscriptionOptions};
-use porchlight_broker::ids::{ClientId, SessionKey, TenantId};
+use porchlight_broker::ids::{ClientId, SessionId, SessionKey, TenantId};
 use porchlight_broker::session::Session;
-use porchlight_broker::trie::{Subscriber, SubscriptionTrie};
+use porchlight_broker::state::trie::{Subscriber, SubscriptionTrie};
 
 /// Matches timed per trie size.
 const MATCHES: usize = 200_000;
@@ -25,7 +25,7 @@ fn main() {
                 tenant: tenant.clone(),
                 client: ClientId::new(format!("c{i}")),
             },
-            0,
+            SessionId(i as u64 + 1),
             None,
             None,
         )),

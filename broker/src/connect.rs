@@ -20,9 +20,10 @@ use crate::codec::{self, reason, ConnAck, Connect, DecodeError, Packet, Properti
 use crate::connection::{count_bytes, Conn, Origin};
 use crate::ids::{ClientId, ConnectionId, SessionKey};
 use crate::metrics::{BadPacket, Metrics};
-use crate::registry::PendingWill;
+use crate::registry::Attached;
 use crate::session::Owner;
-use crate::tenant::quota::{QuotaKind, Rate, Seat};
+use crate::state::command::DelayedWill;
+use crate::tenant::quota::{QuotaKind, Rate, Seat, StateLimits};
 use crate::topic;
 use crate::transport::Transport;
 
@@ -445,7 +446,7 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
                 return None;
             }
             let delay = w.properties.will_delay_interval.unwrap_or(0);
-            Some(PendingWill {
+            Some(DelayedWill {
                 will: Box::new(w),
                 delay,
             })
@@ -500,31 +501,49 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     // client gets a fresh session instead (as if it asked for clean start).
     // Only checked usernames count (without configured authentication a
     // username is whatever the client says).
-    let user: Option<Arc<str>> = authz
+    let user: Option<String> = authz
         .principal
         .username
         .as_deref()
         .filter(|_| broker.auth.required())
-        .map(Arc::from);
-    let foreign = broker.state.session(&key).is_some_and(|s| {
-        let st = s.lock();
-        st.user.is_some() && st.user != user
-    });
-    if foreign {
-        tracing::info!(client = %key.client, "Session belonged to another user: starting a clean one");
-    }
+        .map(str::to_owned);
+    let max_persistent = StateLimits::get(
+        &broker
+            .state
+            .tenants()
+            .usage(&tenant.id)
+            .state_limits
+            .persistent_sessions,
+    );
     let attached = broker
         .registry
-        .attach(key.clone(), c.clean_start || foreign, expiry, owner)
+        .attach(
+            key.clone(),
+            c.clean_start,
+            expiry,
+            user,
+            max_persistent,
+            owner,
+        )
         .await;
-    let Ok((session, present)) = attached else {
-        // The tenant's `max_persistent_sessions` (counted in `state.rs`).
+    let Ok(Attached {
+        session,
+        resumed: present,
+        claim,
+    }) = attached
+    else {
+        // The tenant's `max_persistent_sessions` (counted in the control
+        // state).
+        broker
+            .state
+            .tenants()
+            .usage(&tenant.id)
+            .reject(crate::tenant::quota::QuotaKind::PersistentSessions);
         metrics.inc(&metrics.connections_refused);
         let why = "tenant persistent session limit reached";
         refuse(io, p, reason::QUOTA_EXCEEDED, why, max_out, metrics).await;
         return None;
     };
-    session.lock().user = user;
 
     let mut props = Properties::default();
     if v5 {
@@ -550,6 +569,7 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         protocol: p,
         key,
         session,
+        claim,
         keep_alive: Duration::from_secs(u64::from(keep_alive)),
         last_seen: Instant::now(),
         send_window: usize::from(client_receive_max.min(cfg.max_inflight)),

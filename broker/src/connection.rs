@@ -25,8 +25,8 @@ use crate::broker::Broker;
 use crate::codec::{self, reason, DecodeError, Disconnect, Packet, Properties, Protocol};
 use crate::ids::{ConnectionId, SessionKey};
 use crate::metrics::BadPacket;
-use crate::registry::PendingWill;
 use crate::session::Session;
+use crate::state::command::DelayedWill;
 use crate::topic::TopicName;
 use crate::transport::{IoEvent, Transport, WRITE_HIGH_WATER};
 
@@ -115,6 +115,8 @@ pub struct Conn<S> {
     pub protocol: Protocol,
     pub key: SessionKey,
     pub session: Arc<Session>,
+    /// This connection's claim on the session (`Command::Connect`).
+    pub claim: crate::ids::Claim,
     /// Keepalive in force (after Server Keep Alive); zero means none.
     pub keep_alive: Duration,
     pub last_seen: Instant,
@@ -125,7 +127,7 @@ pub struct Conn<S> {
     pub client_max_packet: usize,
     /// Inbound topic aliases (index = alias - 1).
     pub topic_aliases: Vec<Option<TopicName>>,
-    pub will: Option<PendingWill>,
+    pub will: Option<DelayedWill>,
     /// v5: the CONNECT had Session Expiry Interval 0, so DISCONNECT may
     /// not set a non-zero one.
     pub connect_expiry_zero: bool,
@@ -481,7 +483,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             for id in forget {
                 st.incoming_qos2.remove(&id);
                 if let Some(p) = &st.persist {
-                    drop(crate::command::Write::from_result(
+                    drop(crate::persist::Write::from_result(
                         p.incoming(&self.key, id, false),
                     ));
                 }
@@ -521,7 +523,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         // whether this peer still reads. What is in flight stays in the
         // session and is sent again on the next connection.
         let will = if close.will { self.will.take() } else { None };
-        self.broker.registry.detach(&self.session, self.id, will);
+        self.broker
+            .registry
+            .detach(&self.session, self.id, self.claim, will);
         self.done.cancel();
         self.broker
             .metrics

@@ -26,6 +26,18 @@ macro_rules! string_id {
             }
         }
 
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.0)
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                String::deserialize(d).map($name::new)
+            }
+        }
+
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str(&self.0)
@@ -59,7 +71,10 @@ impl TenantId {
 
 /// The identity of a session: client ids are unique per tenant, so two
 /// tenants may both have a client "sensor-1" with separate sessions.
-#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+/// Ordered by tenant, then client id (the control state's order).
+#[derive(
+    Clone, PartialEq, Eq, Hash, Debug, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct SessionKey {
     pub tenant: TenantId,
     pub client: ClientId,
@@ -71,18 +86,23 @@ impl fmt::Display for SessionKey {
     }
 }
 
-/// A process-unique number for one session instance. A client id that
-/// starts a clean session gets a new one, so stale references to the old
-/// instance (timers, trie entries) can tell they are stale.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord)]
+/// One session instance: the control-state log position of the CONNECT
+/// that created it. A client id that starts a clean session gets a new
+/// one, so the node's indexes (trie entries, timers) tell a stale instance
+/// from the live one, and every node of a cluster names it alike.
+#[derive(
+    Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct SessionId(pub u64);
 
-impl SessionId {
-    pub fn next() -> Self {
-        static NEXT: AtomicU64 = AtomicU64::new(1);
-        SessionId(NEXT.fetch_add(1, Ordering::Relaxed))
-    }
-}
+/// One connection's claim on a session: the log position of its CONNECT.
+/// Every CONNECT makes a new claim, so what a connection asks after it was
+/// taken over (its DISCONNECT, its session's expiry) names a claim that is
+/// no longer the session's, and changes nothing.
+#[derive(
+    Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+pub struct Claim(pub u64);
 
 /// A process-unique number for one network connection.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]

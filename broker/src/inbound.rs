@@ -20,12 +20,13 @@ use crate::codec::{
     reason, Ack, Packet, Properties, Publish, QoS, RetainHandling, SubAck, Subscribe, UnsubAck,
     Unsubscribe,
 };
-use crate::command::{Applied, Command, Write};
 use crate::connection::{Close, Conn};
 use crate::message::{Delivery, Message};
 use crate::metrics::{BadPacket, DropReason};
+use crate::persist::Write;
 use crate::session::{effective_qos, OutState};
-use crate::tenant::quota::{release, reserve, QuotaKind, Rate};
+use crate::state::command::{Applied, Command, Limit, SubscribeLimits};
+use crate::tenant::quota::{QuotaKind, Rate};
 use crate::topic::{TopicFilter, TopicName};
 
 /// Closing a connection whose next packet promises a write the store
@@ -140,20 +141,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// by a principal without it), so nothing of theirs is delivered.
     pub(crate) fn drop_ungranted(&mut self) {
         let gone: Vec<TopicFilter> = self
-            .session
-            .lock()
-            .subscriptions
-            .keys()
+            .broker
+            .state
+            .subscriptions(&self.key)
+            .into_iter()
             .filter(|f| f.tenant().is_some_and(|t| !self.authz.granted(t)))
-            .cloned()
             .collect();
         for filter in gone {
             tracing::info!(client = %self.key.client, filter = filter.as_str(), "Gateway grant withdrawn: subscription removed");
-            let (_, write) = self.broker.state.apply(Command::Unsubscribe {
+            drop(self.broker.state.apply(Command::Unsubscribe {
                 key: self.key.clone(),
                 filter,
-            });
-            drop(write);
+            }));
         }
         // Nor is anything of those tenants still queued or unacknowledged.
         let (authz, home) = (&self.authz, &self.key.tenant);
@@ -197,7 +196,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 return Err(protocol_error("session expiry set on DISCONNECT after 0"));
             }
             let expiry = expiry.min(self.broker.config.max_session_expiry);
-            self.session.lock().expiry_interval = expiry;
+            self.broker
+                .registry
+                .set_expiry(&self.key, self.claim, expiry);
         }
         Err(Close {
             reason: None,
@@ -660,28 +661,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 reasons.push(reason::NOT_AUTHORIZED);
                 continue;
             }
-            let new = {
-                let st = self.session.lock();
-                let new = !st.subscriptions.contains_key(raw.as_str());
-                if new && st.subscriptions.len() >= max_subs {
-                    reasons.push(reason::QUOTA_EXCEEDED);
-                    continue;
-                }
-                new
-            };
             if store_refuses {
                 reasons.push(match self.broker.persist.health() {
                     porchlight_storage::Health::Full => reason::QUOTA_EXCEEDED,
                     _ => reason::UNSPECIFIED_ERROR,
                 });
-                continue;
-            }
-            // The tenant's subscription limit: reserved before applying, so
-            // concurrent subscribers cannot pass it together.
-            let usage = &target.usage;
-            if new && !reserve(&usage.subscriptions, target.limits.max_subscriptions) {
-                usage.reject(QuotaKind::Subscriptions);
-                reasons.push(reason::QUOTA_EXCEEDED);
                 continue;
             }
             // The tenant's maximum QoS: granted lower, as MQTT allows.
@@ -690,33 +674,41 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 opts.qos = opts.qos.min(max);
             }
             let tenant = target.tenant.clone();
-            let usage = usage.clone();
+            let usage = target.usage.clone();
             let shared = filter.group().is_some();
-            let applied = self.broker.state.apply(Command::Subscribe {
+            // The limits travel in the command: the control state counts.
+            let limits = SubscribeLimits {
+                per_session: u64::try_from(max_subs).ok(),
+                tenant: target.limits.max_subscriptions,
+            };
+            let done = self.broker.state.apply(Command::Subscribe {
                 key: self.key.clone(),
                 filter: filter.clone(),
                 options: opts,
                 id: sub_id,
+                limits,
             });
-            let (applied, write) = applied;
             // (Applied in memory even when the write failed.)
-            let counted = matches!(applied, Applied::Existed(false));
-            if new && !counted {
-                release(&usage.subscriptions, 1);
-            }
-            if let Write::Failed(e) = &write {
+            if let Write::Failed(e) = &done.write {
                 reasons.push(storage_reason(e));
                 continue;
             }
-            sub_write = sub_write.and(write);
-            let existed = match applied {
+            let existed = match done.applied {
                 Applied::Existed(existed) => existed,
+                Applied::OverLimit(limit) => {
+                    if limit == Limit::Subscriptions {
+                        usage.reject(QuotaKind::Subscriptions);
+                    }
+                    reasons.push(reason::QUOTA_EXCEEDED);
+                    continue;
+                }
                 // The session ended under us (taken over): refuse.
                 _ => {
                     reasons.push(reason::UNSPECIFIED_ERROR);
                     continue;
                 }
             };
+            sub_write = sub_write.and(done.write);
             reasons.push(opts.qos as u8);
             let send_retained = !shared
                 && match opts.retain_handling {
@@ -771,13 +763,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         for raw in &u.filters {
             match TopicFilter::parse(raw, limits) {
                 Ok(filter) => {
-                    let applied = self.broker.state.apply(Command::Unsubscribe {
+                    let done = self.broker.state.apply(Command::Unsubscribe {
                         key: self.key.clone(),
                         filter,
                     });
-                    let (applied, write) = applied;
-                    unsub_write = unsub_write.and(write);
-                    reasons.push(match applied {
+                    unsub_write = unsub_write.and(done.write);
+                    reasons.push(match done.applied {
                         Applied::Existed(true) => reason::SUCCESS,
                         _ => reason::NO_SUBSCRIPTION_EXISTED,
                     });

@@ -11,16 +11,19 @@
 //!   - `connect.rs`: the CONNECT handshake and CONNACK.
 //!   - `inbound.rs`: packets from the client after CONNECT.
 //!   - `outbound.rs`: deliveries from the session to the client.
-//! - `state.rs` + `command.rs`: the control state (sessions, subscriptions,
-//!   retained) and the commands that alone change it.
-//! - `registry.rs`: session ownership by connections; takeover, expiry, wills;
-//!   `sweeper.rs`: the deadlines it sweeps.
+//! - `state/`: the control state: commands (`command.rs`), the
+//!   deterministic state machine over the replicated records
+//!   (`control.rs`), and `State`, which applies commands in log order and
+//!   acts on their effects for this node; the node's indexes over the
+//!   records (`trie.rs`, `retained.rs`).
+//! - `registry.rs`: session ownership by connections; when session
+//!   commands are issued; `sweeper.rs`: the deadlines it sweeps.
 //! - `persist/`: durable records on `porchlight-storage`; `load.rs` reads
 //!   them back at start-up.
-//! - `session.rs`: one session's subscriptions, queue and in-flight state;
+//! - `session.rs`: one session's node-local runtime: queue, in-flight;
 //!   `queue_memory.rs`: the node-wide bound on queued messages.
-//! - `router.rs`: publish fan-out; `trie.rs` matches, `retained.rs` retains.
-//! - `message.rs`, `topic.rs`, `ids.rs`: the nouns.
+//! - `router.rs`: publish fan-out.
+//! - `message.rs`, `topic.rs`, `ids.rs`: the nouns; `clock.rs`: wall time.
 //! - `broker.rs`: the shared state; `config.rs`, `metrics.rs`, `sys.rs`,
 //!   `error.rs`; `password.rs`: PHC password hashes.
 //! - `reload.rs`: polls flag-named files (TLS material, auth file) for
@@ -31,8 +34,8 @@
 
 pub mod auth;
 pub mod broker;
+pub mod clock;
 pub mod codec;
-pub mod command;
 pub mod config;
 pub mod connect;
 pub mod connection;
@@ -48,7 +51,6 @@ pub mod proxy;
 pub mod queue_memory;
 pub mod registry;
 pub mod reload;
-pub mod retained;
 pub mod router;
 pub mod server;
 pub mod session;
@@ -59,7 +61,6 @@ pub mod tenant;
 pub mod tls;
 pub mod topic;
 pub mod transport;
-pub mod trie;
 pub mod ws;
 
 pub use config::{Cli, Config};

@@ -19,11 +19,11 @@ use porchlight_storage::Ticket;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::codec::{self, vbi_len, Ack, Packet, Protocol, QoS};
-use crate::command::Write;
 use crate::connection::Conn;
 use crate::ids::TenantId;
 use crate::message::Delivery;
 use crate::metrics::DropReason;
+use crate::persist::Write;
 use crate::session::OutState;
 use crate::topic::TENANT_PREFIX;
 use crate::transport::WRITE_HIGH_WATER;

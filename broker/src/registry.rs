@@ -1,28 +1,31 @@
-//! The session registry: which connection owns each session, and how
-//! sessions end. The sessions themselves live in `state.rs` and change by
-//! commands; this file decides when to issue them.
+//! The session registry: which connection owns each session's runtime on
+//! this node, and when the commands that change sessions are issued.
 //!
 //! `attach` implements CONNECT's session rules: take over a connected
-//! client id (kick the old connection, wait for it to finish), resume or
-//! discard the old session (clean start), and report session-present.
-//! `detach` runs when a connection ends: a session with expiry 0 ends at
-//! once; a persistent one starts its expiry timer; the will is published
-//! now, after its delay, or when the session ends, unless the session
-//! resumes first.
+//! client id (kick the old connection, wait for it to finish), then
+//! `Command::Connect`, which resumes the session or replaces it (clean
+//! start, another user) and reports session-present. `detach` runs when a
+//! connection ends: `Command::Disconnect` ends a session with expiry 0 at
+//! once and leaves any other waiting for its expiry; the will is
+//! published now, after its delay, or when the session ends, unless the
+//! session resumes first. The sweeper's timers become `Command::Expire`,
+//! `Command::WillDue` and `Command::ExpireRetained`.
 //!
-//! Ending a session is one path, `end_instance`, entered only after the
-//! session was marked `ended` under its own lock by whoever won the race
-//! (detach, the expiry timer, or a clean-start attach); it applies
-//! `DeleteSession`. `PutSession` never returns an ended session, so a
-//! reconnect that races a closing connection can never resume a session
-//! that is being torn down.
+//! Races are settled by claims, not flags: every CONNECT makes a new
+//! claim, and a DISCONNECT or timer that names an older one changes
+//! nothing (`state/control.rs`). A session's end is one command, and its
+//! effects remove the runtime, the trie entries and the records together,
+//! under the control lock, so a new instance never loses its records to
+//! the old one's teardown.
 //!
 //! Shared subscriptions (MQTT 5, 4.8.2): deliveries still queued (not yet
 //! sent) go to another member whenever a member disconnects; in-flight
-//! QoS 1 messages go to another member when the session ends; in-flight
-//! QoS 2 messages never go to anyone else (MQTT-4.8.2-5).
+//! QoS 1 messages go to another member when the session ends (moved just
+//! before the command that ends it); in-flight QoS 2 messages never go to
+//! anyone else (MQTT-4.8.2-5).
 //!
-//! Lock order: as in `state.rs` (session-map shard, session mutex, trie).
+//! Lock order: as in `state/mod.rs` (control, session-map shard, session
+//! mutex, trie); the session's mutex is never held while submitting.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,15 +33,16 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use crate::clock::now_ms;
 use crate::codec::{QoS, Will};
-use crate::command::{Applied, Command, Write};
-use crate::ids::{ConnectionId, SessionKey};
+use crate::ids::{Claim, ConnectionId, SessionKey};
 use crate::message::{Delivery, Message};
 use crate::metrics::{DropReason, Metrics};
-use crate::persist::{unix_ms, Restored};
+use crate::persist::{Restored, Write};
 use crate::router::Router;
 use crate::session::{OutState, Owner, Session};
-use crate::state::State;
+use crate::state::command::{Applied, Command, DelayedWill, Limit};
+use crate::state::{Done, State};
 use crate::sweeper::{self, Due};
 use crate::tenant::quota::QuotaKind;
 use crate::topic::TopicName;
@@ -48,20 +52,14 @@ use crate::topic::TopicName;
 /// last packets are flushed after), so this is a safety net.
 const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
 
-/// A will to publish when its connection ends abnormally.
+/// What a CONNECT got.
 #[derive(Debug, Clone)]
-pub struct PendingWill {
-    /// Boxed: a will is large and most connections have none.
-    pub will: Box<Will>,
-    /// Will Delay Interval, seconds.
-    pub delay: u32,
-}
-
-/// What `attach` decided under a session's lock.
-enum Claim {
-    Retry,
-    Discard(Option<Box<Will>>),
-    Claimed { resumed: bool },
+pub struct Attached {
+    pub session: Arc<Session>,
+    /// An existing session was resumed (session present).
+    pub resumed: bool,
+    /// This connection's claim: what its DISCONNECT names.
+    pub claim: Claim,
 }
 
 /// Cheap to clone: timer tasks carry their own handle.
@@ -88,16 +86,27 @@ impl Registry {
         }
     }
 
-    /// Attaches a new connection to the session of `key`. Returns the
-    /// session and whether an existing session was resumed, or the quota
-    /// that refuses a new durable session (`max_persistent_sessions`).
+    /// Submits a command and publishes the wills it released.
+    fn submit(&self, cmd: Command) -> Done {
+        let mut done = self.state.apply(cmd);
+        for (key, will) in std::mem::take(&mut done.wills) {
+            self.publish_will(&key, will);
+        }
+        done
+    }
+
+    /// Attaches a new connection to the session of `key` for `user`.
+    /// Returns the session, or the quota that refuses a new durable
+    /// session (`max_persistent_sessions`, `max_persistent`).
     pub async fn attach(
         &self,
         key: SessionKey,
         clean_start: bool,
         expiry_interval: u32,
+        user: Option<String>,
+        max_persistent: Option<u64>,
         owner: Owner,
-    ) -> Result<(Arc<Session>, bool), QuotaKind> {
+    ) -> Result<Attached, QuotaKind> {
         let deadline = Instant::now() + TAKEOVER_WAIT;
         loop {
             // Kick whoever owns the session now and wait for them to
@@ -112,117 +121,126 @@ impl Registry {
                 let left = deadline.saturating_duration_since(Instant::now());
                 let _ = tokio::time::timeout(left, old.done.cancelled()).await;
             }
-            let put = self.state.apply(Command::PutSession {
-                key: key.clone(),
-                expiry_interval,
+            // A session this CONNECT replaces ends: its shared deliveries
+            // move to other members first.
+            let (exists, foreign) = self.state.read(|c| match c.session(&key) {
+                Some(r) => (true, r.user.is_some() && r.user != user),
+                None => (false, false),
             });
-            if let (Applied::OverQuota(kind), _) = put {
-                return Err(kind);
+            if foreign {
+                // Its subscriptions and messages were granted to that user.
+                tracing::info!(client = %key.client, "Session belonged to another user: starting a clean one");
             }
-            let (Applied::Session { session, .. }, _) = put else {
-                // The previous instance is being torn down by whoever
-                // ended it; that finishes without waiting on anything.
+            if exists && (clean_start || foreign) {
+                if let Some(old) = self.state.session(&key) {
+                    self.redispatch_shared(&old, true);
+                }
+            }
+            let done = self.submit(Command::Connect {
+                key: key.clone(),
+                clean_start,
+                expiry_interval,
+                user: user.clone(),
+                max_persistent,
+            });
+            let (claim, resumed) = match done.applied {
+                Applied::Connected { claim, resumed, .. } => (claim, resumed),
+                Applied::OverLimit(Limit::PersistentSessions) => {
+                    return Err(QuotaKind::PersistentSessions)
+                }
+                other => {
+                    tracing::warn!(session = %key, ?other, "CONNECT not applied: retrying");
+                    tokio::task::yield_now().await;
+                    continue;
+                }
+            };
+            let Some(session) = self.state.session(&key) else {
                 tokio::task::yield_now().await;
                 continue;
             };
-            // Decide under the session's lock; act after releasing it.
-            let decision = {
+            // Take the runtime unless a later CONNECT claimed the session
+            // meanwhile (the loop then kicks it, as a takeover does).
+            let won = {
                 let mut st = session.lock();
-                // Ended meanwhile, or someone attached meanwhile (kick them
-                // too): try again.
-                if st.ended || (st.owner.is_some() && Instant::now() < deadline) {
-                    Claim::Retry
+                if st.claim != claim {
+                    false
+                } else if st.owner.is_some() && Instant::now() < deadline {
+                    // Someone attached with an older claim meanwhile:
+                    // kick them too, then claim again.
+                    false
                 } else {
-                    let existed = st.disconnected_at.is_some() || st.owner.is_some();
-                    if clean_start && existed {
-                        // Clean start ends the previous session; the next
-                        // round creates a fresh one.
-                        st.ended = true;
-                        st.owner = None;
-                        Claim::Discard(st.pending_will.take())
-                    } else {
-                        st.owner = Some(owner.clone());
-                        st.disconnected_at = None;
-                        // Resumed in time: no delayed will, no expiry.
-                        if st.pending_will.take().is_some() {
-                            if let Some(p) = &st.persist {
-                                drop(Write::from_result(p.delete_will(&key)));
-                            }
-                        }
-                        st.timers.cancel();
-                        st.timers = CancellationToken::new();
-                        Claim::Claimed { resumed: existed }
+                    if let Some(old) = st.owner.replace(owner.clone()) {
+                        old.kick.cancel();
                     }
+                    true
                 }
             };
-            match decision {
-                Claim::Retry => tokio::task::yield_now().await,
-                Claim::Discard(will) => self.end_instance(&session, will),
-                Claim::Claimed { resumed } => {
-                    session.set_online(true);
-                    return Ok((session, resumed));
-                }
+            if won {
+                session.set_online(true);
+                return Ok(Attached {
+                    session,
+                    resumed,
+                    claim,
+                });
             }
+            tokio::task::yield_now().await;
         }
     }
 
     /// Called by a connection when it ends. `will` is the will still due
     /// (absent after DISCONNECT 0x00 and on node shutdown).
-    pub fn detach(&self, session: &Arc<Session>, conn: ConnectionId, will: Option<PendingWill>) {
-        // Everything that decides the session's fate happens under one
-        // lock, so a racing `attach` sees either a live session it may
-        // resume or an ended one it must replace.
-        let mut will_now = None;
-        let (expiry, will_delay, timers, ended) = {
+    pub fn detach(
+        &self,
+        session: &Arc<Session>,
+        conn: ConnectionId,
+        claim: Claim,
+        will: Option<DelayedWill>,
+    ) {
+        let owned = {
             let mut st = session.lock();
-            if !st.owner.as_ref().is_some_and(|o| o.conn == conn) {
-                drop(st);
-                // Taken over. A resumed session cancels a delayed will, so
-                // only a will without delay is due now.
-                if let Some(w) = will.filter(|w| w.delay == 0) {
+            let owned = st.owner.as_ref().is_some_and(|o| o.conn == conn);
+            if owned {
+                st.owner = None;
+            }
+            owned
+        };
+        if !owned {
+            // Taken over. A resumed session cancels a delayed will, so
+            // only a will without delay is due now.
+            if let Some(w) = will.filter(|w| w.delay == 0) {
+                self.publish_will(&session.key, w.will);
+            }
+            return;
+        }
+        session.set_online(false);
+        // A session with expiry 0 ends now: its shared deliveries move to
+        // other members first.
+        let ends = self.state.read(|c| {
+            c.session(&session.key)
+                .is_some_and(|r| r.claim == claim && r.expiry_interval == 0)
+        });
+        if ends {
+            self.redispatch_shared(session, true);
+        }
+        let instant_will = will.as_ref().is_some_and(|w| w.delay == 0);
+        let done = self.submit(Command::Disconnect {
+            key: session.key.clone(),
+            claim,
+            at_ms: now_ms(),
+            will: will.clone(),
+        });
+        drop(done.write); // best effort: the state in memory is what counts now
+        match done.applied {
+            Applied::Disconnected { ended: false } => {}
+            Applied::Disconnected { ended: true } => return,
+            _ => {
+                // Claimed by a newer CONNECT that has not taken the
+                // runtime yet: as a takeover.
+                if let Some(w) = will.filter(|_| instant_will) {
                     self.publish_will(&session.key, w.will);
                 }
                 return;
             }
-            st.owner = None;
-            let now = Instant::now();
-            st.disconnected_at = Some(now);
-            session.set_online(false);
-            let expiry = st.expiry_interval;
-            let mut will_delay = 0;
-            if let Some(w) = will {
-                will_delay = w.delay.min(expiry);
-                if will_delay == 0 {
-                    will_now = Some(w.will);
-                } else {
-                    st.pending_will = Some(w.will);
-                }
-            }
-            if expiry == 0 {
-                st.ended = true;
-            } else if let Some(p) = &st.persist {
-                // Durable: the disconnect time (for the expiry deadline after
-                // a restart) and a will waiting for its delay.
-                let mut write =
-                    Write::from_result(p.put_session(&session.key, expiry, unix_ms(now)));
-                if let Some(w) = &st.pending_will {
-                    let due = now + Duration::from_secs(u64::from(will_delay));
-                    write = write.and(Write::from_result(p.put_will(
-                        &session.key,
-                        w,
-                        unix_ms(due),
-                    )));
-                }
-                drop(write); // best effort: the state in memory is what counts now
-            }
-            (expiry, will_delay, st.timers.clone(), st.ended)
-        };
-        if let Some(w) = will_now {
-            self.publish_will(&session.key, w);
-        }
-        if ended {
-            self.end_instance(session, None);
-            return;
         }
         // Queued shared deliveries were never sent: another member takes them.
         self.redispatch_shared(session, false);
@@ -236,39 +254,15 @@ impl Registry {
                 },
             );
         }
-        if will_delay > 0 {
-            self.schedule_will(
-                session,
-                timers.clone(),
-                Duration::from_secs(u64::from(will_delay)),
-            );
-        }
-        if expiry != u32::MAX {
-            self.schedule_expiry(session, timers, Duration::from_secs(u64::from(expiry)));
-        }
     }
 
-    /// Publishes the session's pending will after `delay`, unless the
-    /// session resumes (or ends, which publishes it) first.
-    fn schedule_will(&self, session: &Arc<Session>, timers: CancellationToken, delay: Duration) {
-        self.state.sweeper().at(
-            Instant::now() + delay,
-            Due::Will {
-                session: Arc::downgrade(session),
-                timers,
-            },
-        );
-    }
-
-    /// Ends the session after `delay` unless it resumes first.
-    fn schedule_expiry(&self, session: &Arc<Session>, timers: CancellationToken, delay: Duration) {
-        self.state.sweeper().at(
-            Instant::now() + delay,
-            Due::SessionExpiry {
-                session: Arc::downgrade(session),
-                timers,
-            },
-        );
+    /// A connected client set a new session expiry (MQTT 5 DISCONNECT).
+    pub fn set_expiry(&self, key: &SessionKey, claim: Claim, expiry_interval: u32) {
+        drop(self.submit(Command::SetExpiry {
+            key: key.clone(),
+            claim,
+            expiry_interval,
+        }));
     }
 
     /// Runs the sweep until shutdown: every tick, at most `sweeper::BUDGET`
@@ -306,30 +300,31 @@ impl Registry {
     }
 
     fn handle_due(&self, due: Due) {
+        // A timer fires at its monotonic deadline; the command says the
+        // time is at least the wall-clock one it was set for.
         match due {
-            Due::SessionExpiry { session, timers } => {
-                if let Some(session) = session.upgrade() {
-                    self.expire(&session, &timers);
+            Due::SessionExpiry {
+                session,
+                timers,
+                claim,
+                due_ms,
+            } => {
+                if let Some(session) = session.upgrade().filter(|_| !timers.is_cancelled()) {
+                    self.expire(&session, claim, now_ms().max(due_ms));
                 }
             }
-            Due::Will { session, timers } => {
-                let Some(session) = session.upgrade() else {
-                    return;
-                };
-                let will = {
-                    let mut st = session.lock();
-                    if timers.is_cancelled() {
-                        None
-                    } else {
-                        let will = st.pending_will.take();
-                        if let (Some(_), Some(p)) = (&will, &st.persist) {
-                            drop(Write::from_result(p.delete_will(&session.key)));
-                        }
-                        will
-                    }
-                };
-                if let Some(will) = will {
-                    self.publish_will(&session.key, will);
+            Due::Will {
+                session,
+                timers,
+                claim,
+                due_ms,
+            } => {
+                if let Some(session) = session.upgrade().filter(|_| !timers.is_cancelled()) {
+                    drop(self.submit(Command::WillDue {
+                        key: session.key.clone(),
+                        claim,
+                        at_ms: now_ms().max(due_ms),
+                    }));
                 }
             }
             Due::QueuedMessage { session } => {
@@ -359,10 +354,42 @@ impl Registry {
                     );
                 }
             }
-            Due::Retained { tenant, topic } => {
-                // A lookup purges what expired (memory and disk).
-                self.state.retained_matching(&tenant, &topic);
-            }
+            Due::Retained {
+                tenant,
+                topic,
+                due_ms,
+            } => drop(self.submit(Command::ExpireRetained {
+                tenant,
+                topic,
+                at_ms: now_ms().max(due_ms),
+            })),
+        }
+    }
+
+    /// Ends the session if it is still disconnected since `claim` and its
+    /// expiry has passed at `at_ms`; its shared deliveries move first.
+    fn expire(&self, session: &Arc<Session>, claim: Claim, at_ms: u64) {
+        let due = self.state.read(|c| {
+            c.session(&session.key).is_some_and(|r| {
+                r.claim == claim
+                    && !r.connected
+                    && r.expiry_interval != u32::MAX
+                    && r.disconnected_at_ms
+                        .saturating_add(u64::from(r.expiry_interval) * 1000)
+                        <= at_ms
+            })
+        });
+        if !due {
+            return;
+        }
+        self.redispatch_shared(session, true);
+        let done = self.submit(Command::Expire {
+            key: session.key.clone(),
+            claim,
+            at_ms,
+        });
+        if done.applied == Applied::Ended {
+            debug!(session = %session.key, "Session expired");
         }
     }
 
@@ -371,49 +398,65 @@ impl Registry {
     /// while the node was down ends now (its will, if any, is published),
     /// the others get their remaining expiry and will delay.
     pub fn restore(&self, restored: Restored) {
-        let now_ms = unix_ms(Instant::now());
+        let now = now_ms();
         for m in restored.retained {
             if m.is_expired(Instant::now()) {
-                drop(Write::from_result(self.state_persist_delete_retained(&m)));
+                if let Some(p) = self.state.persist() {
+                    drop(Write::from_result(p.delete_retained(&m.tenant, &m.topic)));
+                }
                 continue;
             }
             self.state.restore_retained(m);
         }
-        let mut due_wills = Vec::new();
         let mut expired = Vec::new();
+        let mut due_wills = Vec::new();
         for r in restored.sessions {
             // A session that was connected at the crash counts as
             // disconnected now.
             let since = if r.disconnected_at_ms == 0 {
-                now_ms
+                now
             } else {
                 r.disconnected_at_ms
             };
             let expiry = r.expiry_interval;
             let expires_ms = since.saturating_add(u64::from(expiry) * 1000);
-            let will = r.will.clone();
-            let session = self.state.restore_session(r);
-            let timers = session.lock().timers.clone();
-            if expiry != u32::MAX && expires_ms <= now_ms {
+            let will_due = r.will.as_ref().map(|(_, due)| *due);
+            let session = self.state.restore_session(r, since);
+            let (claim, timers) = {
+                let st = session.lock();
+                (st.claim, st.timers.clone())
+            };
+            if expiry != u32::MAX && expires_ms <= now {
                 // Ended once every session is back: its shared messages
                 // may go to members restored after it.
-                expired.push((session, will.map(|(w, _)| w)));
+                expired.push((session, claim));
                 continue;
             }
-            if let Some((w, due_ms)) = will {
-                if due_ms <= now_ms {
-                    due_wills.push((session.clone(), w));
+            if let Some(due_ms) = will_due {
+                if due_ms <= now {
+                    due_wills.push((session.clone(), claim));
                 } else {
-                    session.lock().pending_will = Some(w);
-                    self.schedule_will(
-                        &session,
-                        timers.clone(),
-                        Duration::from_millis(due_ms - now_ms),
+                    self.state.sweeper().at(
+                        crate::clock::instant_from_unix_ms(due_ms),
+                        Due::Will {
+                            session: Arc::downgrade(&session),
+                            timers: timers.clone(),
+                            claim,
+                            due_ms,
+                        },
                     );
                 }
             }
             if expiry != u32::MAX {
-                self.schedule_expiry(&session, timers, Duration::from_millis(expires_ms - now_ms));
+                self.state.sweeper().at(
+                    crate::clock::instant_from_unix_ms(expires_ms),
+                    Due::SessionExpiry {
+                        session: Arc::downgrade(&session),
+                        timers,
+                        claim,
+                        due_ms: expires_ms,
+                    },
+                );
             }
             let earliest = session.lock().earliest_expiry();
             if let Some(at) = earliest {
@@ -425,58 +468,19 @@ impl Registry {
                 );
             }
         }
-        for (session, will) in expired {
-            session.lock().ended = true;
+        for (session, claim) in expired {
             debug!(session = %session.key, "Session expired while the node was down");
-            // Its will, if still pending, is due now: the session ended.
-            self.end_instance(&session, will);
+            // Its will, if still pending, is published: the session ended.
+            self.expire(&session, claim, now);
         }
         // Wills fall due after every session is back, so subscribers of
         // the will topics receive them.
-        for (session, will) in due_wills {
-            if let Some(p) = &session.lock().persist {
-                drop(Write::from_result(p.delete_will(&session.key)));
-            }
-            self.publish_will(&session.key, will);
-        }
-    }
-
-    fn state_persist_delete_retained(
-        &self,
-        m: &Message,
-    ) -> Result<porchlight_storage::Ticket, porchlight_storage::StorageError> {
-        match self.state.persist() {
-            Some(p) => p.delete_retained(&m.tenant, &m.topic),
-            None => Ok(porchlight_storage::Ticket::default()),
-        }
-    }
-
-    /// The expiry timer fired: end the session unless it resumed.
-    fn expire(&self, session: &Arc<Session>, timers: &CancellationToken) {
-        let will = {
-            let mut st = session.lock();
-            if timers.is_cancelled() || st.owner.is_some() || st.ended {
-                return;
-            }
-            st.ended = true;
-            st.pending_will.take()
-        };
-        debug!(session = %session.key, "Session expired");
-        self.end_instance(session, will);
-    }
-
-    /// Tears down a session already marked `ended`: the `DeleteSession`
-    /// command removes it and its subscriptions; shared deliveries go to
-    /// other members; a will that was waiting for its delay is published.
-    fn end_instance(&self, session: &Arc<Session>, will: Option<Box<Will>>) {
-        session.lock().timers.cancel();
-        // Shared deliveries move before the session's records go.
-        self.redispatch_shared(session, true);
-        self.state.apply(Command::DeleteSession {
-            key: session.key.clone(),
-        });
-        if let Some(will) = will {
-            self.publish_will(&session.key, will);
+        for (session, claim) in due_wills {
+            drop(self.submit(Command::WillDue {
+                key: session.key.clone(),
+                claim,
+                at_ms: now,
+            }));
         }
     }
 

@@ -15,16 +15,17 @@
 use std::sync::Arc;
 
 use crate::codec::{reason, QoS};
-use crate::command::{Applied, Command, Write};
 use crate::config::Config;
 use crate::ids::SessionId;
 use crate::message::{Delivery, Message, ShareRef};
 use crate::metrics::{DropReason, Metrics};
+use crate::persist::Write;
 use crate::session::{effective_qos, EnqueueOutcome, QueueLimits, Session};
+use crate::state::command::{Applied, Command, RetainLimits, Retained};
+use crate::state::trie::{Matches, Subscriber};
 use crate::state::State;
 use crate::sweeper::Due;
-use crate::tenant::quota::QuotaKind;
-use crate::trie::{Matches, Subscriber};
+use crate::tenant::quota::{QuotaKind, StateLimits};
 use porchlight_storage::Health;
 
 /// Matches from which a publish's deliveries are queued off the runtime's
@@ -73,16 +74,24 @@ impl Router {
             return out;
         }
         if msg.retain {
-            let (applied, write) = self.state.apply(Command::Retain {
-                message: msg.clone(),
+            let usage = self.state.tenants().usage(&msg.tenant);
+            let limits = RetainLimits {
+                messages: StateLimits::get(&usage.state_limits.retained_messages),
+                bytes: StateLimits::get(&usage.state_limits.retained_bytes),
+            };
+            let done = self.state.apply(Command::Retain {
+                message: Retained::new(msg.clone()),
+                limits,
             });
             // Over the tenant's retained limits: refused whole, so a
             // publisher told 0x97 can retry without a duplicate delivery.
-            if let Applied::OverQuota(kind) = applied {
+            if let Applied::OverLimit(limit) = done.applied {
+                let kind = crate::state::quota_kind(limit);
+                usage.reject(kind);
                 out.quota = Some(kind);
                 return out;
             }
-            out.write = std::mem::replace(&mut out.write, Write::None).and(write);
+            out.write = std::mem::replace(&mut out.write, Write::None).and(done.write);
         }
         // A large fan-out takes milliseconds, and may wait on the store's
         // barrier while a group commit writes: off the runtime's worker, so
@@ -333,19 +342,22 @@ mod tests {
         filter: &str,
         qos: QoS,
     ) -> Arc<Session> {
-        let (Applied::Session { session, .. }, _) = state.apply(Command::PutSession {
+        let done = state.apply(Command::Connect {
             key: key(name),
+            clean_start: true,
             expiry_interval: 0,
-        }) else {
-            panic!("session");
-        };
+            user: None,
+            max_persistent: None,
+        });
+        assert!(matches!(done.applied, Applied::Connected { .. }));
         state.apply(Command::Subscribe {
             key: key(name),
             filter: TopicFilter::parse(filter, config.topic_limits()).expect("filter"),
             options: SubscriptionOptions::new(qos),
             id: None,
+            limits: Default::default(),
         });
-        session
+        state.session(&key(name)).expect("session")
     }
 
     fn message(topic: &str, payload: bytes::Bytes, qos: QoS) -> Arc<Message> {
@@ -421,6 +433,7 @@ mod tests {
             filter: TopicFilter::parse("t/+", config.topic_limits()).expect("filter"),
             options: SubscriptionOptions::new(QoS::AtMostOnce),
             id: None,
+            limits: Default::default(),
         });
         let msg = message("t/x", bytes::Bytes::from_static(b"x"), QoS::AtMostOnce);
         let m = state.matches(&msg.tenant, &msg.topic);

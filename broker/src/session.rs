@@ -1,10 +1,15 @@
-//! A session: the state MQTT keeps for a client id across connections.
+//! A session's node-local runtime: what one node keeps for a session
+//! while it serves it.
 //!
-//! Owns the client's subscriptions (as the client named them), the queue
-//! of deliveries not yet sent, the outgoing QoS 1/2 messages awaiting
-//! acknowledgement, the incoming QoS 2 packet ids awaiting PUBREL, and the
-//! handle of the connection currently attached. It does not own the
-//! subscription trie (`trie.rs`) or the registry (`registry.rs`).
+//! Owns the queue of deliveries not yet sent, the outgoing QoS 1/2
+//! messages awaiting acknowledgement, the incoming QoS 2 packet ids
+//! awaiting PUBREL, the handle of the connection attached, its timers and
+//! its durable-store handle. The replicated half of a session (its
+//! instance, claim, expiry, user, will, subscriptions) is its record in
+//! the control state (`state/control.rs`); the node creates and drops
+//! this runtime as that record's effects say (`state/mod.rs`). It does not
+//! own the subscription trie (`state/trie.rs`) or the registry
+//! (`registry.rs`).
 //!
 //! Concurrency: each session has its own mutex, held only for short,
 //! non-async sections (never across `.await`). Publishers push deliveries
@@ -42,23 +47,15 @@ use parking_lot::{Mutex, MutexGuard};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::codec::{QoS, SubscriptionOptions, Will};
-use crate::command::Write;
+use crate::codec::QoS;
 use crate::config::QueueOverflow;
-use crate::ids::{ConnectionId, SessionId, SessionKey};
+use crate::ids::{Claim, ConnectionId, SessionId, SessionKey};
 use crate::message::{Delivery, StoredBody};
 use crate::metrics::DropReason;
+use crate::persist::Write;
 use crate::persist::{Persist, RestoredInflight};
 use crate::queue_memory::QueueMemory;
 use crate::tenant::quota::{release, reserve_n, QuotaKind, StateLimits, Usage};
-use crate::topic::TopicFilter;
-
-/// A subscription as stored in the session (the trie holds its own copy).
-#[derive(Debug, Clone, PartialEq)]
-pub struct StoredSubscription {
-    pub options: SubscriptionOptions,
-    pub id: Option<u32>,
-}
 
 /// Where an outgoing QoS > 0 message stands.
 #[derive(Debug, Clone)]
@@ -104,9 +101,6 @@ pub struct Owner {
 
 #[derive(Debug)]
 pub struct SessionState {
-    /// Keyed by the filter exactly as subscribed (including `$share/g/`).
-    /// Changed only by `state.rs` applying commands.
-    pub subscriptions: HashMap<TopicFilter, StoredSubscription>,
     /// The queue's entries held in memory, oldest first; `spilled` follows.
     pub queue: VecDeque<Delivery>,
     /// The queue's entries kept on disk only, after every one in `queue`.
@@ -118,18 +112,9 @@ pub struct SessionState {
     /// Incoming QoS 2 packet ids whose PUBLISH was routed; PUBREL pending.
     pub incoming_qos2: HashSet<u16>,
     next_packet_id: u16,
-    /// Seconds the session outlives its connection (`u32::MAX`: never).
-    pub expiry_interval: u32,
     pub owner: Option<Owner>,
     /// Cancels a pending delayed will or session-expiry timer.
     pub timers: CancellationToken,
-    /// A will waiting for its Will Delay Interval; published when the delay
-    /// ends or the session ends, dropped when the session resumes.
-    pub pending_will: Option<Box<Will>>,
-    /// Set, under this lock, by whoever ends the session (detach with
-    /// expiry 0, the expiry timer, a clean start); an ended session is
-    /// never resumed.
-    pub ended: bool,
     /// In-flight ids still to be resent on this connection (a resumed
     /// session's backlog), in original order; they do not count against
     /// the send window until resent.
@@ -156,15 +141,9 @@ pub struct SessionState {
     /// The node's queued memory (`--max-queued-memory`), kept in step
     /// with `queue` like the tenant's; `None` once deleted, and in tests.
     node_memory: Option<Arc<QueueMemory>>,
-    /// Counted in the tenant's `persistent_sessions` (from the first
-    /// attach with an expiry until the session is deleted).
-    pub persistent: bool,
-    /// When the session lost its connection; `None` while connected.
-    pub disconnected_at: Option<Instant>,
-    /// The username of the client that last attached (`None`: anonymous,
-    /// or restored from disk, which does not record it yet). A client
-    /// authenticated as someone else does not inherit the session.
-    pub user: Option<Arc<str>>,
+    /// The claim of the connection attached or last attached (the control
+    /// state's [`Claim`]): a timer or a DISCONNECT naming another is stale.
+    pub claim: Claim,
 }
 
 /// What [`Session::enqueue`] did with a delivery.
@@ -211,13 +190,13 @@ pub struct Session {
 impl Session {
     pub fn new(
         key: SessionKey,
-        expiry_interval: u32,
+        id: SessionId,
         usage: Option<Arc<Usage>>,
         node_memory: Option<Arc<QueueMemory>>,
     ) -> Session {
         Session {
             key: key.clone(),
-            id: SessionId::next(),
+            id,
             online: AtomicBool::new(false),
             notify: Notify::new(),
             full: AtomicBool::new(false),
@@ -226,7 +205,6 @@ impl Session {
             taken: AtomicU64::new(0),
             usage: usage.clone(),
             state: Mutex::new(SessionState {
-                subscriptions: HashMap::new(),
                 queue: VecDeque::new(),
                 spilled: VecDeque::new(),
                 key,
@@ -234,11 +212,8 @@ impl Session {
                 next_seq: 0,
                 incoming_qos2: HashSet::new(),
                 next_packet_id: 1,
-                expiry_interval,
                 owner: None,
                 timers: CancellationToken::new(),
-                pending_will: None,
-                ended: false,
                 resend: VecDeque::new(),
                 persist: None,
                 next_queue_seq: 0,
@@ -247,9 +222,7 @@ impl Session {
                 queued_bytes: 0,
                 usage,
                 node_memory,
-                persistent: false,
-                disconnected_at: None,
-                user: None,
+                claim: Claim(id.0),
             }),
         }
     }
@@ -858,7 +831,7 @@ mod tests {
             tenant: TenantId::default_tenant(),
             client: ClientId::new("s"),
         };
-        Session::new(key, 0, None, None)
+        Session::new(key, SessionId(1), None, None)
     }
 
     /// A delivery of QoS `qos` whose payload is `tag`.
@@ -1025,7 +998,7 @@ mod tests {
             client: ClientId::new("d"),
         };
         let memory = Arc::new(QueueMemory::new(limit));
-        let s = Session::new(key.clone(), 3600, None, Some(memory.clone()));
+        let s = Session::new(key.clone(), SessionId(1), None, Some(memory.clone()));
         let p = Persist::open(dir, porchlight_storage::StoreOptions::default()).expect("open");
         p.put_session(&key, 3600, 0).expect("session");
         s.lock().persist = Some(p);
@@ -1145,7 +1118,7 @@ mod tests {
         let r = restored.sessions.pop().expect("one session");
         let memory = Arc::new(QueueMemory::new(1000));
         memory.add(800);
-        let s = Session::new(r.key, 3600, None, Some(memory.clone()));
+        let s = Session::new(r.key, SessionId(1), None, Some(memory.clone()));
         {
             let mut st = s.lock();
             st.persist = Some(p);

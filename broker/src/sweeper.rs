@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
-use crate::ids::TenantId;
+use crate::ids::{Claim, TenantId};
 use crate::session::Session;
 use crate::topic::TopicName;
 
@@ -41,20 +41,30 @@ pub const COMPACT_MIN: usize = 4096;
 /// Something that falls due.
 #[derive(Debug)]
 pub enum Due {
-    /// The session expires unless `timers` was cancelled (it resumed).
+    /// The session, disconnected since `claim` ended, expires at `due_ms`
+    /// (a `Command::Expire`); skipped once `timers` was cancelled (it
+    /// resumed), which the command would find stale anyway.
     SessionExpiry {
         session: Weak<Session>,
         timers: CancellationToken,
+        claim: Claim,
+        due_ms: u64,
     },
-    /// The session's pending will is published unless `timers` was cancelled.
+    /// The session's pending will falls due (a `Command::WillDue`).
     Will {
         session: Weak<Session>,
         timers: CancellationToken,
+        claim: Claim,
+        due_ms: u64,
     },
     /// A message queued for this session expires: purge its expired ones.
     QueuedMessage { session: Weak<Session> },
-    /// The retained message of this topic may have expired.
-    Retained { tenant: TenantId, topic: TopicName },
+    /// The retained message of this topic may have expired at `due_ms`.
+    Retained {
+        tenant: TenantId,
+        topic: TopicName,
+        due_ms: u64,
+    },
 }
 
 impl Due {
@@ -62,9 +72,12 @@ impl Due {
     /// session is gone or its timer was cancelled (the session resumed).
     fn is_live(&self) -> bool {
         match self {
-            Due::SessionExpiry { session, timers } | Due::Will { session, timers } => {
-                !timers.is_cancelled() && session.strong_count() > 0
+            Due::SessionExpiry {
+                session, timers, ..
             }
+            | Due::Will {
+                session, timers, ..
+            } => !timers.is_cancelled() && session.strong_count() > 0,
             Due::QueuedMessage { session } => session.strong_count() > 0,
             Due::Retained { .. } => true,
         }
@@ -164,6 +177,7 @@ mod tests {
                 Due::Retained {
                     tenant: TenantId::default_tenant(),
                     topic: TopicName::trusted(format!("t{i}")),
+                    due_ms: 0,
                 },
             );
         }
@@ -191,7 +205,7 @@ mod tests {
                 tenant: TenantId::default_tenant(),
                 client: crate::ids::ClientId::new("flaky"),
             },
-            3600,
+            crate::ids::SessionId(1),
             None,
             None,
         ));
@@ -206,6 +220,8 @@ mod tests {
                 Due::SessionExpiry {
                     session: std::sync::Arc::downgrade(&session),
                     timers: live.clone(),
+                    claim: Claim(1),
+                    due_ms: 0,
                 },
             );
         }
@@ -218,6 +234,7 @@ mod tests {
         let retained = Due::Retained {
             tenant: TenantId::default_tenant(),
             topic: TopicName::trusted("r".into()),
+            due_ms: 0,
         };
         s.at(week, retained);
         let due = s.take_due(week, usize::MAX);

@@ -21,13 +21,21 @@ pub struct TopicLimits {
     pub max_levels: usize,
 }
 
+impl TopicLimits {
+    /// What MQTT itself allows: for reading back what was accepted once.
+    pub const WIDEST: TopicLimits = TopicLimits {
+        max_length: u16::MAX as usize,
+        max_levels: usize::MAX,
+    };
+}
+
 /// Why a topic or filter was refused, as an MQTT 5 reason code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TopicError(pub u8);
 
 /// A validated topic name: non-empty, no wildcards, within the limits.
 /// Cheap to clone (shared), compared and hashed as its text.
-#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+#[derive(Clone, PartialEq, Eq, Hash, Debug, PartialOrd, Ord)]
 pub struct TopicName(Arc<str>);
 
 impl TopicName {
@@ -203,6 +211,49 @@ impl Hash for TopicFilter {
 impl Borrow<str> for TopicFilter {
     fn borrow(&self) -> &str {
         &self.raw
+    }
+}
+
+/// Ordered as its text, like `str` (`Borrow<str>` lookups in ordered maps).
+impl Ord for TopicFilter {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.raw.cmp(&other.raw)
+    }
+}
+
+impl PartialOrd for TopicFilter {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// As its text; read back with the widest limits (what was accepted once
+/// stays valid when `--max-topic-*` is lowered later).
+impl serde::Serialize for TopicFilter {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.raw)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for TopicFilter {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        TopicFilter::parse(&raw, TopicLimits::WIDEST)
+            .map_err(|_| serde::de::Error::custom("invalid topic filter"))
+    }
+}
+
+impl serde::Serialize for TopicName {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for TopicName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        TopicName::new(&raw, TopicLimits::WIDEST)
+            .map_err(|_| serde::de::Error::custom("invalid topic name"))
     }
 }
 

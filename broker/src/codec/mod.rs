@@ -54,7 +54,9 @@ impl Protocol {
 }
 
 /// Quality of service level.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub enum QoS {
     AtMostOnce = 0,
     AtLeastOnce = 1,
@@ -73,7 +75,7 @@ impl QoS {
 }
 
 /// Retain handling option of a subscription (MQTT 5, 3.8.3.1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum RetainHandling {
     /// 0: send retained messages at the time of the subscribe.
     SendOnSubscribe = 0,
@@ -84,7 +86,7 @@ pub enum RetainHandling {
 }
 
 /// Options of one topic filter in a SUBSCRIBE.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct SubscriptionOptions {
     pub qos: QoS,
     pub no_local: bool,

@@ -26,7 +26,6 @@
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use porchlight_storage::{Batch, Health, StorageError, Store, StoreOptions, Table, Ticket};
@@ -38,10 +37,12 @@ use crate::topic::{TopicFilter, TopicName};
 
 mod body;
 mod load;
+mod write;
 
 use body::*;
 
 pub use load::{Restored, RestoredInflight, RestoredSession};
+pub use write::Write;
 
 pub const SESSIONS: Table = Table::broker(1);
 pub const SUBSCRIPTIONS: Table = Table::broker(2);
@@ -65,23 +66,7 @@ const V2: u8 = 2;
 /// later entries of the message use (`V1`'s layout after the id).
 const V3: u8 = 3;
 
-/// Milliseconds since the Unix epoch for a monotonic instant.
-pub fn unix_ms(at: Instant) -> u64 {
-    let now = Instant::now();
-    let wall = if at >= now {
-        SystemTime::now() + (at - now)
-    } else {
-        SystemTime::now() - (now - at)
-    };
-    wall.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-/// The monotonic instant for a wall-clock time (now, if it has passed).
-pub fn instant_from_unix_ms(ms: u64) -> Instant {
-    let now_ms = unix_ms(Instant::now());
-    Instant::now() + Duration::from_millis(ms.saturating_sub(now_ms))
-}
+pub use crate::clock::{instant_from_unix_ms, unix_ms};
 
 /// A `BODIES` key's id.
 fn body_id(key: &[u8]) -> Option<u64> {

@@ -212,9 +212,10 @@ async fn gateway_grants_allow_exactly_what_they_say() {
     .await;
     wait_until("acme subscriptions of the hub gone", || {
         b.session_in("gw", "hub2").is_some_and(|s| {
-            !s.lock()
-                .subscriptions
-                .keys()
+            !b.broker
+                .state
+                .subscriptions(&s.key)
+                .iter()
                 .any(|f| f.as_str().starts_with("$tenant/acme/"))
         })
     })
@@ -295,7 +296,9 @@ async fn a_durable_gateway_session_keeps_its_tenants_messages_across_a_restart()
     // (t/queued is still unacknowledged: in flight, it goes too.)
     wait_until("queue, in-flight and subscription gone", || {
         let st = session.lock();
-        st.queue.is_empty() && st.inflight.is_empty() && st.subscriptions.is_empty()
+        st.queue.is_empty()
+            && st.inflight.is_empty()
+            && b.broker.state.subscriptions(&session.key).is_empty()
     })
     .await;
     assert_eq!(load(&usage(&b, "acme").subscriptions), 0);

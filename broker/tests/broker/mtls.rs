@@ -300,8 +300,13 @@ async fn interop_with_mosquitto_clients_over_mutual_tls() {
         .spawn()
         .expect("mosquitto_sub");
     wait_until("mosquitto_sub subscribed over mTLS", || {
-        b.session("mosq-mtls-sub")
-            .is_some_and(|s| s.lock().subscriptions.contains_key("interop/mtls"))
+        b.session("mosq-mtls-sub").is_some_and(|s| {
+            b.broker
+                .state
+                .subscriptions(&s.key)
+                .iter()
+                .any(|f| f.as_str() == "interop/mtls")
+        })
     })
     .await;
     // Without a certificate: refused.

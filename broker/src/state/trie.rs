@@ -285,13 +285,16 @@ mod tests {
     use crate::ids::{ClientId, SessionKey};
 
     fn sub(name: &str) -> Subscriber {
+        // Each subscriber its own instance, as the control state makes them.
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Subscriber {
             session: Arc::new(Session::new(
                 SessionKey {
                     tenant: TenantId::default_tenant(),
                     client: ClientId::new(name),
                 },
-                0,
+                SessionId(id),
                 None,
                 None,
             )),
