@@ -17,7 +17,7 @@ use crate::metrics::Metrics;
 use crate::persist::Persist;
 use crate::registry::Registry;
 use crate::router::Router;
-use crate::state::State;
+use crate::state::{Control, LocalControl, State};
 
 #[derive(Debug)]
 pub struct Broker {
@@ -27,8 +27,11 @@ pub struct Broker {
     pub metrics: Arc<Metrics>,
     /// The durable store (`<data-dir>/state`).
     pub persist: Arc<Persist>,
-    /// The control state: sessions, subscriptions, retained messages.
+    /// The control state: sessions, subscriptions, retained messages, and
+    /// the node's view of them (read here).
     pub state: Arc<State>,
+    /// Where every change to the control state is submitted.
+    pub control: Arc<dyn Control>,
     /// Per-tenant usage and quota counters (`tenant/`), shared with
     /// `state`.
     pub tenants: Arc<crate::tenant::Tenants>,
@@ -62,17 +65,24 @@ impl Broker {
         // The limits the state enforces (retained, persistent sessions,
         // queued bytes); `server.rs` applies them again after each reload.
         state.tenants().apply(&auth.directory());
-        let router = Arc::new(Router::new(config.clone(), metrics.clone(), state.clone()));
+        let control: Arc<dyn Control> = Arc::new(LocalControl::new(state.clone()));
+        let router = Arc::new(Router::new(
+            config.clone(),
+            metrics.clone(),
+            state.clone(),
+            control.clone(),
+        ));
         let tasks = TaskTracker::new();
         let registry = Registry::new(
             state.clone(),
+            control.clone(),
             router.clone(),
             metrics.clone(),
             shutdown.clone(),
         );
         registry.restore(restored);
         let directory = auth.directory();
-        state.drop_gateway_state(|home, target| directory.grants_any(home, target));
+        state.drop_gateway_state(&*control, |home, target| directory.grants_any(home, target));
         Ok(Arc::new(Broker {
             config,
             auth,
@@ -80,6 +90,7 @@ impl Broker {
             persist,
             tenants: state.tenants().clone(),
             state,
+            control,
             router,
             registry,
             started_at: Instant::now(),

@@ -20,7 +20,7 @@ use crate::codec::{self, reason, ConnAck, Connect, DecodeError, Packet, Properti
 use crate::connection::{count_bytes, Conn, Origin};
 use crate::ids::{ClientId, ConnectionId, SessionKey};
 use crate::metrics::{BadPacket, Metrics};
-use crate::registry::Attached;
+use crate::registry::Refused;
 use crate::session::Owner;
 use crate::state::command::DelayedWill;
 use crate::tenant::quota::{QuotaKind, Rate, Seat, StateLimits};
@@ -526,23 +526,24 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
             owner,
         )
         .await;
-    let Ok(Attached {
-        session,
-        resumed: present,
-        claim,
-    }) = attached
-    else {
-        // The tenant's `max_persistent_sessions` (counted in the control
-        // state).
-        broker
-            .state
-            .tenants()
-            .usage(&tenant.id)
-            .reject(crate::tenant::quota::QuotaKind::PersistentSessions);
-        metrics.inc(&metrics.connections_refused);
-        let why = "tenant persistent session limit reached";
-        refuse(io, p, reason::QUOTA_EXCEEDED, why, max_out, metrics).await;
-        return None;
+    let (session, present, claim) = match attached {
+        Ok(a) => (a.session, a.resumed, a.claim),
+        Err(Refused::Quota(kind)) => {
+            // The tenant's `max_persistent_sessions` (counted in the
+            // control state).
+            broker.state.tenants().usage(&tenant.id).reject(kind);
+            metrics.inc(&metrics.connections_refused);
+            let why = "tenant persistent session limit reached";
+            refuse(io, p, reason::QUOTA_EXCEEDED, why, max_out, metrics).await;
+            return None;
+        }
+        Err(Refused::Unavailable(e)) => {
+            tracing::warn!(client = %key.client, error = %e, "CONNECT refused: control state unavailable");
+            metrics.inc(&metrics.connections_refused);
+            let why = "session state unavailable";
+            refuse(io, p, reason::SERVER_UNAVAILABLE, why, max_out, metrics).await;
+            return None;
+        }
     };
 
     let mut props = Properties::default();

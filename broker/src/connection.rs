@@ -525,7 +525,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         let will = if close.will { self.will.take() } else { None };
         self.broker
             .registry
-            .detach(&self.session, self.id, self.claim, will);
+            .detach(&self.session, self.id, self.claim, will)
+            .await;
         self.done.cancel();
         self.broker
             .metrics

@@ -149,10 +149,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             .collect();
         for filter in gone {
             tracing::info!(client = %self.key.client, filter = filter.as_str(), "Gateway grant withdrawn: subscription removed");
-            drop(self.broker.state.apply(Command::Unsubscribe {
+            let r = self.broker.control.submit(Command::Unsubscribe {
                 key: self.key.clone(),
                 filter,
-            }));
+            });
+            if let Err(e) = r.now() {
+                tracing::warn!(client = %self.key.client, error = %e, "Gateway subscription not removed");
+            }
         }
         // Nor is anything of those tenants still queued or unacknowledged.
         let (authz, home) = (&self.authz, &self.key.tenant);
@@ -681,13 +684,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 per_session: u64::try_from(max_subs).ok(),
                 tenant: target.limits.max_subscriptions,
             };
-            let done = self.broker.state.apply(Command::Subscribe {
+            let submitted = self.broker.control.submit(Command::Subscribe {
                 key: self.key.clone(),
                 filter: filter.clone(),
                 options: opts,
                 id: sub_id,
                 limits,
             });
+            let Ok(done) = submitted.now() else {
+                reasons.push(reason::UNSPECIFIED_ERROR);
+                continue;
+            };
             // (Applied in memory even when the write failed.)
             if let Write::Failed(e) = &done.write {
                 reasons.push(storage_reason(e));
@@ -763,14 +770,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         for raw in &u.filters {
             match TopicFilter::parse(raw, limits) {
                 Ok(filter) => {
-                    let done = self.broker.state.apply(Command::Unsubscribe {
+                    let submitted = self.broker.control.submit(Command::Unsubscribe {
                         key: self.key.clone(),
                         filter,
                     });
-                    unsub_write = unsub_write.and(done.write);
-                    reasons.push(match done.applied {
-                        Applied::Existed(true) => reason::SUCCESS,
-                        _ => reason::NO_SUBSCRIPTION_EXISTED,
+                    reasons.push(match submitted.now() {
+                        Ok(done) => {
+                            unsub_write = unsub_write.and(done.write);
+                            match done.applied {
+                                Applied::Existed(true) => reason::SUCCESS,
+                                _ => reason::NO_SUBSCRIPTION_EXISTED,
+                            }
+                        }
+                        Err(_) => reason::UNSPECIFIED_ERROR,
                     });
                 }
                 Err(e) => reasons.push(e.0),

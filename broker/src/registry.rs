@@ -42,7 +42,7 @@ use crate::persist::{Restored, Write};
 use crate::router::Router;
 use crate::session::{OutState, Owner, Session};
 use crate::state::command::{Applied, Command, DelayedWill, Limit};
-use crate::state::{Done, State};
+use crate::state::{Control, ControlError, Done, State};
 use crate::sweeper::{self, Due};
 use crate::tenant::quota::QuotaKind;
 use crate::topic::TopicName;
@@ -62,10 +62,18 @@ pub struct Attached {
     pub claim: Claim,
 }
 
+/// Why a CONNECT got no session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refused {
+    Quota(QuotaKind),
+    Unavailable(ControlError),
+}
+
 /// Cheap to clone: timer tasks carry their own handle.
 #[derive(Debug, Clone)]
 pub struct Registry {
     state: Arc<State>,
+    control: Arc<dyn Control>,
     router: Arc<Router>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
@@ -74,12 +82,14 @@ pub struct Registry {
 impl Registry {
     pub fn new(
         state: Arc<State>,
+        control: Arc<dyn Control>,
         router: Arc<Router>,
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
     ) -> Registry {
         Registry {
             state,
+            control,
             router,
             metrics,
             shutdown,
@@ -87,17 +97,32 @@ impl Registry {
     }
 
     /// Submits a command and publishes the wills it released.
-    fn submit(&self, cmd: Command) -> Done {
-        let mut done = self.state.apply(cmd);
+    async fn submit(&self, cmd: Command) -> Result<Done, ControlError> {
+        let done = self.control.submit(cmd).await;
+        self.released(done)
+    }
+
+    /// Submits a command from a caller that cannot wait (see
+    /// `state/seam.rs`).
+    fn submit_now(&self, cmd: Command) -> Result<Done, ControlError> {
+        let done = self.control.submit(cmd).now();
+        self.released(done)
+    }
+
+    /// Publishes the wills a command released.
+    fn released(&self, done: Result<Done, ControlError>) -> Result<Done, ControlError> {
+        let mut done =
+            done.inspect_err(|e| tracing::warn!(error = %e, "Session command not applied"))?;
         for (key, will) in std::mem::take(&mut done.wills) {
             self.publish_will(&key, will);
         }
-        done
+        Ok(done)
     }
 
     /// Attaches a new connection to the session of `key` for `user`.
-    /// Returns the session, or the quota that refuses a new durable
-    /// session (`max_persistent_sessions`, `max_persistent`).
+    /// Returns the session, or why not: the quota that refuses a new
+    /// durable session (`max_persistent_sessions`, `max_persistent`), or
+    /// the control state unavailable.
     pub async fn attach(
         &self,
         key: SessionKey,
@@ -106,7 +131,7 @@ impl Registry {
         user: Option<String>,
         max_persistent: Option<u64>,
         owner: Owner,
-    ) -> Result<Attached, QuotaKind> {
+    ) -> Result<Attached, Refused> {
         let deadline = Instant::now() + TAKEOVER_WAIT;
         loop {
             // Kick whoever owns the session now and wait for them to
@@ -136,17 +161,20 @@ impl Registry {
                     self.redispatch_shared(&old, true);
                 }
             }
-            let done = self.submit(Command::Connect {
-                key: key.clone(),
-                clean_start,
-                expiry_interval,
-                user: user.clone(),
-                max_persistent,
-            });
+            let done = self
+                .submit(Command::Connect {
+                    key: key.clone(),
+                    clean_start,
+                    expiry_interval,
+                    user: user.clone(),
+                    max_persistent,
+                })
+                .await
+                .map_err(Refused::Unavailable)?;
             let (claim, resumed) = match done.applied {
                 Applied::Connected { claim, resumed, .. } => (claim, resumed),
                 Applied::OverLimit(Limit::PersistentSessions) => {
-                    return Err(QuotaKind::PersistentSessions)
+                    return Err(Refused::Quota(QuotaKind::PersistentSessions))
                 }
                 other => {
                     tracing::warn!(session = %key, ?other, "CONNECT not applied: retrying");
@@ -189,7 +217,7 @@ impl Registry {
 
     /// Called by a connection when it ends. `will` is the will still due
     /// (absent after DISCONNECT 0x00 and on node shutdown).
-    pub fn detach(
+    pub async fn detach(
         &self,
         session: &Arc<Session>,
         conn: ConnectionId,
@@ -223,16 +251,18 @@ impl Registry {
             self.redispatch_shared(session, true);
         }
         let instant_will = will.as_ref().is_some_and(|w| w.delay == 0);
-        let done = self.submit(Command::Disconnect {
-            key: session.key.clone(),
-            claim,
-            at_ms: now_ms(),
-            will: will.clone(),
-        });
-        drop(done.write); // best effort: the state in memory is what counts now
-        match done.applied {
-            Applied::Disconnected { ended: false } => {}
-            Applied::Disconnected { ended: true } => return,
+        let done = self
+            .submit(Command::Disconnect {
+                key: session.key.clone(),
+                claim,
+                at_ms: now_ms(),
+                will: will.clone(),
+            })
+            .await;
+        // (Its write is best effort: the state in memory is what counts now.)
+        match done.map(|d| d.applied) {
+            Ok(Applied::Disconnected { ended: false }) => {}
+            Ok(Applied::Disconnected { ended: true }) => return,
             _ => {
                 // Claimed by a newer CONNECT that has not taken the
                 // runtime yet: as a takeover.
@@ -258,7 +288,7 @@ impl Registry {
 
     /// A connected client set a new session expiry (MQTT 5 DISCONNECT).
     pub fn set_expiry(&self, key: &SessionKey, claim: Claim, expiry_interval: u32) {
-        drop(self.submit(Command::SetExpiry {
+        drop(self.submit_now(Command::SetExpiry {
             key: key.clone(),
             claim,
             expiry_interval,
@@ -276,7 +306,7 @@ impl Registry {
                 .take_due(Instant::now(), sweeper::BUDGET);
             let full = due.len() == sweeper::BUDGET;
             for d in due {
-                self.handle_due(d);
+                self.handle_due(d).await;
             }
             if let Some(p) = self.state.persist() {
                 // Deferred records reach the disk within a tick even when
@@ -299,7 +329,7 @@ impl Registry {
         }
     }
 
-    fn handle_due(&self, due: Due) {
+    async fn handle_due(&self, due: Due) {
         // A timer fires at its monotonic deadline; the command says the
         // time is at least the wall-clock one it was set for.
         match due {
@@ -310,7 +340,7 @@ impl Registry {
                 due_ms,
             } => {
                 if let Some(session) = session.upgrade().filter(|_| !timers.is_cancelled()) {
-                    self.expire(&session, claim, now_ms().max(due_ms));
+                    self.expire(&session, claim, now_ms().max(due_ms)).await;
                 }
             }
             Due::Will {
@@ -320,11 +350,12 @@ impl Registry {
                 due_ms,
             } => {
                 if let Some(session) = session.upgrade().filter(|_| !timers.is_cancelled()) {
-                    drop(self.submit(Command::WillDue {
+                    let due = Command::WillDue {
                         key: session.key.clone(),
                         claim,
                         at_ms: now_ms().max(due_ms),
-                    }));
+                    };
+                    drop(self.submit(due).await);
                 }
             }
             Due::QueuedMessage { session } => {
@@ -358,17 +389,20 @@ impl Registry {
                 tenant,
                 topic,
                 due_ms,
-            } => drop(self.submit(Command::ExpireRetained {
-                tenant,
-                topic,
-                at_ms: now_ms().max(due_ms),
-            })),
+            } => {
+                let expire = Command::ExpireRetained {
+                    tenant,
+                    topic,
+                    at_ms: now_ms().max(due_ms),
+                };
+                drop(self.submit(expire).await);
+            }
         }
     }
 
     /// Ends the session if it is still disconnected since `claim` and its
     /// expiry has passed at `at_ms`; its shared deliveries move first.
-    fn expire(&self, session: &Arc<Session>, claim: Claim, at_ms: u64) {
+    async fn expire(&self, session: &Arc<Session>, claim: Claim, at_ms: u64) {
         let due = self.state.read(|c| {
             c.session(&session.key).is_some_and(|r| {
                 r.claim == claim
@@ -383,12 +417,14 @@ impl Registry {
             return;
         }
         self.redispatch_shared(session, true);
-        let done = self.submit(Command::Expire {
-            key: session.key.clone(),
-            claim,
-            at_ms,
-        });
-        if done.applied == Applied::Ended {
+        let done = self
+            .submit(Command::Expire {
+                key: session.key.clone(),
+                claim,
+                at_ms,
+            })
+            .await;
+        if done.is_ok_and(|d| d.applied == Applied::Ended) {
             debug!(session = %session.key, "Session expired");
         }
     }
@@ -408,8 +444,6 @@ impl Registry {
             }
             self.state.restore_retained(m);
         }
-        let mut expired = Vec::new();
-        let mut due_wills = Vec::new();
         for r in restored.sessions {
             // A session that was connected at the crash counts as
             // disconnected now.
@@ -426,28 +460,25 @@ impl Registry {
                 let st = session.lock();
                 (st.claim, st.timers.clone())
             };
-            if expiry != u32::MAX && expires_ms <= now {
-                // Ended once every session is back: its shared messages
-                // may go to members restored after it.
-                expired.push((session, claim));
-                continue;
-            }
+            // Timers already due (the session expired, or its will fell
+            // due, while the node was down) fire on the sweeper's first
+            // tick: after every session is back, so shared messages may go
+            // to members restored later and will subscribers hear them.
             if let Some(due_ms) = will_due {
-                if due_ms <= now {
-                    due_wills.push((session.clone(), claim));
-                } else {
-                    self.state.sweeper().at(
-                        crate::clock::instant_from_unix_ms(due_ms),
-                        Due::Will {
-                            session: Arc::downgrade(&session),
-                            timers: timers.clone(),
-                            claim,
-                            due_ms,
-                        },
-                    );
-                }
+                self.state.sweeper().at(
+                    crate::clock::instant_from_unix_ms(due_ms),
+                    Due::Will {
+                        session: Arc::downgrade(&session),
+                        timers: timers.clone(),
+                        claim,
+                        due_ms,
+                    },
+                );
             }
             if expiry != u32::MAX {
+                if expires_ms <= now {
+                    debug!(session = %session.key, "Session expired while the node was down");
+                }
                 self.state.sweeper().at(
                     crate::clock::instant_from_unix_ms(expires_ms),
                     Due::SessionExpiry {
@@ -467,20 +498,6 @@ impl Registry {
                     },
                 );
             }
-        }
-        for (session, claim) in expired {
-            debug!(session = %session.key, "Session expired while the node was down");
-            // Its will, if still pending, is published: the session ended.
-            self.expire(&session, claim, now);
-        }
-        // Wills fall due after every session is back, so subscribers of
-        // the will topics receive them.
-        for (session, claim) in due_wills {
-            drop(self.submit(Command::WillDue {
-                key: session.key.clone(),
-                claim,
-                at_ms: now,
-            }));
         }
     }
 

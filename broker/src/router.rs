@@ -23,7 +23,7 @@ use crate::persist::Write;
 use crate::session::{effective_qos, EnqueueOutcome, QueueLimits, Session};
 use crate::state::command::{Applied, Command, RetainLimits, Retained};
 use crate::state::trie::{Matches, Subscriber};
-use crate::state::State;
+use crate::state::{Control, State};
 use crate::sweeper::Due;
 use crate::tenant::quota::{QuotaKind, StateLimits};
 use porchlight_storage::Health;
@@ -37,14 +37,22 @@ pub struct Router {
     config: Arc<Config>,
     metrics: Arc<Metrics>,
     state: Arc<State>,
+    /// Where a RETAIN publish's `Command::Retain` goes.
+    control: Arc<dyn Control>,
 }
 
 impl Router {
-    pub fn new(config: Arc<Config>, metrics: Arc<Metrics>, state: Arc<State>) -> Router {
+    pub fn new(
+        config: Arc<Config>,
+        metrics: Arc<Metrics>,
+        state: Arc<State>,
+        control: Arc<dyn Control>,
+    ) -> Router {
         Router {
             config,
             metrics,
             state,
+            control,
         }
     }
 
@@ -79,10 +87,20 @@ impl Router {
                 messages: StateLimits::get(&usage.state_limits.retained_messages),
                 bytes: StateLimits::get(&usage.state_limits.retained_bytes),
             };
-            let done = self.state.apply(Command::Retain {
+            let submitted = self.control.submit(Command::Retain {
                 message: Retained::new(msg.clone()),
                 limits,
             });
+            let done = match submitted.now() {
+                Ok(done) => done,
+                Err(e) => {
+                    // Not retained, so not published: the publisher may
+                    // retry without a duplicate delivery.
+                    tracing::warn!(topic = %msg.topic, error = %e, "Retained publish refused");
+                    out.refused = Some(reason::UNSPECIFIED_ERROR);
+                    return out;
+                }
+            };
             // Over the tenant's retained limits: refused whole, so a
             // publisher told 0x97 can retry without a duplicate delivery.
             if let Applied::OverLimit(limit) = done.applied {
@@ -328,7 +346,12 @@ mod tests {
         let metrics = Arc::new(Metrics::default());
         let state = Arc::new(State::new(metrics.clone(), None));
         (
-            Router::new(config.clone(), metrics, state.clone()),
+            Router::new(
+                config.clone(),
+                metrics,
+                state.clone(),
+                Arc::new(crate::state::LocalControl::new(state.clone())),
+            ),
             state,
             config,
         )
@@ -342,7 +365,7 @@ mod tests {
         filter: &str,
         qos: QoS,
     ) -> Arc<Session> {
-        let done = state.apply(Command::Connect {
+        let done = state.apply_next(Command::Connect {
             key: key(name),
             clean_start: true,
             expiry_interval: 0,
@@ -350,7 +373,7 @@ mod tests {
             max_persistent: None,
         });
         assert!(matches!(done.applied, Applied::Connected { .. }));
-        state.apply(Command::Subscribe {
+        state.apply_next(Command::Subscribe {
             key: key(name),
             filter: TopicFilter::parse(filter, config.topic_limits()).expect("filter"),
             options: SubscriptionOptions::new(qos),
@@ -428,7 +451,7 @@ mod tests {
     fn a_qos0_message_skipping_an_offline_session_is_one_drop_however_many_filters_match() {
         let (router, state, config) = router();
         let session = subscribed(&state, &config, "off", "t/#", QoS::AtMostOnce);
-        state.apply(Command::Subscribe {
+        state.apply_next(Command::Subscribe {
             key: key("off"),
             filter: TopicFilter::parse("t/+", config.topic_limits()).expect("filter"),
             options: SubscriptionOptions::new(QoS::AtMostOnce),

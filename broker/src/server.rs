@@ -471,9 +471,9 @@ async fn wake_on_reload(broker: Arc<Broker>) {
                 }
                 let directory = reloads.borrow_and_update().clone();
                 broker.tenants.apply(&directory);
-                broker
-                    .state
-                    .drop_gateway_state(|home, target| directory.grants_any(home, target));
+                broker.state.drop_gateway_state(&*broker.control, |home, target| {
+                    directory.grants_any(home, target)
+                });
                 broker.state.wake_tenants(&previous.affected_by(&directory));
                 previous = directory;
             }

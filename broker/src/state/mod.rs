@@ -24,6 +24,7 @@
 pub mod command;
 pub mod control;
 pub mod retained;
+pub mod seam;
 pub mod trie;
 
 use std::sync::atomic::Ordering;
@@ -47,6 +48,7 @@ use crate::topic::TopicFilter;
 pub use command::{Applied, Command, Effect, Limit, RetainChange, Retained, StoredSubscription};
 pub use control::{namespace, ControlState, SessionRecord};
 use retained::RetainedStore;
+pub use seam::{Control, ControlError, LocalControl, Receipt};
 use trie::{Matches, Subscriber, SubscriptionTrie};
 
 /// What submitting a command did on this node.
@@ -122,11 +124,29 @@ impl State {
     }
 
     /// Applies one command at the next log position and acts on its
-    /// effects, all under the control lock.
-    pub fn apply(&self, cmd: Command) -> Done {
+    /// effects, all under the control lock: the single-node log
+    /// (`LocalControl`). Everything else submits through a `Control`.
+    pub(crate) fn apply_next(&self, cmd: Command) -> Done {
         let mut log = self.log.lock();
-        log.index += 1;
-        let index = log.index;
+        let index = log.index + 1;
+        self.apply_locked(&mut log, index, cmd)
+    }
+
+    /// Applies a command at the log position a replicated log gave it
+    /// (positions only grow; an old one is refused as already applied).
+    pub fn apply_at(&self, index: u64, cmd: Command) -> Result<Done, ControlError> {
+        let mut log = self.log.lock();
+        if index <= log.index {
+            return Err(ControlError::Unavailable(format!(
+                "log position {index} is already applied (last {})",
+                log.index
+            )));
+        }
+        Ok(self.apply_locked(&mut log, index, cmd))
+    }
+
+    fn apply_locked(&self, log: &mut Log, index: u64, cmd: Command) -> Done {
+        log.index = index;
         let out = log.control.apply(index, cmd);
         let mut done = Done {
             applied: out.applied,
@@ -136,7 +156,6 @@ impl State {
         for effect in out.effects {
             self.observe(effect, &mut done);
         }
-        drop(log);
         done
     }
 
@@ -538,7 +557,11 @@ impl State {
     /// and those restored from disk before any grant was looked at). A
     /// connected session's own principal is checked by its connection
     /// (`inbound.rs` `drop_ungranted`).
-    pub fn drop_gateway_state(&self, keep: impl Fn(&TenantId, &str) -> bool) {
+    pub fn drop_gateway_state(
+        &self,
+        control: &dyn Control,
+        keep: impl Fn(&TenantId, &str) -> bool,
+    ) {
         let sessions: Vec<Arc<Session>> = self.sessions.iter().map(|s| s.clone()).collect();
         for session in sessions {
             let home = &session.key.tenant;
@@ -552,10 +575,13 @@ impl State {
                 .collect();
             for filter in filters {
                 tracing::info!(session = %session.key, filter = filter.as_str(), "Gateway subscription without a grant: removed");
-                drop(self.apply(Command::Unsubscribe {
+                let r = control.submit(Command::Unsubscribe {
                     key: session.key.clone(),
                     filter,
-                }));
+                });
+                if let Err(e) = r.now() {
+                    tracing::warn!(session = %session.key, error = %e, "Gateway subscription not removed");
+                }
             }
         }
     }
