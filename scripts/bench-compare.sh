@@ -8,7 +8,10 @@
 #   usage: scripts/bench-compare.sh [ROUNDS] [SECONDS] [SCENARIOS...]
 #   SCENARIOS default to all: idle-10k idle-19k conn-rate conn-tls-full
 #   conn-tls-resumed fan-in-qos0 fan-in-qos0-flood fan-in-qos1 fan-out-200
-#   fan-out-1000 p2p shared latency
+#   fan-out-1000 p2p shared latency. Also available (not in the default
+#   set, for A/Bs of the control state): conn-rate-persistent (the connect
+#   storm with persistent sessions) and retained-stream (every PUBLISH
+#   retained, 1,000 topics).
 #   BROKERS="porchlight mosquitto rumqttd" selects brokers; "baseline" is
 #   the porchlight binary named by BASELINE=PATH, run with the same flags,
 #   for an A/B of two builds. NO_DOC=1 leaves docs/benchmarks.md alone.
@@ -131,7 +134,7 @@ start() {
 }
 
 # Scenario files for the message scenarios, generated with SECONDS.
-scen() { # name sub_count sub_topic sub_qos shared pub_count pub_topic pub_qos rate
+scen() { # name sub_count sub_topic sub_qos shared pub_count pub_topic pub_qos rate [retain]
   cat > "$work/$1.toml" <<TOML
 name = "$1"
 duration = $secs
@@ -145,6 +148,7 @@ count = $6
 topic = "$7"
 qos = $8
 rate = $9
+retain = ${10:-false}
 TOML
 }
 # Fan-in QoS 0 at a fixed offered load (250k/s, what the best peer is
@@ -158,6 +162,9 @@ scen fan-out-1000 1000 'bench/fan' 0 '' 1 'bench/fan' 0 1000
 scen p2p 1000 'p2p/%i' 1 '' 1000 'p2p/%i' 1 100
 scen shared 10 'test/#' 1 benchmark 1000 'test/%i' 1 100
 scen latency 1 'lat/#' 1 '' 50 'lat/%i' 1 100
+# Every PUBLISH retained, on 1,000 topics: the path a single writer of the
+# control state could serialise.
+scen retained-stream 1 'ret/#' 1 '' 1000 'ret/%i' 1 100 true
 
 args() { # the loadtest command for a scenario
   case $1 in
@@ -166,6 +173,7 @@ args() { # the loadtest command for a scenario
     idle-10k) echo "conn -c 10000 -R 1000 -d $secs --connect-timeout 30" ;;
     idle-19k) echo "conn -c 19000 -R 1000 -d $secs --connect-timeout 30 --src-ips 127.0.0.2-127.0.0.3" ;;
     conn-rate) echo "conn -c 10000 -R 0 -d 1" ;;
+    conn-rate-persistent) echo "conn -c 10000 -R 0 -d 1 --persistent" ;;
     # Reconnect storms over TLS: 1,000 clients connect once (warm-up: the
     # session ticket), then all reconnect 5 times as fast as they can.
     conn-tls-full) echo "conn -c 1000 -R 0 -d 1 --cycles 6 --tls --ca $work/pki/ca.crt --no-tls-resume" ;;

@@ -2,8 +2,8 @@
 //!
 //! Holds the validated configuration, the metrics, the control state
 //! (sessions, trie, retained store), the router, the session registry, the
-//! root shutdown token and the task tracker. It owns no sockets: `server.rs` accepts and
-//! `connection.rs` serves.
+//! root shutdown token and the task tracker. It owns no sockets: `ops/server.rs` accepts and
+//! `connection/mod.rs` serves.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -15,8 +15,8 @@ use crate::config::Config;
 use crate::error::BrokerError;
 use crate::metrics::Metrics;
 use crate::persist::Persist;
-use crate::registry::Registry;
-use crate::router::Router;
+use crate::route::registry::Registry;
+use crate::route::router::Router;
 use crate::state::{Control, LocalControl, State};
 
 #[derive(Debug)]
@@ -63,11 +63,14 @@ impl Broker {
         let state = Arc::new(State::new(metrics.clone(), Some(persist.clone())));
         state.queue_memory().set_limit(config.max_queued_memory);
         // The limits the state enforces (retained, persistent sessions,
-        // queued bytes); `server.rs` applies them again after each reload.
+        // queued bytes); `ops/server.rs` applies them again after each reload.
         state.tenants().apply(&auth.directory());
         let control: Arc<dyn Control> = Arc::new(LocalControl::new(state.clone()));
         let router = Arc::new(Router::new(
-            config.clone(),
+            crate::session::QueueLimits {
+                backpressure: config.publish_backpressure.is_some(),
+                ..config.queue_limits()
+            },
             metrics.clone(),
             state.clone(),
             control.clone(),
@@ -97,20 +100,5 @@ impl Broker {
             shutdown,
             tasks,
         }))
-    }
-}
-
-/// Runs `f`, which may take milliseconds or wait on a lock (a large
-/// fan-out, writing a group commit's records), with this runtime worker's
-/// other tasks handed to another worker (`tokio::task::block_in_place`),
-/// so they are not held up behind it. Runs `f` as is outside a
-/// multi-threaded runtime (unit and integration tests).
-pub fn off_worker<R>(f: impl FnOnce() -> R) -> R {
-    let multi = tokio::runtime::Handle::try_current()
-        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-    if multi {
-        tokio::task::block_in_place(f)
-    } else {
-        f()
     }
 }

@@ -1,7 +1,7 @@
 //! The broker crate's error type: fatal start-up and run-time failures.
 //!
 //! Protocol violations by one client are not errors of this kind; they
-//! close that connection with a reason code (`connection.rs`) and are
+//! close that connection with a reason code (`connection/mod.rs`) and are
 //! counted in `metrics.rs`.
 
 use std::net::SocketAddr;

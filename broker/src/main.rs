@@ -105,11 +105,11 @@ fn hash_password() -> ExitCode {
         eprintln!("porchlight hash-password: cannot read standard input: {e}");
         return ExitCode::from(EXIT_CONFIG);
     }
-    let Some(password) = porchlight_broker::password::from_stdin_text(&text) else {
+    let Some(password) = porchlight_broker::auth::password::from_stdin_text(&text) else {
         eprintln!("porchlight hash-password: no password on standard input (one line expected)");
         return ExitCode::from(EXIT_CONFIG);
     };
-    match porchlight_broker::password::hash(password.as_bytes()) {
+    match porchlight_broker::auth::password::hash(password.as_bytes()) {
         Ok(phc) => {
             println!("{phc}");
             ExitCode::SUCCESS

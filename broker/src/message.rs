@@ -3,7 +3,7 @@
 //! A PUBLISH is decoded once into a [`Message`] behind an `Arc`; every
 //! subscriber's [`Delivery`] shares it (payload and pre-encoded properties
 //! included) and adds only what differs per subscriber: granted QoS,
-//! retain flag and subscription identifiers. `outbound.rs` encodes a
+//! retain flag and subscription identifiers. `connection/outbound.rs` encodes a
 //! delivery for one connection. A message queued for durable sessions is
 //! also written once to the store's body table (`persist/`); its
 //! [`StoredBody`] handle says where, and frees the record when the last
@@ -49,7 +49,7 @@ pub struct Message {
 pub type ReleasedBodies = parking_lot::Mutex<Vec<u64>>;
 
 /// A message's record in the store's body table. It is held by the
-/// message and by every queue entry kept on disk only (`session.rs`'s
+/// message and by every queue entry kept on disk only (`session/mod.rs`'s
 /// spill): once none holds it, no queue record on disk names the body
 /// (each was deleted before its delivery was dropped), and dropping this
 /// hands the id to the store to delete.

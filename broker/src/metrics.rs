@@ -1,5 +1,5 @@
 //! Broker-wide counters: lock-free atomics bumped on the hot path and read
-//! by `$SYS` (`sys.rs`), tests, and later the admin `/metrics` endpoint.
+//! by `$SYS` (`ops/sys.rs`), tests, and later the admin `/metrics` endpoint.
 //!
 //! Names are Prometheus names, kept as constants so the exporter, the docs
 //! and the tests agree. Labels are bounded (a fixed set of reasons);

@@ -1,4 +1,4 @@
-//! Hot reload of the files flags name: TLS material (`tls.rs`) and the
+//! Hot reload of the files flags name: TLS material (`net/tls.rs`) and the
 //! auth or tenants file with the JWT key files it names (`auth/mod.rs`).
 //!
 //! [`watch_files`] polls the files' contents (not their timestamps:

@@ -2,8 +2,8 @@
 //! configured limits, shared-subscription parsing, and single-filter
 //! matching.
 //!
-//! Callers: `inbound.rs` validates every PUBLISH topic and SUBSCRIBE filter
-//! here; `trie.rs` and `retained.rs` store the split levels.
+//! Callers: `connection/inbound.rs` validates every PUBLISH topic and SUBSCRIBE filter
+//! here; `state/trie.rs` and `state/retained.rs` store the split levels.
 
 use std::borrow::Borrow;
 use std::fmt;

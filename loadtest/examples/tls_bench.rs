@@ -229,17 +229,17 @@ fn handshakes(args: &[String]) -> Result<()> {
     }
     let version = parse_version(rest.first())?;
     let dir = std::path::Path::new(dir);
-    let files = porchlight_broker::tls::TlsFiles {
+    let files = porchlight_broker::net::tls::TlsFiles {
         cert: dir.join("server.crt"),
         key: dir.join("server.key"),
-        min_version: porchlight_broker::tls::TlsVersion::V1_2,
+        min_version: porchlight_broker::net::tls::TlsVersion::V1_2,
         client_ca: None,
         crl: None,
-        client_auth: porchlight_broker::tls::ClientAuth::None,
-        identity: porchlight_broker::tls::IdentityField::Cn,
+        client_auth: porchlight_broker::net::tls::ClientAuth::None,
+        identity: porchlight_broker::net::tls::IdentityField::Cn,
         reload_interval: None,
     };
-    let server = porchlight_broker::tls::TlsMaterial::load(&files)?.config();
+    let server = porchlight_broker::net::tls::TlsMaterial::load(&files)?.config();
     let client = Arc::new(client_config(version, resume)?);
     let name = ServerName::try_from("localhost")?;
     let (mut n, mut resumed, mut spent) = (0u64, 0u64, Duration::ZERO);

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use porchlight_broker::server::Server;
+use porchlight_broker::ops::server::Server;
 use porchlight_loadtest::plan::{Connection, Group, Plan, Publish, Role, Version};
 use porchlight_loadtest::run::{self, Options, Progress};
 use tokio_util::sync::CancellationToken;
@@ -328,14 +328,14 @@ async fn mutual_tls_and_the_post_quantum_key_exchange() {
     let p = pki_with_client(files.path());
     let b = broker_with(|c| {
         c.tls_listen = vec!["127.0.0.1:0".parse().expect("addr")];
-        c.tls = Some(porchlight_broker::tls::TlsFiles {
+        c.tls = Some(porchlight_broker::net::tls::TlsFiles {
             cert: p.cert.clone(),
             key: p.key.clone(),
-            min_version: porchlight_broker::tls::TlsVersion::V1_3,
+            min_version: porchlight_broker::net::tls::TlsVersion::V1_3,
             client_ca: Some(p.ca.clone()),
             crl: None,
-            client_auth: porchlight_broker::tls::ClientAuth::Required,
-            identity: porchlight_broker::tls::IdentityField::Cn,
+            client_auth: porchlight_broker::net::tls::ClientAuth::Required,
+            identity: porchlight_broker::net::tls::IdentityField::Cn,
             reload_interval: None,
         });
     })
@@ -386,14 +386,14 @@ async fn a_tls_reconnect_storm_resumes_unless_told_not_to() {
     let (ca, cert, key) = pki(files.path());
     let b = broker_with(|c| {
         c.tls_listen = vec!["127.0.0.1:0".parse().expect("addr")];
-        c.tls = Some(porchlight_broker::tls::TlsFiles {
+        c.tls = Some(porchlight_broker::net::tls::TlsFiles {
             cert,
             key,
-            min_version: porchlight_broker::tls::TlsVersion::V1_2,
+            min_version: porchlight_broker::net::tls::TlsVersion::V1_2,
             client_ca: None,
             crl: None,
-            client_auth: porchlight_broker::tls::ClientAuth::None,
-            identity: porchlight_broker::tls::IdentityField::Cn,
+            client_auth: porchlight_broker::net::tls::ClientAuth::None,
+            identity: porchlight_broker::net::tls::IdentityField::Cn,
             reload_interval: None,
         });
     })

@@ -5,7 +5,7 @@
 //! ([`ClientAcl::build`]): rules whose `user`/`client`/`address` selectors
 //! do not fit are dropped and `%u`/`%c`/`%t` are substituted, so each PUBLISH
 //! and SUBSCRIBE only walks the rules that can apply. Decisions are cached
-//! per connection. `inbound.rs` asks; `auth/mod.rs` rebuilds a connection's
+//! per connection. `connection/inbound.rs` asks; `auth/mod.rs` rebuilds a connection's
 //! ACL when the auth file is reloaded.
 //!
 //! Precedence: the client's claim rules (JWT), then the file's rules, each

@@ -1,7 +1,7 @@
 //! One connection's authorization after CONNECT: its principal, its own
 //! tenant's limits and narrowed ACL ([`Target`]), and the other tenants it
 //! may address as a gateway (`$tenant/<id>/`). Built by `Authz::new` in
-//! `connect.rs`; asked by `inbound.rs` on every PUBLISH and SUBSCRIBE;
+//! `connection/connect.rs`; asked by `connection/inbound.rs` on every PUBLISH and SUBSCRIBE;
 //! rebuilt from the directory in force when `Auth`'s generation changes
 //! (a reload).
 

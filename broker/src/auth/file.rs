@@ -220,7 +220,10 @@ address = "10.0.0.0/8"
         assert_eq!(realm.users.0.len(), 2);
         assert!(realm.jwt.is_some());
         assert_eq!(realm.rules.len(), 4);
-        assert!(crate::password::verify(&realm.users.0["ops"], b"change-me"));
+        assert!(crate::auth::password::verify(
+            &realm.users.0["ops"],
+            b"change-me"
+        ));
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Authentication and authorization: who a client is, and what it may do.
 //!
-//! At CONNECT, `connect.rs` hands [`Auth::authenticate`] the client's
+//! At CONNECT, `connection/connect.rs` hands [`Auth::authenticate`] the client's
 //! [`Credentials`] (username, password, the verified TLS certificate's
 //! identity, the real address). Each [`Authenticator`] in the chain —
 //! certificate identity, the auth file's users (argon2id PHC hashes), JWT
@@ -10,13 +10,13 @@
 //! configured (`--auth-file`, or `--tls-client-auth` other than `none`),
 //! then only with `--allow-anonymous`.
 //!
-//! Repeated failures from one address are slowed ([`Backoff`]), counted
+//! Repeated failures from one address are slowed (`net::Backoff`), counted
 //! and logged without saying whether the username or the password was
 //! wrong. Password checks run on blocking threads, at most one per core at
 //! a time, so a flood of bad logins cannot stall the runtime.
 //!
 //! After CONNECT the connection keeps an [`Authz`] (`authz.rs`): the
-//! principal and its narrowed ACL (`acl.rs`), asked by `inbound.rs` on
+//! principal and its narrowed ACL (`acl.rs`), asked by `connection/inbound.rs` on
 //! every PUBLISH and SUBSCRIBE. The auth file is polled (`--auth-reload-interval`); a valid
 //! change is swapped in and every connection rebuilds its ACL on its next
 //! check; an invalid one is logged and the old file stays in force.
@@ -25,6 +25,7 @@ pub mod acl;
 mod authz;
 pub mod file;
 pub mod jwt;
+pub mod password;
 
 pub use authz::{Authz, Target};
 
@@ -33,14 +34,14 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
-use dashmap::DashMap;
 use tracing::{info, warn};
 
 use crate::codec::reason;
 use crate::error::BrokerError;
 use crate::metrics::Metrics;
+use crate::net::Backoff;
 use crate::tenant::Directory;
 use acl::Rule;
 use file::Realm;
@@ -116,7 +117,7 @@ impl Authenticator for PasswordUsers {
             return Verdict::Pass;
         };
         match &c.password {
-            Some(p) if crate::password::verify(phc, p) => Verdict::Accept(Principal {
+            Some(p) if crate::auth::password::verify(phc, p) => Verdict::Accept(Principal {
                 username: c.username.clone(),
                 method: "password",
                 ..Principal::default()
@@ -166,88 +167,6 @@ pub enum Decision {
     },
 }
 
-/// Failures an address gets before it is slowed.
-const FREE_FAILURES: u32 = 3;
-/// First delay after the free failures; doubles with each further one.
-const BACKOFF_BASE: Duration = Duration::from_millis(100);
-/// Longest delay: below the default `--connect-timeout`, so clients
-/// behind a shared address with one broken neighbour still get in.
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
-/// An address with no failure for this long starts afresh.
-const BACKOFF_FORGET: Duration = Duration::from_secs(600);
-/// Addresses tracked before stale ones are pruned.
-const BACKOFF_ENTRIES: usize = 100_000;
-
-/// Failures per address, and the delay they earn: authentication
-/// failures here; refused TLS client certificates are counted in a table
-/// of their own (`tls.rs`), for their log only.
-#[derive(Debug)]
-pub struct Backoff {
-    failures: DashMap<IpAddr, (u32, Instant)>,
-    pruned: parking_lot::Mutex<Instant>,
-}
-
-impl Default for Backoff {
-    fn default() -> Backoff {
-        Backoff {
-            failures: DashMap::new(),
-            pruned: parking_lot::Mutex::new(Instant::now()),
-        }
-    }
-}
-
-impl Backoff {
-    /// The key an address is tracked under: IPv4 as is (IPv4-mapped IPv6
-    /// too), IPv6 by its /64, which one host or site usually holds whole.
-    fn key(addr: IpAddr) -> IpAddr {
-        match addr.to_canonical() {
-            IpAddr::V6(v6) => {
-                let s = v6.segments();
-                IpAddr::from([s[0], s[1], s[2], s[3], 0, 0, 0, 0])
-            }
-            v4 => v4,
-        }
-    }
-
-    /// How long the next attempt from `addr` waits before it is checked.
-    pub fn delay(&self, addr: IpAddr) -> Duration {
-        match self.failures.get(&Self::key(addr)).map(|e| *e) {
-            Some((n, last)) if n >= FREE_FAILURES && last.elapsed() < BACKOFF_FORGET => {
-                let shift = (n - FREE_FAILURES).min(16);
-                BACKOFF_BASE.saturating_mul(1 << shift).min(BACKOFF_MAX)
-            }
-            _ => Duration::ZERO,
-        }
-    }
-
-    /// Records a failure; returns how many `addr` has now.
-    pub fn fail(&self, addr: IpAddr) -> u32 {
-        let addr = Self::key(addr);
-        if self.failures.len() >= BACKOFF_ENTRIES && !self.failures.contains_key(&addr) {
-            // Prune at most once a second; while the table stays full of
-            // recent failures, new addresses are not tracked (still
-            // counted and logged) rather than grow it.
-            let mut last = self.pruned.lock();
-            if last.elapsed() >= Duration::from_secs(1) {
-                *last = Instant::now();
-                drop(last);
-                self.failures
-                    .retain(|_, (_, last)| last.elapsed() < BACKOFF_FORGET);
-            }
-            if self.failures.len() >= BACKOFF_ENTRIES {
-                return 1;
-            }
-        }
-        let mut e = self.failures.entry(addr).or_insert((0, Instant::now()));
-        if e.1.elapsed() >= BACKOFF_FORGET {
-            e.0 = 0;
-        }
-        e.0 = e.0.saturating_add(1);
-        e.1 = Instant::now();
-        e.0
-    }
-}
-
 /// What the auth watcher polls: the auth or tenants file `path`, then the
 /// JWT key files it names now, sorted, each once. Only those matter: a
 /// reload reads the file as it is on disk, whatever keys are in force.
@@ -262,7 +181,7 @@ fn watched(path: &std::path::Path) -> Vec<PathBuf> {
 /// username costs the same time as a wrong password.
 fn decoy_hash() -> &'static str {
     static DECOY: OnceLock<String> = OnceLock::new();
-    DECOY.get_or_init(|| crate::password::hash(b"porchlight decoy").unwrap_or_default())
+    DECOY.get_or_init(|| crate::auth::password::hash(b"porchlight decoy").unwrap_or_default())
 }
 
 /// The node's authentication and authorization configuration.
@@ -276,7 +195,7 @@ pub struct Auth {
     loaded: crate::reload::Snapshot,
     /// The tenants and their realms in force (`tenant/mod.rs`). A watch
     /// channel, so the broker learns of each reload with the directory it
-    /// put in force and wakes the connections it affects (`server.rs`),
+    /// put in force and wakes the connections it affects (`ops/server.rs`),
     /// diffing consecutive directories without a race.
     directory: tokio::sync::watch::Sender<Arc<Directory>>,
     /// Bumped on every reload, together with `directory`; connections
@@ -329,7 +248,7 @@ impl Source {
     }
 }
 
-/// How `Auth` is configured (from `config.rs`).
+/// How `Auth` is configured (from `config/mod.rs`).
 #[derive(Debug, Clone, Default)]
 pub struct AuthOptions {
     pub file: Option<PathBuf>,
@@ -511,7 +430,7 @@ impl Auth {
 
     /// Loads the file again: a valid one is swapped in (connections pick
     /// it up on their next check; tenants it no longer has are closed by
-    /// `registry.rs`), a bad one is logged and counted and the old stays.
+    /// `route/registry.rs`), a bad one is logged and counted and the old stays.
     fn reload(&self, source: &Source, metrics: &Metrics) {
         // SIGHUP and the poll may both reload: one at a time, so an older
         // read never replaces a newer one.
@@ -582,7 +501,7 @@ fn decoy(realm: &Realm, c: &Credentials) {
         .as_ref()
         .is_some_and(|u| realm.users.0.contains_key(u));
     if let (false, false, Some(p)) = (realm.users.0.is_empty(), known, &c.password) {
-        let _ = crate::password::verify(decoy_hash(), p);
+        let _ = crate::auth::password::verify(decoy_hash(), p);
     }
 }
 
@@ -616,7 +535,7 @@ mod tests {
 
     #[test]
     fn the_chain_decides_as_documented() {
-        let phc = crate::password::hash(b"pw").expect("hash");
+        let phc = crate::auth::password::hash(b"pw").expect("hash");
         let mut realm = Realm::open();
         realm.users.0.insert("alice".into(), phc);
         let ok = decide(&realm, &creds(Some("alice"), Some("pw"), None), true, false);
@@ -665,32 +584,5 @@ mod tests {
             false,
         );
         assert!(matches!(open, Decision::Allow(ref p) if p.username.as_deref() == Some("u")));
-    }
-
-    #[test]
-    fn backoff_grows_after_the_free_failures_and_is_capped() {
-        let b = Backoff::default();
-        let a = IpAddr::from([10, 0, 0, 1]);
-        for _ in 0..FREE_FAILURES {
-            assert_eq!(b.delay(a), Duration::ZERO);
-            b.fail(a);
-        }
-        assert_eq!(b.delay(a), BACKOFF_BASE);
-        b.fail(a);
-        assert_eq!(b.delay(a), BACKOFF_BASE * 2);
-        for _ in 0..40 {
-            b.fail(a);
-        }
-        assert_eq!(b.delay(a), BACKOFF_MAX);
-        assert_eq!(b.delay(IpAddr::from([10, 0, 0, 2])), Duration::ZERO);
-        // IPv4-mapped IPv6 is the same address; an IPv6 /64 is one key.
-        let mapped: IpAddr = "::ffff:10.0.0.1".parse().expect("addr");
-        assert_eq!(b.delay(mapped), BACKOFF_MAX);
-        let v6a: IpAddr = "2001:db8:1:2::1".parse().expect("addr");
-        let v6b: IpAddr = "2001:db8:1:2::ffff".parse().expect("addr");
-        for _ in 0..FREE_FAILURES {
-            b.fail(v6a);
-        }
-        assert_eq!(b.delay(v6b), BACKOFF_BASE);
     }
 }

@@ -5,7 +5,7 @@
 //! is handed. `decode` turns the front of a read buffer into a [`Packet`]
 //! (`Ok(None)` when more bytes are needed), `encode` appends a packet to a
 //! write buffer for a given [`Protocol`]. Decoded packets go to
-//! `connection.rs`, which applies the protocol state machine.
+//! `connection/mod.rs`, which applies the protocol state machine.
 //!
 //! Why not `mqttbytes`: see `docs/decisions/0001-own-mqtt-codec.md`.
 //!

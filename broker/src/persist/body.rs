@@ -210,7 +210,7 @@ impl Persist {
         )));
     }
 
-    /// Reads back a queue entry kept on disk only (`session.rs`'s spill),
+    /// Reads back a queue entry kept on disk only (`session/mod.rs`'s spill),
     /// with its message, from the deferred writes or the store. `None`:
     /// the entry is not there (a bug or a damaged store; logged).
     pub fn read_queued(

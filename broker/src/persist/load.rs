@@ -1,5 +1,5 @@
 //! Reading the store back at start-up: every record of every table, into
-//! [`Restored`] sessions and retained messages for `registry.rs` to rebuild.
+//! [`Restored`] sessions and retained messages for `route/registry.rs` to rebuild.
 //!
 //! A record that cannot be read stops start-up with its table and key
 //! named (except a subscription to a `$tenant/` filter written before that

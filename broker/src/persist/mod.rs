@@ -2,9 +2,9 @@
 //!
 //! Owns the record formats (each value starts with a format-version byte)
 //! and the tables they live in; knows nothing of connections. Written to by
-//! `state.rs` (sessions, subscriptions, retained: the control state),
-//! `session.rs`/`outbound.rs`/`inbound.rs` (queues, in-flight and incoming
-//! QoS 2 ids: the data plane) and `registry.rs` (wills, disconnect times).
+//! `state/mod.rs` (sessions, subscriptions, retained: the control state),
+//! `session/mod.rs`/`connection/outbound.rs`/`connection/inbound.rs` (queues, in-flight and incoming
+//! QoS 2 ids: the data plane) and `route/registry.rs` (wills, disconnect times).
 //! Only durable sessions are written: clean sessions never touch the disk.
 //! Read back once, at start-up, by `Persist::load` (`load.rs`).
 //!

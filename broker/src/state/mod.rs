@@ -1,15 +1,15 @@
 //! The control state and the node's view of it.
 //!
-//! - `command.rs`: [`Command`]s, what applying one did ([`Applied`]) and
+//! - `state/command.rs`: [`Command`]s, what applying one did ([`Applied`]) and
 //!   caused ([`Effect`]), as serde data with a format byte.
 //! - `control.rs`: [`ControlState`], the deterministic state machine: the
 //!   replicated session records and retained messages. No I/O, no clock.
-//! - `trie.rs`, `retained.rs`: the node's indexes over those records for
+//! - `state/trie.rs`, `state/retained.rs`: the node's indexes over those records for
 //!   the hot paths (matching a publish, retained messages for a new
 //!   subscription), holding the node's runtime session handles.
 //! - this file: [`State`], which submits commands to the control state in
 //!   log order and acts on their effects for this node: its runtime
-//!   sessions (`session.rs`), the indexes, the durable store (`persist/`),
+//!   sessions (`session/mod.rs`), the indexes, the durable store (`persist/`),
 //!   the sweeper's timers, metrics and tenant usage.
 //!
 //! One writer: commands apply under one lock, with their effects, so this
@@ -40,8 +40,8 @@ use crate::ids::{Claim, SessionId, SessionKey, TenantId};
 use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::persist::{Persist, Write};
+use crate::session::sweeper::{Due, Sweeper};
 use crate::session::Session;
-use crate::sweeper::{Due, Sweeper};
 use crate::tenant::quota::{release, QuotaKind};
 use crate::topic::TopicFilter;
 
@@ -87,7 +87,7 @@ pub struct State {
     /// Deadlines: session expiry, delayed wills, expiring messages.
     sweeper: Arc<Sweeper>,
     /// Every session queue's messages, for `--max-queued-memory`.
-    queue_memory: Arc<crate::queue_memory::QueueMemory>,
+    queue_memory: Arc<crate::session::queue_memory::QueueMemory>,
     log: Mutex<Log>,
     /// The runtime of every session the control state has, by key.
     sessions: DashMap<SessionKey, Arc<Session>, foldhash::fast::RandomState>,
@@ -114,7 +114,7 @@ impl State {
     }
 
     /// The node-wide count of queued messages (`--max-queued-memory`).
-    pub fn queue_memory(&self) -> &Arc<crate::queue_memory::QueueMemory> {
+    pub fn queue_memory(&self) -> &Arc<crate::session::queue_memory::QueueMemory> {
         &self.queue_memory
     }
 
@@ -556,7 +556,7 @@ impl State {
     /// after each reload, for sessions no connection checks (offline ones,
     /// and those restored from disk before any grant was looked at). A
     /// connected session's own principal is checked by its connection
-    /// (`inbound.rs` `drop_ungranted`).
+    /// (`connection/inbound.rs` `drop_ungranted`).
     pub fn drop_gateway_state(
         &self,
         control: &dyn Control,

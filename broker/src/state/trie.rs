@@ -11,7 +11,7 @@
 //!
 //! Shared subscriptions live on the node of their filter, keyed by group;
 //! `matches` picks one member per group (round robin, preferring connected
-//! members). The results go to `router.rs`, which merges overlapping
+//! members). The results go to `route/router.rs`, which merges overlapping
 //! subscriptions per session.
 
 use std::sync::atomic::{AtomicUsize, Ordering};

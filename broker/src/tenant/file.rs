@@ -20,7 +20,7 @@ use super::{CertField, Directory, Method, Pattern, TenantDef};
 use crate::auth::file::{AclSection, UserEntry};
 use crate::auth::jwt::JwtConfig;
 use crate::ids::TenantId;
-use crate::server::ListenerKind;
+use crate::net::ListenerKind;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -4,16 +4,16 @@
 //! A [`Directory`] is the configured set of tenants: from `--tenants`
 //! (`file.rs`), or, without it, the single `default` tenant whose realm is
 //! the `--auth-file`. `auth/mod.rs` holds the directory in force and swaps
-//! in a new one when its file changes. At CONNECT, `connect.rs` asks
+//! in a new one when its file changes. At CONNECT, `connection/connect.rs` asks
 //! [`Directory::resolve`] with what the connection showed ([`Hello`]: the
 //! listener, the TLS SNI name, the client certificate, the username); the
 //! tenant is then fixed for the connection's life and is the first part
 //! of its [`crate::ids::SessionKey`], so sessions, subscriptions, retained
-//! messages and shared groups (`state.rs`, `trie.rs`, `retained.rs`) are
+//! messages and shared groups (`state/mod.rs`, `state/trie.rs`, `state/retained.rs`) are
 //! separate per tenant by construction.
 //!
 //! [`Tenants`] holds each tenant's [`quota::Usage`] on this node (created
-//! on first use, never under a global lock); `connect.rs` and `inbound.rs`
+//! on first use, never under a global lock); `connection/connect.rs` and `connection/inbound.rs`
 //! enforce [`quota::Limits`] against it, and `metrics.rs` renders it with a
 //! `tenant` label.
 
@@ -30,7 +30,7 @@ use serde::Deserialize;
 use crate::auth::file::Realm;
 use crate::codec::reason;
 use crate::ids::TenantId;
-use crate::server::ListenerKind;
+use crate::net::ListenerKind;
 use quota::{Limits, Usage};
 
 /// A way to find a connection's tenant (`[tenancy] resolve`).
@@ -297,14 +297,12 @@ impl Directory {
                     .and_then(|v| p.capture(v))
                     .map(str::to_owned)
             }),
-            CertField::SanUri => {
-                crate::tls::subject_alt_names(&x509)
-                    .iter()
-                    .find_map(|n| match n {
-                        GeneralName::URI(u) => p.capture(u).map(str::to_owned),
-                        _ => None,
-                    })
-            }
+            CertField::SanUri => crate::net::tls::subject_alt_names(&x509)
+                .iter()
+                .find_map(|n| match n {
+                    GeneralName::URI(u) => p.capture(u).map(str::to_owned),
+                    _ => None,
+                }),
         }
     }
 }
@@ -416,7 +414,7 @@ mod tests {
         let more = dir(&format!(
             "{}{acme}[[tenant.users]]\nusername = \"u\"\npassword = \"{}\"\n{globex}",
             grant("\"acme\""),
-            crate::password::hash(b"pw").expect("hash")
+            crate::auth::password::hash(b"pw").expect("hash")
         ));
         assert!(old.affected_by(&more).is_empty());
         // globex removed: globex.

@@ -6,11 +6,11 @@
 //! subscriptions as atomics reserved with compare-and-swap, rates as GCRA
 //! cells ([`Rate`], a token bucket in one atomic), so limits hold exactly
 //! under concurrency without a lock and one tenant at its limit touches
-//! no other tenant's state. `connect.rs` asks at CONNECT, `inbound.rs` on
+//! no other tenant's state. `connection/connect.rs` asks at CONNECT, `connection/inbound.rs` on
 //! PUBLISH and SUBSCRIBE; each refusal is counted by kind. The limits on
 //! what the state holds (retained messages and bytes, persistent
 //! sessions, queued bytes) are copied into [`Usage::state_limits`], where
-//! `retained.rs`, `state.rs` and `session.rs` enforce them as they change.
+//! `state/retained.rs`, `state/mod.rs` and `session/mod.rs` enforce them as they change.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -297,10 +297,10 @@ pub struct Usage {
     pub sessions: AtomicU64,
     pub persistent_sessions: AtomicU64,
     /// Changed only under the tenant's retained-store lock
-    /// (`retained.rs`), so the limits on them are exact.
+    /// (`state/retained.rs`), so the limits on them are exact.
     pub retained_messages: AtomicU64,
     pub retained_bytes: AtomicU64,
-    /// Bytes waiting in the tenant's session queues (`session.rs`).
+    /// Bytes waiting in the tenant's session queues (`session/mod.rs`).
     pub queued_bytes: AtomicU64,
     /// The limits enforced inside the state (retained store, sessions,
     /// queues), where no connection's `Authz` is at hand: set from the

@@ -28,7 +28,7 @@ async fn auth_broker(
 }
 
 fn phc(password: &str) -> String {
-    porchlight_broker::password::hash(password.as_bytes()).expect("hash")
+    porchlight_broker::auth::password::hash(password.as_bytes()).expect("hash")
 }
 
 fn login(
@@ -697,7 +697,7 @@ async fn a_connection_closes_when_its_token_expires() {
 
 #[tokio::test]
 async fn a_client_certificate_is_the_username_for_acl_rules() {
-    use porchlight_broker::tls::{ClientAuth, TlsVersion};
+    use porchlight_broker::net::tls::{ClientAuth, TlsVersion};
     let pki = TestPki::new();
     let text =
         "[[acl.rules]]\npermission = \"allow\"\naction = \"all\"\ntopic = \"devices/%u/#\"\n";
@@ -766,7 +766,7 @@ async fn behind_a_proxy_the_backoff_follows_the_real_address() {
     let cheap = "$argon2id$v=19$m=8,t=1,p=1$G8jc9KHbA0ohzZEunLO1YQ$/Uo3T3c3ci+YyOGguOpMGPqLgyZ/9OXd09wU7bX8Fi4";
     let text = format!("[[users]]\nusername = \"u\"\npassword = \"{cheap}\"\n");
     let (b, _dir) = auth_broker(&text, |c| {
-        c.proxy_protocol.kinds = vec![porchlight_broker::server::ListenerKind::Tcp];
+        c.proxy_protocol.kinds = vec![porchlight_broker::net::ListenerKind::Tcp];
     })
     .await;
     // Every connection comes from 127.0.0.1; the headers name two devices.

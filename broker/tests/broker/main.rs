@@ -19,6 +19,8 @@ mod flow;
 /// Shared gateways: `$tenant/<id>/` with grants, across a restart and a
 /// reload.
 mod gateways;
+/// The crate's layers: imports flow downward.
+mod layers;
 /// WebSocket and WSS listeners, PROXY protocol v1/v2 headers.
 mod listeners;
 /// Mutual TLS: client certificates required or optional, refusals and

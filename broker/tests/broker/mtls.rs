@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use porchlight_broker::metrics::Metrics;
-use porchlight_broker::tls::{ClientAuth, TlsVersion};
+use porchlight_broker::net::tls::{ClientAuth, TlsVersion};
 
 use crate::support::*;
 
@@ -220,7 +220,7 @@ fn a_crl_needs_client_certificates_and_a_bad_one_is_named() {
     ]))
     .validate()
     .expect("flags are valid");
-    let err = porchlight_broker::tls::TlsMaterial::load(config.tls.as_ref().expect("tls"))
+    let err = porchlight_broker::net::tls::TlsMaterial::load(config.tls.as_ref().expect("tls"))
         .map(|_| ())
         .expect_err("no CRL in the file");
     assert!(err.to_string().contains("--tls-crl"), "{err}");

@@ -347,7 +347,7 @@ async fn sys_counts_messages_and_drops() {
 async fn drop_new_keeps_the_oldest_queued_messages() {
     let b = TestBroker::with(|c| {
         c.max_queued_messages = 2;
-        c.queue_overflow = porchlight_broker::config::QueueOverflow::DropNew;
+        c.queue_overflow = porchlight_broker::session::QueueOverflow::DropNew;
     })
     .await;
     let mut c = connect_packet(Protocol::V5, "dropnew", false, 60);
@@ -511,8 +511,11 @@ fn hash_password_prints_a_phc_string_that_verifies() {
     assert!(out.status.success(), "{out:?}");
     let phc = String::from_utf8_lossy(&out.stdout).trim().to_string();
     assert!(phc.starts_with("$argon2id$"), "{phc}");
-    assert!(porchlight_broker::password::verify(&phc, b"correct horse"));
-    assert!(!porchlight_broker::password::verify(
+    assert!(porchlight_broker::auth::password::verify(
+        &phc,
+        b"correct horse"
+    ));
+    assert!(!porchlight_broker::auth::password::verify(
         &phc,
         b"correct horse\n"
     ));

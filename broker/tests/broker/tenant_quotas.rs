@@ -243,7 +243,7 @@ async fn retained_persistent_session_and_queued_byte_limits() {
     let u = usage(&b, "acme");
     assert_eq!(load(&u.retained_messages), 2);
     // The broker's own retained $SYS topics do not count.
-    porchlight_broker::sys::publish_stats(&b.broker);
+    porchlight_broker::ops::sys::publish_stats(&b.broker);
     assert_eq!(load(&u.retained_messages), 2);
     assert_eq!(u.rejections(QuotaKind::RetainedMessages), 1);
     assert_eq!(u.rejections(QuotaKind::RetainedBytes), 1);

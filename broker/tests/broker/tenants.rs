@@ -313,7 +313,7 @@ async fn isolation_holds_for_random_tenants_filters_and_topics() {
 
 /// TLS with optional client certificates from `pki`, anonymous allowed.
 fn optional_client_certs(pki: &TestPki, c: &mut porchlight_broker::Config) {
-    use porchlight_broker::tls::{ClientAuth, TlsVersion};
+    use porchlight_broker::net::tls::{ClientAuth, TlsVersion};
     pki.configure(c, TlsVersion::V1_2);
     if let Some(tls) = c.tls.as_mut() {
         tls.client_ca = Some(pki.ca_file.clone());
@@ -414,7 +414,7 @@ async fn each_tenant_sees_only_its_own_sys_counters() {
     let mut a = join(b.addr, Protocol::V5, "a", "u@acme").await;
     let _a2 = join(b.addr, Protocol::V5, "a2", "s@acme").await;
     let mut g = join(b.addr, Protocol::V5, "g", "u@globex").await;
-    porchlight_broker::sys::publish_stats(&b.broker);
+    porchlight_broker::ops::sys::publish_stats(&b.broker);
     a.subscribe("$SYS/broker/clients/connected", q(0)).await;
     g.subscribe("$SYS/broker/clients/connected", q(0)).await;
     assert_eq!(&a.expect_publish().await.payload[..], b"2");
@@ -515,7 +515,7 @@ async fn certificate_ou_and_san_uri_name_the_tenant_over_tls() {
 
 #[tokio::test]
 async fn ws_and_wss_listeners_have_their_default_tenants() {
-    use porchlight_broker::tls::TlsVersion;
+    use porchlight_broker::net::tls::TlsVersion;
     let pki = TestPki::new();
     let text = format!(
         "[tenancy.listeners]\nws = \"acme\"\nwss = \"globex\"\n{}",

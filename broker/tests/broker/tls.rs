@@ -3,7 +3,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use porchlight_broker::metrics::Metrics;
-use porchlight_broker::tls::TlsVersion;
+use porchlight_broker::net::tls::TlsVersion;
 use rumqttc::v5;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;

@@ -12,11 +12,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use porchlight_broker::broker::Broker;
 use porchlight_broker::codec::{
     self, Connect, Packet, Properties, Protocol, Publish, QoS, Subscribe, SubscriptionOptions,
 };
-use porchlight_broker::server::ListenerKind;
+use porchlight_broker::net::ListenerKind;
+use porchlight_broker::Broker;
 use porchlight_broker::{Config, Server};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

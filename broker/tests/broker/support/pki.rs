@@ -78,16 +78,16 @@ impl TestPki {
     }
 
     /// Configures a `--tls-listen` on 127.0.0.1 port 0 with this PKI.
-    pub fn configure(&self, c: &mut Config, min_version: porchlight_broker::tls::TlsVersion) {
+    pub fn configure(&self, c: &mut Config, min_version: porchlight_broker::net::tls::TlsVersion) {
         c.tls_listen = vec!["127.0.0.1:0".parse().expect("addr")];
-        c.tls = Some(porchlight_broker::tls::TlsFiles {
+        c.tls = Some(porchlight_broker::net::tls::TlsFiles {
             cert: self.cert.clone(),
             key: self.key.clone(),
             min_version,
             client_ca: None,
             crl: None,
-            client_auth: porchlight_broker::tls::ClientAuth::None,
-            identity: porchlight_broker::tls::IdentityField::Cn,
+            client_auth: porchlight_broker::net::tls::ClientAuth::None,
+            identity: porchlight_broker::net::tls::IdentityField::Cn,
             reload_interval: Some(Duration::from_millis(100)),
         });
     }

@@ -23,10 +23,10 @@ use crate::connection::Conn;
 use crate::ids::TenantId;
 use crate::message::Delivery;
 use crate::metrics::DropReason;
+use crate::net::transport::WRITE_HIGH_WATER;
 use crate::persist::Write;
 use crate::session::OutState;
 use crate::topic::TENANT_PREFIX;
-use crate::transport::WRITE_HIGH_WATER;
 
 const MESSAGE_EXPIRY_INTERVAL: u8 = 0x02;
 const SUBSCRIPTION_IDENTIFIER: u8 = 0x0B;

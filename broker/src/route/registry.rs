@@ -39,11 +39,11 @@ use crate::ids::{Claim, ConnectionId, SessionKey};
 use crate::message::{Delivery, Message};
 use crate::metrics::{DropReason, Metrics};
 use crate::persist::{Restored, Write};
-use crate::router::Router;
+use crate::route::router::Router;
+use crate::session::sweeper::{self, Due};
 use crate::session::{OutState, Owner, Session};
 use crate::state::command::{Applied, Command, DelayedWill, Limit};
 use crate::state::{Control, ControlError, Done, State};
-use crate::sweeper::{self, Due};
 use crate::tenant::quota::QuotaKind;
 use crate::topic::TopicName;
 
@@ -315,7 +315,7 @@ impl Registry {
                 if p.store().fsync_mode() == porchlight_storage::FsyncMode::Never {
                     // Off the worker: a tick may have a large fan-out's
                     // records to write.
-                    crate::broker::off_worker(|| p.flush_pending());
+                    crate::route::off_worker(|| p.flush_pending());
                 } else {
                     p.store().request_flush();
                 }

@@ -6,7 +6,7 @@
 //! empty buffer go through a stack buffer first, and emptied buffers are
 //! released. Output is batched: everything produced while handling one
 //! read goes out in as few writes as the socket allows, then one flush.
-//! `connection.rs` decodes from `rbuf` and encodes into `wbuf`.
+//! `connection/mod.rs` decodes from `rbuf` and encodes into `wbuf`.
 
 use std::future::poll_fn;
 use std::io;

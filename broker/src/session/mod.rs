@@ -9,19 +9,19 @@
 //! the control state (`state/control.rs`); the node creates and drops
 //! this runtime as that record's effects say (`state/mod.rs`). It does not
 //! own the subscription trie (`state/trie.rs`) or the registry
-//! (`registry.rs`).
+//! (`route/registry.rs`).
 //!
 //! Concurrency: each session has its own mutex, held only for short,
 //! non-async sections (never across `.await`). Publishers push deliveries
 //! with [`Session::enqueue`] and wake the attached connection through
-//! `notify`; the connection (`outbound.rs`) pulls from the queue as its
+//! `notify`; the connection (`connection/outbound.rs`) pulls from the queue as its
 //! send window allows. The queue is bounded by `--max-queued-messages`
 //! with the `--queue-overflow` policy; every drop is counted.
 //!
 //! Flow control (`--publish-backpressure-ms`): a QoS 1/2 delivery to a
 //! connected session that is not stuck may fill its queue up to twice the
 //! bound; the first one past the bound marks the session `full`, and the
-//! publisher that sees it (`router.rs`) stops reading until the session's
+//! publisher that sees it (`route/router.rs`) stops reading until the session's
 //! connection has drained the queue to half (`room`). A wait that runs
 //! out while the connection keeps taking from the queue (at least a
 //! quarter of the bound per wait, counted in `taken`) starts again: the
@@ -36,6 +36,9 @@
 //! after joins the spill until it is read back (in batches, as the
 //! connection takes from the queue): order is kept.
 
+pub mod queue_memory;
+pub mod sweeper;
+
 use std::collections::VecDeque;
 
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
@@ -48,13 +51,12 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::codec::QoS;
-use crate::config::QueueOverflow;
 use crate::ids::{Claim, ConnectionId, SessionId, SessionKey};
 use crate::message::{Delivery, StoredBody};
 use crate::metrics::DropReason;
 use crate::persist::Write;
 use crate::persist::{Persist, RestoredInflight};
-use crate::queue_memory::QueueMemory;
+use crate::session::queue_memory::QueueMemory;
 use crate::tenant::quota::{release, reserve_n, QuotaKind, StateLimits, Usage};
 
 /// Where an outgoing QoS > 0 message stands.
@@ -377,6 +379,15 @@ impl Session {
         }
         (outcome, write, queued && was_empty && self.is_online())
     }
+}
+
+/// What happens when a session's queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum QueueOverflow {
+    /// Drop the oldest queued message to make room for the new one.
+    DropOldest,
+    /// Keep the queue and drop the new message.
+    DropNew,
 }
 
 /// Grows a queue by half, not double: a million offline queues carry on
@@ -1042,8 +1053,8 @@ mod tests {
             assert_eq!((st.queue.len(), st.spilled.len()), (12, 8));
             assert_eq!((st.queued_len(), st.queued_bytes), (20, 40));
         }
-        let per_entry = 2 + crate::queue_memory::ENTRY_COST;
-        let spill = crate::queue_memory::SPILL_COST;
+        let per_entry = 2 + crate::session::queue_memory::ENTRY_COST;
+        let spill = crate::session::queue_memory::SPILL_COST;
         assert_eq!(memory.used(), 12 * per_entry + 8 * spill);
         assert_eq!(memory.spilled(), 8);
         // Under the bound again, a queue that spills goes on spilling

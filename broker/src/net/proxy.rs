@@ -4,9 +4,9 @@
 //! [`accept`] reads the header the load balancer sends before anything
 //! else (parsed with the `ppp` crate), and returns the client's real
 //! address with a stream that replays whatever bytes followed the header
-//! (a TLS ClientHello, a WebSocket upgrade, a CONNECT). `server.rs` then
+//! (a TLS ClientHello, a WebSocket upgrade, a CONNECT). `ops/server.rs` then
 //! layers TLS/WebSocket on that stream and hands it, with the real
-//! address, to `connection.rs`; logs, the auth backoff and ACL `address`
+//! address, to `connection/mod.rs`; logs, the auth backoff and ACL `address`
 //! selectors all see the real address. A `LOCAL` (v2) or `UNKNOWN` (v1)
 //! header — load-balancer health checks — keeps the socket's address. A
 //! missing or malformed header closes the connection.

@@ -12,9 +12,9 @@
 //! the configuration in use and [`TlsMaterial::watch`] replaces it when
 //! the files change (polled every `--tls-reload-interval`, which follows
 //! Kubernetes' symlink swaps); a bad new file is logged and the old
-//! material stays. `server.rs` builds the acceptor at bind time;
+//! material stays. `ops/server.rs` builds the acceptor at bind time;
 //! each accepted socket's own task runs the handshake under
-//! `--connect-timeout` and hands the encrypted stream to `connection.rs`,
+//! `--connect-timeout` and hands the encrypted stream to `connection/mod.rs`,
 //! so the accept loop never waits on a client.
 
 use std::path::{Path, PathBuf};
@@ -95,7 +95,7 @@ pub struct TlsMaterial {
     loaded: Arc<crate::reload::Snapshot>,
     /// Client certificates refused per address, so a device retrying with
     /// a bad certificate is logged at powers of two, not every attempt.
-    refusals: Arc<crate::auth::Backoff>,
+    refusals: Arc<crate::net::Backoff>,
 }
 
 /// A server configuration and the client-certificate verifier inside it

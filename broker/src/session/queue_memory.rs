@@ -3,7 +3,7 @@
 //! Owns one count for the whole node: the bytes of every queued delivery
 //! held in memory (topic, payload and properties, as `--max-queued-bytes`
 //! counts them) plus [`ENTRY_COST`] per such entry, plus [`SPILL_COST`] per
-//! entry kept on disk only. Session queues (`session.rs`) add and subtract
+//! entry kept on disk only. Session queues (`session/mod.rs`) add and subtract
 //! as deliveries come and go. It does not own the queues, nor the
 //! per-session and per-tenant bounds.
 //!

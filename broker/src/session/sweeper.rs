@@ -2,7 +2,7 @@
 //! retained messages expire.
 //!
 //! One min-heap of deadlines instead of a timer task per session (an
-//! offline session costs a heap entry, not a task). `registry.rs` runs the
+//! offline session costs a heap entry, not a task). `route/registry.rs` runs the
 //! sweep: every tick (at most [`TICK`]) it takes at most [`BUDGET`] due
 //! entries and acts on them, so a burst of expiries never stalls the node;
 //! what is left waits for the next tick. Entries hold weak references and

@@ -7,9 +7,9 @@
 //! [`Server::run`] accepts until the shutdown token is cancelled; each
 //! accepted socket gets its own task, so the accept loop never waits on a
 //! client. In that task the layers a listener needs run in order, all
-//! within one `--connect-timeout`: the PROXY header (`proxy.rs`, where
-//! `--proxy-protocol` asks for it), the TLS handshake (`tls.rs`), the
-//! WebSocket upgrade (`ws.rs`); then `connection.rs` serves the resulting
+//! within one `--connect-timeout`: the PROXY header (`net/proxy.rs`, where
+//! `--proxy-protocol` asks for it), the TLS handshake (`net/tls.rs`), the
+//! WebSocket upgrade (`net/ws.rs`); then `connection/mod.rs` serves the resulting
 //! byte stream. Shutdown: stop accepting, connections send v5 DISCONNECT
 //! 0x8B and close, then wait for every task up to `--shutdown-grace`, then
 //! flush the store.
@@ -28,41 +28,8 @@ use crate::broker::Broker;
 use crate::config::Config;
 use crate::connection::Origin;
 use crate::error::BrokerError;
-use crate::tls::TlsMaterial;
-
-/// What a listener speaks below MQTT.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ListenerKind {
-    Tcp,
-    Tls,
-    Ws,
-    Wss,
-}
-
-impl ListenerKind {
-    pub fn label(self) -> &'static str {
-        match self {
-            ListenerKind::Tcp => "TCP",
-            ListenerKind::Tls => "TLS",
-            ListenerKind::Ws => "WebSocket",
-            ListenerKind::Wss => "WebSocket over TLS",
-        }
-    }
-}
-
-/// The listeners `--proxy-protocol` names: whole kinds, or single
-/// listeners by their configured address.
-#[derive(Debug, Clone, Default)]
-pub struct ProxyListeners {
-    pub kinds: Vec<ListenerKind>,
-    pub addrs: Vec<SocketAddr>,
-}
-
-impl ProxyListeners {
-    pub fn applies(&self, kind: ListenerKind, configured: SocketAddr) -> bool {
-        self.kinds.contains(&kind) || self.addrs.contains(&configured)
-    }
-}
+use crate::net::tls::TlsMaterial;
+use crate::net::ListenerKind;
 
 struct Listener {
     tcp: TcpListener,
@@ -159,7 +126,7 @@ impl Server {
         if let Some(interval) = broker.config.sys_interval {
             broker
                 .tasks
-                .spawn(crate::sys::run(broker.clone(), interval));
+                .spawn(crate::ops::sys::run(broker.clone(), interval));
         }
         if let Some(tls) = &self.tls {
             broker.tasks.spawn(
@@ -259,7 +226,8 @@ async fn accept_loop(listener: Listener, tls: Option<TlsMaterial>, broker: Arc<B
                 return layers.serve(stream, peer).await;
             }
             let m = layers.broker.metrics.clone();
-            match tokio::time::timeout_at(layers.deadline, crate::proxy::accept(stream, peer)).await
+            match tokio::time::timeout_at(layers.deadline, crate::net::proxy::accept(stream, peer))
+                .await
             {
                 Ok(Ok((stream, real))) => layers.serve(stream, real).await,
                 Ok(Err(e)) => {
@@ -334,7 +302,7 @@ impl Layers {
             deadline,
         } = self;
         let m = broker.metrics.clone();
-        let origin = |tls: Option<crate::tls::TlsPeer>| Origin {
+        let origin = |tls: Option<crate::net::tls::TlsPeer>| Origin {
             peer,
             listener: kind,
             tls: tls.map(Box::new),
@@ -407,7 +375,7 @@ async fn upgrade<S>(
     peer: SocketAddr,
     broker: &Broker,
     deadline: tokio::time::Instant,
-) -> Option<crate::ws::WsIo<S>>
+) -> Option<crate::net::ws::WsIo<S>>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -416,7 +384,7 @@ where
     let path = &broker.config.ws_path;
     match tokio::time::timeout_at(
         deadline,
-        Box::pin(crate::ws::accept(
+        Box::pin(crate::net::ws::accept(
             stream,
             path,
             &broker.config.ws_allowed_origins,

@@ -3,7 +3,7 @@
 //!
 //! `Cli` is what clap parses; [`Cli::validate`] turns it into a [`Config`]
 //! or an error that names the offending flag. Nothing is bound or opened
-//! here; `main.rs` validates before `server.rs` binds.
+//! here; `main.rs` validates before `ops/server.rs` binds.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -13,14 +13,7 @@ use clap::{Parser, ValueEnum};
 
 use crate::error::BrokerError;
 
-/// What happens when a session's queue is full.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum QueueOverflow {
-    /// Drop the oldest queued message to make room for the new one.
-    DropOldest,
-    /// Keep the queue and drop the new message.
-    DropNew,
-}
+pub use crate::session::QueueOverflow;
 
 /// `--fsync` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -148,7 +141,7 @@ pub struct Cli {
         env = "PORCHLIGHT_TLS_MIN_VERSION",
         default_value = "1.2"
     )]
-    pub tls_min_version: crate::tls::TlsVersion,
+    pub tls_min_version: crate::net::tls::TlsVersion,
 
     /// PEM file with the CA(s) client certificates must chain to (mutual
     /// TLS). Alone, it makes client certificates required.
@@ -164,7 +157,7 @@ pub struct Cli {
     /// Whether TLS clients must present a certificate: none, optional or
     /// required (default: required with --tls-client-ca, else none).
     #[arg(long, value_name = "MODE", env = "PORCHLIGHT_TLS_CLIENT_AUTH")]
-    pub tls_client_auth: Option<crate::tls::ClientAuth>,
+    pub tls_client_auth: Option<crate::net::tls::ClientAuth>,
 
     /// Which field of a client certificate names the client: cn, san or
     /// subject.
@@ -174,7 +167,7 @@ pub struct Cli {
         env = "PORCHLIGHT_TLS_IDENTITY_FIELD",
         default_value = "cn"
     )]
-    pub tls_identity_field: crate::tls::IdentityField,
+    pub tls_identity_field: crate::net::tls::IdentityField,
 
     /// Seconds between checks of the TLS files for changes (renewed
     /// certificates are taken into use without a restart); 0: never.
@@ -487,9 +480,9 @@ pub struct Config {
     /// allows any.
     pub ws_allowed_origins: Vec<String>,
     /// Listeners that read a PROXY header first.
-    pub proxy_protocol: crate::server::ProxyListeners,
+    pub proxy_protocol: crate::net::ProxyListeners,
     /// Set when `tls_listen` is not empty.
-    pub tls: Option<crate::tls::TlsFiles>,
+    pub tls: Option<crate::net::tls::TlsFiles>,
     pub data_dir: PathBuf,
     pub max_connections: usize,
     pub listen_backlog: u32,
@@ -616,7 +609,7 @@ impl Cli {
         let tls = match (&self.tls_cert, &self.tls_key) {
             _ if self.tls_listen.is_empty() && self.wss_listen.is_empty() => None,
             (Some(cert), Some(key)) => {
-                use crate::tls::ClientAuth;
+                use crate::net::tls::ClientAuth;
                 let client_auth = match (self.tls_client_auth, &self.tls_client_ca) {
                     (Some(ClientAuth::Optional | ClientAuth::Required), None) => {
                         return Err(invalid(
@@ -634,7 +627,7 @@ impl Cli {
                         "needs --tls-client-ca (and --tls-client-auth optional|required)",
                     ));
                 }
-                Some(crate::tls::TlsFiles {
+                Some(crate::net::tls::TlsFiles {
                     cert: cert.clone(),
                     key: key.clone(),
                     min_version: self.tls_min_version,
@@ -691,7 +684,7 @@ impl Cli {
                 .ws_allowed_origins
                 .iter()
                 .map(|o| {
-                    crate::ws::normalize_origin(o).ok_or_else(|| {
+                    crate::net::ws::normalize_origin(o).ok_or_else(|| {
                         invalid(
                             "--ws-allowed-origins",
                             format!("{o:?} is not an origin such as https://app.example or http://localhost:8080"),
@@ -711,7 +704,7 @@ impl Cli {
             max_queued_bytes: self.max_queued_bytes,
             max_queued_memory: self
                 .max_queued_memory
-                .unwrap_or_else(crate::queue_memory::default_limit),
+                .unwrap_or_else(crate::session::queue_memory::default_limit),
             queue_overflow: self.queue_overflow,
             publish_backpressure: (self.publish_backpressure_ms > 0)
                 .then(|| Duration::from_millis(self.publish_backpressure_ms)),
@@ -743,7 +736,7 @@ impl Cli {
                 allow_anonymous: self.allow_anonymous,
                 client_certificates: tls
                     .as_ref()
-                    .is_some_and(|t| t.client_auth != crate::tls::ClientAuth::None),
+                    .is_some_and(|t| t.client_auth != crate::net::tls::ClientAuth::None),
             },
         })
     }
@@ -752,9 +745,9 @@ impl Cli {
 impl Cli {
     /// `--proxy-protocol`: kinds and addresses, each naming a listener
     /// that is configured.
-    fn proxy_listeners(&self) -> Result<crate::server::ProxyListeners, BrokerError> {
-        use crate::server::ListenerKind;
-        let mut out = crate::server::ProxyListeners::default();
+    fn proxy_listeners(&self) -> Result<crate::net::ProxyListeners, BrokerError> {
+        use crate::net::ListenerKind;
+        let mut out = crate::net::ProxyListeners::default();
         for v in &self.proxy_protocol {
             let v = v.trim();
             let kind = match v {

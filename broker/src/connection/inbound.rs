@@ -7,7 +7,7 @@
 //! the same batch. SUBSCRIBE/UNSUBSCRIBE change the session and the trie
 //! and queue retained messages. Acknowledgements from the client advance
 //! the outgoing state machines in the session. A protocol violation
-//! returns a [`Close`] with the reason code; `connection.rs` closes.
+//! returns a [`Close`] with the reason code; `connection/mod.rs` closes.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

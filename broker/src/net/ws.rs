@@ -9,8 +9,8 @@
 //! open MQTT connections with its visitors' network position. The result
 //! is a byte stream (ws_stream_tungstenite) carrying MQTT in binary
 //! frames; a text frame
-//! closes the connection (MQTT-6.0.0-1). `server.rs` hands that stream to
-//! `connection.rs` like any socket, so the codec, limits and auth are the
+//! closes the connection (MQTT-6.0.0-1). `ops/server.rs` hands that stream to
+//! `connection/mod.rs` like any socket, so the codec, limits and auth are the
 //! same as over TCP.
 
 use async_tungstenite::tokio::TokioAdapter;

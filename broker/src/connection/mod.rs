@@ -1,14 +1,22 @@
 //! One client connection, from accepted socket to close.
 //!
 //! `serve` runs the whole life of a connection in one task: the CONNECT
-//! handshake (`connect.rs`) under `--connect-timeout`, then a loop that
+//! handshake (`connection/connect.rs`) under `--connect-timeout`, then a loop that
 //! decodes every complete packet in the read buffer and handles it
-//! (`inbound.rs`), pulls deliveries from the session as the send window
-//! allows (`outbound.rs`), and waits on the socket, the session's wake-up,
+//! (`connection/inbound.rs`), pulls deliveries from the session as the send window
+//! allows (`connection/outbound.rs`), and waits on the socket, the session's wake-up,
 //! the keepalive deadline, a takeover kick and node shutdown. When it ends,
 //! a [`Close`] says why: the v5 DISCONNECT reason to send, the bad-input
 //! counter to bump, and whether the will is due; then the session is
-//! detached (`registry.rs`).
+//! detached (`route/registry.rs`).
+//!
+//! This layer is one client's protocol actor: it sits on `net/` (the byte
+//! stream) and submits to `route/` (publishes, attach, detach) and
+//! `state/` (subscriptions, through `Control`).
+
+pub mod connect;
+pub(crate) mod inbound;
+pub mod outbound;
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
@@ -25,10 +33,10 @@ use crate::broker::Broker;
 use crate::codec::{self, reason, DecodeError, Disconnect, Packet, Properties, Protocol};
 use crate::ids::{ConnectionId, SessionKey};
 use crate::metrics::BadPacket;
+use crate::net::transport::{IoEvent, Transport, WRITE_HIGH_WATER};
 use crate::session::Session;
 use crate::state::command::DelayedWill;
 use crate::topic::TopicName;
-use crate::transport::{IoEvent, Transport, WRITE_HIGH_WATER};
 
 /// Held acknowledgements above this stop reading from the client until
 /// the disk catches up (compliant v5 clients stop at Receive Maximum).
@@ -95,9 +103,9 @@ impl Close {
 #[derive(Debug, Clone)]
 pub struct Origin {
     pub peer: SocketAddr,
-    pub listener: crate::server::ListenerKind,
+    pub listener: crate::net::ListenerKind,
     /// Boxed: most connections have none, and the task keeps this slot.
-    pub tls: Option<Box<crate::tls::TlsPeer>>,
+    pub tls: Option<Box<crate::net::tls::TlsPeer>>,
 }
 
 impl Origin {
@@ -138,7 +146,7 @@ pub struct Conn<S> {
     /// (`--fsync`), in the order they must reach the client.
     pub pending: VecDeque<(Option<Ticket>, Packet)>,
     /// A QoS 2 PUBLISH to a durable session, encoded, waiting for its
-    /// in-flight record to reach the disk (see `outbound.rs`).
+    /// in-flight record to reach the disk (see `connection/outbound.rs`).
     pub held_publish: Option<(Ticket, bytes::BytesMut)>,
     /// PUBACKs among `pending`: with the QoS 2 ids awaiting PUBREL, what
     /// counts against our Receive Maximum.
@@ -205,7 +213,7 @@ where
         let io = Transport::new(stream);
         // Boxed: its state is large and needed only once, so it must not
         // size the future every idle connection keeps for its lifetime.
-        let handshake = Box::pin(crate::connect::handshake(
+        let handshake = Box::pin(crate::connection::connect::handshake(
             io, &broker, id, over_limit, origin,
         ));
         let Some(conn) = handshake.await else {
@@ -364,7 +372,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                         // A held QoS 2 PUBLISH cannot go out without its
                         // record: close rather than spin on the error.
                         if self.held_publish.is_some() {
-                            return crate::inbound::durable_write_failed();
+                            return crate::connection::inbound::durable_write_failed();
                         }
                         if let Err(close) = self.fail_pending() {
                             return close;
@@ -450,7 +458,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             .iter()
             .any(|(_, p)| matches!(p, Packet::PubRel(_) | Packet::PubComp(_)))
         {
-            return Err(crate::inbound::durable_write_failed());
+            return Err(crate::connection::inbound::durable_write_failed());
         }
         let mut forget = Vec::new();
         for (t, packet) in self.pending.iter_mut() {

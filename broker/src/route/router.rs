@@ -5,26 +5,25 @@
 //! for matches, merges overlapping subscriptions of one session into a
 //! single delivery (highest granted QoS, every subscription identifier, as
 //! MQTT 3.1.1 section 3.3.5 and MQTT 5 section 3.3.4 allow), honours
-//! no-local, and pushes each delivery into its session (`session.rs`),
+//! no-local, and pushes each delivery into its session (`session/mod.rs`),
 //! which wakes the connection. No global lock: the trie locks per node and
 //! each session has its own mutex.
 //!
-//! Subscriptions and retained messages change through `state.rs` commands;
+//! Subscriptions and retained messages change through `state/mod.rs` commands;
 //! the router only reads them (and applies `Retain` for RETAIN publishes).
 
 use std::sync::Arc;
 
 use crate::codec::{reason, QoS};
-use crate::config::Config;
 use crate::ids::SessionId;
 use crate::message::{Delivery, Message, ShareRef};
 use crate::metrics::{DropReason, Metrics};
 use crate::persist::Write;
+use crate::session::sweeper::Due;
 use crate::session::{effective_qos, EnqueueOutcome, QueueLimits, Session};
 use crate::state::command::{Applied, Command, RetainLimits, Retained};
 use crate::state::trie::{Matches, Subscriber};
 use crate::state::{Control, State};
-use crate::sweeper::Due;
 use crate::tenant::quota::{QuotaKind, StateLimits};
 use porchlight_storage::Health;
 
@@ -34,7 +33,9 @@ const LARGE_FANOUT: usize = 1024;
 
 #[derive(Debug)]
 pub struct Router {
-    config: Arc<Config>,
+    /// Every session queue's bounds; `backpressure`: whether publisher
+    /// flow control is on (`--publish-backpressure-ms`).
+    queue: QueueLimits,
     metrics: Arc<Metrics>,
     state: Arc<State>,
     /// Where a RETAIN publish's `Command::Retain` goes.
@@ -43,13 +44,13 @@ pub struct Router {
 
 impl Router {
     pub fn new(
-        config: Arc<Config>,
+        queue: QueueLimits,
         metrics: Arc<Metrics>,
         state: Arc<State>,
         control: Arc<dyn Control>,
     ) -> Router {
         Router {
-            config,
+            queue,
             metrics,
             state,
             control,
@@ -116,7 +117,7 @@ impl Router {
         // the other tasks queued on it (unrelated clients) move to another.
         let large = m.direct.len() + m.shared.len() >= LARGE_FANOUT;
         if large {
-            crate::broker::off_worker(|| self.deliver_all(&msg, m, full, &mut out));
+            crate::route::off_worker(|| self.deliver_all(&msg, m, full, &mut out));
         } else {
             self.deliver_all(&msg, m, full, &mut out);
         }
@@ -251,14 +252,13 @@ impl Router {
     /// [`Router::deliver`], and whether it woke an idle connection.
     fn enqueue(&self, session: &Arc<Session>, d: Delivery) -> (EnqueueOutcome, Write, bool) {
         let expires = d.msg.expires_at;
-        let backpressure = self.config.publish_backpressure.is_some()
-            && d.qos != QoS::AtMostOnce
-            && session.accepts_backpressure();
+        let backpressure =
+            self.queue.backpressure && d.qos != QoS::AtMostOnce && session.accepts_backpressure();
         let (outcome, write, woke) = session.enqueue(
             d,
             QueueLimits {
                 backpressure,
-                ..self.config.queue_limits()
+                ..self.queue
             },
         );
         // An offline session does not pump: the sweeper purges what expires
@@ -331,6 +331,7 @@ impl Router {
 mod tests {
     use super::*;
     use crate::codec::{Properties, QoS, SubscriptionOptions};
+    use crate::config::Config;
     use crate::ids::{ClientId, SessionKey, TenantId};
     use crate::topic::{TopicFilter, TopicName};
 
@@ -347,7 +348,10 @@ mod tests {
         let state = Arc::new(State::new(metrics.clone(), None));
         (
             Router::new(
-                config.clone(),
+                QueueLimits {
+                    backpressure: config.publish_backpressure.is_some(),
+                    ..config.queue_limits()
+                },
                 metrics,
                 state.clone(),
                 Arc::new(crate::state::LocalControl::new(state.clone())),
@@ -502,7 +506,7 @@ pub struct PublishOutcome {
     /// session, waking its connection.
     pub woke: bool,
     /// A connected session whose queue is past its bound under flow
-    /// control: the publisher waits for it to drain (`connection.rs`).
+    /// control: the publisher waits for it to drain (`connection/mod.rs`).
     pub full: Option<Arc<Session>>,
     /// The durable writes made for it (queues of durable sessions, the
     /// retained store): its PUBACK/PUBREC waits for them.

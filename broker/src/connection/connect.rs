@@ -3,7 +3,7 @@
 //!
 //! Refusals get the CONNACK code the spec gives (MQTT 5 reason codes,
 //! mapped to 3.1.1 return codes by the codec) and close the connection.
-//! On success the connection becomes a [`Conn`] and `connection.rs` takes
+//! On success the connection becomes a [`Conn`] and `connection/mod.rs` takes
 //! over.
 
 use std::sync::Arc;
@@ -20,12 +20,12 @@ use crate::codec::{self, reason, ConnAck, Connect, DecodeError, Packet, Properti
 use crate::connection::{count_bytes, Conn, Origin};
 use crate::ids::{ClientId, ConnectionId, SessionKey};
 use crate::metrics::{BadPacket, Metrics};
-use crate::registry::Refused;
+use crate::net::transport::Transport;
+use crate::route::registry::Refused;
 use crate::session::Owner;
 use crate::state::command::DelayedWill;
 use crate::tenant::quota::{QuotaKind, Rate, Seat, StateLimits};
 use crate::topic;
-use crate::transport::Transport;
 
 enum FirstError {
     Io,
