@@ -61,19 +61,62 @@ async fn read_first<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-/// Counts a refused CONNECT, answers it and closes; `None`, for the
-/// handshake to return.
-async fn refused<S: AsyncRead + AsyncWrite + Unpin, T>(
-    io: Transport<S>,
-    protocol: Protocol,
-    code: u8,
+/// Why a CONNECT is refused, as a value every phase of the handshake can
+/// return: the CONNACK reason (none: close without one, as 3.1.1 asks
+/// for a malformed will) and its reason string, and whether it counts in
+/// `connections_refused`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Refusal {
+    code: Option<u8>,
     why: &'static str,
-    client_max_packet: usize,
-    metrics: &Metrics,
-) -> Option<T> {
-    metrics.inc(&metrics.connections_refused);
-    refuse(io, protocol, code, why, client_max_packet, metrics).await;
-    None
+    counted: bool,
+}
+
+impl Refusal {
+    /// Refused with a CONNACK, counted.
+    fn counted(code: u8, why: &'static str) -> Refusal {
+        Refusal {
+            code: Some(code),
+            why,
+            counted: true,
+        }
+    }
+
+    /// Refused with a CONNACK, not counted (shutdown; a bad will, which
+    /// counts as a bad packet).
+    fn quiet(code: u8, why: &'static str) -> Refusal {
+        Refusal {
+            code: Some(code),
+            why,
+            counted: false,
+        }
+    }
+
+    /// Closed without a CONNACK.
+    fn close(why: &'static str) -> Refusal {
+        Refusal {
+            code: None,
+            why,
+            counted: false,
+        }
+    }
+
+    /// Counts it, answers it and closes.
+    async fn answer<S: AsyncRead + AsyncWrite + Unpin>(
+        self,
+        io: Transport<S>,
+        protocol: Protocol,
+        client_max_packet: usize,
+        metrics: &Metrics,
+    ) {
+        if self.counted {
+            metrics.inc(&metrics.connections_refused);
+        }
+        match self.code {
+            Some(code) => refuse(io, protocol, code, self.why, client_max_packet, metrics).await,
+            None => debug!(why = self.why, "Connection closed at CONNECT"),
+        }
+    }
 }
 
 /// Answers CONNECT with a refusal and closes.
@@ -121,6 +164,10 @@ fn assign_client_id() -> String {
 }
 
 /// Runs the handshake; `None` when the connection was refused or lost.
+/// Its phases: the first packet (`read_connect`), then `admit` (admission,
+/// client id, tenant and identity, the tenant's seat, keepalive, will,
+/// session expiry, the session itself), each returning a [`Refusal`] or
+/// what the next needs; then the `Conn` and its CONNACK.
 pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     mut io: Transport<S>,
     broker: &Arc<Broker>,
@@ -128,19 +175,44 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     over_limit: bool,
     origin: Origin,
 ) -> Option<Box<Conn<S>>> {
-    let cfg = broker.config.clone();
-    let metrics = &broker.metrics;
-    let first = tokio::time::timeout(
-        cfg.connect_timeout,
-        read_first(&mut io, cfg.max_packet_size),
-    );
+    let c = match read_connect(&mut io, broker).await {
+        Ok(c) => c,
+        Err(Some((p, r))) => {
+            r.answer(io, p, usize::MAX, &broker.metrics).await;
+            return None;
+        }
+        Err(None) => return None,
+    };
+    let p = c.protocol;
+    let max_out = c
+        .properties
+        .maximum_packet_size
+        .map_or(usize::MAX, |m| m as usize);
+    let admitted = match admit(broker, &c, id, over_limit, origin).await {
+        Ok(a) => a,
+        Err(r) => {
+            r.answer(io, p, max_out, &broker.metrics).await;
+            return None;
+        }
+    };
+    Some(connected(io, broker, id, c, admitted))
+}
+
+/// The first packet, which must be a CONNECT. Otherwise the refusal to
+/// answer, in the protocol the bytes named, or none (just close).
+async fn read_connect<S: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut Transport<S>,
+    broker: &Broker,
+) -> Result<Connect, Option<(Protocol, Refusal)>> {
+    let (cfg, metrics) = (&broker.config, &broker.metrics);
+    let first = tokio::time::timeout(cfg.connect_timeout, read_first(io, cfg.max_packet_size));
     let packet = match first.await {
         Err(_) => {
             metrics.bad_packet(BadPacket::ConnectTimeout);
             debug!("No CONNECT within the connect timeout");
-            return None;
+            return Err(None);
         }
-        Ok(Err(FirstError::Io)) => return None,
+        Ok(Err(FirstError::Io)) => return Err(None),
         Ok(Err(FirstError::NotConnect)) => {
             // Another packet (or an HTTP request) first, or a CONNECT
             // broken in its first bytes.
@@ -151,7 +223,7 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
             };
             metrics.bad_packet(bad);
             debug!(kind = bad.label(), "First bytes cannot start a CONNECT");
-            return None;
+            return Err(None);
         }
         Ok(Err(FirstError::Decode(e, level))) => {
             debug!(error = %e, "Bad first packet");
@@ -159,208 +231,83 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
             if let Some(bad) = close.bad {
                 metrics.bad_packet(bad);
             }
-            match (e, level) {
+            return Err(match (e, level) {
                 (DecodeError::UnsupportedProtocol { level, .. }, _) => {
                     let p = if level == 5 {
                         Protocol::V5
                     } else {
                         Protocol::V311
                     };
-                    let why = "unsupported protocol";
-                    refuse(
-                        io,
-                        p,
-                        reason::UNSUPPORTED_PROTOCOL_VERSION,
-                        why,
-                        usize::MAX,
-                        metrics,
-                    )
-                    .await;
+                    let code = reason::UNSUPPORTED_PROTOCOL_VERSION;
+                    Some((p, Refusal::quiet(code, "unsupported protocol")))
                 }
-                // A v5 CONNECT that named its level: it may get a CONNACK with
-                // the reason (MQTT 5, 4.13.1); 3.1.1 says just close.
-                (e, Some(5)) => {
-                    refuse(
-                        io,
-                        Protocol::V5,
-                        e.reason(),
-                        "malformed CONNECT",
-                        usize::MAX,
-                        metrics,
-                    )
-                    .await;
-                }
-                _ => {}
-            }
-            return None;
+                // A v5 CONNECT that named its level: it may get a CONNACK
+                // with the reason (MQTT 5, 4.13.1); 3.1.1 says just close.
+                (e, Some(5)) => Some((
+                    Protocol::V5,
+                    Refusal::quiet(e.reason(), "malformed CONNECT"),
+                )),
+                _ => None,
+            });
         }
         Ok(Ok(p)) => p,
     };
     let Packet::Connect(c) = packet else {
         metrics.bad_packet(BadPacket::NotConnectFirst);
         debug!(packet = packet.name(), "First packet was not CONNECT");
-        return None;
+        return Err(None);
     };
-    let c: Connect = *c;
-    let p = c.protocol;
-    let v5 = p.is_v5();
-    let max_out = c
-        .properties
-        .maximum_packet_size
-        .map_or(usize::MAX, |m| m as usize);
+    Ok(*c)
+}
 
+/// What `admit` found: everything the connection is built from.
+struct Admitted {
+    key: SessionKey,
+    session: Arc<crate::session::Session>,
+    present: bool,
+    claim: crate::ids::Claim,
+    assigned: Option<String>,
+    authz: crate::auth::Authz,
+    seat: Seat,
+    max_packet: usize,
+    tenant_max_qos: Option<u8>,
+    keep_alive: u16,
+    server_keep_alive: Option<u16>,
+    will: Option<DelayedWill>,
+    requested_expiry: u32,
+    expiry: u32,
+    kick: CancellationToken,
+    done: CancellationToken,
+}
+
+/// Every check a CONNECT passes, in order, and the session it attaches.
+async fn admit(
+    broker: &Arc<Broker>,
+    c: &Connect,
+    id: ConnectionId,
+    over_limit: bool,
+    origin: Origin,
+) -> Result<Admitted, Refusal> {
+    let cfg = &broker.config;
     if over_limit {
-        return refused(
-            io,
-            p,
+        return Err(Refusal::counted(
             reason::QUOTA_EXCEEDED,
             "connection limit reached",
-            max_out,
-            metrics,
-        )
-        .await;
+        ));
     }
     if broker.shutdown.is_cancelled() {
-        refuse(
-            io,
-            p,
+        return Err(Refusal::quiet(
             reason::SERVER_UNAVAILABLE,
             "server shutting down",
-            max_out,
-            metrics,
-        )
-        .await;
-        return None;
+        ));
     }
     if c.properties.authentication_method.is_some() {
-        return refused(
-            io,
-            p,
-            reason::BAD_AUTHENTICATION_METHOD,
-            "no enhanced authentication configured",
-            max_out,
-            metrics,
-        )
-        .await;
+        let why = "no enhanced authentication configured";
+        return Err(Refusal::counted(reason::BAD_AUTHENTICATION_METHOD, why));
     }
-
-    // Client identifier.
-    let mut assigned = None;
-    let client_id = if c.client_id.is_empty() {
-        if p == Protocol::V31 || (p == Protocol::V311 && !c.clean_start) {
-            return refused(
-                io,
-                p,
-                reason::CLIENT_IDENTIFIER_NOT_VALID,
-                "empty client id needs clean session",
-                max_out,
-                metrics,
-            )
-            .await;
-        }
-        let id = assign_client_id();
-        assigned = Some(id.clone());
-        id
-    } else if c.client_id.len() > cfg.max_client_id_length {
-        return refused(
-            io,
-            p,
-            reason::CLIENT_IDENTIFIER_NOT_VALID,
-            "client id too long",
-            max_out,
-            metrics,
-        )
-        .await;
-    } else {
-        c.client_id.clone()
-    };
-
-    // Which tenant (`tenant/mod.rs`): fixed for the connection's life.
-    // IPv4-mapped IPv6 (dual-stack listeners, PROXY TCP6) counts as IPv4,
-    // so ACL `address` rules and the backoff see one form.
-    let address = origin.peer.ip().to_canonical();
-    let directory = broker.auth.directory();
-    let tls = origin.tls.as_deref();
-    let hello = crate::tenant::Hello {
-        listener: origin.listener,
-        sni: tls.and_then(|t| t.sni.as_deref()),
-        cert: tls.and_then(|t| t.cert.as_ref()),
-        username: c.username.as_deref(),
-    };
-    let resolved = match directory.resolve(&hello) {
-        Ok(r) => r,
-        Err(no) => {
-            metrics.inc(&metrics.connections_refused);
-            if no.code == reason::BAD_USER_NAME_OR_PASSWORD {
-                broker.auth.failed(address, &client_id, metrics);
-            } else {
-                debug!(%address, client = %client_id, why = no.why, "No tenant");
-            }
-            refuse(io, p, no.code, no.why, max_out, metrics).await;
-            return None;
-        }
-    };
-    let tenant = resolved.tenant.clone();
-    let usage = broker.tenants.usage(&tenant.id);
-    if !tenant.limits.allows_protocol(p) {
-        usage.reject(QuotaKind::Protocol);
-        metrics.inc(&metrics.connections_refused);
-        let why = "protocol version not allowed for this tenant";
-        refuse(
-            io,
-            p,
-            reason::UNSUPPORTED_PROTOCOL_VERSION,
-            why,
-            max_out,
-            metrics,
-        )
-        .await;
-        return None;
-    }
-
-    // Who is connecting (certificate, password, JWT or anonymous), in the
-    // tenant's realm.
-    let credentials = Credentials {
-        client_id: client_id.clone(),
-        username: resolved.username,
-        password: c.password.as_ref().map(|p| p.to_vec()),
-        cert_identity: origin.cert_identity().map(str::to_owned),
-        address,
-    };
-    drop(origin);
-    let realm = tenant.realm.clone();
-    let principal = match broker.auth.authenticate(credentials, realm, metrics).await {
-        Decision::Allow(p) => p,
-        Decision::Refuse { code, why } => {
-            return refused(io, p, code, why, max_out, metrics).await;
-        }
-    };
-
-    // The tenant's connection quotas: rate, then a seat (given back when
-    // the connection ends).
-    if let Some(rate) = tenant.limits.max_connect_rate {
-        if usage.connect_rate.take(1, u64::from(rate)).is_err() {
-            usage.reject(QuotaKind::ConnectRate);
-            metrics.inc(&metrics.connections_refused);
-            let why = "tenant connect rate exceeded";
-            refuse(
-                io,
-                p,
-                reason::CONNECTION_RATE_EXCEEDED,
-                why,
-                max_out,
-                metrics,
-            )
-            .await;
-            return None;
-        }
-    }
-    let Some(seat) = Seat::take(usage, tenant.limits.max_connections) else {
-        metrics.inc(&metrics.connections_refused);
-        let why = "tenant connection limit reached";
-        refuse(io, p, reason::QUOTA_EXCEEDED, why, max_out, metrics).await;
-        return None;
-    };
+    let (client_id, assigned) = client_id(c, cfg.max_client_id_length)?;
+    let (tenant, principal, address) = identify(broker, c, &client_id, origin).await?;
+    let seat = take_seat(broker, &tenant)?;
     let mut authz = crate::auth::Authz::new(
         &broker.auth,
         principal,
@@ -375,115 +322,9 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         .map_or(cfg.max_packet_size, |m| {
             (m as usize).min(cfg.max_packet_size)
         });
-
-    // Keepalive: v5 gets Server Keep Alive; v3 asking too much is refused
-    // (as Mosquitto does), since 3.1.1 cannot tell the client.
-    let max_ka = cfg.max_keepalive;
-    let mut server_keep_alive = None;
-    let keep_alive = if v5 {
-        if c.keep_alive == 0 || c.keep_alive > max_ka {
-            server_keep_alive = Some(max_ka);
-            max_ka
-        } else {
-            c.keep_alive
-        }
-    } else if c.keep_alive > max_ka {
-        return refused(
-            io,
-            p,
-            reason::CLIENT_IDENTIFIER_NOT_VALID,
-            "keepalive above --max-keepalive",
-            max_out,
-            metrics,
-        )
-        .await;
-    } else {
-        c.keep_alive
-    };
-
-    // Will.
-    let will = match c.will {
-        Some(w) => {
-            if topic::TopicName::new(&w.topic, cfg.topic_limits()).is_err() {
-                metrics.bad_packet(BadPacket::ProtocolError);
-                if v5 {
-                    refuse(
-                        io,
-                        p,
-                        reason::TOPIC_NAME_INVALID,
-                        "invalid will topic",
-                        max_out,
-                        metrics,
-                    )
-                    .await;
-                }
-                return None;
-            }
-            let denied = !authz.allows(&broker.auth, Access::Publish, &w.topic, metrics);
-            if topic::is_reserved(&w.topic) || denied {
-                return refused(
-                    io,
-                    p,
-                    reason::NOT_AUTHORIZED,
-                    "will topic not authorized",
-                    max_out,
-                    metrics,
-                )
-                .await;
-            }
-            if w.properties.payload_format_indicator == Some(1)
-                && std::str::from_utf8(&w.payload).is_err()
-            {
-                refuse(
-                    io,
-                    p,
-                    reason::PAYLOAD_FORMAT_INVALID,
-                    "will payload is not UTF-8",
-                    max_out,
-                    metrics,
-                )
-                .await;
-                return None;
-            }
-            let delay = w.properties.will_delay_interval.unwrap_or(0);
-            Some(DelayedWill {
-                will: Box::new(w),
-                delay,
-            })
-        }
-        None => None,
-    };
-
-    // Session expiry.
-    let requested_expiry = if v5 {
-        c.properties.session_expiry_interval.unwrap_or(0)
-    } else if c.clean_start {
-        0
-    } else {
-        cfg.max_session_expiry
-    };
-    let expiry = requested_expiry.min(cfg.max_session_expiry);
-
-    // A durable session needs its session record on disk; while the store
-    // refuses writes, say so now rather than lose the session at restart.
-    if expiry > 0 {
-        let code = match broker.persist.health() {
-            porchlight_storage::Health::Ok => None,
-            porchlight_storage::Health::Full => Some(reason::QUOTA_EXCEEDED),
-            porchlight_storage::Health::Failed => Some(reason::SERVER_UNAVAILABLE),
-        };
-        if let Some(code) = code {
-            return refused(
-                io,
-                p,
-                code,
-                "store refuses writes: no persistent sessions",
-                max_out,
-                metrics,
-            )
-            .await;
-        }
-    }
+    let (keep_alive, server_keep_alive) = keep_alive(c, cfg.max_keepalive)?;
+    let will = will(broker, c, &mut authz)?;
+    let (requested_expiry, expiry) = session_expiry(broker, c)?;
 
     let key = SessionKey {
         tenant: tenant.id.clone(),
@@ -507,14 +348,8 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         .as_deref()
         .filter(|_| broker.auth.required())
         .map(str::to_owned);
-    let max_persistent = StateLimits::get(
-        &broker
-            .state
-            .tenants()
-            .usage(&tenant.id)
-            .state_limits
-            .persistent_sessions,
-    );
+    let usage = broker.state.tenants().usage(&tenant.id);
+    let max_persistent = StateLimits::get(&usage.state_limits.persistent_sessions);
     let attached = broker
         .registry
         .attach(
@@ -531,56 +366,265 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         Err(Refused::Quota(kind)) => {
             // The tenant's `max_persistent_sessions` (counted in the
             // control state).
-            broker.state.tenants().usage(&tenant.id).reject(kind);
-            metrics.inc(&metrics.connections_refused);
+            usage.reject(kind);
             let why = "tenant persistent session limit reached";
-            refuse(io, p, reason::QUOTA_EXCEEDED, why, max_out, metrics).await;
-            return None;
+            return Err(Refusal::counted(reason::QUOTA_EXCEEDED, why));
         }
         Err(Refused::Unavailable(e)) => {
             tracing::warn!(client = %key.client, error = %e, "CONNECT refused: control state unavailable");
-            metrics.inc(&metrics.connections_refused);
             let why = "session state unavailable";
-            refuse(io, p, reason::SERVER_UNAVAILABLE, why, max_out, metrics).await;
-            return None;
+            return Err(Refusal::counted(reason::SERVER_UNAVAILABLE, why));
         }
     };
+    Ok(Admitted {
+        key,
+        session,
+        present,
+        claim,
+        assigned,
+        authz,
+        seat,
+        max_packet,
+        tenant_max_qos: tenant.limits.max_qos,
+        keep_alive,
+        server_keep_alive,
+        will,
+        requested_expiry,
+        expiry,
+        kick,
+        done,
+    })
+}
 
+/// The client identifier, and the one assigned when it sent none.
+fn client_id(c: &Connect, max_len: usize) -> Result<(String, Option<String>), Refusal> {
+    let invalid = reason::CLIENT_IDENTIFIER_NOT_VALID;
+    if c.client_id.is_empty() {
+        let p = c.protocol;
+        if p == Protocol::V31 || (p == Protocol::V311 && !c.clean_start) {
+            return Err(Refusal::counted(
+                invalid,
+                "empty client id needs clean session",
+            ));
+        }
+        let id = assign_client_id();
+        return Ok((id.clone(), Some(id)));
+    }
+    if c.client_id.len() > max_len {
+        return Err(Refusal::counted(invalid, "client id too long"));
+    }
+    Ok((c.client_id.clone(), None))
+}
+
+/// Which tenant (`tenant/mod.rs`, fixed for the connection's life) and who
+/// is connecting (certificate, password, JWT or anonymous) in its realm.
+async fn identify(
+    broker: &Broker,
+    c: &Connect,
+    client_id: &str,
+    origin: Origin,
+) -> Result<
+    (
+        Arc<crate::tenant::TenantDef>,
+        crate::auth::Principal,
+        std::net::IpAddr,
+    ),
+    Refusal,
+> {
+    let metrics = &broker.metrics;
+    // IPv4-mapped IPv6 (dual-stack listeners, PROXY TCP6) counts as IPv4,
+    // so ACL `address` rules and the backoff see one form.
+    let address = origin.peer.ip().to_canonical();
+    let directory = broker.auth.directory();
+    let tls = origin.tls.as_deref();
+    let hello = crate::tenant::Hello {
+        listener: origin.listener,
+        sni: tls.and_then(|t| t.sni.as_deref()),
+        cert: tls.and_then(|t| t.cert.as_ref()),
+        username: c.username.as_deref(),
+    };
+    let resolved = match directory.resolve(&hello) {
+        Ok(r) => r,
+        Err(no) => {
+            if no.code == reason::BAD_USER_NAME_OR_PASSWORD {
+                broker.auth.failed(address, client_id, metrics);
+            } else {
+                debug!(%address, client = %client_id, why = no.why, "No tenant");
+            }
+            return Err(Refusal::counted(no.code, no.why));
+        }
+    };
+    let tenant = resolved.tenant.clone();
+    if !tenant.limits.allows_protocol(c.protocol) {
+        broker.tenants.usage(&tenant.id).reject(QuotaKind::Protocol);
+        let why = "protocol version not allowed for this tenant";
+        return Err(Refusal::counted(reason::UNSUPPORTED_PROTOCOL_VERSION, why));
+    }
+    let credentials = Credentials {
+        client_id: client_id.to_owned(),
+        username: resolved.username,
+        password: c.password.as_ref().map(|p| p.to_vec()),
+        cert_identity: origin.cert_identity().map(str::to_owned),
+        address,
+    };
+    drop(origin);
+    let realm = tenant.realm.clone();
+    match broker.auth.authenticate(credentials, realm, metrics).await {
+        Decision::Allow(principal) => Ok((tenant, principal, address)),
+        Decision::Refuse { code, why } => Err(Refusal::counted(code, why)),
+    }
+}
+
+/// The tenant's connection quotas: rate, then a seat (given back when the
+/// connection ends).
+fn take_seat(broker: &Broker, tenant: &crate::tenant::TenantDef) -> Result<Seat, Refusal> {
+    let usage = broker.tenants.usage(&tenant.id);
+    if let Some(rate) = tenant.limits.max_connect_rate {
+        if usage.connect_rate.take(1, u64::from(rate)).is_err() {
+            usage.reject(QuotaKind::ConnectRate);
+            let why = "tenant connect rate exceeded";
+            return Err(Refusal::counted(reason::CONNECTION_RATE_EXCEEDED, why));
+        }
+    }
+    Seat::take(usage, tenant.limits.max_connections).ok_or(Refusal::counted(
+        reason::QUOTA_EXCEEDED,
+        "tenant connection limit reached",
+    ))
+}
+
+/// Keepalive, and the Server Keep Alive to send: v5 gets it; 3.1.1 asking
+/// too much is refused (as Mosquitto does), since 3.1.1 cannot be told.
+fn keep_alive(c: &Connect, max: u16) -> Result<(u16, Option<u16>), Refusal> {
+    if c.protocol.is_v5() {
+        if c.keep_alive == 0 || c.keep_alive > max {
+            return Ok((max, Some(max)));
+        }
+        return Ok((c.keep_alive, None));
+    }
+    if c.keep_alive > max {
+        let why = "keepalive above --max-keepalive";
+        return Err(Refusal::counted(reason::CLIENT_IDENTIFIER_NOT_VALID, why));
+    }
+    Ok((c.keep_alive, None))
+}
+
+/// The will: a valid topic the client may publish to, a UTF-8 payload if
+/// it says so.
+fn will(
+    broker: &Broker,
+    c: &Connect,
+    authz: &mut crate::auth::Authz,
+) -> Result<Option<DelayedWill>, Refusal> {
+    let Some(w) = &c.will else {
+        return Ok(None);
+    };
+    let metrics = &broker.metrics;
+    if topic::TopicName::new(&w.topic, broker.config.topic_limits()).is_err() {
+        metrics.bad_packet(BadPacket::ProtocolError);
+        let why = "invalid will topic";
+        return Err(if c.protocol.is_v5() {
+            Refusal::quiet(reason::TOPIC_NAME_INVALID, why)
+        } else {
+            Refusal::close(why)
+        });
+    }
+    let denied = !authz.allows(&broker.auth, Access::Publish, &w.topic, metrics);
+    if topic::is_reserved(&w.topic) || denied {
+        return Err(Refusal::counted(
+            reason::NOT_AUTHORIZED,
+            "will topic not authorized",
+        ));
+    }
+    if w.properties.payload_format_indicator == Some(1) && std::str::from_utf8(&w.payload).is_err()
+    {
+        let why = "will payload is not UTF-8";
+        return Err(Refusal::quiet(reason::PAYLOAD_FORMAT_INVALID, why));
+    }
+    Ok(Some(DelayedWill {
+        will: Box::new(w.clone()),
+        delay: w.properties.will_delay_interval.unwrap_or(0),
+    }))
+}
+
+/// The session expiry asked for and the one granted. A durable session
+/// needs its session record on disk: while the store refuses writes, say
+/// so now rather than lose the session at restart.
+fn session_expiry(broker: &Broker, c: &Connect) -> Result<(u32, u32), Refusal> {
+    let max = broker.config.max_session_expiry;
+    let requested = if c.protocol.is_v5() {
+        c.properties.session_expiry_interval.unwrap_or(0)
+    } else if c.clean_start {
+        0
+    } else {
+        max
+    };
+    let expiry = requested.min(max);
+    if expiry > 0 {
+        let why = "store refuses writes: no persistent sessions";
+        match broker.persist.health() {
+            porchlight_storage::Health::Ok => {}
+            porchlight_storage::Health::Full => {
+                return Err(Refusal::counted(reason::QUOTA_EXCEEDED, why))
+            }
+            porchlight_storage::Health::Failed => {
+                return Err(Refusal::counted(reason::SERVER_UNAVAILABLE, why))
+            }
+        }
+    }
+    Ok((requested, expiry))
+}
+
+/// The connection of an admitted CONNECT, with its CONNACK queued.
+fn connected<S: AsyncRead + AsyncWrite + Unpin>(
+    io: Transport<S>,
+    broker: &Arc<Broker>,
+    id: ConnectionId,
+    c: Connect,
+    a: Admitted,
+) -> Box<Conn<S>> {
+    let (cfg, metrics) = (&broker.config, &broker.metrics);
+    let p = c.protocol;
+    let v5 = p.is_v5();
     let mut props = Properties::default();
     if v5 {
-        if expiry != requested_expiry {
-            props.session_expiry_interval = Some(expiry);
+        if a.expiry != a.requested_expiry {
+            props.session_expiry_interval = Some(a.expiry);
         }
         props.receive_maximum = Some(cfg.receive_maximum);
-        props.maximum_packet_size = u32::try_from(max_packet).ok();
-        if let Some(q) = tenant.limits.max_qos.filter(|q| *q < 2) {
+        props.maximum_packet_size = u32::try_from(a.max_packet).ok();
+        if let Some(q) = a.tenant_max_qos.filter(|q| *q < 2) {
             props.maximum_qos = Some(q);
         }
         if cfg.topic_alias_maximum > 0 {
             props.topic_alias_maximum = Some(cfg.topic_alias_maximum);
         }
-        props.assigned_client_identifier = assigned;
-        props.server_keep_alive = server_keep_alive;
+        props.assigned_client_identifier = a.assigned;
+        props.server_keep_alive = a.server_keep_alive;
     }
     let client_receive_max = c.properties.receive_maximum.unwrap_or(u16::MAX);
+    let max_out = c
+        .properties
+        .maximum_packet_size
+        .map_or(usize::MAX, |m| m as usize);
+    let present = a.present;
     let mut conn = Box::new(Conn {
         io,
         broker: broker.clone(),
         id,
         protocol: p,
-        key,
-        session,
-        claim,
-        keep_alive: Duration::from_secs(u64::from(keep_alive)),
+        key: a.key,
+        session: a.session,
+        claim: a.claim,
+        keep_alive: Duration::from_secs(u64::from(a.keep_alive)),
         last_seen: Instant::now(),
         send_window: usize::from(client_receive_max.min(cfg.max_inflight)),
         client_max_packet: max_out,
         topic_aliases: Vec::new(),
-        will,
+        will: a.will,
         // MQTT-3.14.2-2 is about what the client asked for.
-        connect_expiry_zero: v5 && requested_expiry == 0,
-        kick,
-        done,
+        connect_expiry_zero: v5 && a.requested_expiry == 0,
+        kick: a.kick,
+        done: a.done,
         overflowed: false,
         woke_subscriber: false,
         routed: 0,
@@ -589,9 +633,9 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         pending_pubacks: 0,
         held_publish: None,
         problem_info: c.properties.request_problem_information != Some(0),
-        authz,
-        seat,
-        max_packet,
+        authz: a.authz,
+        seat: a.seat,
+        max_packet: a.max_packet,
         throttle: None,
         conn_rate: Rate::default(),
     });
@@ -611,10 +655,10 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         client = %conn.key.client,
         ?p,
         present,
-        keep_alive,
+        keep_alive = a.keep_alive,
         auth = conn.authz.principal.method,
         user = conn.authz.principal.username.as_deref(),
         "Client connected"
     );
-    Some(conn)
+    conn
 }

@@ -52,26 +52,47 @@ pub struct Restored {
     pub retained: Vec<Message>,
 }
 
-impl Persist {
-    /// Reads everything back. A record that cannot be read stops start-up
-    /// with the table and key named: nothing is skipped silently.
-    pub fn load(&self, limits: TopicLimits) -> Result<Restored, StorageError> {
-        let corrupt = |table: Table, key: &[u8], why: &str| StorageError::Corrupt {
-            path: self.store.path().to_owned(),
+/// One record of a per-session table, as `Loading::scan_owned` hands it
+/// to its reader.
+struct Owned<'r> {
+    /// The session's key prefix.
+    session: &'r [u8],
+    /// What follows it in the record's key (a filter, a position, a
+    /// packet id).
+    suffix: &'r [u8],
+    key: &'r [u8],
+    value: &'r [u8],
+}
+
+/// What `load` has read so far: the sessions, and the records to purge.
+struct Loading<'p> {
+    persist: &'p Persist,
+    sessions: BTreeMap<Vec<u8>, RestoredSession>,
+    /// Records of sessions whose session record is missing (orphans of an
+    /// interrupted delete), and others found dead: purged at the end.
+    orphans: Vec<(Table, Vec<u8>)>,
+}
+
+impl Loading<'_> {
+    fn corrupt(&self, table: Table, key: &[u8], why: &str) -> StorageError {
+        StorageError::Corrupt {
+            path: self.persist.store.path().to_owned(),
             detail: format!("table {} key {:02x?}: {why}", table.id(), key),
-        };
-        let mut sessions: BTreeMap<Vec<u8>, RestoredSession> = BTreeMap::new();
-        for r in self.store.scan(SESSIONS) {
+        }
+    }
+
+    fn sessions(&mut self) -> Result<(), StorageError> {
+        for r in self.persist.store.scan(SESSIONS) {
             let (k, v) = r?;
-            let (key, _) = parse_session_key(&k).map_err(|e| corrupt(SESSIONS, &k, e))?;
+            let (key, _) = parse_session_key(&k).map_err(|e| self.corrupt(SESSIONS, &k, e))?;
             let mut rd = Reader::new(&v);
             let parsed = (|| -> Result<(u32, u64), Bad> {
                 rd.version()?;
                 Ok((rd.u32()?, rd.u64()?))
             })();
             let (expiry_interval, disconnected_at_ms) =
-                parsed.map_err(|e| corrupt(SESSIONS, &k, e))?;
-            sessions.insert(
+                parsed.map_err(|e| self.corrupt(SESSIONS, &k, e))?;
+            self.sessions.insert(
                 k.clone(),
                 RestoredSession {
                     key,
@@ -85,50 +106,88 @@ impl Persist {
                 },
             );
         }
-        // Records of a session whose session record is missing are orphans
-        // of an interrupted delete: skipped, then purged.
-        let mut orphans: Vec<(Table, Vec<u8>)> = Vec::new();
-        let owner = |sessions: &mut BTreeMap<Vec<u8>, RestoredSession>, table: Table, k: &[u8]| {
-            let (_, used) = parse_session_key(k).map_err(|e| corrupt(table, k, e))?;
-            Ok::<_, StorageError>((
-                k[..used].to_vec(),
-                k[used..].to_vec(),
-                sessions.contains_key(&k[..used]),
-            ))
-        };
-        for r in self.store.scan(SUBSCRIPTIONS) {
+        Ok(())
+    }
+
+    /// The one scan of a per-session table: `read` takes each record into
+    /// its session, or returns false to drop it (purged). A record whose
+    /// session record is missing is an orphan; one `read` cannot parse
+    /// stops start-up with its table and key named.
+    fn scan_owned(
+        &mut self,
+        table: Table,
+        mut read: impl FnMut(&mut RestoredSession, Owned<'_>) -> Result<bool, Bad>,
+    ) -> Result<(), StorageError> {
+        for r in self.persist.store.scan(table) {
             let (k, v) = r?;
-            let (sk, rest, known) = owner(&mut sessions, SUBSCRIPTIONS, &k)?;
-            let Some(s) = sessions.get_mut(&sk).filter(|_| known) else {
-                orphans.push((SUBSCRIPTIONS, k.clone()));
+            let (_, used) = parse_session_key(&k).map_err(|e| self.corrupt(table, &k, e))?;
+            let Some(s) = self.sessions.get_mut(&k[..used]) else {
+                self.orphans.push((table, k));
                 continue;
             };
-            let raw = std::str::from_utf8(&rest)
-                .map_err(|_| corrupt(SUBSCRIPTIONS, &k, "filter not UTF-8"))?;
-            let filter = match TopicFilter::parse(raw, limits) {
-                Ok(f) => f,
-                // Written before `$tenant/` became the gateway prefix
-                // (`$tenant/#` was an ordinary filter then): dropped, not
-                // a reason to refuse the whole store.
-                Err(_) if raw.starts_with(crate::topic::TENANT_PREFIX) => {
-                    tracing::warn!(
-                        filter = raw,
-                        "Dropping a stored $tenant/ subscription that is no longer a valid filter"
-                    );
-                    orphans.push((SUBSCRIPTIONS, k.clone()));
-                    continue;
-                }
-                Err(_) => return Err(corrupt(SUBSCRIPTIONS, &k, "invalid filter")),
+            let record = Owned {
+                session: &k[..used],
+                suffix: &k[used..],
+                key: &k,
+                value: &v,
             };
-            let mut rd = Reader::new(&v);
-            let parsed = (|| -> Result<(SubscriptionOptions, u32), Bad> {
-                rd.version()?;
-                Ok((options_from(rd.u8()?)?, rd.u32()?))
-            })();
-            let (options, id) = parsed.map_err(|e| corrupt(SUBSCRIPTIONS, &k, e))?;
-            s.subscriptions
-                .push((filter, options, (id != 0).then_some(id)));
+            match read(s, record) {
+                Ok(true) => {}
+                Ok(false) => self.orphans.push((table, k)),
+                Err(e) => return Err(self.corrupt(table, &k, e)),
+            }
         }
+        Ok(())
+    }
+}
+
+impl Persist {
+    /// Reads everything back. A record that cannot be read stops start-up
+    /// with the table and key named: nothing is skipped silently.
+    pub fn load(&self, limits: TopicLimits) -> Result<Restored, StorageError> {
+        let mut l = Loading {
+            persist: self,
+            sessions: BTreeMap::new(),
+            orphans: Vec::new(),
+        };
+        l.sessions()?;
+        l.scan_owned(SUBSCRIPTIONS, |s, r| read_subscription(s, &r, limits))?;
+        self.load_queues(&mut l)?;
+        l.scan_owned(INFLIGHT, |s, r| {
+            s.inflight.push(read_inflight(&r)?);
+            Ok(true)
+        })?;
+        l.scan_owned(INCOMING, |s, r| {
+            s.incoming.push(Reader::new(r.suffix).u16()?);
+            Ok(true)
+        })?;
+        l.scan_owned(WILLS, |s, r| {
+            s.will = Some(read_will(r.value)?);
+            Ok(true)
+        })?;
+        let retained = self.load_retained(&l)?;
+        for s in l.sessions.values_mut() {
+            Self::settle_inflight(s, &mut l.orphans);
+        }
+        // Records of sessions whose session record is gone (a delete a
+        // crash interrupted), and other dead records, are purged.
+        if !l.orphans.is_empty() {
+            let mut b = Batch::default();
+            for (table, k) in &l.orphans {
+                b.delete(*table, k);
+            }
+            self.store.write(b)?;
+        }
+        Ok(Restored {
+            sessions: l.sessions.into_values().collect(),
+            retained,
+        })
+    }
+
+    /// The queues: entries in order, each message decoded once however
+    /// many entries name its body; then the bodies no entry names are
+    /// added to the purge.
+    fn load_queues(&self, l: &mut Loading<'_>) -> Result<(), StorageError> {
         let mut interner = Interner::default();
         let mut bodies = self.load_bodies()?;
         // Messages of `V1` entries: given body ids once every id in use is
@@ -137,42 +196,33 @@ impl Persist {
         // `V2` entries whose body is not a record: a `V3` entry read later
         // may carry it.
         let mut unresolved = Vec::new();
-        for r in self.store.scan(QUEUE) {
-            let (k, v) = r?;
-            let (sk, rest, known) = owner(&mut sessions, QUEUE, &k)?;
-            let Some(s) = sessions.get_mut(&sk).filter(|_| known) else {
-                orphans.push((QUEUE, k.clone()));
-                continue;
-            };
-            let seq = Reader::new(&rest)
-                .u64()
-                .map_err(|e| corrupt(QUEUE, &k, e))?;
-            let mut rd = Reader::new(&v);
-            let entry = (|| match rd.version_of(&[V1, V2, V3])? {
+        l.scan_owned(QUEUE, |s, r| {
+            let seq = Reader::new(r.suffix).u64()?;
+            let mut rd = Reader::new(r.value);
+            let entry = match rd.version_of(&[V1, V2, V3])? {
                 V1 => {
                     let (msg, fields, new) =
                         decode_v1_entry(&mut rd, &s.key.tenant, &mut interner)?;
                     if new {
                         legacy.push(msg.clone());
                     }
-                    Ok(Ok(fields.with(msg, 0)))
+                    Ok(fields.with(msg, 0))
                 }
                 V3 => {
                     let id = rd.u64()?;
                     let (msg, fields) = decode_v1_parts(&mut rd, &s.key.tenant)?;
-                    Ok(Ok(fields.with(bodies.carried(id, msg, &self.released), 0)))
+                    Ok(fields.with(bodies.carried(id, msg, &self.released), 0))
                 }
                 _ => {
                     let id = rd.u64()?;
                     let fields = DeliveryFields::decode(&mut rd)?;
-                    Ok(match bodies.message(id, &self.released)? {
+                    match bodies.message(id, &self.released)? {
                         Some(m) => Ok(fields.with(m, 0)),
                         None => Err((id, fields)),
-                    })
+                    }
                 }
-            })()
-            .map_err(|e| corrupt(QUEUE, &k, e))?;
-            if let Some(id) = entry_id(&v) {
+            };
+            if let Some(id) = entry_id(r.value) {
                 self.next_body.fetch_max(id + 1, Ordering::Relaxed);
             }
             match entry {
@@ -180,11 +230,14 @@ impl Persist {
                     d.seq = seq;
                     s.queue.push(d);
                 }
-                Err((id, fields)) => unresolved.push((sk, k, seq, id, fields)),
+                Err((id, fields)) => {
+                    unresolved.push((r.session.to_vec(), r.key.to_vec(), seq, id, fields))
+                }
             }
-        }
+            Ok(true)
+        })?;
         for (sk, k, seq, id, fields) in unresolved {
-            let Some(s) = sessions.get_mut(&sk) else {
+            let Some(s) = l.sessions.get_mut(&sk) else {
                 continue;
             };
             match bodies.decoded(id) {
@@ -197,7 +250,7 @@ impl Persist {
                     // had been deleted in memory, and a crash (or a teardown
                     // without `close`) kept this one on disk.
                     tracing::warn!(client_id = %s.key.client, seq, "Dropping a queue entry whose message body is gone");
-                    orphans.push((QUEUE, k));
+                    l.orphans.push((QUEUE, k));
                 }
             }
         }
@@ -212,162 +265,151 @@ impl Persist {
                 Self::keep_body(&mut self.pending.lock(), &m, (stored.id, encode_body(&m)));
             }
         }
-        for r in self.store.scan(INFLIGHT) {
-            let (k, v) = r?;
-            let (sk, rest, known) = owner(&mut sessions, INFLIGHT, &k)?;
-            let Some(s) = sessions.get_mut(&sk).filter(|_| known) else {
-                orphans.push((INFLIGHT, k.clone()));
-                continue;
-            };
-            let packet_id = Reader::new(&rest)
-                .u16()
-                .map_err(|e| corrupt(INFLIGHT, &k, e))?;
-            let mut rd = Reader::new(&v);
-            let tenant = s.key.tenant.clone();
-            let parsed = (|| -> Result<RestoredInflight, Bad> {
-                rd.version()?;
-                let seq = rd.u64()?;
-                let queue_seq = rd.u64()?;
-                let awaiting_ack = match rd.u8()? {
-                    1 => true,
-                    2 => false,
-                    _ => return Err("invalid in-flight state"),
-                };
-                let _ = &tenant;
-                Ok(RestoredInflight {
-                    packet_id,
-                    seq,
-                    queue_seq,
-                    awaiting_ack,
-                    delivery: None,
-                })
-            })();
-            s.inflight
-                .push(parsed.map_err(|e| corrupt(INFLIGHT, &k, e))?);
-        }
-        for r in self.store.scan(INCOMING) {
-            let (k, _) = r?;
-            let (sk, rest, known) = owner(&mut sessions, INCOMING, &k)?;
-            let Some(s) = sessions.get_mut(&sk).filter(|_| known) else {
-                orphans.push((INCOMING, k.clone()));
-                continue;
-            };
-            s.incoming.push(
-                Reader::new(&rest)
-                    .u16()
-                    .map_err(|e| corrupt(INCOMING, &k, e))?,
-            );
-        }
-        for r in self.store.scan(WILLS) {
-            let (k, v) = r?;
-            let (sk, _, known) = owner(&mut sessions, WILLS, &k)?;
-            let Some(s) = sessions.get_mut(&sk).filter(|_| known) else {
-                orphans.push((WILLS, k.clone()));
-                continue;
-            };
-            let mut rd = Reader::new(&v);
-            let parsed = (|| -> Result<(Box<Will>, u64), Bad> {
-                rd.version()?;
-                let due = rd.u64()?;
-                let qos = rd.qos()?;
-                let retain = rd.u8()? != 0;
-                let topic = rd.str()?.to_owned();
-                let payload = Bytes::copy_from_slice(rd.bytes()?);
-                let mut props = Bytes::copy_from_slice(rd.bytes()?);
-                let properties = Properties::read(&mut props, crate::codec::PropertyContext::Will)
-                    .map_err(|_| "invalid will properties")?;
-                Ok((
-                    Box::new(Will {
-                        topic,
-                        payload,
-                        qos,
-                        retain,
-                        properties,
-                    }),
-                    due,
-                ))
-            })();
-            s.will = Some(parsed.map_err(|e| corrupt(WILLS, &k, e))?);
-        }
+        // Bodies no queue entry names (released, or named only by purged
+        // entries) are purged too.
+        l.orphans.extend(
+            bodies
+                .unused()
+                .map(|id| (BODIES, id.to_be_bytes().to_vec())),
+        );
+        Ok(())
+    }
+
+    fn load_retained(&self, l: &Loading<'_>) -> Result<Vec<Message>, StorageError> {
         let mut retained = Vec::new();
         for r in self.store.scan(RETAINED) {
             let (k, v) = r?;
             let mut kr = Reader::new(&k);
-            let tenant = TenantId::new(kr.str().map_err(|e| corrupt(RETAINED, &k, e))?);
+            let tenant = TenantId::new(kr.str().map_err(|e| l.corrupt(RETAINED, &k, e))?);
             let mut rd = Reader::new(&v);
             let m = (|| {
                 rd.version()?;
                 decode_message(&mut rd, &tenant)
             })()
-            .map_err(|e| corrupt(RETAINED, &k, e))?;
+            .map_err(|e| l.corrupt(RETAINED, &k, e))?;
             retained.push(m);
         }
-        // In-flight messages awaiting an acknowledgement take their body
-        // from the queue entry they were sent from; one whose body is gone
-        // was acknowledged just before a crash, and is dropped. A body still
-        // there for a released (PUBREC'd) message is never queued again: a
-        // crash came between the two writes of `released`.
-        for s in sessions.values_mut() {
-            let mut bodies: std::collections::HashMap<u64, Delivery> =
-                std::collections::HashMap::new();
-            let sent: std::collections::HashSet<u64> = s
-                .inflight
-                .iter()
-                .map(|f| f.queue_seq)
-                .filter(|q| *q != 0)
-                .collect();
-            if !sent.is_empty() {
-                let queue = std::mem::take(&mut s.queue);
-                for d in queue {
-                    if sent.contains(&d.seq) {
-                        bodies.insert(d.seq, d);
-                    } else {
-                        s.queue.push(d);
-                    }
-                }
-            }
-            let key = s.key.clone();
-            s.inflight.retain_mut(|f| {
-                if !f.awaiting_ack {
-                    if bodies.remove(&f.queue_seq).is_some() {
-                        orphans.push((QUEUE, Self::seq_key(&key, f.queue_seq)));
-                    }
-                    f.queue_seq = 0;
-                    return true;
-                }
-                match bodies.remove(&f.queue_seq) {
-                    Some(d) => {
-                        f.delivery = Some(d);
-                        true
-                    }
-                    None => {
-                        orphans.push((INFLIGHT, Self::pkid_key(&key, f.packet_id)));
-                        false
-                    }
-                }
-            });
-        }
-        // Bodies no queue entry names (released, or named only by purged
-        // entries) are purged too.
-        orphans.extend(
-            bodies
-                .unused()
-                .map(|id| (BODIES, id.to_be_bytes().to_vec())),
-        );
-        // Records of sessions whose session record is gone (a delete a
-        // crash interrupted) are purged.
-        if !orphans.is_empty() {
-            let mut b = Batch::default();
-            for (table, k) in &orphans {
-                b.delete(*table, k);
-            }
-            self.store.write(b)?;
-        }
-        Ok(Restored {
-            sessions: sessions.into_values().collect(),
-            retained,
-        })
+        Ok(retained)
     }
+
+    /// In-flight messages awaiting an acknowledgement take their body
+    /// from the queue entry they were sent from; one whose body is gone
+    /// was acknowledged just before a crash, and is dropped. A body still
+    /// there for a released (PUBREC'd) message is never queued again: a
+    /// crash came between the two writes of `released`.
+    fn settle_inflight(s: &mut RestoredSession, orphans: &mut Vec<(Table, Vec<u8>)>) {
+        let mut bodies: std::collections::HashMap<u64, Delivery> = std::collections::HashMap::new();
+        let sent: std::collections::HashSet<u64> = s
+            .inflight
+            .iter()
+            .map(|f| f.queue_seq)
+            .filter(|q| *q != 0)
+            .collect();
+        if !sent.is_empty() {
+            let queue = std::mem::take(&mut s.queue);
+            for d in queue {
+                if sent.contains(&d.seq) {
+                    bodies.insert(d.seq, d);
+                } else {
+                    s.queue.push(d);
+                }
+            }
+        }
+        let key = s.key.clone();
+        s.inflight.retain_mut(|f| {
+            if !f.awaiting_ack {
+                if bodies.remove(&f.queue_seq).is_some() {
+                    orphans.push((QUEUE, Self::seq_key(&key, f.queue_seq)));
+                }
+                f.queue_seq = 0;
+                return true;
+            }
+            match bodies.remove(&f.queue_seq) {
+                Some(d) => {
+                    f.delivery = Some(d);
+                    true
+                }
+                None => {
+                    orphans.push((INFLIGHT, Self::pkid_key(&key, f.packet_id)));
+                    false
+                }
+            }
+        });
+    }
+}
+
+/// A subscription record into its session; a `$tenant/` filter written
+/// before that prefix was reserved is dropped.
+fn read_subscription(
+    s: &mut RestoredSession,
+    r: &Owned<'_>,
+    limits: TopicLimits,
+) -> Result<bool, Bad> {
+    let raw = std::str::from_utf8(r.suffix).map_err(|_| "filter not UTF-8")?;
+    let filter = match TopicFilter::parse(raw, limits) {
+        Ok(f) => f,
+        // Written before `$tenant/` became the gateway prefix (`$tenant/#`
+        // was an ordinary filter then): dropped, not a reason to refuse the
+        // whole store.
+        Err(_) if raw.starts_with(crate::topic::TENANT_PREFIX) => {
+            tracing::warn!(
+                filter = raw,
+                "Dropping a stored $tenant/ subscription that is no longer a valid filter"
+            );
+            return Ok(false);
+        }
+        Err(_) => return Err("invalid filter"),
+    };
+    let mut rd = Reader::new(r.value);
+    rd.version()?;
+    let options = options_from(rd.u8()?)?;
+    let id = rd.u32()?;
+    s.subscriptions
+        .push((filter, options, (id != 0).then_some(id)));
+    Ok(true)
+}
+
+fn read_inflight(r: &Owned<'_>) -> Result<RestoredInflight, Bad> {
+    let packet_id = Reader::new(r.suffix).u16()?;
+    let mut rd = Reader::new(r.value);
+    rd.version()?;
+    let seq = rd.u64()?;
+    let queue_seq = rd.u64()?;
+    let awaiting_ack = match rd.u8()? {
+        1 => true,
+        2 => false,
+        _ => return Err("invalid in-flight state"),
+    };
+    Ok(RestoredInflight {
+        packet_id,
+        seq,
+        queue_seq,
+        awaiting_ack,
+        delivery: None,
+    })
+}
+
+fn read_will(v: &[u8]) -> Result<(Box<Will>, u64), Bad> {
+    let mut rd = Reader::new(v);
+    rd.version()?;
+    let due = rd.u64()?;
+    let qos = rd.qos()?;
+    let retain = rd.u8()? != 0;
+    let topic = rd.str()?.to_owned();
+    let payload = Bytes::copy_from_slice(rd.bytes()?);
+    let mut props = Bytes::copy_from_slice(rd.bytes()?);
+    let properties = Properties::read(&mut props, crate::codec::PropertyContext::Will)
+        .map_err(|_| "invalid will properties")?;
+    Ok((
+        Box::new(Will {
+            topic,
+            payload,
+            qos,
+            retain,
+            properties,
+        }),
+        due,
+    ))
 }
 
 /// The `BODIES` table as read at start-up: raw records, each decoded
