@@ -4,8 +4,8 @@
 //! PUBLISH is validated (topic alias, topic name, payload format, receive
 //! maximum), turned into a shared [`Message`] and handed to the router;
 //! its acknowledgement (PUBACK/PUBREC) is appended to the output buffer in
-//! the same batch. SUBSCRIBE/UNSUBSCRIBE change the session and the trie
-//! and queue retained messages. Acknowledgements from the client advance
+//! the same batch. SUBSCRIBE/UNSUBSCRIBE are `subscribe.rs`'s.
+//! Acknowledgements from the client advance
 //! the outgoing state machines in the session. A protocol violation
 //! returns a [`Close`] with the reason code; `connection/mod.rs` closes.
 
@@ -16,18 +16,14 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::auth::acl::Access;
 use crate::auth::Target;
-use crate::codec::{
-    reason, Ack, Packet, Properties, Publish, QoS, RetainHandling, SubAck, Subscribe, UnsubAck,
-    Unsubscribe,
-};
+use crate::codec::{reason, Ack, Packet, Properties, Publish, QoS};
 use crate::connection::{Close, Conn};
-use crate::message::{Delivery, Message};
+use crate::message::Message;
 use crate::metrics::{BadPacket, DropReason};
 use crate::persist::Write;
-use crate::session::{effective_qos, OutState};
-use crate::state::command::{Applied, Command, Limit, SubscribeLimits};
+use crate::session::OutState;
 use crate::tenant::quota::{QuotaKind, Rate};
-use crate::topic::{TopicFilter, TopicName};
+use crate::topic::TopicName;
 
 /// Closing a connection whose next packet promises a write the store
 /// refused (3.1.1 has no other way to say it; for PUBREL/PUBCOMP v5 has no
@@ -51,14 +47,14 @@ fn queue_seq_of(f: Option<crate::session::Inflight>) -> u64 {
 
 /// The reason code for a refused durable write: quota when the store is
 /// at `--max-disk-bytes`, unspecified for an I/O failure.
-fn storage_reason(e: &porchlight_storage::StorageError) -> u8 {
+pub(crate) fn storage_reason(e: &porchlight_storage::StorageError) -> u8 {
     match e {
         porchlight_storage::StorageError::Full { .. } => reason::QUOTA_EXCEEDED,
         _ => reason::UNSPECIFIED_ERROR,
     }
 }
 
-fn protocol_error(detail: &'static str) -> Close {
+pub(crate) fn protocol_error(detail: &'static str) -> Close {
     Close::protocol(reason::PROTOCOL_ERROR, BadPacket::ProtocolError, detail)
 }
 
@@ -115,55 +111,18 @@ fn take_publish_rate(
     wait
 }
 
+/// A PUBLISH that passed its checks, and what routing it needs.
+struct AdmittedPublish {
+    /// Its topic in its tenant (a gateway's `$tenant/<id>/` split off).
+    topic: TopicName,
+    tenant: crate::ids::TenantId,
+    /// For a retained message refused by its tenant's retained quota.
+    retain_usage: Option<Arc<crate::tenant::quota::Usage>>,
+    /// `SUCCESS`, or why it is acknowledged without routing.
+    code: u8,
+}
+
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
-    /// Picks up a changed tenants file; a connection whose tenant was
-    /// removed closes (v5: 0x87).
-    pub(crate) fn tenant_check(&mut self) -> Result<(), Close> {
-        if !self.authz.stale(&self.broker.auth) {
-            return Ok(());
-        }
-        self.authz.refresh(&self.broker.auth);
-        if self.authz.removed {
-            tracing::info!(tenant = %self.key.tenant, client = %self.key.client, "Tenant removed: closing its connection");
-            return Err(Close {
-                reason: Some(reason::NOT_AUTHORIZED),
-                bad: None,
-                detail: "tenant removed".into(),
-                will: false,
-            });
-        }
-        self.drop_ungranted();
-        Ok(())
-    }
-
-    /// Removes the session's subscriptions in tenants its principal is no
-    /// longer granted (a reload took the grant away, or a session resumed
-    /// by a principal without it), so nothing of theirs is delivered.
-    pub(crate) fn drop_ungranted(&mut self) {
-        let gone: Vec<TopicFilter> = self
-            .broker
-            .state
-            .subscriptions(&self.key)
-            .into_iter()
-            .filter(|f| f.tenant().is_some_and(|t| !self.authz.granted(t)))
-            .collect();
-        for filter in gone {
-            tracing::info!(client = %self.key.client, filter = filter.as_str(), "Gateway grant withdrawn: subscription removed");
-            let r = self.broker.control.submit(Command::Unsubscribe {
-                key: self.key.clone(),
-                filter,
-            });
-            if let Err(e) = r.now() {
-                tracing::warn!(client = %self.key.client, error = %e, "Gateway subscription not removed");
-            }
-        }
-        // Nor is anything of those tenants still queued or unacknowledged.
-        let (authz, home) = (&self.authz, &self.key.tenant);
-        self.session
-            .lock()
-            .purge_tenants(&self.key, |t| t == home || authz.granted(t.as_str()));
-    }
-
     /// Handles one decoded packet.
     pub fn handle(&mut self, packet: Packet) -> Result<(), Close> {
         match packet {
@@ -254,14 +213,37 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         Ok(topic)
     }
 
-    fn on_publish(&mut self, p: Publish) -> Result<(), Close> {
-        let v5 = self.protocol.is_v5();
+    /// A PUBLISH: its topic, then `admit_publish` (tenant, quotas, rate,
+    /// exactly-once, Receive Maximum, ACL, payload format), `route_publish`
+    /// (the router, the QoS 2 id, flow control) and `acknowledge_durably`.
+    fn on_publish(&mut self, mut p: Publish) -> Result<(), Close> {
         if !p.properties.subscription_identifiers.is_empty() {
             return Err(protocol_error(
                 "subscription identifier in a client PUBLISH",
             ));
         }
         let topic = self.resolve_topic(&p)?;
+        let Some(admitted) = self.admit_publish(&p, topic)? else {
+            return Ok(());
+        };
+        let (code, write) = if admitted.code == reason::SUCCESS {
+            let payload = std::mem::take(&mut p.payload);
+            self.route_publish(&p, payload, admitted)?
+        } else {
+            (admitted.code, Write::None)
+        };
+        self.acknowledge_durably(&p, code, write)
+    }
+
+    /// Everything a PUBLISH must pass before it is routed, in order. `None`
+    /// when it was answered already (denied tenant, a QoS 2 retransmission,
+    /// a rate-limited QoS 0 message); otherwise the code it has so far.
+    fn admit_publish(
+        &mut self,
+        p: &Publish,
+        topic: TopicName,
+    ) -> Result<Option<AdmittedPublish>, Close> {
+        let v5 = self.protocol.is_v5();
         let metrics = self.broker.metrics.clone();
         metrics.inc(&metrics.messages_received);
         self.tenant_check()?;
@@ -288,7 +270,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         let Some(target) = target else {
             metrics.inc(&metrics.acl_denied_publish);
             self.acknowledge(p.qos, p.packet_id, reason::NOT_AUTHORIZED, None);
-            return Ok(());
+            return Ok(None);
         };
         let usage = &target.usage;
         usage.messages_in.fetch_add(1, Ordering::Relaxed);
@@ -301,7 +283,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 // CONNACK told the gateway its own tenant's Maximum QoS,
                 // not this one's: refuse the message, keep the connection.
                 self.acknowledge(p.qos, p.packet_id, reason::QUOTA_EXCEEDED, None);
-                return Ok(());
+                return Ok(None);
             }
             return Err(Close::protocol(
                 reason::QOS_NOT_SUPPORTED,
@@ -325,7 +307,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 ticket,
                 Packet::PubRec(Ack::new(p.packet_id, reason::SUCCESS)),
             );
-            return Ok(());
+            return Ok(None);
         }
         // Receive Maximum (an MQTT 5 notion; 3.1.1 clients are bound by
         // their packet ids): QoS 1 acknowledgements still held for the disk
@@ -342,7 +324,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
 
         let mut code = reason::SUCCESS;
-        let mut write = Write::None;
         if let Some(wait) = over_rate {
             if v5 {
                 // Refused: a QoS 1/2 publisher hears 0x96; QoS 0 is
@@ -350,7 +331,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 if p.qos == QoS::AtMostOnce {
                     metrics.dropped(DropReason::RateLimited);
                     target.usage.dropped(DropReason::RateLimited);
-                    return Ok(());
+                    return Ok(None);
                 }
                 code = reason::MESSAGE_RATE_TOO_HIGH;
             } else {
@@ -384,94 +365,123 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         // For a retained message refused by its tenant's retained quota.
         let retain_usage = p.retain.then(|| target.usage.clone());
 
-        if code == reason::SUCCESS {
-            let msg = Arc::new(Message::new(
-                tenant,
-                topic,
-                p.payload,
-                p.qos,
-                p.retain,
-                &p.properties,
-                Some(self.key.clone()),
-            ));
-            let qos2 = p.qos == QoS::ExactlyOnce;
-            let (router, session, key, packet_id) = (
-                self.broker.router.clone(),
-                self.session.clone(),
-                self.key.clone(),
-                p.packet_id,
-            );
-            // Route, and for QoS 2 remember the packet id: for a durable
-            // session both are deferred under one barrier guard, so they
-            // reach the disk in the same atomic batch (a retransmit after a
-            // crash is then either routed once or recognised).
-            let route = move || {
-                let outcome = router.publish(msg);
-                let mut incoming = Write::None;
-                // (A v5 publish refused for the retained quota ends with
-                // its PUBREC; 3.1.1 goes on to PUBREL as if accepted.)
-                if qos2 && outcome.refused.is_none() && !(v5 && outcome.quota.is_some()) {
-                    let mut st = session.lock();
-                    st.incoming_qos2.insert(packet_id);
-                    if let Some(persist) = &st.persist {
-                        incoming = Write::from_result(persist.incoming(&key, packet_id, true));
-                    }
+        Ok(Some(AdmittedPublish {
+            topic,
+            tenant,
+            retain_usage,
+            code,
+        }))
+    }
+
+    /// Routes an admitted PUBLISH; the code for its acknowledgement and the
+    /// durable writes it waits for.
+    fn route_publish(
+        &mut self,
+        p: &Publish,
+        payload: bytes::Bytes,
+        a: AdmittedPublish,
+    ) -> Result<(u8, Write), Close> {
+        let v5 = self.protocol.is_v5();
+        let AdmittedPublish {
+            topic,
+            tenant,
+            retain_usage,
+            mut code,
+        } = a;
+        let msg = Arc::new(Message::new(
+            tenant,
+            topic,
+            payload,
+            p.qos,
+            p.retain,
+            &p.properties,
+            Some(self.key.clone()),
+        ));
+        let qos2 = p.qos == QoS::ExactlyOnce;
+        let (router, session, key, packet_id) = (
+            self.broker.router.clone(),
+            self.session.clone(),
+            self.key.clone(),
+            p.packet_id,
+        );
+        // Route, and for QoS 2 remember the packet id: for a durable
+        // session both are deferred under one barrier guard, so they
+        // reach the disk in the same atomic batch (a retransmit after a
+        // crash is then either routed once or recognised).
+        let route = move || {
+            let outcome = router.publish(msg);
+            let mut incoming = Write::None;
+            // (A v5 publish refused for the retained quota ends with
+            // its PUBREC; 3.1.1 goes on to PUBREL as if accepted.)
+            if qos2 && outcome.refused.is_none() && !(v5 && outcome.quota.is_some()) {
+                let mut st = session.lock();
+                st.incoming_qos2.insert(packet_id);
+                if let Some(persist) = &st.persist {
+                    incoming = Write::from_result(persist.incoming(&key, packet_id, true));
                 }
-                (outcome, incoming)
-            };
-            let durable_qos2 = qos2 && self.session.lock().persist.is_some();
-            let ((outcome, incoming), outer) = if durable_qos2 {
-                let (r, t) = self.broker.persist.store().defer(route);
-                (r, Write::Pending(t))
+            }
+            (outcome, incoming)
+        };
+        let durable_qos2 = qos2 && self.session.lock().persist.is_some();
+        let ((outcome, incoming), outer) = if durable_qos2 {
+            let (r, t) = self.broker.persist.store().defer(route);
+            (r, Write::Pending(t))
+        } else {
+            (route(), Write::None)
+        };
+        if outcome.quota.is_some() {
+            // Over the tenant's retained limits (counted there): v5
+            // QoS 1/2 hears 0x97; QoS 0 and 3.1.1 cannot, so the
+            // message is dropped (counted in the message's tenant).
+            if v5 && p.qos != QoS::AtMostOnce {
+                code = reason::QUOTA_EXCEEDED;
             } else {
-                (route(), Write::None)
-            };
-            if outcome.quota.is_some() {
-                // Over the tenant's retained limits (counted there): v5
-                // QoS 1/2 hears 0x97; QoS 0 and 3.1.1 cannot, so the
-                // message is dropped (counted in the message's tenant).
-                if v5 && p.qos != QoS::AtMostOnce {
-                    code = reason::QUOTA_EXCEEDED;
-                } else {
-                    let m = &self.broker.metrics;
-                    m.dropped(DropReason::TenantQuota);
-                    if let Some(u) = &retain_usage {
-                        u.dropped(DropReason::TenantQuota);
-                    }
-                }
-            } else if let Some(refused) = outcome.refused {
-                if !v5 && p.qos != QoS::AtMostOnce {
-                    // 3.1.1 has no reason codes: the connection is closed.
-                    return Err(Close::quiet(
-                        "publish refused (store or queued memory full)",
-                        true,
-                    ));
-                }
-                code = refused;
-            } else if outcome.queued == 0 && !outcome.overflowed {
-                code = reason::NO_MATCHING_SUBSCRIBERS;
-            }
-            self.overflowed |= outcome.overflowed;
-            self.woke_subscriber |= outcome.woke;
-            self.routed += outcome.queued;
-            // Flow control: stop reading this client until the subscriber
-            // queue it filled drains (not our own queue: we drain it).
-            if let (Some(full), Some(limit)) =
-                (outcome.full, self.broker.config.publish_backpressure)
-            {
-                if !Arc::ptr_eq(&full, &self.session) {
-                    let m = &self.broker.metrics;
-                    m.inc(&m.backpressure_waits);
-                    self.backpressure = Some(crate::connection::Backpressure::new(full, limit));
+                let m = &self.broker.metrics;
+                m.dropped(DropReason::TenantQuota);
+                if let Some(u) = &retain_usage {
+                    u.dropped(DropReason::TenantQuota);
                 }
             }
-            write = outcome.write.and(incoming);
-            if !matches!(write, Write::Failed(_)) {
-                write = write.and(outer);
+        } else if let Some(refused) = outcome.refused {
+            if !v5 && p.qos != QoS::AtMostOnce {
+                // 3.1.1 has no reason codes: the connection is closed.
+                return Err(Close::quiet(
+                    "publish refused (store or queued memory full)",
+                    true,
+                ));
+            }
+            code = refused;
+        } else if outcome.queued == 0 && !outcome.overflowed {
+            code = reason::NO_MATCHING_SUBSCRIBERS;
+        }
+        self.overflowed |= outcome.overflowed;
+        self.woke_subscriber |= outcome.woke;
+        self.routed += outcome.queued;
+        // Flow control: stop reading this client until the subscriber
+        // queue it filled drains (not our own queue: we drain it).
+        if let (Some(full), Some(limit)) = (outcome.full, self.broker.config.publish_backpressure) {
+            if !Arc::ptr_eq(&full, &self.session) {
+                let m = &self.broker.metrics;
+                m.inc(&m.backpressure_waits);
+                self.backpressure = Some(crate::connection::Backpressure::new(full, limit));
             }
         }
-        // The acknowledgement promises durability: it waits for the writes,
-        // and a write that was refused turns it into a failure.
+        let mut write = outcome.write.and(incoming);
+        if !matches!(write, Write::Failed(_)) {
+            write = write.and(outer);
+        }
+        Ok((code, write))
+    }
+
+    /// The acknowledgement promises durability: it waits for the writes,
+    /// and a write that was refused turns it into a failure.
+    fn acknowledge_durably(
+        &mut self,
+        p: &Publish,
+        mut code: u8,
+        write: Write,
+    ) -> Result<(), Close> {
+        let v5 = self.protocol.is_v5();
         let ticket = match write {
             Write::None => None,
             Write::Pending(t) => Some(t),
@@ -512,7 +522,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     }
 
     /// A Reason String for a failure, unless the client asked for none.
-    fn problem(&self, code: u8) -> Properties {
+    pub(crate) fn problem(&self, code: u8) -> Properties {
         Properties {
             reason_string: (self.protocol.is_v5() && self.problem_info)
                 .then(|| reason::text(code).to_owned()),
@@ -620,186 +630,5 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 drop(Write::from_result(p.acknowledged(&self.key, id, 0)));
             }
         }
-    }
-
-    fn on_subscribe(&mut self, s: Subscribe) -> Result<(), Close> {
-        self.tenant_check()?;
-        let limits = self.broker.config.topic_limits();
-        let max_subs = self.broker.config.max_subscriptions_per_client;
-        let sub_id = s.properties.subscription_identifiers.first().copied();
-        let mut reasons = Vec::with_capacity(s.filters.len());
-        let mut retained: Vec<Delivery> = Vec::new();
-        let mut sub_write = Write::None;
-        // A durable session's subscriptions must reach the disk; while the
-        // store refuses writes, new ones are refused rather than lost later.
-        let store_refuses = self.session.lock().persist.is_some()
-            && self.broker.persist.health() != porchlight_storage::Health::Ok;
-        for (raw, opts) in &s.filters {
-            let filter = match TopicFilter::parse(raw, limits) {
-                Ok(f) => f,
-                Err(e) => {
-                    reasons.push(e.0);
-                    continue;
-                }
-            };
-            if filter.group().is_some() && opts.no_local {
-                return Err(protocol_error("no-local on a shared subscription"));
-            }
-            // Its tenant: the connection's own, or for a granted gateway
-            // the one `$tenant/<id>/` names (refused without the grant).
-            let target = match filter.tenant() {
-                None => Some(&mut self.authz.home),
-                Some(id) => self
-                    .authz
-                    .target(&self.broker.auth, &self.broker.tenants, id),
-            };
-            let Some(target) = target else {
-                let m = &self.broker.metrics;
-                m.inc(&m.acl_denied_subscribe);
-                reasons.push(reason::NOT_AUTHORIZED);
-                continue;
-            };
-            if !target.allows(Access::Subscribe, filter.filter(), &self.broker.metrics) {
-                // The codec sends 3.1.1 clients 0x80 (failure).
-                reasons.push(reason::NOT_AUTHORIZED);
-                continue;
-            }
-            if store_refuses {
-                reasons.push(match self.broker.persist.health() {
-                    porchlight_storage::Health::Full => reason::QUOTA_EXCEEDED,
-                    _ => reason::UNSPECIFIED_ERROR,
-                });
-                continue;
-            }
-            // The tenant's maximum QoS: granted lower, as MQTT allows.
-            let mut opts = *opts;
-            if let Some(max) = target.limits.max_qos.and_then(QoS::from_u8) {
-                opts.qos = opts.qos.min(max);
-            }
-            let tenant = target.tenant.clone();
-            let usage = target.usage.clone();
-            let shared = filter.group().is_some();
-            // The limits travel in the command: the control state counts.
-            let limits = SubscribeLimits {
-                per_session: u64::try_from(max_subs).ok(),
-                tenant: target.limits.max_subscriptions,
-            };
-            let submitted = self.broker.control.submit(Command::Subscribe {
-                key: self.key.clone(),
-                filter: filter.clone(),
-                options: opts,
-                id: sub_id,
-                limits,
-            });
-            let Ok(done) = submitted.now() else {
-                reasons.push(reason::UNSPECIFIED_ERROR);
-                continue;
-            };
-            // (Applied in memory even when the write failed.)
-            if let Write::Failed(e) = &done.write {
-                reasons.push(storage_reason(e));
-                continue;
-            }
-            let existed = match done.applied {
-                Applied::Existed(existed) => existed,
-                Applied::OverLimit(limit) => {
-                    if limit == Limit::Subscriptions {
-                        usage.reject(QuotaKind::Subscriptions);
-                    }
-                    reasons.push(reason::QUOTA_EXCEEDED);
-                    continue;
-                }
-                // The session ended under us (taken over): refuse.
-                _ => {
-                    reasons.push(reason::UNSPECIFIED_ERROR);
-                    continue;
-                }
-            };
-            sub_write = sub_write.and(done.write);
-            reasons.push(opts.qos as u8);
-            let send_retained = !shared
-                && match opts.retain_handling {
-                    RetainHandling::SendOnSubscribe => true,
-                    RetainHandling::SendIfNew => !existed,
-                    RetainHandling::DoNotSend => false,
-                };
-            if send_retained {
-                for msg in self
-                    .broker
-                    .state
-                    .retained_matching(&tenant, filter.filter())
-                {
-                    retained.push(Delivery {
-                        qos: effective_qos(msg.qos, opts.qos),
-                        retain: true,
-                        subscription_ids: sub_id.into_iter().collect(),
-                        share: None,
-                        seq: 0,
-                        msg,
-                    });
-                }
-            }
-        }
-        let properties = match reasons.iter().find(|r| **r >= 0x80) {
-            Some(code) => self.problem(*code),
-            None => Properties::default(),
-        };
-        let ticket = match sub_write {
-            Write::Pending(t) => Some(t),
-            _ => None,
-        };
-        self.send_after(
-            ticket,
-            Packet::SubAck(SubAck {
-                packet_id: s.packet_id,
-                reasons,
-                properties,
-            }),
-        );
-        // Retained messages follow the SUBACK.
-        for d in retained {
-            self.broker.router.deliver(&self.session, d);
-        }
-        Ok(())
-    }
-
-    fn on_unsubscribe(&mut self, u: Unsubscribe) -> Result<(), Close> {
-        let limits = self.broker.config.topic_limits();
-        let mut reasons = Vec::with_capacity(u.filters.len());
-        let mut unsub_write = Write::None;
-        for raw in &u.filters {
-            match TopicFilter::parse(raw, limits) {
-                Ok(filter) => {
-                    let submitted = self.broker.control.submit(Command::Unsubscribe {
-                        key: self.key.clone(),
-                        filter,
-                    });
-                    reasons.push(match submitted.now() {
-                        Ok(done) => {
-                            unsub_write = unsub_write.and(done.write);
-                            match done.applied {
-                                Applied::Existed(true) => reason::SUCCESS,
-                                _ => reason::NO_SUBSCRIPTION_EXISTED,
-                            }
-                        }
-                        Err(_) => reason::UNSPECIFIED_ERROR,
-                    });
-                }
-                Err(e) => reasons.push(e.0),
-            }
-        }
-        let ticket = match unsub_write {
-            Write::Pending(t) => Some(t),
-            _ => None,
-        };
-        self.send_after(
-            ticket,
-            Packet::UnsubAck(UnsubAck {
-                packet_id: u.packet_id,
-                reasons,
-                properties: Properties::default(),
-            }),
-        );
-        Ok(())
     }
 }

@@ -17,6 +17,7 @@
 pub mod connect;
 pub(crate) mod inbound;
 pub mod outbound;
+mod subscribe;
 
 use std::borrow::Cow;
 use std::collections::VecDeque;

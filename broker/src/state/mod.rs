@@ -167,6 +167,27 @@ impl State {
     /// Acts on one effect for this node.
     fn observe(&self, effect: Effect, done: &mut Done) {
         match effect {
+            e @ (Effect::SessionCreated { .. }
+            | Effect::Claimed { .. }
+            | Effect::BecamePersistent { .. }
+            | Effect::SessionRecord { .. }
+            | Effect::SessionEnded { .. }) => self.observe_session(e, done),
+            e @ (Effect::WillPending { .. }
+            | Effect::WillCleared { .. }
+            | Effect::PublishWill { .. }
+            | Effect::ExpiryDue { .. }) => self.observe_timers(e, done),
+            e @ (Effect::Subscribed { .. } | Effect::Unsubscribed { .. }) => {
+                self.observe_subscription(e, done)
+            }
+            e @ (Effect::RetainedSet { .. } | Effect::RetainedRemoved { .. }) => {
+                self.observe_retained(e, done)
+            }
+        }
+    }
+
+    /// Effects on a session record or its runtime.
+    fn observe_session(&self, effect: Effect, done: &mut Done) {
+        match effect {
             Effect::SessionCreated {
                 key,
                 session,
@@ -242,6 +263,13 @@ impl State {
                 persistent,
                 subscriptions,
             } => self.session_ended(&key, session, persistent, subscriptions, done),
+            _ => {}
+        }
+    }
+
+    /// Effects on wills and expiry: the disk, the sweeper, the wills to publish.
+    fn observe_timers(&self, effect: Effect, done: &mut Done) {
+        match effect {
             Effect::WillPending {
                 key,
                 claim,
@@ -288,6 +316,13 @@ impl State {
                     },
                 );
             }
+            _ => {}
+        }
+    }
+
+    /// Effects on a subscription: the trie, the disk, the tenant count.
+    fn observe_subscription(&self, effect: Effect, done: &mut Done) {
+        match effect {
             Effect::Subscribed {
                 key,
                 session,
@@ -342,6 +377,13 @@ impl State {
                     }
                 }
             }
+            _ => {}
+        }
+    }
+
+    /// Effects on a retained message: the index, the disk, the sweeper, the counts.
+    fn observe_retained(&self, effect: Effect, done: &mut Done) {
+        match effect {
             Effect::RetainedSet { message, replaced } => {
                 let m = message.message;
                 if let (Some(at), Some(due_ms)) = (m.expires_at, message.expires_at_ms) {
@@ -387,6 +429,7 @@ impl State {
                 self.metrics.dec(&self.metrics.retained);
                 self.retained.remove(&tenant, &topic);
             }
+            _ => {}
         }
     }
 

@@ -1,0 +1,75 @@
+use clap::Parser;
+
+use super::*;
+
+#[test]
+fn defaults_validate() {
+    let c = Cli::parse_from(["porchlight"]).validate().expect("valid");
+    assert_eq!(c.listen, vec!["0.0.0.0:1883".parse().expect("addr")]);
+    assert!(c.max_packet_size > 1024 * 1024, "a 1 MiB payload must fit");
+}
+
+#[test]
+fn listen_repeats_and_splits_and_sys_topics_turn_off() {
+    let c = Cli::parse_from([
+        "porchlight",
+        "--listen",
+        "127.0.0.1:1,127.0.0.1:2",
+        "--listen",
+        "[::1]:3",
+        "--no-sys-topics",
+    ])
+    .validate()
+    .expect("valid");
+    assert_eq!(c.listen.len(), 3);
+    assert_eq!(c.sys_interval, None);
+    let c = Cli::parse_from(["porchlight", "--sys-interval", "5"])
+        .validate()
+        .expect("valid");
+    assert_eq!(c.sys_interval, Some(Duration::from_secs(5)));
+}
+
+#[test]
+fn no_tcp_listen_drops_the_default_listener_and_its_proxy_address() {
+    let c = Cli::parse_from([
+        "porchlight",
+        "--no-tcp-listen",
+        "--ws-listen",
+        "127.0.0.1:9",
+    ])
+    .validate()
+    .expect("valid");
+    assert!(c.listen.is_empty());
+    assert_eq!(c.ws_listen.len(), 1);
+    // The default TCP address is not a listener to name.
+    let err = Cli::parse_from([
+        "porchlight",
+        "--no-tcp-listen",
+        "--ws-listen",
+        "127.0.0.1:9",
+        "--proxy-protocol",
+        "0.0.0.0:1883",
+    ])
+    .validate()
+    .expect_err("no such listener");
+    assert!(err.to_string().contains("--proxy-protocol"), "{err}");
+    assert!(
+        Cli::try_parse_from(["porchlight", "--no-tcp-listen", "--listen", "127.0.0.1:1"]).is_err()
+    );
+}
+
+#[test]
+fn bad_values_name_the_flag() {
+    let err = Cli::parse_from(["porchlight", "--receive-maximum", "0"])
+        .validate()
+        .expect_err("invalid");
+    assert!(err.to_string().contains("--receive-maximum"), "{err}");
+    let err = Cli::parse_from(["porchlight", "--max-packet-size", "10"])
+        .validate()
+        .expect_err("invalid");
+    assert!(err.to_string().contains("--max-packet-size"), "{err}");
+    let err = Cli::parse_from(["porchlight", "--listen-backlog", "0"])
+        .validate()
+        .expect_err("invalid");
+    assert!(err.to_string().contains("--listen-backlog"), "{err}");
+}
