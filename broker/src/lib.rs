@@ -23,7 +23,8 @@
 //! - `net/`: sockets below MQTT: PROXY, TLS, WebSocket, batched I/O.
 //! - the nouns: `codec/` (MQTT packets), `ids.rs`, `message.rs`,
 //!   `topic.rs`, `clock.rs`, `metrics.rs`, `error.rs`, `reload.rs` (file
-//!   change polling).
+//!   change polling), `records.rs` (the control state's records and their
+//!   one encoding).
 //!
 //! The public surface is what an embedder or a test needs: [`Server`],
 //! [`Cli`]/[`Config`], [`Broker`] and the layers' types below it.
@@ -42,6 +43,7 @@ pub mod metrics;
 pub mod net;
 pub mod ops;
 pub mod persist;
+pub mod records;
 pub mod reload;
 pub mod route;
 pub mod session;

@@ -17,6 +17,7 @@ use super::*;
 use crate::codec::{Properties, SubscriptionOptions, Will};
 use crate::ids::SessionKey;
 use crate::message::{Delivery, Message};
+use crate::records::{self, PendingWill, Retained, SessionMeta, StoredSubscription};
 use crate::topic::{TopicFilter, TopicLimits};
 
 /// An in-flight record as stored.
@@ -39,6 +40,9 @@ pub struct RestoredSession {
     pub expiry_interval: u32,
     /// When it lost its connection (Unix ms); 0 if it had one at the crash.
     pub disconnected_at_ms: u64,
+    /// The authenticated user of its latest claim (none in records
+    /// written before issue 17).
+    pub user: Option<String>,
     pub subscriptions: Vec<(TopicFilter, SubscriptionOptions, Option<u32>)>,
     pub queue: Vec<Delivery>,
     pub inflight: Vec<RestoredInflight>,
@@ -49,7 +53,7 @@ pub struct RestoredSession {
 #[derive(Debug, Default)]
 pub struct Restored {
     pub sessions: Vec<RestoredSession>,
-    pub retained: Vec<Message>,
+    pub retained: Vec<Retained>,
 }
 
 /// One record of a per-session table, as `Loading::scan_owned` hands it
@@ -85,19 +89,14 @@ impl Loading<'_> {
         for r in self.persist.store.scan(SESSIONS) {
             let (k, v) = r?;
             let (key, _) = parse_session_key(&k).map_err(|e| self.corrupt(SESSIONS, &k, e))?;
-            let mut rd = Reader::new(&v);
-            let parsed = (|| -> Result<(u32, u64), Bad> {
-                rd.version()?;
-                Ok((rd.u32()?, rd.u64()?))
-            })();
-            let (expiry_interval, disconnected_at_ms) =
-                parsed.map_err(|e| self.corrupt(SESSIONS, &k, e))?;
+            let meta = read_session(&v).map_err(|e| self.corrupt(SESSIONS, &k, &e))?;
             self.sessions.insert(
                 k.clone(),
                 RestoredSession {
                     key,
-                    expiry_interval,
-                    disconnected_at_ms,
+                    expiry_interval: meta.expiry_interval,
+                    disconnected_at_ms: meta.disconnected_at_ms,
+                    user: meta.user,
                     subscriptions: Vec::new(),
                     queue: Vec::new(),
                     inflight: Vec::new(),
@@ -275,18 +274,28 @@ impl Persist {
         Ok(())
     }
 
-    fn load_retained(&self, l: &Loading<'_>) -> Result<Vec<Message>, StorageError> {
+    fn load_retained(&self, l: &Loading<'_>) -> Result<Vec<Retained>, StorageError> {
         let mut retained = Vec::new();
         for r in self.store.scan(RETAINED) {
             let (k, v) = r?;
             let mut kr = Reader::new(&k);
             let tenant = TenantId::new(kr.str().map_err(|e| l.corrupt(RETAINED, &k, e))?);
-            let mut rd = Reader::new(&v);
-            let m = (|| {
-                rd.version()?;
-                decode_message(&mut rd, &tenant)
-            })()
-            .map_err(|e| l.corrupt(RETAINED, &k, e))?;
+            let m = if v.first() == Some(&records::FORMAT) {
+                let r: Retained =
+                    records::decode(&v).map_err(|e| l.corrupt(RETAINED, &k, &e.to_string()))?;
+                if r.message.tenant != tenant {
+                    return Err(l.corrupt(RETAINED, &k, "record of another tenant"));
+                }
+                r
+            } else {
+                let mut rd = Reader::new(&v);
+                let m = (|| {
+                    rd.version()?;
+                    decode_message(&mut rd, &tenant)
+                })()
+                .map_err(|e| l.corrupt(RETAINED, &k, e))?;
+                Retained::new(Arc::new(m))
+            };
             retained.push(m);
         }
         Ok(retained)
@@ -360,12 +369,19 @@ fn read_subscription(
         }
         Err(_) => return Err("invalid filter"),
     };
-    let mut rd = Reader::new(r.value);
-    rd.version()?;
-    let options = options_from(rd.u8()?)?;
-    let id = rd.u32()?;
-    s.subscriptions
-        .push((filter, options, (id != 0).then_some(id)));
+    let sub = if r.value.first() == Some(&records::FORMAT) {
+        records::decode::<StoredSubscription>(r.value).map_err(|_| "invalid subscription record")?
+    } else {
+        let mut rd = Reader::new(r.value);
+        rd.version()?;
+        let options = options_from(rd.u8()?)?;
+        let id = rd.u32()?;
+        StoredSubscription {
+            options,
+            id: (id != 0).then_some(id),
+        }
+    };
+    s.subscriptions.push((filter, sub.options, sub.id));
     Ok(true)
 }
 
@@ -389,7 +405,21 @@ fn read_inflight(r: &Owned<'_>) -> Result<RestoredInflight, Bad> {
     })
 }
 
+/// A session record: the one encoding, or the layout before it.
+fn read_session(v: &[u8]) -> Result<SessionMeta, String> {
+    if v.first() == Some(&records::FORMAT) {
+        return records::decode(v).map_err(|e| e.to_string());
+    }
+    let mut rd = Reader::new(v);
+    rd.version()?;
+    Ok(SessionMeta::new(rd.u32()?, rd.u64()?, None))
+}
+
 fn read_will(v: &[u8]) -> Result<(Box<Will>, u64), Bad> {
+    if v.first() == Some(&records::FORMAT) {
+        let w: PendingWill = records::decode(v).map_err(|_| "invalid will record")?;
+        return Ok((w.will, w.due_ms));
+    }
     let mut rd = Reader::new(v);
     rd.version()?;
     let due = rd.u64()?;
@@ -531,7 +561,8 @@ mod tests {
         };
         {
             let p = Persist::open(dir.path(), StoreOptions::default()).expect("open");
-            p.put_session(&key, 600, 0).expect("session");
+            p.put_session(&key, &SessionMeta::new(600, 0, None))
+                .expect("session");
             let good = TopicFilter::parse("a/#", limits).expect("filter");
             p.put_subscription(
                 &key,

@@ -27,12 +27,13 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use porchlight_storage::{Batch, Health, StorageError, Store, StoreOptions, Table, Ticket};
 
-use crate::codec::{QoS, RetainHandling, SubscriptionOptions, Will};
+use crate::codec::{QoS, RetainHandling, SubscriptionOptions};
 use crate::ids::{ClientId, SessionKey, TenantId};
 use crate::message::{Delivery, Message, ReleasedBodies, ShareRef, StoredBody};
+use crate::records::{self, PendingWill, Retained, SessionMeta, StoredSubscription};
 use crate::topic::{TopicFilter, TopicName};
 
 mod body;
@@ -224,6 +225,7 @@ fn decode_message(r: &mut Reader<'_>, tenant: &TenantId) -> Result<Message, Bad>
     })
 }
 
+#[cfg(test)]
 fn options_byte(o: SubscriptionOptions) -> u8 {
     (o.qos as u8)
         | (u8::from(o.no_local) << 2)
@@ -409,17 +411,14 @@ impl Persist {
         self.store.health()
     }
 
+    /// A durable session's own record (`records::SessionMeta`).
     pub fn put_session(
         &self,
         key: &SessionKey,
-        expiry: u32,
-        disconnected_at_ms: u64,
+        meta: &SessionMeta,
     ) -> Result<Ticket, StorageError> {
-        let mut v = vec![V1];
-        v.extend_from_slice(&expiry.to_be_bytes());
-        v.extend_from_slice(&disconnected_at_ms.to_be_bytes());
         let mut b = Batch::default();
-        b.put(SESSIONS, &session_key_bytes(key), &v);
+        b.put(SESSIONS, &session_key_bytes(key), &records::encode(meta));
         self.store.write(b)
     }
 
@@ -451,13 +450,11 @@ impl Persist {
         options: SubscriptionOptions,
         id: Option<u32>,
     ) -> Result<Ticket, StorageError> {
-        let mut v = vec![V1, options_byte(options)];
-        v.extend_from_slice(&id.unwrap_or(0).to_be_bytes());
         let mut b = Batch::default();
         b.put(
             SUBSCRIPTIONS,
             &with_suffix(&session_key_bytes(key), filter.as_str().as_bytes()),
-            &v,
+            &records::encode(&StoredSubscription { options, id }),
         );
         self.store.write(b)
     }
@@ -483,15 +480,14 @@ impl Persist {
     }
 
     /// Stores a retained message, or deletes it for an empty payload.
-    pub fn put_retained(&self, m: &Message) -> Result<Ticket, StorageError> {
+    pub fn put_retained(&self, r: &Retained) -> Result<Ticket, StorageError> {
+        let m = &r.message;
         let key = Self::retained_key(&m.tenant, &m.topic);
         let mut b = Batch::default();
         if m.payload.is_empty() {
             b.delete(RETAINED, &key);
         } else {
-            let mut v = vec![V1];
-            encode_message(&mut v, m);
-            b.put(RETAINED, &key, &v);
+            b.put(RETAINED, &key, &records::encode(r));
         }
         self.store.write(b)
     }
@@ -671,24 +667,10 @@ impl Persist {
         r.map(|()| t)
     }
 
-    /// A will waiting for its delay or the session's end, due at `due_ms`.
-    pub fn put_will(
-        &self,
-        key: &SessionKey,
-        will: &Will,
-        due_ms: u64,
-    ) -> Result<Ticket, StorageError> {
-        let mut v = vec![V1];
-        v.extend_from_slice(&due_ms.to_be_bytes());
-        v.push(will.qos as u8);
-        v.push(u8::from(will.retain));
-        put_str(&mut v, &will.topic);
-        put_bytes(&mut v, &will.payload);
-        let mut props = BytesMut::new();
-        will.properties.write(&mut props);
-        put_bytes(&mut v, &props);
+    /// A will waiting for its delay or the session's end.
+    pub fn put_will(&self, key: &SessionKey, will: &PendingWill) -> Result<Ticket, StorageError> {
         let mut b = Batch::default();
-        b.put(WILLS, &session_key_bytes(key), &v);
+        b.put(WILLS, &session_key_bytes(key), &records::encode(will));
         self.store.write(b)
     }
 

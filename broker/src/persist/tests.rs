@@ -55,7 +55,8 @@ fn a_message_queued_to_many_sessions_is_stored_once_and_shared_after_a_restart()
         let msg = message(payload);
         for i in 0..200u32 {
             let k = key(&format!("c{i}"));
-            p.put_session(&k, 3600, 0).expect("session");
+            p.put_session(&k, &SessionMeta::new(3600, 0, None))
+                .expect("session");
             p.push_queue(&k, &delivery(&msg, 1, Some(i + 1)), &[])
                 .expect("queued");
         }
@@ -87,8 +88,10 @@ fn a_body_is_deleted_once_no_queue_entry_holds_its_message() {
     let dir = tempfile::tempdir().expect("tempdir");
     let p = open(dir.path());
     let (a, b) = (key("a"), key("b"));
-    p.put_session(&a, 3600, 0).expect("session");
-    p.put_session(&b, 3600, 0).expect("session");
+    p.put_session(&a, &SessionMeta::new(3600, 0, None))
+        .expect("session");
+    p.put_session(&b, &SessionMeta::new(3600, 0, None))
+        .expect("session");
     let msg = message(b"on");
     let (da, db) = (delivery(&msg, 1, None), delivery(&msg, 1, None));
     drop(msg);
@@ -115,7 +118,8 @@ fn a_body_released_before_its_commit_is_never_written() {
     let dir = tempfile::tempdir().expect("tempdir");
     let p = open(dir.path());
     let a = key("a");
-    p.put_session(&a, 3600, 0).expect("session");
+    p.put_session(&a, &SessionMeta::new(3600, 0, None))
+        .expect("session");
     let msg = message(b"brief");
     p.push_queue(&a, &delivery(&msg, 1, None), &[])
         .expect("queued");
@@ -132,7 +136,8 @@ fn closing_keeps_the_bodies_of_messages_still_queued_in_memory() {
     {
         let p = open(dir.path());
         let a = key("a");
-        p.put_session(&a, 3600, 0).expect("session");
+        p.put_session(&a, &SessionMeta::new(3600, 0, None))
+            .expect("session");
         let msg = message(b"keep me");
         let d = delivery(&msg, 1, None);
         p.push_queue(&a, &d, &[]).expect("queued");
@@ -157,7 +162,8 @@ fn unnamed_bodies_and_entries_without_a_body_are_purged_at_start_up() {
         // entries carry the messages, and a's (read first) name them.
         let (named, lost) = (message(b"named"), message(b"lost"));
         for k in [&b, &a] {
-            p.put_session(k, 3600, 0).expect("session");
+            p.put_session(k, &SessionMeta::new(3600, 0, None))
+                .expect("session");
             p.push_queue(k, &delivery(&named, 1, None), &[])
                 .expect("queued");
             p.push_queue(k, &delivery(&lost, 2, None), &[])
@@ -216,7 +222,8 @@ fn queue_entries_written_before_the_body_table_still_load() {
     let a = key("a");
     {
         let p = open(dir.path());
-        p.put_session(&a, 3600, 0).expect("session");
+        p.put_session(&a, &SessionMeta::new(3600, 0, None))
+            .expect("session");
         let msg = message(b"old format");
         let d = delivery(&msg, 5, Some(9));
         let mut v = vec![V1];
@@ -245,7 +252,8 @@ fn the_first_entry_of_a_message_carries_it_and_the_second_writes_its_body() {
     {
         let p = open(dir.path());
         for k in [&a, &b, &c] {
-            p.put_session(k, 3600, 0).expect("session");
+            p.put_session(k, &SessionMeta::new(3600, 0, None))
+                .expect("session");
         }
         p.push_queue(&a, &delivery(&msg, 1, None), &[])
             .expect("queued");
@@ -270,4 +278,117 @@ fn the_first_entry_of_a_message_carries_it_and_the_second_writes_its_body() {
         // Every restored message has a body id, so its queue can spill.
         assert!(s.queue[0].msg.stored.get().is_some());
     }
+}
+
+/// The control state's records (session, subscription, will, retained)
+/// are written in the one encoding (`records.rs`) and read back with the
+/// user the session record now keeps; records in the layouts written
+/// before it (byte 1 first) still load.
+#[test]
+fn control_records_use_the_one_encoding_and_legacy_ones_still_load() {
+    use crate::codec::{SubscriptionOptions, Will};
+    use crate::records::{self, PendingWill, Retained, SessionMeta};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let will = |topic: &str| Will {
+        topic: topic.into(),
+        payload: Bytes::from_static(b"bye"),
+        qos: QoS::AtLeastOnce,
+        retain: true,
+        properties: Properties::default(),
+    };
+    let retained = |topic: &str| {
+        Arc::new(Message::new(
+            TenantId::default_tenant(),
+            TopicName::trusted(topic.into()),
+            Bytes::from_static(b"r"),
+            QoS::AtMostOnce,
+            true,
+            &Properties::default(),
+            None,
+        ))
+    };
+    let filter = TopicFilter::parse("a/+", LIMITS).expect("filter");
+    let options = SubscriptionOptions::new(QoS::AtLeastOnce);
+    {
+        let p = open(dir.path());
+        // Now: the one encoding.
+        let new = key("new");
+        p.put_session(&new, &SessionMeta::new(60, 5, Some("alice".into())))
+            .expect("session");
+        p.put_subscription(&new, &filter, options, Some(9))
+            .expect("subscription");
+        let pending = PendingWill {
+            will: Box::new(will("w/new")),
+            due_ms: 77,
+        };
+        p.put_will(&new, &pending).expect("will");
+        p.put_retained(&Retained::new(retained("r/new")))
+            .expect("retained");
+        let sk = session_key_bytes(&new);
+        let first = |t: Table, k: &[u8]| p.store.get(t, k).expect("get").expect("record")[0];
+        assert_eq!(first(SESSIONS, &sk), records::FORMAT);
+        assert_eq!(first(WILLS, &sk), records::FORMAT);
+        // Before: the layouts of earlier builds, written as they did.
+        let old = key("old");
+        let osk = session_key_bytes(&old);
+        let mut b = Batch::default();
+        let mut v = vec![V1];
+        v.extend_from_slice(&60u32.to_be_bytes());
+        v.extend_from_slice(&5u64.to_be_bytes());
+        b.put(SESSIONS, &osk, &v);
+        let mut v = vec![V1, options_byte(options)];
+        v.extend_from_slice(&9u32.to_be_bytes());
+        b.put(SUBSCRIPTIONS, &with_suffix(&osk, b"a/+"), &v);
+        let mut v = vec![V1];
+        v.extend_from_slice(&77u64.to_be_bytes());
+        v.push(QoS::AtLeastOnce as u8);
+        v.push(1);
+        put_str(&mut v, "w/old");
+        put_bytes(&mut v, b"bye");
+        let mut props = bytes::BytesMut::new();
+        Properties::default().write(&mut props);
+        put_bytes(&mut v, &props);
+        b.put(WILLS, &osk, &v);
+        let mut v = vec![V1];
+        encode_message(&mut v, &retained("r/old"));
+        b.put(
+            RETAINED,
+            &Persist::retained_key(&TenantId::default_tenant(), "r/old"),
+            &v,
+        );
+        p.store.write(b).expect("legacy records");
+        p.store.flush().expect("flush");
+    }
+    let p = open(dir.path());
+    let restored = p.load(LIMITS).expect("load");
+    let by = |c: &str| {
+        restored
+            .sessions
+            .iter()
+            .find(|s| s.key.client.as_str() == c)
+            .expect("session")
+    };
+    for (c, user) in [("new", Some("alice")), ("old", None)] {
+        let s = by(c);
+        assert_eq!((s.expiry_interval, s.disconnected_at_ms), (60, 5), "{c}");
+        assert_eq!(s.user.as_deref(), user, "{c}");
+        assert_eq!(
+            s.subscriptions,
+            vec![(filter.clone(), options, Some(9))],
+            "{c}"
+        );
+        let (w, due) = s.will.as_ref().expect("will");
+        assert_eq!(
+            (w.topic.as_str(), due),
+            (format!("w/{c}").as_str(), &77),
+            "{c}"
+        );
+    }
+    let mut topics: Vec<&str> = restored
+        .retained
+        .iter()
+        .map(|r| r.message.topic.as_str())
+        .collect();
+    topics.sort();
+    assert_eq!(topics, ["r/new", "r/old"]);
 }

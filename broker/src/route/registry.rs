@@ -436,9 +436,10 @@ impl Registry {
     pub fn restore(&self, restored: Restored) {
         let now = now_ms();
         for m in restored.retained {
-            if m.is_expired(Instant::now()) {
+            if m.message.is_expired(Instant::now()) {
                 if let Some(p) = self.state.persist() {
-                    drop(Write::from_result(p.delete_retained(&m.tenant, &m.topic)));
+                    let (tenant, topic) = (&m.message.tenant, &m.message.topic);
+                    drop(Write::from_result(p.delete_retained(tenant, topic)));
                 }
                 continue;
             }

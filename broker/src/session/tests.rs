@@ -178,7 +178,8 @@ fn durable_session(dir: &std::path::Path, limit: u64) -> (Session, Arc<QueueMemo
     let memory = Arc::new(QueueMemory::new(limit));
     let s = Session::new(key.clone(), SessionId(1), None, Some(memory.clone()));
     let p = Persist::open(dir, porchlight_storage::StoreOptions::default()).expect("open");
-    p.put_session(&key, 3600, 0).expect("session");
+    p.put_session(&key, &crate::records::SessionMeta::new(3600, 0, None))
+        .expect("session");
     s.lock().persist = Some(p);
     (s, memory)
 }

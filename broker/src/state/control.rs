@@ -21,8 +21,9 @@ use super::command::{
     Applied, Command, DelayedWill, Effect, Limit, Output, RetainChange, RetainLimits, Retained,
     StoredSubscription, SubscribeLimits,
 };
-use crate::codec::Will;
 use crate::ids::{Claim, SessionId, SessionKey, TenantId};
+pub use crate::records::PendingWill;
+use crate::records::SessionMeta;
 use crate::topic::{TopicFilter, TopicName};
 
 /// One session as every replica knows it.
@@ -47,13 +48,6 @@ pub struct SessionRecord {
     /// Keyed by the filter exactly as subscribed (`$share/g/`,
     /// `$tenant/id/` included).
     pub subscriptions: BTreeMap<TopicFilter, StoredSubscription>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PendingWill {
-    #[serde(with = "super::command::will_serde")]
-    pub will: Box<Will>,
-    pub due_ms: u64,
 }
 
 /// What the limits count, per tenant: derived from the records.
@@ -135,8 +129,7 @@ impl ControlState {
                 if rec.persistent {
                     out.effects.push(Effect::SessionRecord {
                         key,
-                        expiry_interval,
-                        disconnected_at_ms: 0,
+                        meta: SessionMeta::new(expiry_interval, 0, rec.user.clone()),
                     });
                 }
                 out
@@ -288,8 +281,7 @@ impl ControlState {
             if rec.persistent {
                 effects.push(Effect::SessionRecord {
                     key: key.clone(),
-                    expiry_interval,
-                    disconnected_at_ms: 0,
+                    meta: SessionMeta::new(expiry_interval, 0, rec.user.clone()),
                 });
             }
             return Output {
@@ -325,6 +317,7 @@ impl ControlState {
             self.count(&key.tenant).persistent_sessions += 1;
         }
         let session = SessionId(index);
+        let meta = persistent.then(|| SessionMeta::new(expiry_interval, 0, user.clone()));
         self.sessions.insert(
             key.clone(),
             SessionRecord {
@@ -349,12 +342,8 @@ impl ControlState {
             session,
             claim,
         });
-        if persistent {
-            effects.push(Effect::SessionRecord {
-                key,
-                expiry_interval,
-                disconnected_at_ms: 0,
-            });
+        if let Some(meta) = meta {
+            effects.push(Effect::SessionRecord { key, meta });
         }
         Output {
             applied: Applied::Connected {
@@ -419,8 +408,7 @@ impl ControlState {
         if rec.persistent {
             effects.push(Effect::SessionRecord {
                 key: key.clone(),
-                expiry_interval: expiry,
-                disconnected_at_ms: at_ms,
+                meta: SessionMeta::new(expiry, at_ms, rec.user.clone()),
             });
         }
         if expiry != u32::MAX {

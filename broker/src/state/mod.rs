@@ -241,20 +241,11 @@ impl State {
                     }
                 }
             }
-            Effect::SessionRecord {
-                key,
-                expiry_interval,
-                disconnected_at_ms,
-            } => {
+            Effect::SessionRecord { key, meta } => {
                 let Some(s) = self.session(&key) else { return };
                 let st = s.lock();
                 if let Some(p) = &st.persist {
-                    let w = Write::from_result(p.put_session(
-                        &key,
-                        expiry_interval,
-                        disconnected_at_ms,
-                    ));
-                    done.also(w);
+                    done.also(Write::from_result(p.put_session(&key, &meta)));
                 }
             }
             Effect::SessionEnded {
@@ -283,7 +274,8 @@ impl State {
                 };
                 if let Some(p) = persist {
                     // Best effort: the state in memory is what counts now.
-                    drop(Write::from_result(p.put_will(&key, &will, due_ms)));
+                    let pending = control::PendingWill { will, due_ms };
+                    drop(Write::from_result(p.put_will(&key, &pending)));
                 }
                 self.sweeper.at(
                     instant_from_unix_ms(due_ms),
@@ -385,6 +377,9 @@ impl State {
     fn observe_retained(&self, effect: Effect, done: &mut Done) {
         match effect {
             Effect::RetainedSet { message, replaced } => {
+                if let Some(p) = &self.persist {
+                    done.also(Write::from_result(p.put_retained(&message)));
+                }
                 let m = message.message;
                 if let (Some(at), Some(due_ms)) = (m.expires_at, message.expires_at_ms) {
                     self.sweeper.at(
@@ -395,9 +390,6 @@ impl State {
                             due_ms,
                         },
                     );
-                }
-                if let Some(p) = &self.persist {
-                    done.also(Write::from_result(p.put_retained(&m)));
                 }
                 if !m.topic.starts_with("$SYS") {
                     let u = self.tenants.usage(&m.tenant);
@@ -502,7 +494,7 @@ impl State {
             connected: false,
             expiry_interval: r.expiry_interval,
             persistent: true,
-            user: None,
+            user: r.user,
             disconnected_at_ms,
             will: r
                 .will
@@ -542,8 +534,7 @@ impl State {
     }
 
     /// Puts a retained message found on disk back, without writing.
-    pub fn restore_retained(&self, message: Message) {
-        let r = Retained::new(Arc::new(message));
+    pub fn restore_retained(&self, r: Retained) {
         let m = r.message.clone();
         self.log.lock().control.restore_retained(r.clone());
         if let (Some(at), Some(due_ms)) = (m.expires_at, r.expires_at_ms) {

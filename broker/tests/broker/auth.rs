@@ -314,8 +314,21 @@ async fn another_user_does_not_inherit_a_session_by_its_client_id() {
     drop(ops);
     b.wait_offline("shared-id").await;
     // The same user resumes its own session as usual.
-    let (_ops, ack) = RawClient::connect_with(b.addr, durable("ops")).await;
+    let (ops, ack) = RawClient::connect_with(b.addr, durable("ops")).await;
     assert!(ack.session_present);
+    drop(ops);
+    b.wait_offline("shared-id").await;
+    // The session record keeps its user across a restart (before issue
+    // 17 a restored session had none, and anyone inherited it).
+    let b = b.restart().await;
+    let (alice, ack) = RawClient::connect_with(b.addr, durable("alice")).await;
+    assert_eq!(ack.reason, 0);
+    assert!(!ack.session_present, "ops's session is not handed to alice");
+    drop(alice);
+    b.wait_offline("shared-id").await;
+    let b = b.restart().await;
+    let (_alice, ack) = RawClient::connect_with(b.addr, durable("alice")).await;
+    assert!(ack.session_present, "alice resumes her own after a restart");
     b.stop().await;
 }
 

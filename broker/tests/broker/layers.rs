@@ -16,7 +16,7 @@ const LAYERS: &[&[&str]] = &[
     &["auth", "tenant"],
     &["net"],
     &[
-        "codec", "ids", "message", "topic", "clock", "metrics", "error", "reload",
+        "codec", "ids", "message", "topic", "clock", "metrics", "error", "reload", "records",
     ],
 ];
 

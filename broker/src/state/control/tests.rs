@@ -8,7 +8,7 @@ use bytes::Bytes;
 use proptest::prelude::*;
 
 use super::*;
-use crate::codec::{Properties, QoS, SubscriptionOptions};
+use crate::codec::{Properties, QoS, SubscriptionOptions, Will};
 use crate::ids::ClientId;
 use crate::message::Message;
 use crate::state::command::{decode, encode, DecodeError, FORMAT};
