@@ -356,3 +356,153 @@ fn gather(issued: &AtomicU64, window: Duration) {
         seen = now;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn committer(dir: &std::path::Path, mode: FsyncMode, window: Duration) -> Committer {
+        let db = sled::Config::new().path(dir).open().expect("sled");
+        let around = AroundFlush {
+            pre_flush: PreFlush::default(),
+            barrier: Barrier::default(),
+            blobs: Arc::new(crate::blobs::Blobs::new(dir.to_owned())),
+        };
+        Committer::start(
+            db,
+            dir.to_owned(),
+            mode,
+            window,
+            Arc::new(AtomicU64::new(0)),
+            around,
+        )
+    }
+
+    /// A flush publishes the newest ticket issued before it: waiting for a
+    /// later ticket makes every earlier one durable, never a later one.
+    #[tokio::test]
+    async fn one_flush_covers_every_ticket_issued_before_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let c = committer(dir.path(), FsyncMode::Group, Duration::from_millis(5));
+        let tickets: Vec<Ticket> = (0..10).map(|_| c.issue()).collect();
+        assert_eq!(tickets[9], Ticket(10));
+        assert!(
+            !c.is_durable(tickets[0]),
+            "nothing is durable before a flush"
+        );
+        tokio::time::timeout(Duration::from_secs(10), c.wait(tickets[9]))
+            .await
+            .expect("flushed in time")
+            .expect("durable");
+        assert!(tickets.iter().all(|t| c.is_durable(*t)));
+        let later = c.issue();
+        assert!(
+            !c.is_durable(later),
+            "a ticket issued after the flush waits for the next"
+        );
+        assert!(c.flushes() >= 1);
+        assert_eq!(c.current(), later);
+    }
+
+    /// Many waiters on tickets issued together share flushes: far fewer
+    /// fsyncs than waiters.
+    #[tokio::test]
+    async fn concurrent_waiters_share_a_flush() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let c = Arc::new(committer(
+            dir.path(),
+            FsyncMode::Group,
+            Duration::from_millis(20),
+        ));
+        let tickets: Vec<Ticket> = (0..64).map(|_| c.issue()).collect();
+        let waits = tickets.into_iter().map(|t| {
+            let c = c.clone();
+            tokio::spawn(async move { c.wait(t).await })
+        });
+        for w in waits.collect::<Vec<_>>() {
+            tokio::time::timeout(Duration::from_secs(10), w)
+                .await
+                .expect("in time")
+                .expect("task")
+                .expect("durable");
+        }
+        assert!(c.flushes() < 64, "{} flushes for 64 waiters", c.flushes());
+    }
+
+    /// Under `Never` nothing waits: every ticket counts as durable (sled
+    /// flushes in the background), and no fsync thread runs.
+    #[tokio::test]
+    async fn never_acknowledges_at_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let c = committer(dir.path(), FsyncMode::Never, Duration::from_millis(5));
+        let t = c.issue();
+        assert!(c.is_durable(t));
+        c.wait(t).await.expect("at once");
+        assert_eq!(c.flushes(), 0);
+    }
+
+    /// A waiter whose flush can no longer happen is told so, not left
+    /// waiting.
+    #[tokio::test]
+    async fn a_stopped_committer_fails_its_waiters() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let c = committer(dir.path(), FsyncMode::Always, Duration::ZERO);
+        c.stop();
+        let t = c.issue();
+        let r = tokio::time::timeout(Duration::from_secs(10), c.wait(t))
+            .await
+            .expect("answered in time");
+        assert!(matches!(r, Err(StorageError::Flush { .. })), "{r:?}");
+    }
+
+    /// Every pre-flush participant runs, in the order they joined; the
+    /// first failure is the flush's.
+    #[test]
+    fn pre_flush_runs_every_participant_in_order() {
+        let ran = Arc::new(Mutex::new(Vec::new()));
+        let p = PreFlush::default();
+        for (name, result) in [
+            ("a", Ok(())),
+            ("b", Err("b failed")),
+            ("c", Err("c failed")),
+        ] {
+            let ran = ran.clone();
+            p.add(Box::new(move || {
+                ran.lock().expect("lock").push(name);
+                result.map_err(str::to_owned)
+            }));
+        }
+        assert_eq!(p.run(), Err("b failed".to_owned()));
+        assert_eq!(*ran.lock().expect("lock"), ["a", "b", "c"]);
+    }
+
+    /// The group window ends once writes stop coming, and goes on while
+    /// they come (bounded by the window).
+    #[test]
+    fn the_group_window_ends_when_writes_stop() {
+        let issued = Arc::new(AtomicU64::new(0));
+        let window = Duration::from_secs(5);
+        // Nobody writes: over after one quiet period, not the window.
+        let start = std::time::Instant::now();
+        gather(&issued, window);
+        assert!(start.elapsed() < window, "quiet window waited it out");
+        // Writes every 10 ms for 400 ms: gathered until they stop.
+        let writer = {
+            let issued = issued.clone();
+            std::thread::spawn(move || {
+                for _ in 0..40 {
+                    issued.fetch_add(1, Ordering::AcqRel);
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            })
+        };
+        let start = std::time::Instant::now();
+        gather(&issued, Duration::from_millis(800));
+        let gathered = issued.load(Ordering::Acquire);
+        writer.join().expect("writer");
+        assert!(
+            gathered >= 30 || start.elapsed() >= Duration::from_millis(800),
+            "stopped after {gathered} writes while they kept coming"
+        );
+    }
+}

@@ -294,10 +294,18 @@ impl ControlState {
             };
         }
         let persistent = expiry_interval > 0;
-        // The previous instance ends first: its persistent seat is free
-        // for the new one.
-        let previous = self.sessions.contains_key(&key);
-        if previous {
+        // The limit first, so a refused CONNECT leaves the previous
+        // instance as it was; that instance's seat is free for the new one.
+        let frees = self.sessions.get(&key).is_some_and(|r| r.persistent);
+        let used = self
+            .counts
+            .get(&key.tenant)
+            .map_or(0, |c| c.persistent_sessions);
+        let room = max_persistent.is_none_or(|m| used - u64::from(frees) < m);
+        if persistent && !room {
+            return Output::only(Applied::OverLimit(Limit::PersistentSessions));
+        }
+        if self.sessions.contains_key(&key) {
             // Its pending will is due now: the session ended.
             if let Some(w) = self.sessions.get_mut(&key).and_then(|r| r.will.take()) {
                 effects.push(Effect::PublishWill {
@@ -306,12 +314,6 @@ impl ControlState {
                 });
             }
             self.end(&key, &mut effects);
-        }
-        if persistent && !self.room_for_persistent(&key.tenant, max_persistent) {
-            return Output {
-                applied: Applied::OverLimit(Limit::PersistentSessions),
-                effects,
-            };
         }
         if persistent {
             self.count(&key.tenant).persistent_sessions += 1;
