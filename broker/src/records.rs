@@ -25,13 +25,9 @@ pub const FORMAT: u8 = 16;
 
 /// A command, a result or a snapshot as bytes: [`FORMAT`], then postcard.
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    let mut out = vec![FORMAT];
     // Writing to a Vec fails only for types serde cannot express, which
-    // none here are; an empty body then fails `decode` loudly.
-    if let Ok(body) = postcard::to_stdvec(value) {
-        out.extend_from_slice(&body);
-    }
-    out
+    // none here are; the lone format byte then fails `decode` loudly.
+    postcard::to_extend(value, vec![FORMAT]).unwrap_or_else(|_| vec![FORMAT])
 }
 
 /// Why bytes are not a command (or result, or snapshot) of this build.
@@ -128,18 +124,32 @@ struct RetainedData {
     publisher: Option<SessionKey>,
 }
 
+/// [`RetainedData`] borrowed from the message, for writing (the same
+/// fields in the same order: serde writes `&T` as `T`).
+#[derive(Serialize)]
+struct RetainedRef<'a> {
+    tenant: &'a TenantId,
+    topic: &'a TopicName,
+    payload: &'a Bytes,
+    qos: QoS,
+    retain: bool,
+    forwarded_properties: &'a Bytes,
+    expires_at_ms: Option<u64>,
+    publisher: &'a Option<SessionKey>,
+}
+
 impl Serialize for Retained {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let m = &self.message;
-        RetainedData {
-            tenant: m.tenant.clone(),
-            topic: m.topic.clone(),
-            payload: m.payload.clone(),
+        RetainedRef {
+            tenant: &m.tenant,
+            topic: &m.topic,
+            payload: &m.payload,
             qos: m.qos,
             retain: m.retain,
-            forwarded_properties: m.forwarded_properties.clone(),
+            forwarded_properties: &m.forwarded_properties,
             expires_at_ms: self.expires_at_ms,
-            publisher: m.publisher.clone(),
+            publisher: &m.publisher,
         }
         .serialize(s)
     }

@@ -492,6 +492,19 @@ impl Persist {
         self.store.write(b)
     }
 
+    /// Stores a retained message's record already encoded
+    /// (`records::encode` of a non-empty `Retained`).
+    pub fn put_retained_record(
+        &self,
+        tenant: &TenantId,
+        topic: &str,
+        record: &[u8],
+    ) -> Result<Ticket, StorageError> {
+        let mut b = Batch::default();
+        b.put(RETAINED, &Self::retained_key(tenant, topic), record);
+        self.store.write(b)
+    }
+
     /// Deletes a retained message found expired (only if not replaced).
     pub fn delete_retained(&self, tenant: &TenantId, topic: &str) -> Result<Ticket, StorageError> {
         let mut b = Batch::default();

@@ -13,7 +13,7 @@
 //! Snapshots are the records in [`encode`](super::command::encode)'s
 //! format; the counts are rebuilt from them on restore.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
@@ -66,9 +66,42 @@ pub struct TenantCounts {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ControlState {
     sessions: BTreeMap<SessionKey, SessionRecord>,
-    retained: BTreeMap<(TenantId, TopicName), Retained>,
+    /// Hashed, not ordered: the publish path's RETAIN applies here. A
+    /// snapshot writes it sorted (`sorted`), so its bytes do not depend
+    /// on hashing.
+    #[serde(with = "sorted")]
+    retained: HashMap<(TenantId, TopicName), Retained, foldhash::fast::RandomState>,
     #[serde(skip)]
     counts: BTreeMap<TenantId, TenantCounts>,
+}
+
+/// A hashed map written as a sorted sequence of pairs, and read back.
+mod sorted {
+    use std::collections::HashMap;
+    use std::hash::{BuildHasher, Hash};
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<K, V, H, S>(map: &HashMap<K, V, H>, s: S) -> Result<S::Ok, S::Error>
+    where
+        K: Serialize + Ord,
+        V: Serialize,
+        S: Serializer,
+    {
+        let mut pairs: Vec<(&K, &V)> = map.iter().collect();
+        pairs.sort_by(|a, b| a.0.cmp(b.0));
+        pairs.serialize(s)
+    }
+
+    pub fn deserialize<'de, K, V, H, D>(d: D) -> Result<HashMap<K, V, H>, D::Error>
+    where
+        K: Deserialize<'de> + Eq + Hash,
+        V: Deserialize<'de>,
+        H: BuildHasher + Default,
+        D: Deserializer<'de>,
+    {
+        Ok(Vec::<(K, V)>::deserialize(d)?.into_iter().collect())
+    }
 }
 
 /// Whether a retained topic counts against its tenant's limits: the
@@ -518,21 +551,39 @@ impl ControlState {
             return out;
         }
         let size = message.size();
-        let old = self.retained.get(&k).map(Retained::size);
-        if retained_counts(&k.1) {
-            let c = self.counts.get(&k.0).copied().unwrap_or_default();
-            if old.is_none() && limits.messages.is_some_and(|m| c.retained_messages >= m) {
-                return Output::only(Applied::OverLimit(Limit::RetainedMessages));
+        let counted = retained_counts(&k.1);
+        let tenant = k.0.clone();
+        let c = self.counts.get(&tenant).copied().unwrap_or_default();
+        // One lookup: the publish path's RETAIN comes through here.
+        let old = match self.retained.entry(k) {
+            std::collections::hash_map::Entry::Occupied(mut e) => {
+                let old = e.get().size();
+                let after = (c.retained_bytes + size).saturating_sub(old);
+                if counted && after > c.retained_bytes && limits.bytes.is_some_and(|m| after > m) {
+                    return Output::only(Applied::OverLimit(Limit::RetainedBytes));
+                }
+                e.insert(message.clone());
+                Some(old)
             }
+            std::collections::hash_map::Entry::Vacant(v) => {
+                if counted {
+                    if limits.messages.is_some_and(|m| c.retained_messages >= m) {
+                        return Output::only(Applied::OverLimit(Limit::RetainedMessages));
+                    }
+                    if limits.bytes.is_some_and(|m| c.retained_bytes + size > m) {
+                        return Output::only(Applied::OverLimit(Limit::RetainedBytes));
+                    }
+                }
+                v.insert(message.clone());
+                None
+            }
+        };
+        if counted {
             let after = (c.retained_bytes + size).saturating_sub(old.unwrap_or(0));
-            if after > c.retained_bytes && limits.bytes.is_some_and(|m| after > m) {
-                return Output::only(Applied::OverLimit(Limit::RetainedBytes));
-            }
-            let c = self.count(&k.0);
+            let c = self.count(&tenant);
             c.retained_messages += u64::from(old.is_none());
             c.retained_bytes = after;
         }
-        self.retained.insert(k, message.clone());
         let change = match old {
             Some(_) => RetainChange::Replaced,
             None => RetainChange::Added,

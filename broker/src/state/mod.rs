@@ -60,6 +60,34 @@ pub struct Done {
     /// Wills the command released, to publish (after the control lock is
     /// released: publishing may retain, which is a command).
     pub wills: Vec<(SessionKey, Box<Will>)>,
+    prepared: Prepared,
+    /// Counters a retained change moves.
+    retained_counts: Option<RetainedCounts>,
+}
+
+/// What a RETAIN's effects need that does not depend on the control
+/// state, looked up or encoded before the control lock is taken (RETAIN
+/// publishes serialise on that lock: the less done under it, the more of
+/// them per second).
+#[derive(Debug, Default)]
+struct Prepared {
+    /// The store record, encoded.
+    record: Option<Vec<u8>>,
+    /// The tenant's usage and retained index.
+    usage: Option<Arc<crate::tenant::quota::Usage>>,
+    tree: Option<Arc<parking_lot::RwLock<retained::Node>>>,
+}
+
+/// What a retained change does to its tenant's usage and the node's count.
+#[derive(Debug)]
+struct RetainedCounts {
+    tenant: TenantId,
+    /// `$SYS` topics are not the tenant's.
+    counted: bool,
+    added: bool,
+    removed: bool,
+    bytes_added: u64,
+    bytes_removed: u64,
 }
 
 impl Done {
@@ -127,14 +155,58 @@ impl State {
     /// effects, all under the control lock: the single-node log
     /// (`LocalControl`). Everything else submits through a `Control`.
     pub(crate) fn apply_next(&self, cmd: Command) -> Done {
+        let prepared = self.prepare(&cmd);
         let mut log = self.log.lock();
         let index = log.index + 1;
-        self.apply_locked(&mut log, index, cmd)
+        self.apply_locked(&mut log, index, cmd, prepared)
+    }
+
+    /// What a command's effects can use that does not depend on the
+    /// control state.
+    fn prepare(&self, cmd: &Command) -> Prepared {
+        let Command::Retain { message, .. } = cmd else {
+            return Prepared::default();
+        };
+        let tenant = &message.message.tenant;
+        Prepared {
+            record: (self.persist.is_some() && !message.message.payload.is_empty())
+                .then(|| crate::records::encode(message)),
+            usage: Some(self.tenants.usage(tenant)),
+            tree: Some(self.retained.tenant(tenant)),
+        }
+    }
+
+    /// The counters a retained change moves (under the control lock: a
+    /// saturating release must not overtake the add before it).
+    fn count_retained(&self, done: &mut Done) {
+        if let Some(c) = done.retained_counts.take() {
+            if c.counted {
+                let u = match done.prepared.usage.take() {
+                    Some(u) => u,
+                    None => self.tenants.usage(&c.tenant),
+                };
+                if c.added {
+                    u.retained_messages.fetch_add(1, Ordering::Relaxed);
+                }
+                if c.removed {
+                    release(&u.retained_messages, 1);
+                }
+                u.retained_bytes.fetch_add(c.bytes_added, Ordering::Relaxed);
+                release(&u.retained_bytes, c.bytes_removed);
+            }
+            if c.added {
+                self.metrics.inc(&self.metrics.retained);
+            }
+            if c.removed {
+                self.metrics.dec(&self.metrics.retained);
+            }
+        }
     }
 
     /// Applies a command at the log position a replicated log gave it
     /// (positions only grow; an old one is refused as already applied).
     pub fn apply_at(&self, index: u64, cmd: Command) -> Result<Done, ControlError> {
+        let prepared = self.prepare(&cmd);
         let mut log = self.log.lock();
         if index <= log.index {
             return Err(ControlError::Unavailable(format!(
@@ -142,20 +214,23 @@ impl State {
                 log.index
             )));
         }
-        Ok(self.apply_locked(&mut log, index, cmd))
+        Ok(self.apply_locked(&mut log, index, cmd, prepared))
     }
 
-    fn apply_locked(&self, log: &mut Log, index: u64, cmd: Command) -> Done {
+    fn apply_locked(&self, log: &mut Log, index: u64, cmd: Command, prepared: Prepared) -> Done {
         log.index = index;
         let out = log.control.apply(index, cmd);
         let mut done = Done {
             applied: out.applied,
             write: Write::None,
             wills: Vec::new(),
+            prepared,
+            retained_counts: None,
         };
         for effect in out.effects {
             self.observe(effect, &mut done);
         }
+        self.count_retained(&mut done);
         done
     }
 
@@ -378,7 +453,15 @@ impl State {
         match effect {
             Effect::RetainedSet { message, replaced } => {
                 if let Some(p) = &self.persist {
-                    done.also(Write::from_result(p.put_retained(&message)));
+                    let record = done
+                        .prepared
+                        .record
+                        .take()
+                        .unwrap_or_else(|| crate::records::encode(&message));
+                    let m = &message.message;
+                    done.also(Write::from_result(
+                        p.put_retained_record(&m.tenant, &m.topic, &record),
+                    ));
                 }
                 let m = message.message;
                 if let (Some(at), Some(due_ms)) = (m.expires_at, message.expires_at_ms) {
@@ -391,19 +474,18 @@ impl State {
                         },
                     );
                 }
-                if !m.topic.starts_with("$SYS") {
-                    let u = self.tenants.usage(&m.tenant);
-                    if replaced.is_none() {
-                        u.retained_messages.fetch_add(1, Ordering::Relaxed);
-                    }
-                    u.retained_bytes
-                        .fetch_add(m.size() as u64, Ordering::Relaxed);
-                    release(&u.retained_bytes, replaced.unwrap_or(0));
+                done.retained_counts = Some(RetainedCounts {
+                    tenant: m.tenant.clone(),
+                    counted: !m.topic.starts_with("$SYS"),
+                    added: replaced.is_none(),
+                    removed: false,
+                    bytes_added: m.size() as u64,
+                    bytes_removed: replaced.unwrap_or(0),
+                });
+                match done.prepared.tree.take() {
+                    Some(tree) => RetainedStore::set_in(&mut tree.write(), m),
+                    None => self.retained.set(m),
                 }
-                if replaced.is_none() {
-                    self.metrics.inc(&self.metrics.retained);
-                }
-                self.retained.set(m);
             }
             Effect::RetainedRemoved {
                 tenant,
@@ -413,13 +495,15 @@ impl State {
                 if let Some(p) = &self.persist {
                     done.also(Write::from_result(p.delete_retained(&tenant, &topic)));
                 }
-                if !topic.starts_with("$SYS") {
-                    let u = self.tenants.usage(&tenant);
-                    release(&u.retained_messages, 1);
-                    release(&u.retained_bytes, size);
-                }
-                self.metrics.dec(&self.metrics.retained);
                 self.retained.remove(&tenant, &topic);
+                done.retained_counts = Some(RetainedCounts {
+                    counted: !topic.starts_with("$SYS"),
+                    tenant,
+                    added: false,
+                    removed: true,
+                    bytes_added: 0,
+                    bytes_removed: size,
+                });
             }
             _ => {}
         }

@@ -18,8 +18,9 @@ use parking_lot::RwLock;
 use crate::ids::TenantId;
 use crate::message::Message;
 
+/// One tenant's retained messages (a level of the tree).
 #[derive(Debug, Default)]
-struct Node {
+pub struct Node {
     message: Option<Arc<Message>>,
     children: HashMap<Box<str>, Node>,
 }
@@ -36,7 +37,10 @@ pub struct RetainedStore {
 }
 
 impl RetainedStore {
-    fn tenant(&self, tenant: &TenantId) -> Arc<RwLock<Node>> {
+    /// One tenant's tree: `State` takes its write lock before the control
+    /// lock is released, so a tenant's retained changes reach the index
+    /// and the disk in log order (`state/mod.rs`).
+    pub fn tenant(&self, tenant: &TenantId) -> Arc<RwLock<Node>> {
         if let Some(t) = self.tenants.get(tenant) {
             return t.clone();
         }
@@ -46,9 +50,22 @@ impl RetainedStore {
     /// Makes `msg` the retained message of its topic.
     pub fn set(&self, msg: Arc<Message>) {
         let tree = self.tenant(&msg.tenant);
-        let mut node = &mut *tree.write();
+        let mut root = tree.write();
+        Self::set_in(&mut root, msg);
+    }
+
+    /// `set` in a tenant's tree already locked.
+    pub fn set_in(root: &mut Node, msg: Arc<Message>) {
+        let mut node = root;
         for l in msg.topic.split('/') {
-            node = node.children.entry(l.into()).or_default();
+            // Levels already there cost no allocation.
+            if !node.children.contains_key(l) {
+                node.children.insert(l.into(), Node::default());
+            }
+            let Some(next) = node.children.get_mut(l) else {
+                return;
+            };
+            node = next;
         }
         node.message = Some(msg);
     }
@@ -58,8 +75,14 @@ impl RetainedStore {
         let Some(tree) = self.tenants.get(tenant).map(|t| t.clone()) else {
             return;
         };
+        let mut root = tree.write();
+        Self::remove_in(&mut root, topic);
+    }
+
+    /// `remove` in a tenant's tree already locked.
+    pub fn remove_in(root: &mut Node, topic: &str) {
         let levels: Vec<&str> = topic.split('/').collect();
-        remove(&mut tree.write(), &levels);
+        remove(root, &levels);
     }
 
     /// Retained messages matching `filter`, without those expired at `now`.
