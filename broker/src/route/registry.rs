@@ -149,7 +149,10 @@ impl Registry {
             // A session this CONNECT replaces ends: its shared deliveries
             // move to other members first.
             let (exists, foreign) = self.state.read(|c| match c.session(&key) {
-                Some(r) => (true, r.user.is_some() && r.user != user),
+                Some(r) => (
+                    true,
+                    r.user.is_some() && r.user.as_deref() != user.as_deref(),
+                ),
                 None => (false, false),
             });
             if foreign {

@@ -107,8 +107,9 @@ pub struct SessionState {
     pub queue: VecDeque<Delivery>,
     /// The queue's entries kept on disk only, after every one in `queue`.
     spilled: VecDeque<Spilled>,
-    /// The session's key, to read spilled entries back.
-    key: SessionKey,
+    /// The session's key, to read spilled entries back: set when the
+    /// queue first spills (most sessions never do, and pay 8 bytes).
+    spill_key: Option<Box<SessionKey>>,
     pub inflight: HashMap<u16, Inflight>,
     next_seq: u64,
     /// Incoming QoS 2 packet ids whose PUBLISH was routed; PUBREL pending.
@@ -197,7 +198,7 @@ impl Session {
         node_memory: Option<Arc<QueueMemory>>,
     ) -> Session {
         Session {
-            key: key.clone(),
+            key,
             id,
             online: AtomicBool::new(false),
             notify: Notify::new(),
@@ -209,7 +210,7 @@ impl Session {
             state: Mutex::new(SessionState {
                 queue: VecDeque::new(),
                 spilled: VecDeque::new(),
-                key,
+                spill_key: None,
                 inflight: HashMap::new(),
                 next_seq: 0,
                 incoming_qos2: HashSet::new(),
@@ -359,7 +360,7 @@ impl Session {
                 let spill = st.persist.is_some()
                     && !self.is_online()
                     && st.node_memory.as_ref().is_some_and(|m| m.spills());
-                st.push_reserved(delivery, spill);
+                st.push_reserved(delivery, spill.then_some(&self.key));
             } else {
                 st.tenant_queued_sub(size);
             }
@@ -428,14 +429,21 @@ impl SessionState {
     /// step.
     pub fn push_queued(&mut self, d: Delivery) {
         self.tenant_queued_add(d.msg.size());
-        self.push_reserved(d, false);
+        self.push_reserved(d, None);
     }
 
     /// Appends a delivery whose bytes the tenant already counted: to the
     /// spill if asked (`spill`, and its message has a stored body) or if
     /// the queue already spills (order is kept), else in memory.
-    fn push_reserved(&mut self, d: Delivery, spill: bool) {
-        if spill || !self.spilled.is_empty() {
+    /// `spill`: the session's key when this delivery may be kept on disk
+    /// only.
+    fn push_reserved(&mut self, d: Delivery, spill: Option<&SessionKey>) {
+        if let Some(key) = spill {
+            if self.spill_key.is_none() {
+                self.spill_key = Some(Box::new(key.clone()));
+            }
+        }
+        if spill.is_some() || !self.spilled.is_empty() {
             if let Some(body) = d.msg.stored.get() {
                 let s = Spilled {
                     seq: d.seq,
@@ -485,14 +493,14 @@ impl SessionState {
     /// entry that cannot be read is dropped and logged (the store refuses
     /// reads only when damaged).
     fn read_back(&mut self, n: usize) {
-        let Some(p) = self.persist.clone() else {
+        let (Some(p), Some(key)) = (self.persist.clone(), self.spill_key.clone()) else {
             return;
         };
         for _ in 0..n {
             let Some(s) = self.spilled.pop_front() else {
                 break;
             };
-            match p.read_queued(&self.key, s.seq, &s.body) {
+            match p.read_queued(&key, s.seq, &s.body) {
                 Ok(Some(d)) => {
                     // Counted in `queued_bytes` and the QoS 0 counts already.
                     if let Some(m) = &self.node_memory {
@@ -504,7 +512,7 @@ impl SessionState {
                 }
                 r => {
                     let error = r.err().map(|e| e.to_string());
-                    tracing::warn!(client_id = %self.key.client, seq = s.seq, ?error, "Dropping a queued message that cannot be read back from the store");
+                    tracing::warn!(client_id = %key.client, seq = s.seq, ?error, "Dropping a queued message that cannot be read back from the store");
                     self.left_spill(&s);
                 }
             }
@@ -780,6 +788,7 @@ impl SessionState {
     /// incoming QoS 2 ids still awaiting PUBREL.
     pub fn restore_queues(
         &mut self,
+        key: &SessionKey,
         queue: Vec<Delivery>,
         inflight: Vec<RestoredInflight>,
         incoming: Vec<u16>,
@@ -793,7 +802,7 @@ impl SessionState {
             self.next_queue_seq = self.next_queue_seq.max(d.seq);
             let spill = can_spill && self.node_memory.as_ref().is_some_and(|m| m.spills());
             self.tenant_queued_add(d.msg.size());
-            self.push_reserved(d, spill);
+            self.push_reserved(d, spill.then_some(key));
         }
         for f in inflight {
             self.next_seq = self.next_seq.max(f.seq);

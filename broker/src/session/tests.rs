@@ -296,11 +296,11 @@ fn a_queue_restored_past_three_quarters_of_the_bound_stays_on_disk() {
     let r = restored.sessions.pop().expect("one session");
     let memory = Arc::new(QueueMemory::new(1000));
     memory.add(800);
-    let s = Session::new(r.key, SessionId(1), None, Some(memory.clone()));
+    let s = Session::new(r.key.clone(), SessionId(1), None, Some(memory.clone()));
     {
         let mut st = s.lock();
         st.persist = Some(p);
-        st.restore_queues(r.queue, r.inflight, r.incoming);
+        st.restore_queues(&r.key, r.queue, r.inflight, r.incoming);
         assert_eq!((st.queue.len(), st.spilled.len()), (0, 5));
     }
     drop(restored);

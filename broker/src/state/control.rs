@@ -39,12 +39,13 @@ pub struct SessionRecord {
     pub expiry_interval: u32,
     /// Durable: counted in the tenant's persistent sessions, on disk.
     pub persistent: bool,
-    /// The authenticated user of the latest claim.
-    pub user: Option<String>,
+    /// The authenticated user of the latest claim. (Boxed here and below:
+    /// every connected client has a record, most without either.)
+    pub user: Option<Box<str>>,
     /// When the latest claim's connection ended (0 while connected).
     pub disconnected_at_ms: u64,
     /// A will waiting for its delay or the session's end.
-    pub will: Option<PendingWill>,
+    pub will: Option<Box<PendingWill>>,
     /// Keyed by the filter exactly as subscribed (`$share/g/`,
     /// `$tenant/id/` included).
     pub subscriptions: BTreeMap<TopicFilter, StoredSubscription>,
@@ -162,7 +163,11 @@ impl ControlState {
                 if rec.persistent {
                     out.effects.push(Effect::SessionRecord {
                         key,
-                        meta: SessionMeta::new(expiry_interval, 0, rec.user.clone()),
+                        meta: SessionMeta::new(
+                            expiry_interval,
+                            0,
+                            rec.user.as_deref().map(str::to_owned),
+                        ),
                     });
                 }
                 out
@@ -264,7 +269,7 @@ impl ControlState {
         let mut effects = Vec::new();
         // A session last claimed by another authenticated user is not
         // handed over: the client gets a fresh one, as with clean start.
-        let foreign = |r: &SessionRecord| r.user.is_some() && r.user != user;
+        let foreign = |r: &SessionRecord| r.user.is_some() && r.user.as_deref() != user.as_deref();
         let resume = match self.sessions.get(&key) {
             Some(r) => !clean_start && !foreign(r),
             None => false,
@@ -287,7 +292,7 @@ impl ControlState {
             rec.connected = true;
             rec.disconnected_at_ms = 0;
             rec.expiry_interval = expiry_interval;
-            rec.user = user;
+            rec.user = user.map(Into::into);
             if upgrade {
                 rec.persistent = true;
                 effects.push(Effect::BecamePersistent {
@@ -314,7 +319,11 @@ impl ControlState {
             if rec.persistent {
                 effects.push(Effect::SessionRecord {
                     key: key.clone(),
-                    meta: SessionMeta::new(expiry_interval, 0, rec.user.clone()),
+                    meta: SessionMeta::new(
+                        expiry_interval,
+                        0,
+                        rec.user.as_deref().map(str::to_owned),
+                    ),
                 });
             }
             return Output {
@@ -361,7 +370,7 @@ impl ControlState {
                 connected: true,
                 expiry_interval,
                 persistent,
-                user,
+                user: user.map(Into::into),
                 disconnected_at_ms: 0,
                 will: None,
                 subscriptions: BTreeMap::new(),
@@ -427,10 +436,10 @@ impl ControlState {
                     will: w.will.clone(),
                     due_ms,
                 });
-                rec.will = Some(PendingWill {
+                rec.will = Some(Box::new(PendingWill {
                     will: w.will,
                     due_ms,
-                });
+                }));
             }
         }
         if expiry == 0 {
@@ -443,7 +452,7 @@ impl ControlState {
         if rec.persistent {
             effects.push(Effect::SessionRecord {
                 key: key.clone(),
-                meta: SessionMeta::new(expiry, at_ms, rec.user.clone()),
+                meta: SessionMeta::new(expiry, at_ms, rec.user.as_deref().map(str::to_owned)),
             });
         }
         if expiry != u32::MAX {

@@ -578,11 +578,11 @@ impl State {
             connected: false,
             expiry_interval: r.expiry_interval,
             persistent: true,
-            user: r.user,
+            user: r.user.map(Into::into),
             disconnected_at_ms,
             will: r
                 .will
-                .map(|(will, due_ms)| control::PendingWill { will, due_ms }),
+                .map(|(will, due_ms)| Box::new(control::PendingWill { will, due_ms })),
             subscriptions: Default::default(),
         };
         {
@@ -609,7 +609,7 @@ impl State {
                     .subscriptions
                     .insert(filter, StoredSubscription { options, id });
             }
-            st.restore_queues(r.queue, r.inflight, r.incoming);
+            st.restore_queues(&r.key, r.queue, r.inflight, r.incoming);
         }
         log.control.restore_session(r.key.clone(), record);
         self.sessions.insert(r.key, runtime.clone());
