@@ -193,12 +193,14 @@ impl State {
                 }
                 u.retained_bytes.fetch_add(c.bytes_added, Ordering::Relaxed);
                 release(&u.retained_bytes, c.bytes_removed);
-            }
-            if c.added {
-                self.metrics.inc(&self.metrics.retained);
-            }
-            if c.removed {
-                self.metrics.dec(&self.metrics.retained);
+                // The node's count (`$SYS/broker/retained messages/count`)
+                // is the clients' messages too, not the broker's own.
+                if c.added {
+                    self.metrics.inc(&self.metrics.retained);
+                }
+                if c.removed {
+                    self.metrics.dec(&self.metrics.retained);
+                }
             }
         }
     }
@@ -636,8 +638,8 @@ impl State {
             u.retained_messages.fetch_add(1, Ordering::Relaxed);
             u.retained_bytes
                 .fetch_add(m.size() as u64, Ordering::Relaxed);
+            self.metrics.inc(&self.metrics.retained);
         }
-        self.metrics.inc(&self.metrics.retained);
         self.retained.set(m);
     }
 

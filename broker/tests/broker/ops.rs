@@ -34,6 +34,34 @@ async fn sys_topics_are_published_and_hidden_from_wildcards() {
     b.stop().await;
 }
 
+/// Issue 18: `retained messages/count` counted the broker's own `$SYS`
+/// topics (a dozen with nothing retained by any client).
+#[tokio::test]
+async fn the_retained_count_is_the_clients_messages_not_sys_topics() {
+    let b = TestBroker::with(|c| c.sys_interval = Some(Duration::from_millis(100))).await;
+    let mut sys = RawClient::connect(b.addr, Protocol::V311, "count").await;
+    sys.subscribe("$SYS/broker/retained messages/count", q(0))
+        .await;
+    let got = sys.expect_publish().await;
+    assert_eq!(&got.payload[..], b"0", "$SYS topics are not counted");
+    let mut p = RawClient::connect(b.addr, Protocol::V5, "retainer").await;
+    let mut m = publish("kept/one", q(0), 0, b"x");
+    m.retain = true;
+    p.send(&Packet::Publish(m)).await;
+    wait_until("one retained message counted", || {
+        porchlight_broker::metrics::Metrics::get(&b.broker.metrics.retained) == 1
+    })
+    .await;
+    loop {
+        let got = sys.expect_publish().await;
+        if &got.payload[..] == b"1" {
+            break;
+        }
+        assert_eq!(&got.payload[..], b"0");
+    }
+    b.stop().await;
+}
+
 #[tokio::test]
 async fn sys_topics_can_be_turned_off() {
     let b = TestBroker::start().await; // the test broker runs with them off
