@@ -8,7 +8,9 @@
 //! Origin must be listed (else 403), so a page on another site cannot
 //! open MQTT connections with its visitors' network position. The result
 //! is a byte stream (ws_stream_tungstenite) carrying MQTT in binary
-//! frames; a text frame
+//! frames. A plain HTTP request (no `Upgrade: websocket`) gets an HTTP
+//! answer, 404 off the path and 426 on it, instead of a closed socket;
+//! bytes that are not HTTP at all are closed at once. A text frame
 //! closes the connection (MQTT-6.0.0-1). `ops/server.rs` hands that stream to
 //! `connection/mod.rs` like any socket, so the codec, limits and auth are the
 //! same as over TCP.
@@ -17,10 +19,118 @@ use async_tungstenite::tokio::TokioAdapter;
 use async_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use async_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 use async_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio::io::{AsyncRead, AsyncWrite};
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 /// The byte stream of an upgraded WebSocket connection.
-pub type WsIo<S> = ws_stream_tungstenite::WsStream<TokioAdapter<S>>;
+pub type WsIo<S> = ws_stream_tungstenite::WsStream<TokioAdapter<Rewind<S>>>;
+
+/// The longest request head read before the upgrade (browsers send about
+/// 1 KiB; cookies can add more).
+const MAX_HEAD: usize = 16 * 1024;
+
+/// A stream whose first bytes, already read to look at the request, are
+/// read again.
+#[derive(Debug)]
+pub struct Rewind<S> {
+    head: Vec<u8>,
+    pos: usize,
+    inner: S,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.pos < self.head.len() {
+            let n = (self.head.len() - self.pos).min(buf.remaining());
+            let start = self.pos;
+            buf.put_slice(&self.head[start..start + n]);
+            self.pos += n;
+            if self.pos == self.head.len() {
+                self.head = Vec::new();
+                self.pos = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Reads the request head (through the blank line). Bytes that cannot
+/// start `GET ` end it at once: not HTTP.
+async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> io::Result<Vec<u8>> {
+    let mut head = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    loop {
+        if head.windows(4).any(|w| w == b"\r\n\r\n") {
+            return Ok(head);
+        }
+        if !b"GET ".starts_with(&head[..head.len().min(4)]) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "not an HTTP request",
+            ));
+        }
+        if head.len() >= MAX_HEAD {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "request head too long",
+            ));
+        }
+        let want = chunk.len().min(MAX_HEAD - head.len());
+        match stream.read(&mut chunk[..want]).await? {
+            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+            n => head.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// The answer to a request that is not a WebSocket upgrade: `None` when
+/// it is one (tungstenite checks the rest).
+fn plain_http_answer(head: &[u8], path: &str) -> Option<&'static str> {
+    let text = String::from_utf8_lossy(head);
+    let mut lines = text.split("\r\n");
+    let target = lines.next()?.split(' ').nth(1).unwrap_or("");
+    let upgrade = lines.any(|l| {
+        l.split_once(':').is_some_and(|(name, value)| {
+            name.trim().eq_ignore_ascii_case("upgrade")
+                && value.to_ascii_lowercase().contains("websocket")
+        })
+    });
+    if upgrade {
+        return None;
+    }
+    let on_path = target.split('?').next() == Some(path);
+    Some(if on_path {
+        "HTTP/1.1 426 Upgrade Required\r\nUpgrade: websocket\r\nSec-WebSocket-Protocol: mqtt\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: 52\r\n\r\nMQTT over WebSocket: upgrade with subprotocol mqtt.\n"
+    } else {
+        "HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: 23\r\n\r\nNo MQTT endpoint here.\n"
+    })
+}
 
 /// The subprotocols accepted, in the spelling the client used.
 const SUBPROTOCOLS: [&str; 2] = ["mqtt", "mqttv3.1"];
@@ -120,6 +230,18 @@ where
         resp.headers_mut().insert("Sec-WebSocket-Protocol", value);
         Ok(resp)
     };
+    let mut stream = stream;
+    let head = read_head(&mut stream).await?;
+    if let Some(answer) = plain_http_answer(&head, path) {
+        stream.write_all(answer.as_bytes()).await?;
+        let _ = stream.shutdown().await;
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "not a WebSocket upgrade").into());
+    }
+    let stream = Rewind {
+        head,
+        pos: 0,
+        inner: stream,
+    };
     let config = WebSocketConfig::default()
         .max_message_size(Some(max_message))
         .max_frame_size(Some(max_message));
@@ -131,6 +253,51 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_plain_request_gets_404_off_the_path_and_426_on_it() {
+        let get = |target: &str, upgrade: bool| {
+            let mut h = format!("GET {target} HTTP/1.1\r\nHost: x\r\n");
+            if upgrade {
+                h.push_str("Connection: Upgrade\r\nUPGRADE: WebSocket\r\n");
+            }
+            h.push_str("\r\n");
+            h.into_bytes()
+        };
+        let status = |a: Option<&'static str>| a.map(|a| &a[9..12]);
+        assert_eq!(
+            status(plain_http_answer(&get("/mqtt", false), "/mqtt")),
+            Some("426")
+        );
+        assert_eq!(
+            status(plain_http_answer(&get("/mqtt?x=1", false), "/mqtt")),
+            Some("426")
+        );
+        assert_eq!(
+            status(plain_http_answer(&get("/", false), "/mqtt")),
+            Some("404")
+        );
+        assert_eq!(plain_http_answer(&get("/mqtt", true), "/mqtt"), None);
+        assert_eq!(
+            plain_http_answer(&get("/other", true), "/mqtt"),
+            None,
+            "tungstenite's 404"
+        );
+        for answer in [
+            plain_http_answer(&get("/mqtt", false), "/mqtt"),
+            plain_http_answer(&get("/", false), "/mqtt"),
+        ] {
+            let answer = answer.expect("answer");
+            let (head, body) = answer.split_once("\r\n\r\n").expect("head");
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("Content-Length: "))
+                .expect("length")
+                .parse()
+                .expect("number");
+            assert_eq!(len, body.len(), "{head}");
+        }
+    }
 
     #[test]
     fn the_mqtt_subprotocol_is_chosen_from_the_offer() {

@@ -168,6 +168,35 @@ async fn websocket_upgrades_need_the_path_and_the_mqtt_subprotocol() {
     b.stop().await;
 }
 
+/// Issue 18: a plain HTTP request at a WebSocket listener got an empty
+/// reply; it gets an HTTP answer now (426 on the path, 404 off it).
+#[tokio::test]
+async fn a_plain_http_request_gets_an_http_answer() {
+    let b = TestBroker::with(|c| {
+        c.ws_listen = vec!["127.0.0.1:0".parse().expect("addr")];
+        c.ws_path = "/devices".into();
+    })
+    .await;
+    let ws = b.ws_addr.expect("ws");
+    for (target, status) in [("/devices", "426"), ("/devices?a=1", "426"), ("/", "404")] {
+        let mut raw = TcpStream::connect(ws).await.expect("connect");
+        raw.write_all(format!("GET {target} HTTP/1.1\r\nHost: broker\r\n\r\n").as_bytes())
+            .await
+            .expect("write");
+        let mut answer = Vec::new();
+        tokio::time::timeout(WAIT, raw.read_to_end(&mut answer))
+            .await
+            .expect("answered and closed in time")
+            .expect("read");
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{target}: {answer}"
+        );
+    }
+    b.stop().await;
+}
+
 #[tokio::test]
 async fn websocket_origins_can_be_restricted_to_a_list() {
     let b = TestBroker::with(|c| {
