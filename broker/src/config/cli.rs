@@ -98,7 +98,8 @@ pub struct Cli {
     /// Browser origins allowed to open a WebSocket (`https://app.example`,
     /// `http://localhost:8080`); repeat or separate with commas. A request
     /// whose Origin header is not listed is refused with 403; one without
-    /// the header (devices, non-browser clients) is accepted. Default: any.
+    /// the header (most devices) is accepted. Some libraries send one
+    /// (Paho for Python: `http(s)://<broker host>[:port]`). Default: any.
     #[arg(
         long = "ws-allowed-origins",
         value_name = "ORIGIN",
