@@ -50,7 +50,17 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // rustls warns for every client that puts an IP address in its SNI
+    // (many devices dial the broker by address): not worth a line each.
+    // A --log-level that names rustls decides for itself.
+    let filter = match "rustls::msgs::handshake=error".parse() {
+        Ok(d) if !cli.log_level.contains("rustls") => filter.add_directive(d),
+        _ => filter,
+    };
+    // Colours only for a terminal, not for log files and collectors.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
     match cli.log_format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

@@ -489,6 +489,8 @@ fn a_second_broker_on_the_same_data_dir_is_refused_clearly() {
     );
     assert!(text.contains("in use by another process"), "{text}");
     assert!(text.contains(&data.display().to_string()), "{text}");
+    // Issue 18: no ANSI colours when the output is not a terminal.
+    assert!(!text.contains('\x1b'), "colour codes in a pipe: {text:?}");
 }
 
 #[tokio::test]
