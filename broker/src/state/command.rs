@@ -228,7 +228,7 @@ pub enum Effect {
         due_ms: u64,
     },
     /// The pending will is gone (resumed in time, or published).
-    WillCleared { key: SessionKey, persistent: bool },
+    WillCleared { key: SessionKey },
     /// Publish this will now.
     PublishWill {
         key: SessionKey,
@@ -248,13 +248,11 @@ pub enum Effect {
         options: SubscriptionOptions,
         id: Option<u32>,
         existed: bool,
-        persistent: bool,
     },
     Unsubscribed {
         key: SessionKey,
         session: SessionId,
         filter: TopicFilter,
-        persistent: bool,
     },
     /// `message` is its topic's retained message; it replaced one of
     /// `replaced` bytes, if any.

@@ -200,10 +200,7 @@ impl ControlState {
                 }
                 let mut out = Output::only(Applied::WillReleased);
                 if let Some(w) = rec.will.take() {
-                    out.effects.push(Effect::WillCleared {
-                        key: key.clone(),
-                        persistent: rec.persistent,
-                    });
+                    out.effects.push(Effect::WillCleared { key: key.clone() });
                     out.effects.push(Effect::PublishWill { key, will: w.will });
                 }
                 out
@@ -222,14 +219,14 @@ impl ControlState {
                 let existed = rec.subscriptions.remove(&filter).is_some();
                 let mut out = Output::only(Applied::Existed(existed));
                 if existed {
-                    let (session, persistent) = (rec.session, rec.persistent);
-                    self.count(&namespace(&key.tenant, &filter)).subscriptions -= 1;
-                    self.tidy(&namespace(&key.tenant, &filter));
+                    let session = rec.session;
+                    let ns = namespace(&key.tenant, &filter);
+                    self.count(&ns).subscriptions -= 1;
+                    self.tidy(&ns);
                     out.effects.push(Effect::Unsubscribed {
                         key,
                         session,
                         filter,
-                        persistent,
                     });
                 }
                 out
@@ -311,10 +308,7 @@ impl ControlState {
             });
             // Resumed in time: no delayed will.
             if rec.will.take().is_some() {
-                effects.push(Effect::WillCleared {
-                    key: key.clone(),
-                    persistent: rec.persistent,
-                });
+                effects.push(Effect::WillCleared { key: key.clone() });
             }
             if rec.persistent {
                 effects.push(Effect::SessionRecord {
@@ -474,11 +468,8 @@ impl ControlState {
         let Some(rec) = self.sessions.remove(key) else {
             return;
         };
+        // Its stored will goes with its other records (`SessionEnded`).
         if let Some(w) = rec.will {
-            effects.push(Effect::WillCleared {
-                key: key.clone(),
-                persistent: rec.persistent,
-            });
             effects.push(Effect::PublishWill {
                 key: key.clone(),
                 will: w.will,
@@ -528,7 +519,7 @@ impl ControlState {
             }
         }
         rec.subscriptions.insert(filter.clone(), sub);
-        let (session, persistent) = (rec.session, rec.persistent);
+        let session = rec.session;
         if !existed {
             self.count(&ns).subscriptions += 1;
         }
@@ -541,7 +532,6 @@ impl ControlState {
                 options: sub.options,
                 id: sub.id,
                 existed,
-                persistent,
             }],
         }
     }
@@ -646,21 +636,9 @@ impl ControlState {
         self.sessions.get(key)
     }
 
-    pub fn sessions(&self) -> impl Iterator<Item = (&SessionKey, &SessionRecord)> {
-        self.sessions.iter()
-    }
-
-    pub fn session_count(&self) -> usize {
-        self.sessions.len()
-    }
-
     pub fn retained(&self, tenant: &TenantId, topic: &str) -> Option<&Retained> {
         self.retained
             .get(&(tenant.clone(), TopicName::trusted(topic.to_owned())))
-    }
-
-    pub fn retained_count(&self) -> usize {
-        self.retained.len()
     }
 
     pub fn counts(&self, tenant: &TenantId) -> TenantCounts {
@@ -723,6 +701,7 @@ impl ControlState {
 
     /// Every tenant's counts, rebuilt from the records (tests compare them
     /// with the ones kept as commands apply).
+    #[cfg(test)]
     pub fn recount(&self) -> BTreeMap<TenantId, TenantCounts> {
         let mut fresh = ControlState::default();
         for (key, rec) in &self.sessions {
@@ -734,6 +713,7 @@ impl ControlState {
         fresh.counts
     }
 
+    #[cfg(test)]
     pub fn all_counts(&self) -> &BTreeMap<TenantId, TenantCounts> {
         &self.counts
     }

@@ -90,6 +90,20 @@ struct RetainedCounts {
     bytes_removed: u64,
 }
 
+impl RetainedCounts {
+    /// `m` is retained now, replacing a message of `replaced` bytes.
+    fn set(m: &Message, replaced: Option<u64>) -> RetainedCounts {
+        RetainedCounts {
+            tenant: m.tenant.clone(),
+            counted: !m.topic.starts_with("$SYS"),
+            added: replaced.is_none(),
+            removed: false,
+            bytes_added: m.size() as u64,
+            bytes_removed: replaced.unwrap_or(0),
+        }
+    }
+}
+
 impl Done {
     /// Adds a durable write this command made.
     fn also(&mut self, w: Write) {
@@ -177,32 +191,25 @@ impl State {
     }
 
     /// The counters a retained change moves (under the control lock: a
-    /// saturating release must not overtake the add before it).
-    fn count_retained(&self, done: &mut Done) {
-        if let Some(c) = done.retained_counts.take() {
-            if c.counted {
-                let u = match done.prepared.usage.take() {
-                    Some(u) => u,
-                    None => self.tenants.usage(&c.tenant),
-                };
-                if c.added {
-                    u.retained_messages.fetch_add(1, Ordering::Relaxed);
-                }
-                if c.removed {
-                    release(&u.retained_messages, 1);
-                }
-                u.retained_bytes.fetch_add(c.bytes_added, Ordering::Relaxed);
-                release(&u.retained_bytes, c.bytes_removed);
-                // The node's count (`$SYS/broker/retained messages/count`)
-                // is the clients' messages too, not the broker's own.
-                if c.added {
-                    self.metrics.inc(&self.metrics.retained);
-                }
-                if c.removed {
-                    self.metrics.dec(&self.metrics.retained);
-                }
-            }
+    /// saturating release must not overtake the add before it); `usage`
+    /// is the tenant's, if looked up already.
+    fn count_retained(&self, c: RetainedCounts, usage: Option<Arc<crate::tenant::quota::Usage>>) {
+        // `$SYS` topics are the broker's own: neither the tenant's nor the
+        // node's count (`$SYS/broker/retained messages/count`).
+        if !c.counted {
+            return;
         }
+        let u = usage.unwrap_or_else(|| self.tenants.usage(&c.tenant));
+        if c.added {
+            u.retained_messages.fetch_add(1, Ordering::Relaxed);
+            self.metrics.inc(&self.metrics.retained);
+        }
+        if c.removed {
+            release(&u.retained_messages, 1);
+            self.metrics.dec(&self.metrics.retained);
+        }
+        u.retained_bytes.fetch_add(c.bytes_added, Ordering::Relaxed);
+        release(&u.retained_bytes, c.bytes_removed);
     }
 
     /// Applies a command at the log position a replicated log gave it
@@ -232,7 +239,9 @@ impl State {
         for effect in out.effects {
             self.observe(effect, &mut done);
         }
-        self.count_retained(&mut done);
+        if let Some(c) = done.retained_counts.take() {
+            self.count_retained(c, done.prepared.usage.take());
+        }
         done
     }
 
@@ -465,25 +474,9 @@ impl State {
                         p.put_retained_record(&m.tenant, &m.topic, &record),
                     ));
                 }
+                self.expire_retained_later(&message);
                 let m = message.message;
-                if let (Some(at), Some(due_ms)) = (m.expires_at, message.expires_at_ms) {
-                    self.sweeper.at(
-                        at,
-                        Due::Retained {
-                            tenant: m.tenant.clone(),
-                            topic: m.topic.clone(),
-                            due_ms,
-                        },
-                    );
-                }
-                done.retained_counts = Some(RetainedCounts {
-                    tenant: m.tenant.clone(),
-                    counted: !m.topic.starts_with("$SYS"),
-                    added: replaced.is_none(),
-                    removed: false,
-                    bytes_added: m.size() as u64,
-                    bytes_removed: replaced.unwrap_or(0),
-                });
+                done.retained_counts = Some(RetainedCounts::set(&m, replaced));
                 match done.prepared.tree.take() {
                     Some(tree) => RetainedStore::set_in(&mut tree.write(), m),
                     None => self.retained.set(m),
@@ -619,10 +612,9 @@ impl State {
         runtime
     }
 
-    /// Puts a retained message found on disk back, without writing.
-    pub fn restore_retained(&self, r: Retained) {
-        let m = r.message.clone();
-        self.log.lock().control.restore_retained(r.clone());
+    /// A sweeper entry for a retained message that expires.
+    fn expire_retained_later(&self, r: &Retained) {
+        let m = &r.message;
         if let (Some(at), Some(due_ms)) = (m.expires_at, r.expires_at_ms) {
             self.sweeper.at(
                 at,
@@ -633,13 +625,16 @@ impl State {
                 },
             );
         }
-        if !m.topic.starts_with("$SYS") {
-            let u = self.tenants.usage(&m.tenant);
-            u.retained_messages.fetch_add(1, Ordering::Relaxed);
-            u.retained_bytes
-                .fetch_add(m.size() as u64, Ordering::Relaxed);
-            self.metrics.inc(&self.metrics.retained);
-        }
+    }
+
+    /// Puts a retained message found on disk back, without writing.
+    pub fn restore_retained(&self, r: Retained) {
+        let m = r.message.clone();
+        let mut log = self.log.lock();
+        log.control.restore_retained(r.clone());
+        self.expire_retained_later(&r);
+        self.count_retained(RetainedCounts::set(&m, None), None);
+        drop(log);
         self.retained.set(m);
     }
 
