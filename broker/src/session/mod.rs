@@ -37,6 +37,7 @@
 //! connection takes from the queue): order is kept.
 
 pub mod queue_memory;
+mod spill;
 pub mod sweeper;
 
 use std::collections::VecDeque;
@@ -52,7 +53,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::codec::QoS;
 use crate::ids::{Claim, ConnectionId, SessionId, SessionKey};
-use crate::message::{Delivery, StoredBody};
+use crate::message::Delivery;
 use crate::metrics::DropReason;
 use crate::persist::Write;
 use crate::persist::{Persist, RestoredInflight};
@@ -75,21 +76,8 @@ pub struct Inflight {
     pub state: OutState,
 }
 
-/// A queue entry kept on disk only: its queue record names its body in
-/// the store, which `body` keeps there; what the queue's bounds and expiry
-/// need stays in memory (24 bytes).
-#[derive(Debug)]
-pub struct Spilled {
-    seq: u64,
-    body: Arc<StoredBody>,
-    size: u32,
-    qos: QoS,
-    /// Came through a shared subscription (`Delivery::share`).
-    shared: bool,
-}
-
-/// How many spilled entries a connection reads back at a time.
-const READ_BACK: usize = 64;
+pub use spill::Spilled;
+use spill::READ_BACK;
 
 /// The connection currently attached to a session.
 #[derive(Debug, Clone)]
@@ -477,48 +465,6 @@ impl SessionState {
         self.queue.iter().any(|d| d.share.is_some()) || self.spilled.iter().any(|s| s.shared)
     }
 
-    /// Keeps the counters in step with a spilled entry that left the queue
-    /// without being read back (dropped or expired).
-    fn left_spill(&mut self, s: &Spilled) {
-        let size = s.size as usize;
-        self.queued_bytes -= size;
-        self.count_qos0(s.qos, size, false);
-        self.tenant_queued_sub(size);
-        if let Some(m) = &self.node_memory {
-            m.sub_spilled(1);
-        }
-    }
-
-    /// Reads up to `n` spilled entries back into memory, oldest first. An
-    /// entry that cannot be read is dropped and logged (the store refuses
-    /// reads only when damaged).
-    fn read_back(&mut self, n: usize) {
-        let (Some(p), Some(key)) = (self.persist.clone(), self.spill_key.clone()) else {
-            return;
-        };
-        for _ in 0..n {
-            let Some(s) = self.spilled.pop_front() else {
-                break;
-            };
-            match p.read_queued(&key, s.seq, &s.body) {
-                Ok(Some(d)) => {
-                    // Counted in `queued_bytes` and the QoS 0 counts already.
-                    if let Some(m) = &self.node_memory {
-                        m.sub_spilled(1);
-                        m.add(d.msg.size());
-                    }
-                    grow_by_half(&mut self.queue);
-                    self.queue.push_back(d);
-                }
-                r => {
-                    let error = r.err().map(|e| e.to_string());
-                    tracing::warn!(client_id = %key.client, seq = s.seq, ?error, "Dropping a queued message that cannot be read back from the store");
-                    self.left_spill(&s);
-                }
-            }
-        }
-    }
-
     /// The oldest queued delivery, read back from disk if it was spilled.
     pub fn front_queued(&mut self) -> Option<&Delivery> {
         if self.queue.is_empty() {
@@ -737,22 +683,6 @@ impl SessionState {
         }
         gone.extend(self.drop_spilled(|s| expired(s.body.expires_at)));
         gone
-    }
-
-    /// Drops the spilled entries `drop` picks, without reading them back;
-    /// returns their queue positions.
-    fn drop_spilled(&mut self, drop: impl Fn(&Spilled) -> bool) -> Vec<u64> {
-        if !self.spilled.iter().any(&drop) {
-            return Vec::new();
-        }
-        let (out, kept): (Vec<_>, Vec<_>) = self.spilled.drain(..).partition(|s| drop(s));
-        self.spilled.extend(kept);
-        out.iter()
-            .map(|s| {
-                self.left_spill(s);
-                s.seq
-            })
-            .collect()
     }
 
     /// The earliest expiry among queued deliveries.

@@ -300,13 +300,7 @@ async fn interop_with_mosquitto_clients_over_mutual_tls() {
         .spawn()
         .expect("mosquitto_sub");
     wait_until("mosquitto_sub subscribed over mTLS", || {
-        b.session("mosq-mtls-sub").is_some_and(|s| {
-            b.broker
-                .state
-                .subscriptions(&s.key)
-                .iter()
-                .any(|f| f.as_str() == "interop/mtls")
-        })
+        b.subscribed("mosq-mtls-sub", "interop/mtls")
     })
     .await;
     // Without a certificate: refused.

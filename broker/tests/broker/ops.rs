@@ -263,13 +263,7 @@ async fn interop_with_mosquitto_clients_v311_and_v5() {
             .spawn()
             .expect("mosquitto_sub");
         wait_until("mosquitto_sub subscribed", || {
-            b.session(&id).is_some_and(|s| {
-                b.broker
-                    .state
-                    .subscriptions(&s.key)
-                    .iter()
-                    .any(|f| f.as_str() == topic.as_str())
-            })
+            b.subscribed(&id, topic.as_str())
         })
         .await;
         let status = tokio::process::Command::new("mosquitto_pub")

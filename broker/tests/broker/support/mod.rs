@@ -106,6 +106,16 @@ impl TestBroker {
         self.broker.state.session(&session_key(client_id))
     }
 
+    /// Whether the session of `client_id` has a subscription to exactly
+    /// `filter` (as the client wrote it).
+    pub fn subscribed(&self, client_id: &str, filter: &str) -> bool {
+        self.broker
+            .state
+            .subscriptions(&session_key(client_id))
+            .iter()
+            .any(|f| f.as_str() == filter)
+    }
+
     /// The session of `client_id` in `tenant`, if it exists.
     pub fn session_in(
         &self,
