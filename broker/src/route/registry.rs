@@ -149,10 +149,7 @@ impl Registry {
             // A session this CONNECT replaces ends: its shared deliveries
             // move to other members first.
             let (exists, foreign) = self.state.read(|c| match c.session(&key) {
-                Some(r) => (
-                    true,
-                    r.user.is_some() && r.user.as_deref() != user.as_deref(),
-                ),
+                Some(r) => (true, r.foreign(user.as_deref())),
                 None => (false, false),
             });
             if foreign {
@@ -407,14 +404,8 @@ impl Registry {
     /// expiry has passed at `at_ms`; its shared deliveries move first.
     async fn expire(&self, session: &Arc<Session>, claim: Claim, at_ms: u64) {
         let due = self.state.read(|c| {
-            c.session(&session.key).is_some_and(|r| {
-                r.claim == claim
-                    && !r.connected
-                    && r.expiry_interval != u32::MAX
-                    && r.disconnected_at_ms
-                        .saturating_add(u64::from(r.expiry_interval) * 1000)
-                        <= at_ms
-            })
+            c.session(&session.key)
+                .is_some_and(|r| r.expired(claim, at_ms))
         });
         if !due {
             return;

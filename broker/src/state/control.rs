@@ -51,6 +51,23 @@ pub struct SessionRecord {
     pub subscriptions: BTreeMap<TopicFilter, StoredSubscription>,
 }
 
+impl SessionRecord {
+    /// Whether its latest claim was another authenticated user's: such a
+    /// session is not handed to `user` (a CONNECT replaces it).
+    pub fn foreign(&self, user: Option<&str>) -> bool {
+        self.user.is_some() && self.user.as_deref() != user
+    }
+
+    /// Whether it has been disconnected since `claim` ended and its
+    /// expiry has passed at `at_ms`.
+    pub fn expired(&self, claim: Claim, at_ms: u64) -> bool {
+        let due = self
+            .disconnected_at_ms
+            .saturating_add(u64::from(self.expiry_interval) * 1000);
+        self.claim == claim && !self.connected && self.expiry_interval != u32::MAX && at_ms >= due
+    }
+}
+
 /// What the limits count, per tenant: derived from the records.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TenantCounts {
@@ -176,14 +193,7 @@ impl ControlState {
                 let Some(rec) = self.sessions.get(&key) else {
                     return Output::only(Applied::NoSession);
                 };
-                let due = rec
-                    .disconnected_at_ms
-                    .saturating_add(u64::from(rec.expiry_interval) * 1000);
-                if rec.claim != claim
-                    || rec.connected
-                    || rec.expiry_interval == u32::MAX
-                    || at_ms < due
-                {
+                if !rec.expired(claim, at_ms) {
                     return Output::only(Applied::Stale);
                 }
                 let mut out = Output::only(Applied::Ended);
@@ -266,11 +276,10 @@ impl ControlState {
         let mut effects = Vec::new();
         // A session last claimed by another authenticated user is not
         // handed over: the client gets a fresh one, as with clean start.
-        let foreign = |r: &SessionRecord| r.user.is_some() && r.user.as_deref() != user.as_deref();
-        let resume = match self.sessions.get(&key) {
-            Some(r) => !clean_start && !foreign(r),
-            None => false,
-        };
+        let resume = self
+            .sessions
+            .get(&key)
+            .is_some_and(|r| !clean_start && !r.foreign(user.as_deref()));
         if resume {
             let upgrade = self
                 .sessions
