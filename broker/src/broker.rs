@@ -60,6 +60,11 @@ impl Broker {
         let persist = Persist::open(&path, config.store.clone())?;
         let restored = persist.load(config.topic_limits())?;
         let metrics = Arc::new(Metrics::default());
+        let observed = metrics.clone();
+        persist.store().on_flush(move |f| {
+            observed.fsync_seconds.observe_duration(f.duration);
+            observed.group_commit_writes.observe(f.writes as f64);
+        });
         let state = Arc::new(State::new(metrics.clone(), Some(persist.clone())));
         state.queue_memory().set_limit(config.max_queued_memory);
         // The limits the state enforces (retained, persistent sessions,

@@ -35,6 +35,9 @@ pub struct Message {
     pub forwarded_properties: Bytes,
     /// Message expiry deadline (MQTT 5 message expiry interval).
     pub expires_at: Option<Instant>,
+    /// When this node received it (built it from the PUBLISH); `None` for
+    /// a message read back from disk.
+    pub received_at: Option<Instant>,
     /// The publishing session, for no-local subscriptions (its tenant is
     /// not the message's when a gateway published through `$tenant/`).
     pub publisher: Option<SessionKey>,
@@ -170,6 +173,7 @@ impl Message {
             expires_at: props
                 .message_expiry_interval
                 .map(|s| received_at + std::time::Duration::from_secs(u64::from(s))),
+            received_at: Some(received_at),
             publisher,
             stored: OnceLock::new(),
         }

@@ -167,6 +167,7 @@ impl<'de> Deserialize<'de> for Retained {
                 retain: r.retain,
                 forwarded_properties: r.forwarded_properties,
                 expires_at: r.expires_at_ms.map(crate::clock::instant_from_unix_ms),
+                received_at: None,
                 publisher: r.publisher,
                 stored: std::sync::OnceLock::new(),
             }),

@@ -67,6 +67,44 @@ pub(crate) struct AroundFlush {
     pub pre_flush: PreFlush,
     pub barrier: Barrier,
     pub blobs: Arc<crate::blobs::Blobs>,
+    pub observers: Observers,
+}
+
+/// One group commit's fsync, as its observers see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Flushed {
+    /// The fsync of the log and the blob files.
+    pub duration: Duration,
+    /// Writes (tickets) it made durable: the size of the group.
+    pub writes: u64,
+}
+
+type Observer = Box<dyn Fn(Flushed) + Send + Sync>;
+
+/// Told after every successful fsync (see `Store::on_flush`).
+#[derive(Clone, Default)]
+pub(crate) struct Observers(Arc<std::sync::RwLock<Vec<Observer>>>);
+
+impl std::fmt::Debug for Observers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Observers")
+    }
+}
+
+impl Observers {
+    pub(crate) fn add(&self, observer: Observer) {
+        if let Ok(mut all) = self.0.write() {
+            all.push(observer);
+        }
+    }
+
+    fn tell(&self, flushed: Flushed) {
+        if let Ok(all) = self.0.read() {
+            for o in all.iter() {
+                o(flushed);
+            }
+        }
+    }
 }
 
 /// Called by the flusher just before each fsync (see
@@ -274,6 +312,7 @@ fn flusher(
         pre_flush,
         barrier,
         blobs,
+        observers,
     } = around;
     loop {
         {
@@ -297,6 +336,7 @@ fn flusher(
         };
         // The log, then the blob files it may name (`blobs.rs`): both are on
         // disk before any acknowledgement waiting on this flush.
+        let started = std::time::Instant::now();
         let flushed = hooked
             .and_then(|()| db.flush().map(|_| ()).map_err(|e| e.to_string()))
             .and_then(|()| {
@@ -307,6 +347,8 @@ fn flusher(
             });
         match flushed {
             Ok(_) => {
+                let duration = started.elapsed();
+                let before = tx.borrow().upto;
                 flushes.fetch_add(1, Ordering::Relaxed);
                 failed.store(false, Ordering::Relaxed);
                 tx.send_modify(|d| {
@@ -316,6 +358,10 @@ fn flusher(
                 if let Ok(n) = db.size_on_disk() {
                     disk_used.store(n, Ordering::Relaxed);
                 }
+                observers.tell(Flushed {
+                    duration,
+                    writes: target.saturating_sub(before),
+                });
             }
             Err(e) => {
                 error!(error = %e, "fsync failed; durable acknowledgements are refused until it succeeds");
@@ -367,6 +413,7 @@ mod tests {
             pre_flush: PreFlush::default(),
             barrier: Barrier::default(),
             blobs: Arc::new(crate::blobs::Blobs::new(dir.to_owned())),
+            observers: Observers::default(),
         };
         Committer::start(
             db,

@@ -21,7 +21,7 @@ mod journal;
 mod store;
 mod table;
 
-pub use commit::{FsyncMode, Ticket};
+pub use commit::{Flushed, FsyncMode, Ticket};
 pub use error::StorageError;
 pub use store::{Batch, Health, Store, StoreOptions, DEFAULT_CACHE_BYTES};
 pub use table::{Table, BROKER, CLUSTER};

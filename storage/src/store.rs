@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::commit::{Committer, FsyncMode, Ticket};
+use crate::commit::{Committer, Flushed, FsyncMode, Ticket};
 use crate::error::StorageError;
 use crate::journal::{apply_ops, clear_journal, encode_journal, replay_journal, write_journal};
 use crate::table::Table;
@@ -127,6 +127,9 @@ pub struct Store {
     fail_writes: AtomicBool,
     /// Run by the group committer before each fsync.
     pre_flush: crate::commit::PreFlush,
+    observers: crate::commit::Observers,
+    /// Writes refused (`Store::refused_writes`).
+    refused: AtomicU64,
     /// Deferred writers hold the read side; the committer holds the write
     /// side while the pre-flush hook takes their writes and it reads the
     /// newest ticket.
@@ -178,6 +181,7 @@ impl Store {
         }
         let disk_used = Arc::new(AtomicU64::new(db.size_on_disk().unwrap_or(0)));
         let pre_flush = crate::commit::PreFlush::default();
+        let observers = crate::commit::Observers::default();
         let barrier = crate::commit::Barrier::default();
         let blobs = Arc::new(crate::blobs::Blobs::new(path.to_owned()));
         let commit = Committer::start(
@@ -190,6 +194,7 @@ impl Store {
                 pre_flush: pre_flush.clone(),
                 barrier: barrier.clone(),
                 blobs: blobs.clone(),
+                observers: observers.clone(),
             },
         );
         replay_journal(&db, &meta, &data).map_err(|e| StorageError::Open {
@@ -204,6 +209,8 @@ impl Store {
             journal_left: AtomicBool::new(false),
             blobs,
             pre_flush,
+            observers,
+            refused: AtomicU64::new(0),
             barrier,
             commit,
             max_disk_bytes: opts.max_disk_bytes,
@@ -240,6 +247,7 @@ impl Store {
             };
             r.map_err(|e| {
                 self.failed.store(true, Ordering::Relaxed);
+                self.refused.fetch_add(1, Ordering::Relaxed);
                 StorageError::Write {
                     path: self.path.clone(),
                     detail: e.to_string(),
@@ -252,6 +260,14 @@ impl Store {
 
     /// Whether a write (with puts, or deletes only) would be accepted now.
     pub fn check_writable(&self, puts: bool) -> Result<(), StorageError> {
+        let r = self.writable(puts);
+        if r.is_err() {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn writable(&self, puts: bool) -> Result<(), StorageError> {
         if self.fail_writes.load(Ordering::Relaxed) {
             self.failed.store(true, Ordering::Relaxed);
             return Err(StorageError::Write {
@@ -361,6 +377,23 @@ impl Store {
     /// order they joined.
     pub fn add_pre_flush(&self, hook: impl Fn() -> Result<(), String> + Send + Sync + 'static) {
         self.pre_flush.add(Box::new(hook));
+    }
+
+    /// Adds an observer told after every successful group-commit fsync
+    /// how long it took and how many writes it covered (the broker's
+    /// metrics). It runs on the fsync thread: it must not block.
+    pub fn on_flush(&self, observer: impl Fn(Flushed) + Send + Sync + 'static) {
+        self.observers.add(Box::new(observer));
+    }
+
+    /// Writes refused so far (disk limit, failure, injected fault).
+    pub fn refused_writes(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    /// `--max-disk-bytes`, if set.
+    pub fn disk_limit(&self) -> Option<u64> {
+        self.max_disk_bytes
     }
 
     /// The newest ticket issued: on disk, it covers every write so far.

@@ -59,6 +59,37 @@ pub fn text(code: u8) -> &'static str {
     }
 }
 
+/// A reason code's name in snake case, for metric labels (a fixed set:
+/// unknown codes are `other`).
+pub fn name(code: u8) -> &'static str {
+    match code {
+        SUCCESS => "success",
+        UNSPECIFIED_ERROR => "unspecified_error",
+        MALFORMED_PACKET => "malformed_packet",
+        PROTOCOL_ERROR => "protocol_error",
+        IMPLEMENTATION_SPECIFIC_ERROR => "implementation_specific_error",
+        UNSUPPORTED_PROTOCOL_VERSION => "unsupported_protocol_version",
+        CLIENT_IDENTIFIER_NOT_VALID => "client_identifier_not_valid",
+        BAD_USER_NAME_OR_PASSWORD => "bad_user_name_or_password",
+        NOT_AUTHORIZED => "not_authorized",
+        SERVER_UNAVAILABLE => "server_unavailable",
+        SERVER_BUSY => "server_busy",
+        BAD_AUTHENTICATION_METHOD => "bad_authentication_method",
+        KEEP_ALIVE_TIMEOUT => "keep_alive_timeout",
+        SESSION_TAKEN_OVER => "session_taken_over",
+        SERVER_SHUTTING_DOWN => "server_shutting_down",
+        TOPIC_NAME_INVALID => "topic_name_invalid",
+        PACKET_TOO_LARGE => "packet_too_large",
+        QUOTA_EXCEEDED => "quota_exceeded",
+        ADMINISTRATIVE_ACTION => "administrative_action",
+        PAYLOAD_FORMAT_INVALID => "payload_format_invalid",
+        RETAIN_NOT_SUPPORTED => "retain_not_supported",
+        QOS_NOT_SUPPORTED => "qos_not_supported",
+        CONNECTION_RATE_EXCEEDED => "connection_rate_exceeded",
+        _ => "other",
+    }
+}
+
 /// Maps an MQTT 5 CONNACK reason code to the nearest 3.1.1 return code
 /// (3.1.1 section 3.2.2.3 has only six).
 pub fn connack_v3(reason: u8) -> u8 {

@@ -450,6 +450,25 @@ pub struct Cli {
     #[arg(long, env = "PORCHLIGHT_NO_SYS_TOPICS")]
     pub no_sys_topics: bool,
 
+    /// Address of the admin HTTP listener: /livez, /readyz, /metrics
+    /// (Prometheus), the admin API and the status page. Loopback by
+    /// default; open it on the pod IP for Kubernetes probes and scrapes.
+    #[arg(
+        long = "admin-listen",
+        value_name = "ADDR",
+        env = "PORCHLIGHT_ADMIN_LISTEN",
+        default_value = "127.0.0.1:9883"
+    )]
+    pub admin_listen: SocketAddr,
+
+    /// Open no admin listener (no probes, metrics or admin API).
+    #[arg(
+        long = "no-admin-listen",
+        env = "PORCHLIGHT_NO_ADMIN_LISTEN",
+        conflicts_with = "admin_listen"
+    )]
+    pub no_admin_listen: bool,
+
     /// Seconds to wait for connections to close on SIGTERM/SIGINT.
     #[arg(
         long,

@@ -62,6 +62,8 @@ pub struct Config {
     pub sys_interval: Option<Duration>,
     pub shutdown_grace: Duration,
     pub auth: crate::auth::AuthOptions,
+    /// `--admin-listen`; `None` with `--no-admin-listen`.
+    pub admin_listen: Option<SocketAddr>,
 }
 
 fn invalid(flag: &'static str, reason: impl Into<String>) -> BrokerError {
@@ -123,6 +125,7 @@ impl Cli {
             max_client_id_length: self.max_client_id_length,
             sys_interval: (!self.no_sys_topics).then(|| Duration::from_secs(self.sys_interval)),
             shutdown_grace: Duration::from_secs(self.shutdown_grace),
+            admin_listen: (!self.no_admin_listen).then_some(self.admin_listen),
             auth: crate::auth::AuthOptions {
                 file: self.auth_file.clone(),
                 tenants: self.tenants.clone(),
@@ -144,6 +147,8 @@ impl Config {
         let cli = <Cli as clap::Parser>::parse_from(["porchlight", "--listen", "127.0.0.1:0"]);
         let mut c = cli.validate().expect("defaults are valid");
         c.data_dir = data_dir;
+        // Tests that want it ask for one on port 0.
+        c.admin_listen = None;
         c
     }
 

@@ -109,8 +109,8 @@ impl Refusal {
         client_max_packet: usize,
         metrics: &Metrics,
     ) {
-        if self.counted {
-            metrics.inc(&metrics.connections_refused);
+        if let (true, Some(code)) = (self.counted, self.code) {
+            metrics.refused(code);
         }
         match self.code {
             Some(code) => refuse(io, protocol, code, self.why, client_max_packet, metrics).await,
@@ -188,6 +188,7 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         .properties
         .maximum_packet_size
         .map_or(usize::MAX, |m| m as usize);
+    let (peer, listener) = (origin.peer, origin.listener);
     let admitted = match admit(broker, &c, id, over_limit, origin).await {
         Ok(a) => a,
         Err(r) => {
@@ -195,7 +196,7 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
             return None;
         }
     };
-    Some(connected(io, broker, id, c, admitted))
+    Some(connected(io, broker, id, c, admitted, peer, listener))
 }
 
 /// The first packet, which must be a CONNECT. Otherwise the refusal to
@@ -306,8 +307,9 @@ async fn admit(
         return Err(Refusal::counted(reason::BAD_AUTHENTICATION_METHOD, why));
     }
     let (client_id, assigned) = client_id(c, cfg.max_client_id_length)?;
+    let listener = origin.listener;
     let (tenant, principal, address) = identify(broker, c, &client_id, origin).await?;
-    let seat = take_seat(broker, &tenant)?;
+    let seat = take_seat(broker, &tenant, listener)?;
     let mut authz = crate::auth::Authz::new(
         &broker.auth,
         principal,
@@ -477,7 +479,11 @@ async fn identify(
 
 /// The tenant's connection quotas: rate, then a seat (given back when the
 /// connection ends).
-fn take_seat(broker: &Broker, tenant: &crate::tenant::TenantDef) -> Result<Seat, Refusal> {
+fn take_seat(
+    broker: &Broker,
+    tenant: &crate::tenant::TenantDef,
+    listener: crate::net::ListenerKind,
+) -> Result<Seat, Refusal> {
     let usage = broker.tenants.usage(&tenant.id);
     if let Some(rate) = tenant.limits.max_connect_rate {
         if usage.connect_rate.take(1, u64::from(rate)).is_err() {
@@ -486,7 +492,8 @@ fn take_seat(broker: &Broker, tenant: &crate::tenant::TenantDef) -> Result<Seat,
             return Err(Refusal::counted(reason::CONNECTION_RATE_EXCEEDED, why));
         }
     }
-    Seat::take(usage, tenant.limits.max_connections).ok_or(Refusal::counted(
+    let max = tenant.limits.max_connections;
+    Seat::take(usage, max, listener as usize).ok_or(Refusal::counted(
         reason::QUOTA_EXCEEDED,
         "tenant connection limit reached",
     ))
@@ -581,6 +588,8 @@ fn connected<S: AsyncRead + AsyncWrite + Unpin>(
     id: ConnectionId,
     c: Connect,
     a: Admitted,
+    peer: std::net::SocketAddr,
+    listener: crate::net::ListenerKind,
 ) -> Box<Conn<S>> {
     let (cfg, metrics) = (&broker.config, &broker.metrics);
     let p = c.protocol;
@@ -638,6 +647,9 @@ fn connected<S: AsyncRead + AsyncWrite + Unpin>(
         max_packet: a.max_packet,
         throttle: None,
         conn_rate: Rate::default(),
+        peer,
+        listener,
+        connected_at: Instant::now(),
     });
     // A resumed session keeps no subscription in a tenant this principal
     // is not granted (now, or no longer).

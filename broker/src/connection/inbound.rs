@@ -9,7 +9,6 @@
 //! the outgoing state machines in the session. A protocol violation
 //! returns a [`Close`] with the reason code; `connection/mod.rs` closes.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -19,7 +18,7 @@ use crate::auth::Target;
 use crate::codec::{reason, Ack, Packet, Properties, Publish, QoS};
 use crate::connection::{Close, Conn};
 use crate::message::Message;
-use crate::metrics::{BadPacket, DropReason};
+use crate::metrics::{BadPacket, DropReason, Ended};
 use crate::persist::Write;
 use crate::session::OutState;
 use crate::tenant::quota::{QuotaKind, Rate};
@@ -34,6 +33,7 @@ pub(crate) fn durable_write_failed() -> Close {
         bad: None,
         detail: "a write this answer promises could not be made durable".into(),
         will: true,
+        why: Ended::Refused,
     }
 }
 
@@ -168,6 +168,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             detail: "client sent DISCONNECT".into(),
             // Only DISCONNECT 0x00 discards the will (MQTT-3.14.4-3).
             will: code != reason::SUCCESS,
+            why: Ended::ClientDisconnect,
         })
     }
 
@@ -273,10 +274,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             return Ok(None);
         };
         let usage = &target.usage;
-        usage.messages_in.fetch_add(1, Ordering::Relaxed);
-        usage
-            .bytes_in
-            .fetch_add(p.payload.len() as u64, Ordering::Relaxed);
+        usage.received(p.qos as usize, p.payload.len() as u64);
         if target.limits.max_qos.is_some_and(|max| p.qos as u8 > max) {
             usage.reject(QuotaKind::Qos);
             if gateway {
@@ -448,6 +446,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 return Err(Close::quiet(
                     "publish refused (store or queued memory full)",
                     true,
+                    Ended::Refused,
                 ));
             }
             code = refused;
@@ -487,7 +486,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             Write::Pending(t) => Some(t),
             Write::Failed(e) if p.qos != QoS::AtMostOnce => {
                 if !v5 {
-                    return Err(Close::quiet("durable write refused", true));
+                    return Err(Close::quiet("durable write refused", true, Ended::Refused));
                 }
                 code = storage_reason(&e);
                 if p.qos == QoS::ExactlyOnce {

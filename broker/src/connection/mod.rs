@@ -33,7 +33,7 @@ use tracing::{debug, Instrument};
 use crate::broker::Broker;
 use crate::codec::{self, reason, DecodeError, Disconnect, Packet, Properties, Protocol};
 use crate::ids::{ConnectionId, SessionKey};
-use crate::metrics::BadPacket;
+use crate::metrics::{BadPacket, Ended};
 use crate::net::transport::{IoEvent, Transport, WRITE_HIGH_WATER};
 use crate::session::Session;
 use crate::state::command::DelayedWill;
@@ -64,6 +64,8 @@ pub struct Close {
     /// Whether the will is due (everything but a normal DISCONNECT and
     /// node shutdown).
     pub will: bool,
+    /// For `porchlight_disconnects_total` and the disconnect log line.
+    pub why: Ended,
 }
 
 impl Close {
@@ -73,15 +75,21 @@ impl Close {
             bad: Some(bad),
             detail: detail.into(),
             will: true,
+            why: match bad {
+                BadPacket::KeepAliveTimeout => Ended::KeepAliveTimeout,
+                _ => Ended::BadPacket,
+            },
         }
     }
 
-    pub fn quiet(detail: &'static str, will: bool) -> Close {
+    /// Closed without telling the client why.
+    pub fn quiet(detail: &'static str, will: bool, why: Ended) -> Close {
         Close {
             reason: None,
             bad: None,
             detail: detail.into(),
             will,
+            why,
         }
     }
 
@@ -186,6 +194,13 @@ pub struct Conn<S> {
     pub throttle: Option<tokio::time::Instant>,
     /// `max_messages_per_connection_per_second`.
     pub conn_rate: crate::tenant::quota::Rate,
+    /// Where the client connects from (after PROXY), and on which
+    /// listener: for logs and the admin API.
+    pub peer: SocketAddr,
+    pub listener: crate::net::ListenerKind,
+    /// When CONNACK was sent: deliveries of messages received since then
+    /// are timed (`publish_to_write_seconds`), a backlog's are not.
+    pub connected_at: Instant,
 }
 
 /// Serves one accepted connection until it closes. `over_limit` is true
@@ -319,6 +334,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                             bad: None,
                             detail: "server shutting down".into(),
                             will: false,
+                            why: Ended::ServerShutdown,
                         }
                     } else {
                         Close {
@@ -326,6 +342,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                             bad: None,
                             detail: "session taken over".into(),
                             will: true,
+                            why: Ended::TakenOver,
                         }
                     };
                 }
@@ -364,8 +381,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                             self.last_seen = Instant::now();
                         }
                     }
-                    Ok(IoEvent::Eof) => return Close::quiet("peer closed the connection", true),
-                    Err(_) => return Close::quiet("connection error", true),
+                    Ok(IoEvent::Eof) => return Close::quiet("peer closed the connection", true, Ended::PeerClosed),
+                    Err(_) => return Close::quiet("connection error", true, Ended::ConnectionError),
                 },
                 _ = self.session.notify.notified(), if room => {}
                 r = wait_durable(&persist, waiting), if waiting.is_some() => {
@@ -386,6 +403,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                         bad: None,
                         detail: "credentials expired".into(),
                         will: true,
+                        why: Ended::NotAuthorized,
                     };
                 }
                 _ = sleep_until_opt(deadline), if deadline.is_some() => {
@@ -467,13 +485,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             match packet {
                 Packet::PubAck(a) if a.reason < 0x80 => {
                     if !v5 {
-                        return Err(Close::quiet("durable write failed", true));
+                        return Err(Close::quiet("durable write failed", true, Ended::Refused));
                     }
                     a.reason = reason::UNSPECIFIED_ERROR;
                 }
                 Packet::PubRec(a) if a.reason < 0x80 => {
                     if !v5 {
-                        return Err(Close::quiet("durable write failed", true));
+                        return Err(Close::quiet("durable write failed", true, Ended::Refused));
                     }
                     forget.push(a.packet_id);
                     a.reason = reason::UNSPECIFIED_ERROR;
@@ -514,6 +532,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         if let Some(bad) = close.bad {
             self.broker.metrics.bad_packet(bad);
         }
+        self.broker.metrics.disconnected(close.why);
         debug!(reason = ?close.reason, detail = %close.detail, "Connection closed");
         let told = self.protocol.is_v5() && close.reason.is_some();
         if self.protocol.is_v5() {

@@ -11,7 +11,6 @@
 //! properties straight into the buffer; only the per-subscriber parts
 //! (packet id, QoS, retain, subscription ids, remaining expiry) differ.
 
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use bytes::{BufMut, BytesMut};
@@ -127,8 +126,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     pub fn pump(&mut self) {
         let now = Instant::now();
         let metrics = self.broker.metrics.clone();
-        let mut sent = 0u64;
-        let mut sent_bytes = 0u64;
+        // Messages and payload bytes written, by QoS.
+        let mut sent = [(0u64, 0u64); 3];
+        let timed = &metrics.publish_to_write_seconds;
+        let since = self.connected_at;
         // A held QoS 2 PUBLISH goes first, once its record is on disk;
         // until then nothing else may overtake it.
         if let Some((t, _)) = &self.held_publish {
@@ -158,8 +159,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             };
             let ok = encode_delivery(&mut self.io.wbuf, peer, d, id, true, now);
             if ok {
-                sent += 1;
-                sent_bytes += d.msg.payload.len() as u64;
+                count_sent(&mut sent, d);
             } else {
                 self.session.dropped(&metrics, DropReason::PacketTooLarge);
                 let queue_seq = d.seq;
@@ -221,8 +221,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 }
                 continue;
             }
-            sent += 1;
-            sent_bytes += d.msg.payload.len() as u64;
+            count_sent(&mut sent, &d);
+            // Messages received while this connection was up: the broker's
+            // own latency, not time spent queued for an offline session.
+            if let Some(at) = d.msg.received_at.filter(|at| *at >= since) {
+                timed.observe_duration(now.saturating_duration_since(at));
+            }
             if let (true, Some(p)) = (needs_hold, &persist) {
                 let queue_seq = d.seq;
                 let order = st.track_inflight(packet_id, OutState::AwaitingAck(d));
@@ -254,8 +258,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 p.send_deferred(&self.key, packet_id, order, queue_seq);
             }
         }
+        let total: u64 = sent.iter().map(|(n, _)| n).sum();
         self.session
-            .drained(&st, self.broker.config.queue_limits(), sent);
+            .drained(&st, self.broker.config.queue_limits(), total);
         drop(st);
         if let Some((t, held)) = holding {
             if self.broker.persist.store().is_durable(t) {
@@ -264,13 +269,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 self.held_publish = Some((t, held));
             }
         }
-        if sent > 0 {
-            metrics.add(&metrics.messages_sent, sent);
+        if total > 0 {
+            metrics.add(&metrics.messages_sent, total);
             // The tenant of the connection (a gateway's messages of other
             // tenants count as sent in its own).
-            let usage = &self.seat.usage;
-            usage.messages_out.fetch_add(sent, Ordering::Relaxed);
-            usage.bytes_out.fetch_add(sent_bytes, Ordering::Relaxed);
+            self.seat.usage.sent(&sent);
         }
     }
 
@@ -294,4 +297,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             }
         }
     }
+}
+
+/// Counts one delivery written, by its QoS.
+fn count_sent(sent: &mut [(u64, u64); 3], d: &Delivery) {
+    let slot = &mut sent[d.qos as usize];
+    slot.0 += 1;
+    slot.1 += d.msg.payload.len() as u64;
 }

@@ -38,6 +38,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 bad: None,
                 detail: "tenant removed".into(),
                 will: false,
+                why: crate::metrics::Ended::TenantRemoved,
             });
         }
         self.drop_ungranted();

@@ -25,6 +25,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::ServerConfig;
 
 use crate::error::BrokerError;
+use crate::metrics::TlsFailure;
 
 /// The lowest TLS version accepted (`--tls-min-version`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -110,6 +111,8 @@ pub struct Built {
     /// ChaCha20 first (devices without AES hardware).
     pub client_order: Arc<ServerConfig>,
     pub verifier: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+    /// The server certificate's notAfter, seconds since the epoch.
+    pub not_after: i64,
 }
 
 impl std::fmt::Debug for TlsMaterial {
@@ -148,6 +151,11 @@ impl TlsMaterial {
         })
     }
 
+    /// The server certificate in use: its notAfter, seconds since the epoch.
+    pub fn certificate_expiry(&self) -> i64 {
+        self.current.read().not_after
+    }
+
     /// The configuration a new connection gets now (the server's
     /// cipher-suite order), for benchmarks and tests.
     pub fn config(&self) -> Arc<ServerConfig> {
@@ -170,6 +178,7 @@ impl TlsMaterial {
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
         let built = self.current.read().clone();
+        let started = std::time::Instant::now();
         let accept = async {
             let acceptor = rustls::server::Acceptor::default();
             let start = tokio_rustls::LazyConfigAcceptor::new(acceptor, stream).await?;
@@ -190,11 +199,18 @@ impl TlsMaterial {
                         if let Err(e) = built.verifier.verify_client_cert(end, rest, now) {
                             let reason = refusal_reason(&e).unwrap_or_else(|| e.to_string());
                             self.refused(peer, &reason, true);
-                            metrics.inc(&metrics.tls_handshake_failures);
+                            metrics.tls_failed(TlsFailure::Certificate);
                             return None;
                         }
                     }
                 }
+                match conn.handshake_kind() {
+                    Some(rustls::HandshakeKind::Resumed) => metrics.inc(&metrics.tls_handshakes_resumed),
+                    _ => metrics.inc(&metrics.tls_handshakes_full),
+                }
+                metrics
+                    .tls_handshake_seconds
+                    .observe_duration(started.elapsed());
                 let cert = certs.first();
                 let peer = TlsPeer {
                     identity: cert.and_then(|c| identity(c, self.files.identity)),
@@ -204,13 +220,28 @@ impl TlsMaterial {
                 return Some((tls, peer));
             }
             Ok(Err(e)) => e,
-            Err(_) => std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out"),
+            Err(_) => {
+                tracing::debug!(%peer, "TLS handshake not finished within the connect timeout");
+                metrics.tls_failed(TlsFailure::Timeout);
+                return None;
+            }
         };
-        match certificate_problem(&e) {
-            Some(reason) => self.refused(peer, &reason, false),
-            None => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-        }
-        metrics.inc(&metrics.tls_handshake_failures);
+        let why = match certificate_problem(&e) {
+            Some(reason) => {
+                self.refused(peer, &reason, false);
+                TlsFailure::Certificate
+            }
+            None => {
+                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                let rustls_error = e.get_ref().is_some_and(|i| i.is::<rustls::Error>());
+                if rustls_error {
+                    TlsFailure::Protocol
+                } else {
+                    TlsFailure::Io
+                }
+            }
+        };
+        metrics.tls_failed(why);
         None
     }
 
@@ -239,8 +270,12 @@ impl TlsMaterial {
         crate::reload::watch_files(move || paths.clone(), loaded, every, shutdown, move || {
             match server_config(&self.files, &self.resumption) {
                 Ok(built) => {
+                    let expiry = built.not_after;
                     *self.current.write() = built;
                     metrics.inc(&metrics.tls_reloads);
+                    metrics
+                        .tls_certificate_expiry
+                        .store(expiry, std::sync::atomic::Ordering::Relaxed);
                     tracing::info!("TLS material changed: new connections use it");
                 }
                 Err(e) => {
@@ -305,6 +340,9 @@ pub fn server_config(files: &TlsFiles, resumption: &Resumption) -> Result<Built,
             "no PEM CERTIFICATE block found",
         ));
     }
+    let not_after = x509_parser::parse_x509_certificate(&certs[0])
+        .map(|(_, c)| c.validity().not_after.timestamp())
+        .map_err(|e| bad("--tls-cert", &files.cert, e))?;
     let key =
         PrivateKeyDer::from_pem_file(&files.key).map_err(|e| bad("--tls-key", &files.key, e))?;
     let mut provider = rustls::crypto::aws_lc_rs::default_provider();
@@ -339,6 +377,7 @@ pub fn server_config(files: &TlsFiles, resumption: &Resumption) -> Result<Built,
     let client_order = Arc::new(config.clone());
     config.ignore_client_order = true;
     Ok(Built {
+        not_after,
         config: Arc::new(config),
         client_order,
         verifier,
@@ -488,10 +527,60 @@ pub fn certificate_problem(e: &std::io::Error) -> Option<String> {
 /// The reason a client certificate was refused, if that is what `e` is.
 fn refusal_reason(e: &rustls::Error) -> Option<String> {
     match e {
-        rustls::Error::InvalidCertificate(c) => Some(format!("{c:?}")),
+        rustls::Error::InvalidCertificate(c) => Some(certificate_error_text(c)),
         rustls::Error::NoCertificatesPresented => Some("no client certificate".into()),
         _ => None,
     }
+}
+
+/// A sentence for a refused certificate, naming rustls's or webpki's own
+/// term in brackets so it can be searched for.
+fn certificate_error_text(c: &rustls::CertificateError) -> String {
+    use rustls::CertificateError as E;
+    let (term, sentence) = match c {
+        E::Expired | E::ExpiredContext { .. } => ("Expired", "the certificate has expired"),
+        E::NotValidYet | E::NotValidYetContext { .. } => {
+            ("NotValidYet", "the certificate is not valid yet")
+        }
+        E::Revoked => ("Revoked", "the certificate is revoked by the CRL"),
+        E::UnknownIssuer => (
+            "UnknownIssuer",
+            "the certificate is not signed by a CA in --tls-client-ca",
+        ),
+        E::BadSignature => ("BadSignature", "the certificate's signature is invalid"),
+        E::BadEncoding => ("BadEncoding", "the certificate cannot be parsed"),
+        E::InvalidPurpose | E::InvalidPurposeContext { .. } => (
+            "InvalidPurpose",
+            "the certificate is not for client authentication (extended key usage)",
+        ),
+        E::UnknownRevocationStatus => (
+            "UnknownRevocationStatus",
+            "the CRL does not cover the certificate's issuer",
+        ),
+        E::ExpiredRevocationList | E::ExpiredRevocationListContext { .. } => {
+            ("ExpiredRevocationList", "the CRL has expired")
+        }
+        E::Other(o) => {
+            let term = o.to_string();
+            let sentence = match term.as_str() {
+                "CaUsedAsEndEntity" => "a CA certificate was presented as the client certificate",
+                "EndEntityUsedAsCa" => "a client certificate was used as an issuing CA",
+                "UnsupportedSignatureAlgorithm"
+                | "UnsupportedSignatureAlgorithmForPublicKey" => {
+                    "the certificate's signature algorithm is not supported"
+                }
+                "PathLenConstraintViolated" => "the chain is longer than a CA allows",
+                "UnknownIssuer" => "the certificate is not signed by a CA in --tls-client-ca",
+                "MaximumPathDepthExceeded" | "MaximumPathBuildCallsExceeded" => {
+                    "the certificate chain is too long"
+                }
+                _ => "the certificate was refused",
+            };
+            return format!("{sentence} ({term})");
+        }
+        other => return format!("the certificate was refused ({other:?})"),
+    };
+    format!("{sentence} ({term})")
 }
 
 #[cfg(test)]

@@ -42,6 +42,9 @@ pub struct Server {
     listeners: Vec<Listener>,
     tls: Option<TlsMaterial>,
     broker: Arc<Broker>,
+    /// `--admin-listen`, bound with the rest.
+    admin: Option<crate::ops::admin::Admin>,
+    ready: Arc<crate::ops::admin::Readiness>,
 }
 
 impl Server {
@@ -77,11 +80,22 @@ impl Server {
                 listeners.push(Listener { tcp, kind, proxy });
             }
         }
+        let admin = match config.admin_listen {
+            Some(addr) => Some(crate::ops::admin::Admin::bind(addr).await?),
+            None => None,
+        };
         Ok(Server {
             listeners,
             tls,
             broker,
+            admin,
+            ready: Arc::default(),
         })
+    }
+
+    /// The bound `--admin-listen` address, if there is one.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|a| a.local_addr())
     }
 
     /// The bound addresses of one kind, in flag order.
@@ -128,7 +142,15 @@ impl Server {
                 .tasks
                 .spawn(crate::ops::sys::run(broker.clone(), interval));
         }
+        let admin_stop = CancellationToken::new();
+        let admin = self.admin.map(|admin| {
+            tokio::spawn(admin.serve(broker.clone(), self.ready.clone(), admin_stop.clone()))
+        });
         if let Some(tls) = &self.tls {
+            broker.metrics.tls_certificate_expiry.store(
+                tls.certificate_expiry(),
+                std::sync::atomic::Ordering::Relaxed,
+            );
             broker.tasks.spawn(
                 tls.clone()
                     .watch(broker.metrics.clone(), broker.shutdown.clone()),
@@ -138,6 +160,7 @@ impl Server {
         for l in self.listeners {
             accept_loops.spawn(accept_loop(l, self.tls.clone(), broker.clone()));
         }
+        self.ready.set_accepting();
         broker.shutdown.cancelled().await;
         info!("Shutting down: no longer accepting connections");
         accept_loops.shutdown().await;
@@ -157,16 +180,31 @@ impl Server {
             error!(error = %e, "Final flush of the store failed");
         }
         info!("Shutdown complete");
+        // The admin endpoint answered "not ready" through the drain; it
+        // goes last.
+        admin_stop.cancel();
+        if let Some(task) = admin {
+            let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+        }
     }
 }
 
-/// Counts an open socket in `porchlight_connections` for as long as it
-/// lives, whatever path its task takes.
-struct Counted(Arc<crate::metrics::Metrics>);
+/// Counts an open socket in `porchlight_connections` (node-wide and for
+/// its listener) for as long as it lives, whatever path its task takes.
+struct Counted(Arc<crate::metrics::Metrics>, ListenerKind);
+
+impl Counted {
+    fn new(m: &Arc<crate::metrics::Metrics>, kind: ListenerKind) -> Counted {
+        m.inc(&m.listener_connections[kind as usize]);
+        m.inc(&m.listener_connections_total[kind as usize]);
+        Counted(m.clone(), kind)
+    }
+}
 
 impl Drop for Counted {
     fn drop(&mut self) {
         self.0.dec(&self.0.connections_current);
+        self.0.dec(&self.0.listener_connections[self.1 as usize]);
     }
 }
 
@@ -198,7 +236,7 @@ async fn accept_loop(listener: Listener, tls: Option<TlsMaterial>, broker: Arc<B
         let _ = stream.set_nodelay(true);
         let m = &broker.metrics;
         let current = m.connections_current.fetch_add(1, Ordering::Relaxed);
-        let counted = Counted(m.clone());
+        let counted = Counted::new(m, kind);
         let over_limit = current >= broker.config.max_connections as u64;
         if kind == ListenerKind::Tcp && !proxy {
             // The common case, spawned on its own so its task is no larger

@@ -220,6 +220,7 @@ fn decode_message(r: &mut Reader<'_>, tenant: &TenantId) -> Result<Message, Bad>
         retain,
         forwarded_properties,
         expires_at: (expires != 0).then(|| instant_from_unix_ms(expires)),
+        received_at: None,
         publisher,
         stored: std::sync::OnceLock::new(),
     })

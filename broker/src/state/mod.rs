@@ -677,8 +677,7 @@ impl State {
         control: &dyn Control,
         keep: impl Fn(&TenantId, &str) -> bool,
     ) {
-        let sessions: Vec<Arc<Session>> = self.sessions.iter().map(|s| s.clone()).collect();
-        for session in sessions {
+        for session in self.all_sessions() {
             let home = &session.key.tenant;
             session
                 .lock()
@@ -720,6 +719,11 @@ impl State {
 
     pub fn session_count(&self) -> usize {
         self.sessions.len()
+    }
+
+    /// Every session on the node now (the admin endpoint's reads).
+    pub fn all_sessions(&self) -> Vec<Arc<Session>> {
+        self.sessions.iter().map(|s| s.clone()).collect()
     }
 
     /// Subscriptions matching a published topic (the publish path).

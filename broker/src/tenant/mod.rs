@@ -336,36 +336,6 @@ impl Tenants {
         }
     }
 
-    /// The per-tenant series in Prometheus text format (label `tenant`;
-    /// quota rejections also by `kind`, drops by `reason`).
-    pub fn render(&self, out: &mut String) {
-        use std::fmt::Write;
-        let all = self.snapshot();
-        for (t, u) in &all {
-            for (name, _, value) in u.counts() {
-                let _ = writeln!(out, "porchlight_tenant_{name}{{tenant=\"{t}\"}} {value}");
-            }
-        }
-        for (t, u) in &all {
-            for k in quota::QuotaKind::ALL {
-                let _ = writeln!(
-                    out,
-                    "porchlight_tenant_quota_rejections_total{{tenant=\"{t}\",kind=\"{}\"}} {}",
-                    k.label(),
-                    u.rejections(k)
-                );
-            }
-            for r in crate::metrics::DropReason::ALL {
-                let _ = writeln!(
-                    out,
-                    "porchlight_tenant_messages_dropped_total{{tenant=\"{t}\",reason=\"{}\"}} {}",
-                    r.label(),
-                    u.drops(r)
-                );
-            }
-        }
-    }
-
     /// A snapshot for the metrics endpoint, sorted by tenant.
     pub fn snapshot(&self) -> Vec<(TenantId, Arc<Usage>)> {
         let mut v: Vec<_> = self
@@ -491,25 +461,6 @@ mod tests {
             resolved(&d, hello(Some("x.example"), Some("a@b"))),
             ("default".to_owned(), Some("a@b".to_owned()))
         );
-    }
-
-    #[test]
-    fn usage_renders_per_tenant_with_bounded_labels() {
-        let t = Tenants::default();
-        let u = t.usage(&TenantId::new("acme"));
-        assert!(quota::reserve(&u.connections, None));
-        u.reject(quota::QuotaKind::MessagesIn);
-        t.usage(&TenantId::new("globex"));
-        let mut out = String::new();
-        t.render(&mut out);
-        assert!(
-            out.contains("porchlight_tenant_connections{tenant=\"acme\"} 1\n"),
-            "{out}"
-        );
-        assert!(out.contains("porchlight_tenant_connections{tenant=\"globex\"} 0\n"));
-        assert!(out.contains(
-            "porchlight_tenant_quota_rejections_total{tenant=\"acme\",kind=\"messages_in\"} 1\n"
-        ));
     }
 
     #[test]

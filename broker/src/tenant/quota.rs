@@ -287,12 +287,18 @@ pub struct Usage {
     pub messages_in_rate: Rate,
     pub bytes_in_rate: Rate,
     pub connections_total: AtomicU64,
-    pub messages_in: AtomicU64,
-    pub bytes_in: AtomicU64,
+    /// Connected clients and connections taken, by listener
+    /// (`metrics::LISTENERS`).
+    pub listener_connections: [AtomicU64; 4],
+    pub listener_connections_total: [AtomicU64; 4],
+    /// PUBLISH packets received into the tenant, and their payload bytes,
+    /// by QoS.
+    pub messages_in: [AtomicU64; 3],
+    pub bytes_in: [AtomicU64; 3],
     /// PUBLISH packets sent to the tenant's connections, and their
-    /// payload bytes.
-    pub messages_out: AtomicU64,
-    pub bytes_out: AtomicU64,
+    /// payload bytes, by QoS.
+    pub messages_out: [AtomicU64; 3],
+    pub bytes_out: [AtomicU64; 3],
     /// Sessions in the node's state, and those of them that are durable.
     pub sessions: AtomicU64,
     pub persistent_sessions: AtomicU64,
@@ -350,7 +356,28 @@ impl StateLimits {
     }
 }
 
+/// The sum of a by-QoS (or by-listener) family.
+pub fn total(cells: &[AtomicU64]) -> u64 {
+    cells.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+}
+
 impl Usage {
+    /// A PUBLISH of `bytes` of payload received at `qos`.
+    pub fn received(&self, qos: usize, bytes: u64) {
+        self.messages_in[qos].fetch_add(1, Ordering::Relaxed);
+        self.bytes_in[qos].fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// PUBLISH packets sent, and their payload bytes, by QoS.
+    pub fn sent(&self, by_qos: &[(u64, u64); 3]) {
+        for (qos, (n, bytes)) in by_qos.iter().enumerate() {
+            if *n > 0 {
+                self.messages_out[qos].fetch_add(*n, Ordering::Relaxed);
+                self.bytes_out[qos].fetch_add(*bytes, Ordering::Relaxed);
+            }
+        }
+    }
+
     /// Every count, as (Prometheus series after `porchlight_tenant_`,
     /// `$SYS/broker/` path, value): one list for both exports.
     pub fn counts(&self) -> [(&'static str, &'static str, u64); 12] {
@@ -365,15 +392,19 @@ impl Usage {
             (
                 "messages_received_total",
                 "messages/received",
-                g(&self.messages_in),
+                total(&self.messages_in),
             ),
-            ("bytes_received_total", "bytes/received", g(&self.bytes_in)),
+            (
+                "bytes_received_total",
+                "bytes/received",
+                total(&self.bytes_in),
+            ),
             (
                 "messages_sent_total",
                 "messages/sent",
-                g(&self.messages_out),
+                total(&self.messages_out),
             ),
-            ("bytes_sent_total", "bytes/sent", g(&self.bytes_out)),
+            ("bytes_sent_total", "bytes/sent", total(&self.bytes_out)),
             (
                 "subscriptions",
                 "subscriptions/count",
@@ -419,23 +450,28 @@ impl Usage {
 #[derive(Debug)]
 pub struct Seat {
     pub usage: std::sync::Arc<Usage>,
+    /// The listener it came in on (an index of `metrics::LISTENERS`).
+    listener: usize,
 }
 
 impl Seat {
     /// A seat, or `None` (counted) when the tenant is at its limit.
-    pub fn take(usage: std::sync::Arc<Usage>, max: Option<u64>) -> Option<Seat> {
+    pub fn take(usage: std::sync::Arc<Usage>, max: Option<u64>, listener: usize) -> Option<Seat> {
         if !reserve(&usage.connections, max) {
             usage.reject(QuotaKind::Connections);
             return None;
         }
         usage.connections_total.fetch_add(1, Ordering::Relaxed);
-        Some(Seat { usage })
+        usage.listener_connections[listener].fetch_add(1, Ordering::Relaxed);
+        usage.listener_connections_total[listener].fetch_add(1, Ordering::Relaxed);
+        Some(Seat { usage, listener })
     }
 }
 
 impl Drop for Seat {
     fn drop(&mut self) {
         release(&self.usage.connections, 1);
+        release(&self.usage.listener_connections[self.listener], 1);
     }
 }
 

@@ -1,0 +1,83 @@
+//! The admin HTTP listener (`--admin-listen`): probes, Prometheus metrics
+//! and, later in this folder, the admin API and the status page.
+//!
+//! [`Admin::bind`] binds it with the MQTT listeners (`ops/server.rs`), so a
+//! taken port fails start-up like any other; [`Admin::serve`] runs axum on
+//! it until the node has drained, so `/readyz` answers 503 for the whole
+//! drain. Requests only read the node's shared state (`Broker`) and its
+//! counters (`metrics/`); each route's handler is in its own file:
+//! `probes.rs` (`/livez`, `/readyz`), `metrics.rs` (`/metrics`, with
+//! `process.rs` for the process's own figures).
+
+pub mod metrics;
+pub mod probes;
+mod process;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::routing::get;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::broker::Broker;
+use crate::error::BrokerError;
+
+pub use probes::Readiness;
+
+/// What every handler reads.
+#[derive(Clone)]
+pub struct AdminState {
+    pub broker: Arc<Broker>,
+    pub ready: Arc<Readiness>,
+    pub registry: Arc<prometheus_client::registry::Registry>,
+}
+
+/// The bound admin listener, not yet serving.
+#[derive(Debug)]
+pub struct Admin {
+    listener: TcpListener,
+}
+
+impl Admin {
+    pub async fn bind(addr: SocketAddr) -> Result<Admin, BrokerError> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| BrokerError::Bind { addr, source })?;
+        Ok(Admin { listener })
+    }
+
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.listener.local_addr().ok()
+    }
+
+    /// Serves until `stop` is cancelled (after the node drained), letting
+    /// requests in progress finish.
+    pub async fn serve(self, broker: Arc<Broker>, ready: Arc<Readiness>, stop: CancellationToken) {
+        if let Some(addr) = self.local_addr() {
+            info!(admin_addr = %addr, "Admin endpoint listening: /livez /readyz /metrics");
+        }
+        let state = AdminState {
+            registry: Arc::new(metrics::registry(broker.clone())),
+            broker,
+            ready,
+        };
+        let app = router(state);
+        let served = axum::serve(self.listener, app)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await;
+        if let Err(e) = served {
+            warn!(error = %e, "Admin endpoint stopped");
+        }
+    }
+}
+
+/// Every route.
+pub fn router(state: AdminState) -> axum::Router {
+    axum::Router::new()
+        .route("/livez", get(probes::livez))
+        .route("/readyz", get(probes::readyz))
+        .route("/metrics", get(metrics::scrape))
+        .with_state(state)
+}
