@@ -4,7 +4,7 @@
 //! Layers, top to bottom; a module imports only from layers below it (and
 //! its own):
 //! - `ops/`: the node's lifetime (`ops/server.rs`: listeners, accept, shutdown;
-//!   `ops/sys.rs`: `$SYS`).
+//!   `ops/sys.rs`: `$SYS`; `ops/admin/`: the admin HTTP listener).
 //! - `connection/`: one client's protocol actor: CONNECT (`connection/connect.rs`),
 //!   packets in (`connection/inbound.rs`) and deliveries out (`connection/outbound.rs`).
 //! - `broker.rs` (the node's shared handles, and how they are built) and
@@ -22,7 +22,7 @@
 //!   tenant's limits and usage.
 //! - `net/`: sockets below MQTT: PROXY, TLS, WebSocket, batched I/O.
 //! - the nouns: `codec/` (MQTT packets), `ids.rs`, `message.rs`,
-//!   `topic.rs`, `clock.rs`, `metrics.rs`, `error.rs`, `reload.rs` (file
+//!   `topic.rs`, `clock.rs`, `metrics/`, `error.rs`, `reload.rs` (file
 //!   change polling), `records.rs` (the control state's records and their
 //!   one encoding).
 //!

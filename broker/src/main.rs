@@ -91,7 +91,9 @@ fn main() -> ExitCode {
 
 async fn run(config: porchlight_broker::Config) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
+    let drain_delay = config.drain_delay;
     let server = Server::bind(config, shutdown.clone()).await?;
+    let ready = server.readiness();
     let signals = shutdown.clone();
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(porchlight_broker::BrokerError::Signal)?;
@@ -100,7 +102,7 @@ async fn run(config: porchlight_broker::Config) -> anyhow::Result<()> {
             _ = sigterm.recv() => tracing::info!("SIGTERM received"),
             _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
         }
-        signals.cancel();
+        porchlight_broker::ops::server::stop_after_drain_delay(ready, drain_delay, signals).await;
     });
     server.run().await;
     Ok(())

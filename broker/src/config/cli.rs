@@ -469,6 +469,18 @@ pub struct Cli {
     )]
     pub no_admin_listen: bool,
 
+    /// Seconds between SIGTERM/SIGINT and closing the listeners: /readyz
+    /// answers 503 at once, so load balancers and Kubernetes stop sending
+    /// new clients before the node closes (set it to the endpoint
+    /// propagation time, a few seconds). 0 closes at once.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        env = "PORCHLIGHT_DRAIN_DELAY",
+        default_value_t = 0
+    )]
+    pub drain_delay: u64,
+
     /// Seconds to wait for connections to close on SIGTERM/SIGINT.
     #[arg(
         long,

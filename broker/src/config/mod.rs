@@ -61,6 +61,8 @@ pub struct Config {
     /// `None` when `$SYS` topics are off.
     pub sys_interval: Option<Duration>,
     pub shutdown_grace: Duration,
+    /// `--drain-delay`.
+    pub drain_delay: Duration,
     pub auth: crate::auth::AuthOptions,
     /// `--admin-listen`; `None` with `--no-admin-listen`.
     pub admin_listen: Option<SocketAddr>,
@@ -125,6 +127,7 @@ impl Cli {
             max_client_id_length: self.max_client_id_length,
             sys_interval: (!self.no_sys_topics).then(|| Duration::from_secs(self.sys_interval)),
             shutdown_grace: Duration::from_secs(self.shutdown_grace),
+            drain_delay: Duration::from_secs(self.drain_delay),
             admin_listen: (!self.no_admin_listen).then_some(self.admin_listen),
             auth: crate::auth::AuthOptions {
                 file: self.auth_file.clone(),

@@ -205,7 +205,9 @@ impl TlsMaterial {
                     }
                 }
                 match conn.handshake_kind() {
-                    Some(rustls::HandshakeKind::Resumed) => metrics.inc(&metrics.tls_handshakes_resumed),
+                    Some(rustls::HandshakeKind::Resumed) => {
+                        metrics.inc(&metrics.tls_handshakes_resumed)
+                    }
                     _ => metrics.inc(&metrics.tls_handshakes_full),
                 }
                 metrics
@@ -565,8 +567,7 @@ fn certificate_error_text(c: &rustls::CertificateError) -> String {
             let sentence = match term.as_str() {
                 "CaUsedAsEndEntity" => "a CA certificate was presented as the client certificate",
                 "EndEntityUsedAsCa" => "a client certificate was used as an issuing CA",
-                "UnsupportedSignatureAlgorithm"
-                | "UnsupportedSignatureAlgorithmForPublicKey" => {
+                "UnsupportedSignatureAlgorithm" | "UnsupportedSignatureAlgorithmForPublicKey" => {
                     "the certificate's signature algorithm is not supported"
                 }
                 "PathLenConstraintViolated" => "the chain is longer than a CA allows",
@@ -586,6 +587,29 @@ fn certificate_error_text(c: &rustls::CertificateError) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refused_certificates_read_as_sentences() {
+        use rustls::CertificateError as E;
+        assert_eq!(
+            certificate_error_text(&E::UnknownIssuer),
+            "the certificate is not signed by a CA in --tls-client-ca (UnknownIssuer)"
+        );
+        // webpki's errors arrive wrapped, named only by their Debug form.
+        #[derive(Debug)]
+        struct Webpki;
+        impl std::fmt::Display for Webpki {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("CaUsedAsEndEntity")
+            }
+        }
+        impl std::error::Error for Webpki {}
+        let other = E::Other(rustls::OtherError(Arc::new(Webpki)));
+        assert_eq!(
+            certificate_error_text(&other),
+            "a CA certificate was presented as the client certificate (CaUsedAsEndEntity)"
+        );
+    }
 
     #[test]
     fn identity_reads_cn_san_and_subject() {

@@ -93,6 +93,11 @@ impl Server {
         })
     }
 
+    /// What `/readyz` reports; [`stop_after_drain_delay`] marks it.
+    pub fn readiness(&self) -> Arc<crate::ops::admin::Readiness> {
+        self.ready.clone()
+    }
+
     /// The bound `--admin-listen` address, if there is one.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin.as_ref().and_then(|a| a.local_addr())
@@ -187,6 +192,29 @@ impl Server {
             let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
         }
     }
+}
+
+/// A stop in two steps: `/readyz` answers 503 at once, so load balancers
+/// and Kubernetes endpoints stop sending new clients here; the node keeps
+/// serving for `--drain-delay`, then `shutdown` is cancelled and the drain
+/// of [`Server::run`] begins.
+pub async fn stop_after_drain_delay(
+    ready: Arc<crate::ops::admin::Readiness>,
+    delay: Duration,
+    shutdown: CancellationToken,
+) {
+    ready.set_draining();
+    if !delay.is_zero() {
+        info!(
+            drain_delay_secs = delay.as_secs(),
+            "Not ready: closing the listeners after the drain delay"
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.cancelled() => {}
+        }
+    }
+    shutdown.cancel();
 }
 
 /// Counts an open socket in `porchlight_connections` (node-wide and for

@@ -86,9 +86,7 @@ async fn gateway_grants_allow_exactly_what_they_say() {
     hub.expect_silence(Duration::from_millis(200)).await;
 
     info!("--- publishes: into a granted tenant, unprefixed to its devices");
-    let before = usage(&b, "acme")
-        .messages_in
-        .load(std::sync::atomic::Ordering::Relaxed);
+    let before = porchlight_broker::tenant::quota::total(&usage(&b, "acme").messages_in);
     hub.publish("$tenant/acme/dev/2", q(1), 5, b"cmd").await;
     let mut got_ack = false;
     let mut got_echo = false;
@@ -109,9 +107,7 @@ async fn gateway_grants_allow_exactly_what_they_say() {
     let m = next_publish(&mut dev).await;
     assert_eq!((m.topic.as_str(), &m.payload[..]), ("dev/2", &b"cmd"[..]));
     assert_eq!(
-        usage(&b, "acme")
-            .messages_in
-            .load(std::sync::atomic::Ordering::Relaxed),
+        porchlight_broker::tenant::quota::total(&usage(&b, "acme").messages_in),
         before + 1,
         "counted in the target tenant"
     );

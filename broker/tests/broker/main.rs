@@ -5,6 +5,8 @@
 
 mod support;
 
+/// The admin listener: probes and `/metrics`.
+mod admin;
 /// Authentication (passwords, JWT, certificates, anonymous), ACLs, the
 /// auth file and its reload, failure backoff.
 mod auth;

@@ -364,18 +364,18 @@ async fn retained_persistent_session_and_queued_byte_limits() {
     wait_until("queue drained", || load(&u.queued_bytes) == 0).await;
 
     info!("--- the metrics carry all of it");
-    let mut text = String::new();
-    b.broker.tenants.render(&mut text);
+    let text = porchlight_broker::ops::admin::metrics::render_node(&b.broker);
     for line in [
         "porchlight_tenant_retained_messages{tenant=\"acme\"} 2",
-        "porchlight_tenant_persistent_sessions{tenant=\"acme\"} 1",
+        "porchlight_tenant_sessions{tenant=\"acme\",kind=\"persistent\"} 1",
         "porchlight_tenant_quota_rejections_total{tenant=\"acme\",kind=\"queued_bytes\"} 2",
         "porchlight_tenant_messages_dropped_total{tenant=\"acme\",reason=\"tenant_quota\"} 3",
         "porchlight_tenant_retained_messages{tenant=\"globex\"} 5",
     ] {
         assert!(text.contains(line), "{line} in\n{text}");
     }
-    assert!(load(&u.messages_out) >= 4 && load(&u.bytes_out) >= 200);
+    use porchlight_broker::tenant::quota::total;
+    assert!(total(&u.messages_out) >= 4 && total(&u.bytes_out) >= 200);
 
     info!("--- a reload raises the limit for new sessions");
     let m = b.broker.metrics.clone();

@@ -149,6 +149,12 @@ async fn a_silent_or_plaintext_client_never_blocks_the_tls_listener() {
         Metrics::get(&m.tls_handshake_failures) == 2
     })
     .await;
+    // By reason: the silent one timed out, the plaintext one broke the
+    // protocol.
+    use porchlight_broker::metrics::TlsFailure;
+    assert_eq!(m.tls_failure_count(TlsFailure::Timeout), 1);
+    assert_eq!(m.tls_failure_count(TlsFailure::Protocol), 1);
+    assert_eq!(Metrics::get(&m.tls_handshakes_full), 1);
     wait_until("no connection left", || {
         Metrics::get(&m.connections_current) == 0
     })
@@ -438,7 +444,11 @@ async fn renewed_certificates_are_used_without_a_restart_and_bad_ones_ignored() 
 #[tokio::test]
 async fn reconnects_resume_the_tls_session_in_1_2_and_1_3() {
     let pki = TestPki::new();
-    let b = tls_broker(&pki, TlsVersion::V1_2).await;
+    let b = TestBroker::with(|c| {
+        pki.configure(c, TlsVersion::V1_2);
+        with_admin(c);
+    })
+    .await;
     let addr = b.tls_addr.expect("addr");
     for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
         // One client configuration = one client-side session cache.
@@ -454,6 +464,33 @@ async fn reconnects_resume_the_tls_session_in_1_2_and_1_3() {
             "{version:?}"
         );
     }
+    // As the metrics have it: two of each kind, each timed, and when the
+    // certificate in use expires.
+    let s = parse_metrics(&admin_get(&b, "/metrics").await.body, false);
+    for kind in ["full", "resumed"] {
+        assert_eq!(
+            sample(&s, "porchlight_tls_handshakes_total", &[("kind", kind)]),
+            2.0,
+            "{kind}"
+        );
+    }
+    assert_eq!(
+        sample(&s, "porchlight_tls_handshake_duration_seconds_count", &[]),
+        4.0
+    );
+    let expiry = sample(
+        &s,
+        "porchlight_tls_certificate_expiry_timestamp_seconds",
+        &[],
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64();
+    assert!(
+        expiry > now,
+        "the test certificate is valid: {expiry} vs {now}"
+    );
     b.stop().await;
 }
 

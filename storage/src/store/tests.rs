@@ -258,6 +258,8 @@ async fn limits_and_faults_refuse_writes_but_allow_deletes() {
     b.put(T, b"k", b"v");
     assert!(matches!(s2.write(b), Err(StorageError::Write { .. })));
     assert_eq!(s2.health(), Health::Failed);
+    assert_eq!(s.refused_writes(), 1, "the full store's put");
+    assert_eq!(s2.refused_writes(), 1, "the injected fault");
     s2.set_fail_writes(false);
     assert_eq!(s2.health(), Health::Ok);
 }
@@ -296,6 +298,9 @@ async fn group_commit_coalesces_concurrent_waiters() {
         let s = s.clone();
         waits.push(tokio::spawn(async move { s.durable(t).await }));
     }
+    let observed = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = observed.clone();
+    s.on_flush(move |f| seen.lock().expect("lock").push(f));
     for w in waits {
         w.await.expect("join").expect("durable");
     }
@@ -304,6 +309,12 @@ async fn group_commit_coalesces_concurrent_waiters() {
         "{} fsyncs for 100 writes",
         s.fsync_count()
     );
+    // The observers were told of the fsyncs after they joined: each
+    // covered at least one write, none more than were made.
+    let observed = observed.lock().expect("lock");
+    let writes: u64 = observed.iter().map(|f| f.writes).sum();
+    assert!(observed.iter().all(|f| f.writes >= 1), "{observed:?}");
+    assert!(writes <= 100, "{observed:?}");
 }
 
 /// Issue 17: the broker's deferred records and, later, a Raft log store

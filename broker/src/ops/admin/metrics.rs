@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::fmt::{Error, Write};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -49,7 +49,10 @@ pub async fn scrape(State(s): State<AdminState>, headers: HeaderMap) -> impl Int
         .is_some_and(|v| v.contains("application/openmetrics-text"));
     let body = render(&s.registry, openmetrics);
     let kind = if openmetrics { OPENMETRICS } else { TEXT };
-    ([(header::CONTENT_TYPE, HeaderValue::from_static(kind))], body)
+    (
+        [(header::CONTENT_TYPE, HeaderValue::from_static(kind))],
+        body,
+    )
 }
 
 /// The whole exposition, OpenMetrics or the Prometheus text format.
@@ -125,28 +128,42 @@ struct Out<'a, 'b> {
 }
 
 impl Out<'_, '_> {
-    fn counter(&mut self, name: &str, help: &str, v: u64) -> Result<(), Error> {
+    /// A metric without labels.
+    fn one(
+        &mut self,
+        name: &str,
+        help: &str,
+        unit: Option<&Unit>,
+        metric: impl EncodeMetric,
+    ) -> Result<(), Error> {
         let m = self
             .e
-            .encode_descriptor(name, help, None, MetricType::Counter)?;
-        ConstCounter::new(v).encode(m)
+            .encode_descriptor(name, help, unit, metric.metric_type())?;
+        metric.encode(m)
+    }
+
+    fn counter(&mut self, name: &str, help: &str, v: u64) -> Result<(), Error> {
+        self.one(name, help, None, ConstCounter::new(v))
     }
 
     fn gauge(&mut self, name: &str, help: &str, unit: Option<&Unit>, v: i64) -> Result<(), Error> {
-        let m = self.e.encode_descriptor(name, help, unit, MetricType::Gauge)?;
-        ConstGauge::new(v).encode(m)
+        self.one(name, help, unit, ConstGauge::new(v))
     }
 
-    fn gauge_f(&mut self, name: &str, help: &str, unit: Option<&Unit>, v: f64) -> Result<(), Error> {
-        let m = self.e.encode_descriptor(name, help, unit, MetricType::Gauge)?;
-        ConstGauge::new(v).encode(m)
-    }
-
-    fn counter_f(&mut self, name: &str, help: &str, unit: Option<&Unit>, v: f64) -> Result<(), Error> {
-        let m = self
-            .e
-            .encode_descriptor(name, help, unit, MetricType::Counter)?;
-        ConstCounter::new(v).encode(m)
+    /// A metric with one series per label set.
+    fn family<'l, L: EncodeLabelSet + 'l, M: EncodeMetric>(
+        &mut self,
+        name: &str,
+        help: &str,
+        unit: Option<&Unit>,
+        kind: MetricType,
+        rows: impl IntoIterator<Item = (&'l L, M)>,
+    ) -> Result<(), Error> {
+        let mut m = self.e.encode_descriptor(name, help, unit, kind)?;
+        for (labels, metric) in rows {
+            metric.encode(m.encode_family(labels)?)?;
+        }
+        Ok(())
     }
 
     fn counters<L: EncodeLabelSet>(
@@ -155,13 +172,8 @@ impl Out<'_, '_> {
         help: &str,
         rows: &[(L, u64)],
     ) -> Result<(), Error> {
-        let mut m = self
-            .e
-            .encode_descriptor(name, help, None, MetricType::Counter)?;
-        for (labels, v) in rows {
-            ConstCounter::new(*v).encode(m.encode_family(labels)?)?;
-        }
-        Ok(())
+        let rows = rows.iter().map(|(l, v)| (l, ConstCounter::new(*v)));
+        self.family(name, help, None, MetricType::Counter, rows)
     }
 
     fn gauges<L: EncodeLabelSet>(
@@ -171,11 +183,8 @@ impl Out<'_, '_> {
         unit: Option<&Unit>,
         rows: &[(L, i64)],
     ) -> Result<(), Error> {
-        let mut m = self.e.encode_descriptor(name, help, unit, MetricType::Gauge)?;
-        for (labels, v) in rows {
-            ConstGauge::new(*v).encode(m.encode_family(labels)?)?;
-        }
-        Ok(())
+        let rows = rows.iter().map(|(l, v)| (l, ConstGauge::new(*v)));
+        self.family(name, help, unit, MetricType::Gauge, rows)
     }
 
     fn histogram(
@@ -185,9 +194,9 @@ impl Out<'_, '_> {
         unit: Option<&Unit>,
         h: &Snapshot,
     ) -> Result<(), Error> {
-        let mut m: MetricEncoder = self
-            .e
-            .encode_descriptor(name, help, unit, MetricType::Histogram)?;
+        let mut m: MetricEncoder =
+            self.e
+                .encode_descriptor(name, help, unit, MetricType::Histogram)?;
         // The encoder wants each bucket's own count (it accumulates) and
         // `f64::MAX` for `+Inf`.
         let mut previous = 0;
@@ -197,7 +206,11 @@ impl Out<'_, '_> {
             .map(|(bound, cumulative)| {
                 let own = cumulative - previous;
                 previous = *cumulative;
-                let bound = if bound.is_infinite() { f64::MAX } else { *bound };
+                let bound = if bound.is_infinite() {
+                    f64::MAX
+                } else {
+                    *bound
+                };
                 (bound, own)
             })
             .collect();
@@ -244,16 +257,19 @@ fn node(o: &mut Out, b: &Broker) -> Result<(), Error> {
             "commit",
             env!("PORCHLIGHT_GIT_COMMIT"),
         );
-        let mut info = o
-            .e
-            .encode_descriptor("porchlight_build", "Version and git commit of this build", None, MetricType::Info)?;
+        let mut info = o.e.encode_descriptor(
+            "porchlight_build",
+            "Version and git commit of this build",
+            None,
+            MetricType::Info,
+        )?;
         info.encode_info(&labels)?;
     }
-    o.gauge_f(
+    o.one(
         "porchlight_uptime",
         "Time since the node started",
         Some(&Unit::Seconds),
-        b.started_at.elapsed().as_secs_f64(),
+        ConstGauge::new(b.started_at.elapsed().as_secs_f64()),
     )?;
     o.counters(
         "porchlight_reloads",
@@ -386,17 +402,17 @@ fn connections(o: &mut Out, m: &Metrics) -> Result<(), Error> {
         "PUBLISH packets sent",
         g(&m.messages_sent),
     )?;
-    o.counter_f(
+    o.one(
         "porchlight_network_received",
         "Bytes read from client sockets (after TLS and WebSocket)",
         Some(&Unit::Bytes),
-        g(&m.bytes_received) as f64,
+        ConstCounter::new(g(&m.bytes_received) as f64),
     )?;
-    o.counter_f(
+    o.one(
         "porchlight_network_sent",
         "Bytes written to client sockets (before TLS and WebSocket)",
         Some(&Unit::Bytes),
-        g(&m.bytes_sent) as f64,
+        ConstCounter::new(g(&m.bytes_sent) as f64),
     )?;
     let drops: Vec<(Labels1, u64)> = DropReason::ALL
         .iter()
@@ -448,16 +464,7 @@ fn tls(o: &mut Out, m: &Metrics) -> Result<(), Error> {
 
 /// Traffic, connections and quota counters per tenant.
 fn tenant_traffic(o: &mut Out, tenants: &[(TenantId, Arc<Usage>)]) -> Result<(), Error> {
-    let per_qos = |f: fn(&Usage) -> &[std::sync::atomic::AtomicU64; 3]| -> Vec<(Labels2, u64)> {
-        tenants
-            .iter()
-            .flat_map(|(t, u)| {
-                QOS.iter().zip(f(u)).map(move |(q, c)| {
-                    (l2("tenant", t.as_str(), "qos", *q), c.load(Ordering::Relaxed))
-                })
-            })
-            .collect()
-    };
+    let per_qos = |f: fn(&Usage) -> &[AtomicU64; 3]| by_label(tenants, "qos", &QOS, f);
     o.counters(
         "porchlight_tenant_messages_received",
         "PUBLISH packets received into the tenant, by QoS",
@@ -467,7 +474,13 @@ fn tenant_traffic(o: &mut Out, tenants: &[(TenantId, Arc<Usage>)]) -> Result<(),
         .into_iter()
         .map(|(l, v)| (l, v as f64))
         .collect();
-    counters_f(o, "porchlight_tenant_received", "Payload bytes received into the tenant, by QoS", &bytes)?;
+    o.family(
+        "porchlight_tenant_received",
+        "Payload bytes received into the tenant, by QoS",
+        Some(&Unit::Bytes),
+        MetricType::Counter,
+        bytes.iter().map(|(l, v)| (l, ConstCounter::new(*v))),
+    )?;
     o.counters(
         "porchlight_tenant_messages_sent",
         "PUBLISH packets sent to the tenant's connections, by QoS",
@@ -477,17 +490,15 @@ fn tenant_traffic(o: &mut Out, tenants: &[(TenantId, Arc<Usage>)]) -> Result<(),
         .into_iter()
         .map(|(l, v)| (l, v as f64))
         .collect();
-    counters_f(o, "porchlight_tenant_sent", "Payload bytes sent to the tenant's connections, by QoS", &bytes)?;
-    let per_listener = |f: fn(&Usage) -> &[std::sync::atomic::AtomicU64; 4]| -> Vec<(Labels2, u64)> {
-        tenants
-            .iter()
-            .flat_map(|(t, u)| {
-                LISTENERS.iter().zip(f(u)).map(move |(l, c)| {
-                    (l2("tenant", t.as_str(), "listener", *l), c.load(Ordering::Relaxed))
-                })
-            })
-            .collect()
-    };
+    o.family(
+        "porchlight_tenant_sent",
+        "Payload bytes sent to the tenant's connections, by QoS",
+        Some(&Unit::Bytes),
+        MetricType::Counter,
+        bytes.iter().map(|(l, v)| (l, ConstCounter::new(*v))),
+    )?;
+    let per_listener =
+        |f: fn(&Usage) -> &[AtomicU64; 4]| by_label(tenants, "listener", &LISTENERS, f);
     let connected: Vec<(Labels2, i64)> = per_listener(|u| &u.listener_connections)
         .into_iter()
         .map(|(l, v)| (l, v as i64))
@@ -506,9 +517,12 @@ fn tenant_traffic(o: &mut Out, tenants: &[(TenantId, Arc<Usage>)]) -> Result<(),
     let rejections: Vec<(Labels2, u64)> = tenants
         .iter()
         .flat_map(|(t, u)| {
-            QuotaKind::ALL
-                .iter()
-                .map(move |k| (l2("tenant", t.as_str(), "kind", k.label()), u.rejections(*k)))
+            QuotaKind::ALL.iter().map(move |k| {
+                (
+                    l2("tenant", t.as_str(), "kind", k.label()),
+                    u.rejections(*k),
+                )
+            })
         })
         .collect();
     o.counters(
@@ -532,14 +546,23 @@ fn tenant_traffic(o: &mut Out, tenants: &[(TenantId, Arc<Usage>)]) -> Result<(),
     Ok(())
 }
 
-fn counters_f(o: &mut Out, name: &str, help: &str, rows: &[(Labels2, f64)]) -> Result<(), Error> {
-    let mut m = o
-        .e
-        .encode_descriptor(name, help, Some(&Unit::Bytes), MetricType::Counter)?;
-    for (labels, v) in rows {
-        ConstCounter::new(*v).encode(m.encode_family(labels)?)?;
-    }
-    Ok(())
+/// One series per tenant and value of `key`, read from the tenant's
+/// by-QoS or by-listener cells.
+fn by_label<const N: usize>(
+    tenants: &[(TenantId, Arc<Usage>)],
+    key: &'static str,
+    values: &[&str; N],
+    cells: fn(&Usage) -> &[AtomicU64; N],
+) -> Vec<(Labels2, u64)> {
+    tenants
+        .iter()
+        .flat_map(|(t, u)| {
+            values
+                .iter()
+                .zip(cells(u))
+                .map(move |(v, c)| (l2("tenant", t.as_str(), key, *v), c.load(Ordering::Relaxed)))
+        })
+        .collect()
 }
 
 /// Sessions, subscriptions, retained messages, queues and in-flight
@@ -551,7 +574,10 @@ fn state(o: &mut Out, b: &Broker, tenants: &[(TenantId, Arc<Usage>)]) -> Result<
         let persistent = load(&u.persistent_sessions);
         let all = load(&u.sessions);
         sessions.push((l2("tenant", t.as_str(), "kind", "persistent"), persistent));
-        sessions.push((l2("tenant", t.as_str(), "kind", "clean"), (all - persistent).max(0)));
+        sessions.push((
+            l2("tenant", t.as_str(), "kind", "clean"),
+            (all - persistent).max(0),
+        ));
     }
     o.gauges(
         "porchlight_tenant_sessions",
@@ -715,23 +741,38 @@ fn storage(o: &mut Out, b: &Broker) -> Result<(), Error> {
 fn process(o: &mut Out) -> Result<(), Error> {
     let p = super::process::read();
     if let Some(v) = p.cpu_seconds {
-        o.counter_f("process_cpu", "User and system CPU time", Some(&Unit::Seconds), v)?;
+        o.one(
+            "process_cpu",
+            "User and system CPU time",
+            Some(&Unit::Seconds),
+            ConstCounter::new(v),
+        )?;
     }
     if let Some(v) = p.resident_bytes {
-        o.gauge("process_resident_memory", "Resident memory", Some(&Unit::Bytes), v as i64)?;
+        o.gauge(
+            "process_resident_memory",
+            "Resident memory",
+            Some(&Unit::Bytes),
+            v as i64,
+        )?;
     }
     if let Some(v) = p.open_fds {
         o.gauge("process_open_fds", "Open file descriptors", None, v as i64)?;
     }
     if let Some(v) = p.max_fds {
-        o.gauge("process_max_fds", "The open file descriptor limit", None, v as i64)?;
+        o.gauge(
+            "process_max_fds",
+            "The open file descriptor limit",
+            None,
+            v as i64,
+        )?;
     }
     if let Some(v) = p.start_time_seconds {
-        o.gauge_f(
+        o.one(
             "process_start_time",
             "When the process started (Unix time)",
             Some(&Unit::Seconds),
-            v,
+            ConstGauge::new(v),
         )?;
     }
     Ok(())

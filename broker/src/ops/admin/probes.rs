@@ -19,9 +19,20 @@ use super::AdminState;
 pub struct Readiness {
     /// Every listener is bound and its accept loop runs.
     accepting: AtomicBool,
+    /// A stop was asked for: not ready from now on, though the node keeps
+    /// serving for `--drain-delay` before it closes its listeners.
+    draining: AtomicBool,
 }
 
 impl Readiness {
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
     pub fn set_accepting(&self) {
         self.accepting.store(true, Ordering::Relaxed);
     }
@@ -37,7 +48,7 @@ pub async fn livez() -> &'static str {
 
 pub async fn readyz(State(s): State<AdminState>) -> (StatusCode, String) {
     let accepting = s.ready.accepting();
-    let draining = s.broker.shutdown.is_cancelled();
+    let draining = s.ready.draining() || s.broker.shutdown.is_cancelled();
     let storage = s.broker.persist.health();
     let mut body = String::new();
     let line = |body: &mut String, ok: bool, what: &str| {
@@ -53,8 +64,12 @@ pub async fn readyz(State(s): State<AdminState>) -> (StatusCode, String) {
     // cannot store with the right reason codes.
     body.push_str(match storage {
         porchlight_storage::Health::Ok => "[+] storage writable\n",
-        porchlight_storage::Health::Full => "[!] storage full (--max-disk-bytes): durable writes refused\n",
-        porchlight_storage::Health::Failed => "[!] storage failing: durable writes refused (see the log)\n",
+        porchlight_storage::Health::Full => {
+            "[!] storage full (--max-disk-bytes): durable writes refused\n"
+        }
+        porchlight_storage::Health::Failed => {
+            "[!] storage failing: durable writes refused (see the log)\n"
+        }
     });
     let ready = accepting && !draining;
     body.push_str(if ready { "ready\n" } else { "not ready\n" });

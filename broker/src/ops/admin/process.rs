@@ -71,13 +71,19 @@ mod tests {
         let p = super::read();
         assert!(p.resident_bytes.is_some_and(|r| r > 1024 * 1024), "{p:?}");
         assert!(p.open_fds.is_some_and(|n| n >= 3), "{p:?}");
-        assert!(p.max_fds.is_some_and(|n| n >= p.open_fds.unwrap_or(0)), "{p:?}");
+        assert!(
+            p.max_fds.is_some_and(|n| n >= p.open_fds.unwrap_or(0)),
+            "{p:?}"
+        );
         assert!(p.cpu_seconds.is_some(), "{p:?}");
         let start = p.start_time_seconds.expect("start time");
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .expect("clock")
             .as_secs_f64();
-        assert!(start <= now + 1.0 && start > now - 3600.0, "{start} vs {now}");
+        assert!(
+            start <= now + 1.0 && start > now - 3600.0,
+            "{start} vs {now}"
+        );
     }
 }

@@ -42,6 +42,9 @@ pub struct TestBroker {
     /// The first `--ws-listen` and `--wss-listen` addresses, if any.
     pub ws_addr: Option<SocketAddr>,
     pub wss_addr: Option<SocketAddr>,
+    /// The admin listener, when the test asked for one.
+    pub admin_addr: Option<SocketAddr>,
+    pub ready: Arc<porchlight_broker::ops::admin::Readiness>,
     pub broker: Arc<Broker>,
     pub shutdown: CancellationToken,
     handle: tokio::task::JoinHandle<()>,
@@ -72,6 +75,8 @@ impl TestBroker {
         let tls_addr = server.tls_local_addrs().first().copied();
         let ws_addr = server.addrs(ListenerKind::Ws).first().copied();
         let wss_addr = server.addrs(ListenerKind::Wss).first().copied();
+        let admin_addr = server.admin_addr();
+        let ready = server.readiness();
         let broker = server.broker();
         let handle = tokio::spawn(server.run());
         TestBroker {
@@ -79,6 +84,8 @@ impl TestBroker {
             tls_addr,
             ws_addr,
             wss_addr,
+            admin_addr,
+            ready,
             broker,
             shutdown,
             handle,
@@ -614,6 +621,13 @@ pub fn spawn_binary_with_fds(
         }
         None => std::process::Command::new(bin),
     };
+    // Each process its own admin port, unless the test names one.
+    if !extra
+        .iter()
+        .any(|a| a.starts_with("--admin-listen") || *a == "--no-admin-listen")
+    {
+        command.args(["--admin-listen", "127.0.0.1:0"]);
+    }
     let mut child = Spawned(
         command
             .args(["--log-format", "json"])
@@ -673,4 +687,117 @@ pub fn mosquitto_available() -> bool {
         eprintln!("SKIPPED interop test: apt-get install mosquitto-clients to run it");
     }
     found
+}
+
+/// The admin listener on 127.0.0.1 port 0.
+pub fn with_admin(c: &mut Config) {
+    c.admin_listen = Some("127.0.0.1:0".parse().expect("addr"));
+}
+
+/// An HTTP response as the tests read it.
+#[derive(Debug)]
+pub struct HttpReply {
+    pub status: u16,
+    pub content_type: String,
+    pub body: String,
+}
+
+/// A request with a real HTTP client (ureq) on a blocking thread;
+/// `headers` are added as given.
+pub async fn http(
+    method: &'static str,
+    url: String,
+    headers: Vec<(&'static str, String)>,
+) -> HttpReply {
+    tokio::task::spawn_blocking(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(WAIT))
+            .build()
+            .into();
+        let mut req = ureq::http::Request::builder().method(method).uri(&url);
+        for (k, v) in &headers {
+            req = req.header(*k, v.as_str());
+        }
+        let req = req.body(()).expect("request");
+        let mut resp = agent.run(req).expect("admin endpoint answers");
+        let content_type = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        HttpReply {
+            status: resp.status().as_u16(),
+            content_type,
+            body: resp.body_mut().read_to_string().expect("body"),
+        }
+    })
+    .await
+    .expect("http thread")
+}
+
+/// GET `path` from the admin listener.
+pub async fn admin_get(b: &TestBroker, path: &str) -> HttpReply {
+    let addr = b.admin_addr.expect("the test asked for --admin-listen");
+    http("GET", format!("http://{addr}{path}"), Vec::new()).await
+}
+
+/// One sample of a scrape: name, labels, value.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Sample {
+    pub name: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub value: f64,
+}
+
+/// Parses an exposition with the Prometheus project's own Python parser
+/// (`prometheus_client`; the text format, or OpenMetrics), so what the
+/// broker serves is what Prometheus reads. Fails when the parser refuses
+/// it or is not installed.
+pub fn parse_metrics(text: &str, openmetrics: bool) -> Vec<Sample> {
+    use std::io::Write;
+    let parser = if openmetrics {
+        "from prometheus_client.openmetrics.parser import text_string_to_metric_families"
+    } else {
+        "from prometheus_client.parser import text_string_to_metric_families"
+    };
+    let script = format!(
+        "import sys, json\n{parser}\nout = []\nfor f in text_string_to_metric_families(sys.stdin.read()):\n    for s in f.samples:\n        out.append({{'name': s.name, 'labels': s.labels, 'value': s.value}})\nprint(json.dumps(out))\n"
+    );
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("parser output");
+    assert!(
+        out.status.success(),
+        "the Prometheus parser refused the exposition (install it with `pip install prometheus_client`):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("json")
+}
+
+/// The value of the sample `name` with exactly these labels (a missing
+/// sample is 0, as Prometheus treats an absent counter).
+pub fn sample(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .find(|s| {
+            s.name == name
+                && s.labels.len() == labels.len()
+                && labels
+                    .iter()
+                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map_or(0.0, |s| s.value)
 }

@@ -1,0 +1,267 @@
+//! The admin listener: probes, `/metrics` read by the Prometheus parser
+//! after real traffic, readiness through a drain.
+
+use std::time::Duration;
+
+use porchlight_broker::codec::{reason, Packet, Protocol};
+use tracing::info;
+
+use crate::support::*;
+
+#[tokio::test]
+async fn probes_answer_and_name_what_they_checked() {
+    let b = TestBroker::with(with_admin).await;
+    let live = admin_get(&b, "/livez").await;
+    assert_eq!((live.status, live.body.as_str()), (200, "ok\n"));
+    let ready = admin_get(&b, "/readyz").await;
+    assert_eq!(ready.status, 200, "{}", ready.body);
+    for check in [
+        "[+] listeners accepting",
+        "[+] not shutting down",
+        "[+] storage writable",
+    ] {
+        assert!(ready.body.contains(check), "{check} in {}", ready.body);
+    }
+    let missing = admin_get(&b, "/nope").await;
+    assert_eq!(missing.status, 404);
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn metrics_after_traffic_parse_and_count_it() {
+    let b = TestBroker::with(with_admin).await;
+    let mut sub = V4::connect(b.addr, "m-sub", true).await;
+    sub.client
+        .subscribe("m/#", rumqttc::QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    sub.suback().await;
+    let publisher = V4::connect(b.addr, "m-pub", true).await;
+    for i in 0..5u8 {
+        publisher
+            .client
+            .publish("m/t", rumqttc::QoS::AtLeastOnce, false, vec![i; 10])
+            .await
+            .expect("publish");
+    }
+    for _ in 0..5 {
+        sub.next_publish().await;
+    }
+    publisher
+        .client
+        .publish("m/t", rumqttc::QoS::AtMostOnce, false, vec![0; 4])
+        .await
+        .expect("publish");
+    sub.next_publish().await;
+    // A refusal: MQTT 5 enhanced authentication is not configured.
+    let mut c = connect_packet(Protocol::V5, "m-auth", true, 30);
+    c.properties.authentication_method = Some("SCRAM-SHA-1".into());
+    let (_raw, ack) = RawClient::connect_with(b.addr, c).await;
+    assert_eq!(ack.reason, reason::BAD_AUTHENTICATION_METHOD);
+    // A clean end and a dropped socket.
+    let mut gone = RawClient::connect(b.addr, Protocol::V5, "m-bye").await;
+    gone.send(&Packet::Disconnect(porchlight_broker::codec::Disconnect {
+        reason: 0,
+        properties: Default::default(),
+    }))
+    .await;
+    drop(RawClient::connect(b.addr, Protocol::V311, "m-drop").await);
+    let m = b.broker.metrics.clone();
+    wait_until("both ends counted", || {
+        use porchlight_broker::metrics::Ended;
+        m.disconnect_count(Ended::ClientDisconnect) == 1
+            && m.disconnect_count(Ended::PeerClosed) == 1
+    })
+    .await;
+
+    let scraped = admin_get(&b, "/metrics").await;
+    assert_eq!(scraped.status, 200);
+    assert!(
+        scraped
+            .content_type
+            .starts_with("text/plain; version=0.0.4"),
+        "{}",
+        scraped.content_type
+    );
+    let s = parse_metrics(&scraped.body, false);
+    let t = [("tenant", "default")];
+    let with = |extra: (&'static str, &'static str)| [t[0], extra];
+    let qos1_received = |s: &[Sample]| {
+        sample(
+            s,
+            "porchlight_tenant_messages_received_total",
+            &with(("qos", "1")),
+        )
+    };
+    assert_eq!(qos1_received(&s), 5.0);
+    assert_eq!(
+        sample(
+            &s,
+            "porchlight_tenant_messages_received_total",
+            &with(("qos", "0"))
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &s,
+            "porchlight_tenant_received_bytes_total",
+            &with(("qos", "1"))
+        ),
+        50.0
+    );
+    assert_eq!(
+        sample(
+            &s,
+            "porchlight_tenant_messages_sent_total",
+            &with(("qos", "1"))
+        ),
+        5.0
+    );
+    assert_eq!(sample(&s, "porchlight_messages_received_total", &[]), 6.0);
+    assert_eq!(sample(&s, "porchlight_clients_connected", &[]), 2.0);
+    assert_eq!(
+        sample(
+            &s,
+            "porchlight_tenant_connections",
+            &with(("listener", "tcp"))
+        ),
+        2.0
+    );
+    assert!(
+        sample(
+            &s,
+            "porchlight_connections_accepted_total",
+            &[("listener", "tcp")]
+        ) >= 5.0
+    );
+    assert_eq!(
+        sample(
+            &s,
+            "porchlight_connections_refused_total",
+            &[("reason", "bad_authentication_method")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &s,
+            "porchlight_disconnects_total",
+            &[("reason", "client_disconnect")]
+        ),
+        1.0
+    );
+    assert_eq!(sample(&s, "porchlight_tenant_subscriptions", &t), 1.0);
+    assert_eq!(
+        sample(&s, "porchlight_tenant_sessions", &with(("kind", "clean"))),
+        2.0
+    );
+    // Every delivery to the connected subscriber was timed.
+    assert_eq!(
+        sample(&s, "porchlight_publish_to_write_seconds_count", &[]),
+        6.0
+    );
+    assert_eq!(
+        sample(
+            &s,
+            "porchlight_publish_to_write_seconds_bucket",
+            &[("le", "+Inf")]
+        ),
+        6.0
+    );
+    let build = s
+        .iter()
+        .find(|x| x.name == "porchlight_build_info")
+        .expect("build info");
+    assert_eq!(build.labels["version"], env!("CARGO_PKG_VERSION"));
+    assert!(!build.labels["commit"].is_empty());
+    assert!(sample(&s, "process_resident_memory_bytes", &[]) > 1e6);
+    assert!(sample(&s, "process_max_fds", &[]) >= sample(&s, "process_open_fds", &[]));
+    // Client ids never become labels.
+    assert!(
+        !scraped.body.contains("m-sub"),
+        "a client id leaked into a label"
+    );
+
+    info!("--- the same, as OpenMetrics");
+    let addr = b.admin_addr.expect("admin");
+    let om = http(
+        "GET",
+        format!("http://{addr}/metrics"),
+        vec![(
+            "accept",
+            "application/openmetrics-text; version=1.0.0".into(),
+        )],
+    )
+    .await;
+    assert!(
+        om.content_type.starts_with("application/openmetrics-text"),
+        "{}",
+        om.content_type
+    );
+    assert!(om.body.ends_with("# EOF\n"));
+    let s = parse_metrics(&om.body, true);
+    assert_eq!(qos1_received(&s), 5.0);
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn the_store_reports_its_fsyncs() {
+    let b = TestBroker::with(with_admin).await;
+    // A persistent session's subscription is a durable write.
+    let mut c = RawClient::connect_with(b.addr, durable_client(Protocol::V5, "fs"))
+        .await
+        .0;
+    c.subscribe("fs/#", q(1)).await;
+    let m = b.broker.metrics.clone();
+    wait_until("an fsync observed", || m.fsync_seconds.snapshot().count > 0).await;
+    let s = parse_metrics(&admin_get(&b, "/metrics").await.body, false);
+    assert!(sample(&s, "porchlight_storage_fsync_duration_seconds_count", &[]) >= 1.0);
+    assert!(sample(&s, "porchlight_storage_group_commit_writes_count", &[]) >= 1.0);
+    assert!(sample(&s, "porchlight_storage_group_commit_writes_sum", &[]) >= 1.0);
+    assert!(sample(&s, "porchlight_storage_size_bytes", &[]) > 0.0);
+    assert_eq!(
+        sample(&s, "porchlight_storage_healthy", &[("state", "ok")]),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &s,
+            "porchlight_tenant_sessions",
+            &[("tenant", "default"), ("kind", "persistent")]
+        ),
+        1.0
+    );
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn readiness_fails_from_the_stop_while_the_node_still_serves_the_drain_delay() {
+    let b = TestBroker::with(with_admin).await;
+    assert_eq!(admin_get(&b, "/readyz").await.status, 200);
+    let stop = tokio::spawn(porchlight_broker::ops::server::stop_after_drain_delay(
+        b.ready.clone(),
+        Duration::from_secs(3),
+        b.shutdown.clone(),
+    ));
+    let ready = admin_get(&b, "/readyz").await;
+    assert_eq!(ready.status, 503, "{}", ready.body);
+    assert!(
+        ready.body.contains("[-] not shutting down"),
+        "{}",
+        ready.body
+    );
+    assert!(ready.body.ends_with("not ready\n"));
+    // Still serving MQTT within the delay: a client that resolved the
+    // address before the endpoints changed gets in.
+    let (_c, ack) =
+        RawClient::connect_with(b.addr, connect_packet(Protocol::V311, "late", true, 30)).await;
+    assert_eq!(ack.reason, reason::SUCCESS);
+    assert!(!b.shutdown.is_cancelled());
+    tokio::time::timeout(Duration::from_secs(10), stop)
+        .await
+        .expect("the delay ends")
+        .expect("stop task");
+    assert!(b.shutdown.is_cancelled());
+    b.stop().await;
+}
