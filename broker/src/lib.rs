@@ -3,6 +3,7 @@
 //!
 //! Layers, top to bottom; a module imports only from layers below it (and
 //! its own):
+//! - `ctl/`: `porchlight ctl`, a client of the admin API (over HTTP only).
 //! - `ops/`: the node's lifetime (`ops/server.rs`: listeners, accept, shutdown;
 //!   `ops/sys.rs`: `$SYS`; `ops/admin/`: the admin HTTP listener).
 //! - `connection/`: one client's protocol actor: CONNECT (`connection/connect.rs`),
@@ -36,6 +37,7 @@ pub mod clock;
 pub mod codec;
 pub mod config;
 pub mod connection;
+pub mod ctl;
 pub mod error;
 pub mod ids;
 pub mod message;

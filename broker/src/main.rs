@@ -33,8 +33,10 @@ fn main() -> ExitCode {
             };
         }
     };
-    if let Some(Subcommand::HashPassword) = cli.command {
-        return hash_password();
+    match &cli.command {
+        Some(Subcommand::HashPassword) => return hash_password(),
+        Some(Subcommand::Ctl(args)) => return ctl(args),
+        None => {}
     }
     let config = match cli.validate() {
         Ok(c) => c,
@@ -106,6 +108,17 @@ async fn run(config: porchlight_broker::Config) -> anyhow::Result<()> {
     });
     server.run().await;
     Ok(())
+}
+
+/// `porchlight ctl`: one verb against a node's admin API.
+fn ctl(args: &porchlight_broker::config::CtlArgs) -> ExitCode {
+    match porchlight_broker::ctl::run(args, &mut std::io::stdout()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("porchlight ctl: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// `porchlight hash-password`: one line from standard input to a PHC

@@ -27,6 +27,9 @@ pub enum Subcommand {
     /// Read a password from standard input (one line) and print its PHC
     /// string (argon2id), for the users of --auth-file.
     HashPassword,
+    /// Talk to a running node's admin API: status, clients, sessions,
+    /// subscriptions, retained messages, tenants, metrics.
+    Ctl(super::ctl::CtlArgs),
 }
 
 /// Porchlight: an MQTT 3.1.1 and 5.0 broker for IoT ingress.
@@ -460,6 +463,16 @@ pub struct Cli {
         default_value = "127.0.0.1:9883"
     )]
     pub admin_listen: SocketAddr,
+
+    /// File holding the admin API's bearer token (one line; re-read when
+    /// it changes). Without it the API's write endpoints are off, and the
+    /// API answers only on a loopback --admin-listen.
+    #[arg(
+        long = "admin-token-file",
+        value_name = "FILE",
+        env = "PORCHLIGHT_ADMIN_TOKEN_FILE"
+    )]
+    pub admin_token_file: Option<PathBuf>,
 
     /// Open no admin listener (no probes, metrics or admin API).
     #[arg(

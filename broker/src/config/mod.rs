@@ -14,11 +14,13 @@ use std::time::Duration;
 use crate::error::BrokerError;
 
 mod cli;
+pub mod ctl;
 mod limits;
 mod net;
 
 pub use crate::session::QueueOverflow;
 pub use cli::{Cli, FsyncFlag, LogFormat, Subcommand};
+pub use ctl::CtlArgs;
 
 /// The validated configuration, shared as `Arc<Config>`.
 #[derive(Debug, Clone)]
@@ -66,6 +68,8 @@ pub struct Config {
     pub auth: crate::auth::AuthOptions,
     /// `--admin-listen`; `None` with `--no-admin-listen`.
     pub admin_listen: Option<SocketAddr>,
+    /// `--admin-token-file`, checked readable and not empty.
+    pub admin_token_file: Option<PathBuf>,
 }
 
 fn invalid(flag: &'static str, reason: impl Into<String>) -> BrokerError {
@@ -76,6 +80,20 @@ fn invalid(flag: &'static str, reason: impl Into<String>) -> BrokerError {
 }
 
 impl Cli {
+    /// `--admin-token-file`: must hold a token now (it may change later).
+    fn admin_token(&self) -> Result<Option<PathBuf>, BrokerError> {
+        let Some(path) = &self.admin_token_file else {
+            return Ok(None);
+        };
+        let flag = "--admin-token-file";
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| invalid(flag, format!("cannot read {}: {e}", path.display())))?;
+        if text.trim().is_empty() {
+            return Err(invalid(flag, format!("{} is empty", path.display())));
+        }
+        Ok(Some(path.clone()))
+    }
+
     /// Checks every flag, one group at a time (`net.rs`, `limits.rs`), and
     /// builds the configuration.
     pub fn validate(&self) -> Result<Config, BrokerError> {
@@ -129,6 +147,7 @@ impl Cli {
             shutdown_grace: Duration::from_secs(self.shutdown_grace),
             drain_delay: Duration::from_secs(self.drain_delay),
             admin_listen: (!self.no_admin_listen).then_some(self.admin_listen),
+            admin_token_file: self.admin_token()?,
             auth: crate::auth::AuthOptions {
                 file: self.auth_file.clone(),
                 tenants: self.tenants.clone(),

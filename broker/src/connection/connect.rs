@@ -22,7 +22,7 @@ use crate::ids::{ClientId, ConnectionId, SessionKey};
 use crate::metrics::{BadPacket, Metrics};
 use crate::net::transport::Transport;
 use crate::route::registry::Refused;
-use crate::session::Owner;
+use crate::session::{ConnInfo, Owner};
 use crate::state::command::DelayedWill;
 use crate::tenant::quota::{QuotaKind, Rate, Seat, StateLimits};
 use crate::topic;
@@ -188,7 +188,6 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         .properties
         .maximum_packet_size
         .map_or(usize::MAX, |m| m as usize);
-    let (peer, listener) = (origin.peer, origin.listener);
     let admitted = match admit(broker, &c, id, over_limit, origin).await {
         Ok(a) => a,
         Err(r) => {
@@ -196,7 +195,7 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
             return None;
         }
     };
-    Some(connected(io, broker, id, c, admitted, peer, listener))
+    Some(connected(io, broker, id, c, admitted))
 }
 
 /// The first packet, which must be a CONNECT. Otherwise the refusal to
@@ -279,6 +278,7 @@ struct Admitted {
     expiry: u32,
     kick: CancellationToken,
     done: CancellationToken,
+    info: Arc<ConnInfo>,
 }
 
 /// Every check a CONNECT passes, in order, and the session it attaches.
@@ -307,7 +307,7 @@ async fn admit(
         return Err(Refusal::counted(reason::BAD_AUTHENTICATION_METHOD, why));
     }
     let (client_id, assigned) = client_id(c, cfg.max_client_id_length)?;
-    let listener = origin.listener;
+    let (listener, peer) = (origin.listener, origin.peer);
     let (tenant, principal, address) = identify(broker, c, &client_id, origin).await?;
     let seat = take_seat(broker, &tenant, listener)?;
     let mut authz = crate::auth::Authz::new(
@@ -334,10 +334,20 @@ async fn admit(
     };
     let kick = broker.shutdown.child_token();
     let done = CancellationToken::new();
+    let info = Arc::new(ConnInfo {
+        peer,
+        listener,
+        protocol_level: c.protocol.level(),
+        keep_alive,
+        username: authz.principal.username.clone(),
+        connected_at_ms: crate::clock::now_ms(),
+        kicked: std::sync::atomic::AtomicBool::new(false),
+    });
     let owner = Owner {
         conn: id,
         kick: kick.clone(),
         done: done.clone(),
+        info: info.clone(),
     };
     // A session last held by another authenticated user is not handed
     // over: its subscriptions and messages were granted to that user. The
@@ -395,6 +405,7 @@ async fn admit(
         expiry,
         kick,
         done,
+        info,
     })
 }
 
@@ -588,8 +599,6 @@ fn connected<S: AsyncRead + AsyncWrite + Unpin>(
     id: ConnectionId,
     c: Connect,
     a: Admitted,
-    peer: std::net::SocketAddr,
-    listener: crate::net::ListenerKind,
 ) -> Box<Conn<S>> {
     let (cfg, metrics) = (&broker.config, &broker.metrics);
     let p = c.protocol;
@@ -647,8 +656,7 @@ fn connected<S: AsyncRead + AsyncWrite + Unpin>(
         max_packet: a.max_packet,
         throttle: None,
         conn_rate: Rate::default(),
-        peer,
-        listener,
+        info: a.info,
         connected_at: Instant::now(),
     });
     // A resumed session keeps no subscription in a tenant this principal

@@ -194,10 +194,9 @@ pub struct Conn<S> {
     pub throttle: Option<tokio::time::Instant>,
     /// `max_messages_per_connection_per_second`.
     pub conn_rate: crate::tenant::quota::Rate,
-    /// Where the client connects from (after PROXY), and on which
-    /// listener: for logs and the admin API.
-    pub peer: SocketAddr,
-    pub listener: crate::net::ListenerKind,
+    /// Where the client connects from (after PROXY), on which listener,
+    /// and whether an operator kicked it: for logs and the admin API.
+    pub info: Arc<crate::session::ConnInfo>,
     /// When CONNACK was sent: deliveries of messages received since then
     /// are timed (`publish_to_write_seconds`), a backlog's are not.
     pub connected_at: Instant,
@@ -335,6 +334,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                             detail: "server shutting down".into(),
                             will: false,
                             why: Ended::ServerShutdown,
+                        }
+                    } else if self.info.kicked.load(std::sync::atomic::Ordering::Relaxed) {
+                        Close {
+                            reason: Some(reason::ADMINISTRATIVE_ACTION),
+                            bad: None,
+                            detail: "disconnected by an operator".into(),
+                            will: true,
+                            why: Ended::Kicked,
                         }
                     } else {
                         Close {

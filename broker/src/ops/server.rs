@@ -148,8 +148,24 @@ impl Server {
                 .spawn(crate::ops::sys::run(broker.clone(), interval));
         }
         let admin_stop = CancellationToken::new();
+        let listed: Vec<crate::ops::admin::api::ListenerInfo> = self
+            .listeners
+            .iter()
+            .filter_map(|l| {
+                Some(crate::ops::admin::api::ListenerInfo {
+                    kind: crate::metrics::LISTENERS[l.kind as usize],
+                    addr: l.tcp.local_addr().ok()?.to_string(),
+                })
+            })
+            .collect();
         let admin = self.admin.map(|admin| {
-            tokio::spawn(admin.serve(broker.clone(), self.ready.clone(), admin_stop.clone()))
+            let serve = admin.serve(
+                broker.clone(),
+                self.ready.clone(),
+                listed,
+                admin_stop.clone(),
+            );
+            tokio::spawn(serve)
         });
         if let Some(tls) = &self.tls {
             broker.metrics.tls_certificate_expiry.store(

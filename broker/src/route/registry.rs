@@ -52,6 +52,15 @@ use crate::topic::TopicName;
 /// last packets are flushed after), so this is a safety net.
 const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
 
+/// What a kick did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Kicked {
+    /// The session had a connection, now closed.
+    pub connected: bool,
+    /// The session no longer exists (discarded, or clean).
+    pub ended: bool,
+}
+
 /// What a CONNECT got.
 #[derive(Debug, Clone)]
 pub struct Attached {
@@ -398,6 +407,34 @@ impl Registry {
                 drop(self.submit(expire).await);
             }
         }
+    }
+
+    /// An operator's kick (admin API): the session's connection, if any,
+    /// closes with DISCONNECT 0x98 (its will is due), and this waits for
+    /// it to finish closing; with `discard` the session then ends too, as
+    /// an expired one does. `None`: no such session.
+    pub async fn kick(&self, key: &SessionKey, discard: bool) -> Option<Kicked> {
+        let session = self.state.session(key)?;
+        let owner = session.lock().owner.clone();
+        let connected = owner.is_some();
+        if let Some(o) = owner {
+            o.info
+                .kicked
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            o.kick.cancel();
+            let _ = tokio::time::timeout(TAKEOVER_WAIT, o.done.cancelled()).await;
+        }
+        if discard {
+            let claim = self.state.read(|c| c.session(key).map(|r| r.claim));
+            if let Some(claim) = claim {
+                self.redispatch_shared(&session, true);
+                let key = key.clone();
+                drop(self.submit(Command::Discard { key, claim }).await);
+            }
+        }
+        let ended = self.state.read(|c| c.session(key).is_none());
+        tracing::info!(session = %key, connected, discard, ended, "Kicked by an operator");
+        Some(Kicked { connected, ended })
     }
 
     /// Ends the session if it is still disconnected since `claim` and its

@@ -21,7 +21,7 @@ use crate::metrics::{DropReason, Metrics};
 use crate::persist::Write;
 use crate::session::sweeper::Due;
 use crate::session::{effective_qos, EnqueueOutcome, QueueLimits, Session};
-use crate::state::command::{Applied, Command, RetainLimits, Retained};
+use crate::state::command::{Applied, Command, RetainChange, RetainLimits, Retained};
 use crate::state::trie::{Matches, Subscriber};
 use crate::state::{Control, State};
 use crate::tenant::quota::{QuotaKind, StateLimits};
@@ -122,6 +122,38 @@ impl Router {
             self.deliver_all(&msg, m, full, &mut out);
         }
         out
+    }
+
+    /// Removes the retained message of `topic` (an operator's delete: an
+    /// empty retained message through the control state, delivered to
+    /// nobody). Whether there was one; done once its removal is durable.
+    pub async fn delete_retained(
+        &self,
+        tenant: crate::ids::TenantId,
+        topic: crate::topic::TopicName,
+    ) -> Result<bool, crate::state::ControlError> {
+        let empty = Message::new(
+            tenant,
+            topic,
+            bytes::Bytes::new(),
+            QoS::AtMostOnce,
+            true,
+            &crate::codec::Properties::default(),
+            None,
+        );
+        let done = self
+            .control
+            .submit(Command::Retain {
+                message: Retained::new(Arc::new(empty)),
+                limits: RetainLimits::default(),
+            })
+            .await?;
+        if let Write::Pending(t) = done.write {
+            if let Some(p) = self.state.persist() {
+                let _ = p.store().durable(t).await;
+            }
+        }
+        Ok(done.applied == Applied::Retained(RetainChange::Removed))
     }
 
     /// Queues `msg` for every match; at the node's queued-memory bound

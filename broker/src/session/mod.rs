@@ -87,6 +87,23 @@ pub struct Owner {
     pub kick: CancellationToken,
     /// Cancelled by that connection when it has finished closing.
     pub done: CancellationToken,
+    /// What the admin API shows of the connection.
+    pub info: Arc<ConnInfo>,
+}
+
+/// A connection as the admin API shows it, and the flag that tells it an
+/// operator kicked it (rather than a takeover).
+#[derive(Debug)]
+pub struct ConnInfo {
+    pub peer: std::net::SocketAddr,
+    pub listener: crate::net::ListenerKind,
+    /// 3 (MQTT 3.1), 4 (3.1.1) or 5.
+    pub protocol_level: u8,
+    pub keep_alive: u16,
+    pub username: Option<String>,
+    /// When CONNECT was admitted, ms since the epoch.
+    pub connected_at_ms: u64,
+    pub kicked: AtomicBool,
 }
 
 #[derive(Debug)]

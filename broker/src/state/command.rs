@@ -68,6 +68,10 @@ pub enum Command {
         claim: Claim,
         at_ms: u64,
     },
+    /// An operator ended the session (admin API): if no CONNECT claimed it
+    /// since `claim`, and it is disconnected, it ends as an expired one
+    /// does (its will is due), whatever its expiry.
+    Discard { key: SessionKey, claim: Claim },
     /// A timer: the will of the session disconnected since `claim` ended
     /// is due if its delay has passed at `at_ms`.
     WillDue {
@@ -164,7 +168,7 @@ pub enum Applied {
     },
     /// `Disconnect`: the session is disconnected, or `ended` (expiry 0).
     Disconnected { ended: bool },
-    /// `Expire`: the session ended.
+    /// `Expire`, `Discard`: the session ended.
     Ended,
     /// `WillDue`: the will was released (an effect publishes it).
     WillReleased,

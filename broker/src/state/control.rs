@@ -200,6 +200,17 @@ impl ControlState {
                 self.end(&key, &mut out.effects);
                 out
             }
+            Command::Discard { key, claim } => {
+                let Some(rec) = self.sessions.get(&key) else {
+                    return Output::only(Applied::NoSession);
+                };
+                if rec.claim != claim || rec.connected {
+                    return Output::only(Applied::Stale);
+                }
+                let mut out = Output::only(Applied::Ended);
+                self.end(&key, &mut out.effects);
+                out
+            }
             Command::WillDue { key, claim, at_ms } => {
                 let Some(rec) = self.sessions.get_mut(&key) else {
                     return Output::only(Applied::NoSession);
@@ -648,6 +659,11 @@ impl ControlState {
     pub fn retained(&self, tenant: &TenantId, topic: &str) -> Option<&Retained> {
         self.retained
             .get(&(tenant.clone(), TopicName::trusted(topic.to_owned())))
+    }
+
+    /// Every retained message, in no order (the admin API sorts a page).
+    pub fn retained_all(&self) -> impl Iterator<Item = (&TenantId, &TopicName, &Retained)> {
+        self.retained.iter().map(|((t, topic), r)| (t, topic, r))
     }
 
     pub fn counts(&self, tenant: &TenantId) -> TenantCounts {

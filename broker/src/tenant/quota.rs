@@ -23,7 +23,7 @@ use crate::metrics::DropReason;
 
 /// A tenant's limits; `None` means unlimited (or: the broker's own
 /// limit).
-#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
     /// Connections at once on this node.

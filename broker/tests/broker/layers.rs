@@ -6,6 +6,7 @@ use std::path::Path;
 
 /// Top to bottom; each inner list is one layer.
 const LAYERS: &[&[&str]] = &[
+    &["ctl"],
     &["ops"],
     &["connection"],
     &["broker", "config"],

@@ -7,6 +7,8 @@ mod support;
 
 /// The admin listener: probes and `/metrics`.
 mod admin;
+/// The admin REST API and `porchlight ctl`.
+mod admin_api;
 /// Authentication (passwords, JWT, certificates, anonymous), ACLs, the
 /// auth file and its reload, failure backoff.
 mod auth;

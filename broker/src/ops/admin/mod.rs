@@ -7,11 +7,14 @@
 //! drain. Requests only read the node's shared state (`Broker`) and its
 //! counters (`metrics/`); each route's handler is in its own file:
 //! `probes.rs` (`/livez`, `/readyz`), `metrics.rs` (`/metrics`, with
-//! `process.rs` for the process's own figures).
+//! `process.rs` for the process's own figures), `api.rs` (`/api/v1/...`,
+//! with `token.rs` for who may call it).
 
+pub mod api;
 pub mod metrics;
 pub mod probes;
 mod process;
+pub mod token;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -32,6 +35,13 @@ pub struct AdminState {
     pub broker: Arc<Broker>,
     pub ready: Arc<Readiness>,
     pub registry: Arc<prometheus_client::registry::Registry>,
+    pub token: Arc<token::Token>,
+    /// Whether the admin listener is on a loopback address (the API's
+    /// rules without a token file).
+    pub loopback: bool,
+    pub admin_addr: Option<SocketAddr>,
+    /// The MQTT listeners, for `/api/v1/node` and the status page.
+    pub listeners: Vec<api::ListenerInfo>,
 }
 
 /// The bound admin listener, not yet serving.
@@ -54,14 +64,32 @@ impl Admin {
 
     /// Serves until `stop` is cancelled (after the node drained), letting
     /// requests in progress finish.
-    pub async fn serve(self, broker: Arc<Broker>, ready: Arc<Readiness>, stop: CancellationToken) {
-        if let Some(addr) = self.local_addr() {
-            info!(admin_addr = %addr, "Admin endpoint listening: /livez /readyz /metrics");
+    pub async fn serve(
+        self,
+        broker: Arc<Broker>,
+        ready: Arc<Readiness>,
+        listeners: Vec<api::ListenerInfo>,
+        stop: CancellationToken,
+    ) {
+        let admin_addr = self.local_addr();
+        let loopback = admin_addr.is_some_and(|a| a.ip().is_loopback());
+        let token = Arc::new(token::Token::new(broker.config.admin_token_file.clone()));
+        if let Some(addr) = admin_addr {
+            let api = match (&broker.config.admin_token_file, loopback) {
+                (Some(_), _) => "on, with a bearer token",
+                (None, true) => "read-only (no --admin-token-file)",
+                (None, false) => "off (no --admin-token-file on a non-loopback address)",
+            };
+            info!(admin_addr = %addr, api, "Admin endpoint listening: /livez /readyz /metrics /api/v1");
         }
         let state = AdminState {
             registry: Arc::new(metrics::registry(broker.clone())),
             broker,
             ready,
+            token,
+            loopback,
+            admin_addr,
+            listeners,
         };
         let app = router(state);
         let served = axum::serve(self.listener, app)
@@ -79,5 +107,6 @@ pub fn router(state: AdminState) -> axum::Router {
         .route("/livez", get(probes::livez))
         .route("/readyz", get(probes::readyz))
         .route("/metrics", get(metrics::scrape))
+        .merge(api::routes(state.clone()))
         .with_state(state)
 }

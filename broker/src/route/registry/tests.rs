@@ -56,6 +56,15 @@ fn owner(conn: u64) -> Owner {
         conn: ConnectionId(conn),
         kick: CancellationToken::new(),
         done: CancellationToken::new(),
+        info: std::sync::Arc::new(crate::session::ConnInfo {
+            peer: "127.0.0.1:1".parse().expect("addr"),
+            listener: crate::net::ListenerKind::Tcp,
+            protocol_level: 5,
+            keep_alive: 30,
+            username: None,
+            connected_at_ms: 0,
+            kicked: Default::default(),
+        }),
     }
 }
 

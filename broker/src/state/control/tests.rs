@@ -410,11 +410,24 @@ fn a_resume_cancels_the_pending_will_and_the_expiry() {
     });
     assert_eq!(kinds(&out), ["record"]);
     let out = m.apply(Command::Expire {
-        key: k,
+        key: k.clone(),
         claim: c,
         at_ms: u64::MAX,
     });
     assert_eq!(out.applied, Applied::Stale);
+    // An operator's discard ends it all the same, once disconnected and
+    // unclaimed since.
+    let out = m.apply(Command::Discard {
+        key: k.clone(),
+        claim: Claim(c.0 + 1),
+    });
+    assert_eq!(
+        out.applied,
+        Applied::Stale,
+        "a later claim is not discarded"
+    );
+    let out = m.apply(Command::Discard { key: k, claim: c });
+    assert_eq!(kinds(&out), ["ended"]);
 }
 
 #[test]
@@ -646,6 +659,7 @@ fn command() -> impl Strategy<Value = Command> {
             claim,
             at_ms
         }),
+        (key.clone(), claim.clone()).prop_map(|(key, claim)| Command::Discard { key, claim }),
         (key.clone(), claim, at.clone()).prop_map(|(key, claim, at_ms)| Command::WillDue {
             key,
             claim,
