@@ -265,3 +265,102 @@ async fn readiness_fails_from_the_stop_while_the_node_still_serves_the_drain_del
     assert!(b.shutdown.is_cancelled());
     b.stop().await;
 }
+
+/// The headless browser: Chromium from Debian's packages (`.ci/run`
+/// installs it). Missing, the test fails: it never passes unchecked.
+fn chromium() -> &'static str {
+    ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|b| {
+            std::process::Command::new(b)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .expect("a headless Chromium (apt-get install chromium)")
+}
+
+/// The page as the browser built it (`--dump-dom`: parsed, laid out,
+/// serialised back).
+fn browser_dom(url: &str) -> String {
+    let profile = tempfile::tempdir().expect("profile dir");
+    let out = std::process::Command::new(chromium())
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--dump-dom"])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(url)
+        .output()
+        .expect("chromium runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 DOM")
+}
+
+/// The text of the element with `id` in a serialised DOM.
+fn text_of<'a>(dom: &'a str, id: &str) -> &'a str {
+    let start = dom
+        .find(&format!("id=\"{id}\""))
+        .unwrap_or_else(|| panic!("#{id} in the page"));
+    let rest = &dom[start..];
+    let open = rest.find('>').expect("tag end") + 1;
+    let close = rest[open..].find('<').expect("text end");
+    &rest[open..open + close]
+}
+
+#[tokio::test]
+async fn the_status_page_shows_a_healthy_node_in_a_real_browser() {
+    let b = TestBroker::with(with_admin).await;
+    let mut clients = Vec::new();
+    for i in 0..3 {
+        clients.push(RawClient::connect(b.addr, Protocol::V5, &format!("c{i}")).await);
+    }
+    // Two samples make a line (one every 5 s).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !admin_get(&b, "/")
+        .await
+        .body
+        .contains("id=\"spark-clients\" class=\"spark\" width=\"240\" height=\"40\" viewBox")
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no sparkline after 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let url = format!("http://{}/", b.admin_addr.expect("admin"));
+    let dom = tokio::task::spawn_blocking(move || browser_dom(&url))
+        .await
+        .expect("browser");
+    // The browser parsed it as HTML (it adds the tbody the source leaves out).
+    assert!(dom.contains("<tbody>"), "{dom}");
+    assert_eq!(
+        text_of(&dom, "verdict"),
+        "Healthy: ready, every listener accepting, storage writable"
+    );
+    assert_eq!(text_of(&dom, "version"), env!("CARGO_PKG_VERSION"));
+    assert_eq!(text_of(&dom, "clients-connected"), "3");
+    assert_eq!(text_of(&dom, "ready"), "yes");
+    assert_eq!(text_of(&dom, "storage-state"), "ok");
+    assert!(
+        dom.contains(&format!("tcp {}", b.addr)),
+        "the listener is shown"
+    );
+    assert!(
+        dom.contains("<tr class=\"tenant\"><td>default</td><td>3</td>"),
+        "{dom}"
+    );
+    assert!(dom.contains("<polyline"), "a sparkline is drawn");
+
+    info!("--- shutting down: the verdict says so");
+    b.ready.set_draining();
+    let r = admin_get(&b, "/").await;
+    assert!(
+        r.body.contains("class=\"bad\">Attention: not ready"),
+        "{}",
+        r.body
+    );
+    drop(clients);
+    b.stop().await;
+}

@@ -185,20 +185,20 @@ impl TenantQuery {
 
 #[derive(Debug, Serialize)]
 pub struct NodeInfo {
-    version: &'static str,
-    commit: &'static str,
-    uptime_seconds: u64,
-    listeners: Vec<ListenerInfo>,
-    admin: Option<String>,
-    data_dir: String,
+    pub version: &'static str,
+    pub commit: &'static str,
+    pub uptime_seconds: u64,
+    pub listeners: Vec<ListenerInfo>,
+    pub admin: Option<String>,
+    pub data_dir: String,
     /// `anonymous` when no authentication is configured, else `required`.
-    auth: &'static str,
-    tenants: usize,
-    clients_connected: u64,
-    sessions: usize,
-    retained_messages: u64,
-    storage: StorageInfo,
-    ready: bool,
+    pub auth: &'static str,
+    pub tenants: usize,
+    pub clients_connected: u64,
+    pub sessions: usize,
+    pub retained_messages: u64,
+    pub storage: StorageInfo,
+    pub ready: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -209,9 +209,9 @@ pub struct ListenerInfo {
 
 #[derive(Debug, Serialize)]
 pub struct StorageInfo {
-    state: &'static str,
-    size_bytes: u64,
-    limit_bytes: Option<u64>,
+    pub state: &'static str,
+    pub size_bytes: u64,
+    pub limit_bytes: Option<u64>,
 }
 
 pub fn node_info(s: &AdminState) -> NodeInfo {

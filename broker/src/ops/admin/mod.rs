@@ -8,10 +8,13 @@
 //! counters (`metrics/`); each route's handler is in its own file:
 //! `probes.rs` (`/livez`, `/readyz`), `metrics.rs` (`/metrics`, with
 //! `process.rs` for the process's own figures), `api.rs` (`/api/v1/...`,
-//! with `token.rs` for who may call it).
+//! with `token.rs` for who may call it), `page.rs` (`/`, the status
+//! page, with `history.rs` sampling its rates).
 
 pub mod api;
+mod history;
 pub mod metrics;
+pub mod page;
 pub mod probes;
 mod process;
 pub mod token;
@@ -42,6 +45,8 @@ pub struct AdminState {
     pub admin_addr: Option<SocketAddr>,
     /// The MQTT listeners, for `/api/v1/node` and the status page.
     pub listeners: Vec<api::ListenerInfo>,
+    /// The last minutes of rates, for the status page.
+    pub history: Arc<history::History>,
 }
 
 /// The bound admin listener, not yet serving.
@@ -82,7 +87,10 @@ impl Admin {
             };
             info!(admin_addr = %addr, api, "Admin endpoint listening: /livez /readyz /metrics /api/v1");
         }
+        let history = Arc::new(history::History::default());
+        let sampler = tokio::spawn(history::run(history.clone(), broker.clone(), stop.clone()));
         let state = AdminState {
+            history,
             registry: Arc::new(metrics::registry(broker.clone())),
             broker,
             ready,
@@ -98,12 +106,14 @@ impl Admin {
         if let Err(e) = served {
             warn!(error = %e, "Admin endpoint stopped");
         }
+        sampler.abort();
     }
 }
 
 /// Every route.
 pub fn router(state: AdminState) -> axum::Router {
     axum::Router::new()
+        .route("/", get(page::page))
         .route("/livez", get(probes::livez))
         .route("/readyz", get(probes::readyz))
         .route("/metrics", get(metrics::scrape))

@@ -1,0 +1,108 @@
+//! The last minutes of the node's rates, for the status page's
+//! sparklines: a sample of a few counters every [`EVERY`], the newest
+//! [`KEPT`] kept (a bounded ring; the oldest is dropped).
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::Broker;
+
+pub const EVERY: Duration = Duration::from_secs(5);
+/// Ten minutes of samples.
+pub const KEPT: usize = 120;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Sample {
+    pub clients: u64,
+    pub received: u64,
+    pub sent: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct History {
+    samples: Mutex<VecDeque<Sample>>,
+}
+
+/// Per-second rates between consecutive samples, and the clients
+/// connected at each.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Series {
+    pub clients: Vec<f64>,
+    pub received_per_sec: Vec<f64>,
+    pub sent_per_sec: Vec<f64>,
+}
+
+impl History {
+    pub fn record(&self, s: Sample) {
+        let mut samples = self.samples.lock();
+        if samples.len() == KEPT {
+            samples.pop_front();
+        }
+        samples.push_back(s);
+    }
+
+    pub fn series(&self) -> Series {
+        let samples = self.samples.lock();
+        let secs = EVERY.as_secs_f64();
+        let rate = |f: fn(&Sample) -> u64| -> Vec<f64> {
+            samples
+                .iter()
+                .zip(samples.iter().skip(1))
+                .map(|(a, b)| f(b).saturating_sub(f(a)) as f64 / secs)
+                .collect()
+        };
+        Series {
+            clients: samples.iter().map(|s| s.clients as f64).collect(),
+            received_per_sec: rate(|s| s.received),
+            sent_per_sec: rate(|s| s.sent),
+        }
+    }
+}
+
+fn sample(broker: &Broker) -> Sample {
+    let m = &broker.metrics;
+    Sample {
+        clients: m.clients_connected.load(Ordering::Relaxed),
+        received: m.messages_received.load(Ordering::Relaxed),
+        sent: m.messages_sent.load(Ordering::Relaxed),
+    }
+}
+
+/// Samples until `stop`.
+pub async fn run(history: Arc<History>, broker: Arc<Broker>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(EVERY);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => history.record(sample(&broker)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_between_samples_and_a_bounded_ring() {
+        let h = History::default();
+        for i in 0..(KEPT as u64 + 10) {
+            h.record(Sample {
+                clients: i,
+                received: i * 50,
+                sent: i * 100,
+            });
+        }
+        let s = h.series();
+        assert_eq!(s.clients.len(), KEPT);
+        assert_eq!(s.clients[0], 10.0, "the oldest were dropped");
+        assert_eq!(s.received_per_sec.len(), KEPT - 1);
+        assert!(s.received_per_sec.iter().all(|r| *r == 10.0));
+        assert!(s.sent_per_sec.iter().all(|r| *r == 20.0));
+    }
+}
