@@ -38,6 +38,9 @@ pub struct Broker {
     pub router: Arc<Router>,
     pub registry: Registry,
     pub started_at: Instant,
+    /// The budget of client connect/disconnect log lines
+    /// (`--log-client-events-per-second`).
+    pub client_log: crate::ratelog::RateLog,
     /// Cancelled when the node shuts down; every task watches it.
     pub shutdown: CancellationToken,
     /// Every spawned task (connections, timers, `$SYS`), so shutdown can
@@ -91,6 +94,7 @@ impl Broker {
         registry.restore(restored);
         let directory = auth.directory();
         state.drop_gateway_state(&*control, |home, target| directory.grants_any(home, target));
+        let client_log = crate::ratelog::RateLog::new(config.log_client_events_per_second);
         Ok(Arc::new(Broker {
             config,
             auth,
@@ -102,6 +106,7 @@ impl Broker {
             router,
             registry,
             started_at: Instant::now(),
+            client_log,
             shutdown,
             tasks,
         }))

@@ -24,7 +24,8 @@
 //! - `net/`: sockets below MQTT: PROXY, TLS, WebSocket, batched I/O.
 //! - the nouns: `codec/` (MQTT packets), `ids.rs`, `message.rs`,
 //!   `topic.rs`, `clock.rs`, `metrics/`, `error.rs`, `reload.rs` (file
-//!   change polling), `records.rs` (the control state's records and their
+//!   change polling), `ratelog.rs` (a per-second budget for storm-prone
+//!   log lines), `records.rs` (the control state's records and their
 //!   one encoding).
 //!
 //! The public surface is what an embedder or a test needs: [`Server`],
@@ -45,6 +46,7 @@ pub mod metrics;
 pub mod net;
 pub mod ops;
 pub mod persist;
+pub mod ratelog;
 pub mod records;
 pub mod reload;
 pub mod route;

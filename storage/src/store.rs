@@ -25,6 +25,7 @@ use crate::commit::{Committer, Flushed, FsyncMode, Ticket};
 use crate::error::StorageError;
 use crate::journal::{apply_ops, clear_journal, encode_journal, replay_journal, write_journal};
 use crate::table::Table;
+use tracing::{info, warn};
 
 /// Format of the data directory; bump when records change incompatibly.
 pub const FORMAT_VERSION: u32 = 1;
@@ -62,6 +63,18 @@ impl Default for StoreOptions {
             max_disk_bytes: None,
             cache_bytes: DEFAULT_CACHE_BYTES,
         }
+    }
+}
+
+/// The store's state as its log lines report it (`Store::note`).
+const WRITABLE: u8 = 0;
+const FULL: u8 = 1;
+const FAILING: u8 = 2;
+
+fn refusal(e: &StorageError) -> u8 {
+    match e {
+        StorageError::Full { .. } => FULL,
+        _ => FAILING,
     }
 }
 
@@ -130,6 +143,8 @@ pub struct Store {
     observers: crate::commit::Observers,
     /// Writes refused (`Store::refused_writes`).
     refused: AtomicU64,
+    /// What the log last said: [`WRITABLE`], [`FULL`] or [`FAILING`].
+    refusing: std::sync::atomic::AtomicU8,
     /// Deferred writers hold the read side; the committer holds the write
     /// side while the pre-flush hook takes their writes and it reads the
     /// newest ticket.
@@ -211,6 +226,7 @@ impl Store {
             pre_flush,
             observers,
             refused: AtomicU64::new(0),
+            refusing: std::sync::atomic::AtomicU8::new(WRITABLE),
             barrier,
             commit,
             max_disk_bytes: opts.max_disk_bytes,
@@ -247,11 +263,12 @@ impl Store {
             };
             r.map_err(|e| {
                 self.failed.store(true, Ordering::Relaxed);
-                self.refused.fetch_add(1, Ordering::Relaxed);
-                StorageError::Write {
+                let e = StorageError::Write {
                     path: self.path.clone(),
                     detail: e.to_string(),
-                }
+                };
+                self.note(FAILING, Some(&e));
+                e
             })?;
         }
         self.failed.store(false, Ordering::Relaxed);
@@ -261,10 +278,28 @@ impl Store {
     /// Whether a write (with puts, or deletes only) would be accepted now.
     pub fn check_writable(&self, puts: bool) -> Result<(), StorageError> {
         let r = self.writable(puts);
-        if r.is_err() {
-            self.refused.fetch_add(1, Ordering::Relaxed);
+        match &r {
+            Ok(()) if puts => self.note(WRITABLE, None),
+            Ok(()) => {}
+            Err(e) => self.note(refusal(e), Some(e)),
         }
         r
+    }
+
+    /// Counts a refusal, and logs only when the store's state changes
+    /// (accepting, full, failing): a full disk under load is one warning
+    /// and a count, not a warning per message.
+    fn note(&self, state: u8, error: Option<&StorageError>) {
+        if let Some(e) = error {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            if self.refusing.swap(state, Ordering::Relaxed) != state {
+                warn!(path = %self.path.display(), error = %e,
+                    "The store refuses writes; further refusals are counted (porchlight_storage_refused_writes_total), not logged, until it accepts them again");
+            }
+        } else if self.refusing.swap(WRITABLE, Ordering::Relaxed) != WRITABLE {
+            info!(path = %self.path.display(), refused = self.refused.load(Ordering::Relaxed),
+                "The store accepts writes again");
+        }
     }
 
     fn writable(&self, puts: bool) -> Result<(), StorageError> {

@@ -39,13 +39,15 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Subcommand>,
 
-    /// Address to accept MQTT over TCP on; repeat for several.
+    /// Address to accept MQTT over TCP on; repeat for several. Default:
+    /// 0.0.0.0:1883 once authentication is configured or
+    /// --allow-anonymous is given; 127.0.0.1:1883 (loopback only)
+    /// otherwise. A listener beyond loopback without either is refused.
     #[arg(
         long = "listen",
         value_name = "ADDR",
         env = "PORCHLIGHT_LISTEN",
-        value_delimiter = ',',
-        default_value = "0.0.0.0:1883"
+        value_delimiter = ','
     )]
     pub listen: Vec<SocketAddr>,
 
@@ -183,6 +185,17 @@ pub struct Cli {
         default_value = "./data"
     )]
     pub data_dir: PathBuf,
+
+    /// Client connects and disconnects logged at info per second; past
+    /// it they are counted, and the count is logged with the next line.
+    /// 0 logs none.
+    #[arg(
+        long,
+        value_name = "LINES",
+        env = "PORCHLIGHT_LOG_CLIENT_EVENTS_PER_SECOND",
+        default_value_t = 50
+    )]
+    pub log_client_events_per_second: u64,
 
     /// Log output format.
     #[arg(
@@ -424,9 +437,10 @@ pub struct Cli {
     #[arg(long, value_name = "FILE", env = "PORCHLIGHT_TENANTS")]
     pub tenants: Option<PathBuf>,
 
-    /// Let clients without a username or certificate in even though
-    /// authentication is configured (--auth-file, --tenants or
-    /// --tls-client-auth).
+    /// Let clients without a username or certificate in: from the network
+    /// when no authentication is configured (the default --listen then
+    /// opens on every interface), and even though authentication is
+    /// configured (--auth-file, --tenants or --tls-client-auth).
     #[arg(long, env = "PORCHLIGHT_ALLOW_ANONYMOUS")]
     pub allow_anonymous: bool,
 

@@ -26,6 +26,9 @@ pub use ctl::CtlArgs;
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: Vec<SocketAddr>,
+    /// The default `--listen` was narrowed to loopback: no authentication
+    /// and no `--allow-anonymous` (said at start-up).
+    pub loopback_only: bool,
     pub tls_listen: Vec<SocketAddr>,
     pub ws_listen: Vec<SocketAddr>,
     pub wss_listen: Vec<SocketAddr>,
@@ -65,6 +68,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// `--drain-delay`.
     pub drain_delay: Duration,
+    /// `--log-client-events-per-second`.
+    pub log_client_events_per_second: u64,
     pub auth: crate::auth::AuthOptions,
     /// `--admin-listen`; `None` with `--no-admin-listen`.
     pub admin_listen: Option<SocketAddr>,
@@ -103,7 +108,8 @@ impl Cli {
         let ws_allowed_origins = self.websocket()?;
         let proxy_protocol = self.proxy_listeners()?;
         Ok(Config {
-            listen: self.tcp_listen().to_vec(),
+            listen: self.tcp_listen(),
+            loopback_only: !self.no_tcp_listen && self.listen.is_empty() && !self.network_open(),
             tls_listen: self.tls_listen.clone(),
             ws_listen: self.ws_listen.clone(),
             wss_listen: self.wss_listen.clone(),
@@ -146,6 +152,7 @@ impl Cli {
             sys_interval: (!self.no_sys_topics).then(|| Duration::from_secs(self.sys_interval)),
             shutdown_grace: Duration::from_secs(self.shutdown_grace),
             drain_delay: Duration::from_secs(self.drain_delay),
+            log_client_events_per_second: self.log_client_events_per_second,
             admin_listen: (!self.no_admin_listen).then_some(self.admin_listen),
             admin_token_file: self.admin_token()?,
             auth: crate::auth::AuthOptions {

@@ -7,28 +7,72 @@ use super::{invalid, Cli};
 use crate::error::BrokerError;
 
 impl Cli {
-    /// The plain TCP listeners: `--listen`, none with `--no-tcp-listen`
-    /// (its default address included).
-    pub(super) fn tcp_listen(&self) -> &[SocketAddr] {
+    /// The plain TCP listeners: `--listen`, or the default address
+    /// ([`Cli::default_listen`]); none with `--no-tcp-listen`.
+    pub(super) fn tcp_listen(&self) -> Vec<SocketAddr> {
         if self.no_tcp_listen {
-            &[]
+            Vec::new()
+        } else if self.listen.is_empty() {
+            vec![self.default_listen()]
         } else {
-            &self.listen
+            self.listen.clone()
         }
     }
 
-    /// At least one listener.
+    /// Whether clients from beyond loopback may be let in: authentication
+    /// is configured (users, tenants, or required client certificates), or
+    /// `--allow-anonymous` says anonymous access is meant.
+    pub(super) fn network_open(&self) -> bool {
+        self.allow_anonymous
+            || self.auth_file.is_some()
+            || self.tenants.is_some()
+            || self.tls_client_auth == Some(crate::net::tls::ClientAuth::Required)
+    }
+
+    /// The TCP listener when `--listen` is not given: every interface once
+    /// the network may come in, loopback only before (as Mosquitto 2
+    /// does), so a fresh install is not an open broker.
+    pub(super) fn default_listen(&self) -> SocketAddr {
+        let ip = if self.network_open() {
+            std::net::Ipv4Addr::UNSPECIFIED
+        } else {
+            std::net::Ipv4Addr::LOCALHOST
+        };
+        SocketAddr::from((ip, 1883))
+    }
+
+    /// At least one listener; none beyond loopback that would let
+    /// anonymous clients in without `--allow-anonymous`.
     pub(super) fn check_listeners(&self) -> Result<(), BrokerError> {
-        if self.no_tcp_listen {
-            if self.tls_listen.is_empty() && self.ws_listen.is_empty() && self.wss_listen.is_empty()
-            {
+        if self.no_tcp_listen
+            && self.tls_listen.is_empty()
+            && self.ws_listen.is_empty()
+            && self.wss_listen.is_empty()
+        {
+            return Err(invalid(
+                "--no-tcp-listen",
+                "leaves no listener: give --tls-listen, --ws-listen or --wss-listen",
+            ));
+        }
+        if self.network_open() {
+            return Ok(());
+        }
+        for (flag, addrs) in [
+            ("--listen", &self.listen),
+            ("--tls-listen", &self.tls_listen),
+            ("--ws-listen", &self.ws_listen),
+            ("--wss-listen", &self.wss_listen),
+        ] {
+            if let Some(addr) = addrs.iter().find(|a| !a.ip().is_loopback()) {
                 return Err(invalid(
-                    "--no-tcp-listen",
-                    "leaves no listener: give --tls-listen, --ws-listen or --wss-listen",
+                    flag,
+                    format!(
+                        "{addr} would let anonymous clients in from the network: configure \
+                         authentication (--auth-file, --tenants or --tls-client-auth required) \
+                         or pass --allow-anonymous"
+                    ),
                 ));
             }
-        } else if self.listen.is_empty() {
-            return Err(invalid("--listen", "at least one address is required"));
         }
         Ok(())
     }
@@ -148,14 +192,10 @@ impl Cli {
                     format!("{v:?} is neither tcp, tls, ws, wss nor a listener address"),
                 )
             })?;
-            let known = [
-                self.tcp_listen(),
-                &self.tls_listen,
-                &self.ws_listen,
-                &self.wss_listen,
-            ]
-            .iter()
-            .any(|l| l.contains(&addr));
+            let tcp = self.tcp_listen();
+            let known = [&tcp, &self.tls_listen, &self.ws_listen, &self.wss_listen]
+                .iter()
+                .any(|l| l.contains(&addr));
             if !known {
                 return Err(invalid(
                     "--proxy-protocol",

@@ -5,8 +5,52 @@ use super::*;
 #[test]
 fn defaults_validate() {
     let c = Cli::parse_from(["porchlight"]).validate().expect("valid");
-    assert_eq!(c.listen, vec!["0.0.0.0:1883".parse().expect("addr")]);
+    assert_eq!(c.listen, vec!["127.0.0.1:1883".parse().expect("addr")]);
+    assert!(c.loopback_only);
     assert!(c.max_packet_size > 1024 * 1024, "a 1 MiB payload must fit");
+}
+
+#[test]
+fn anonymous_access_beyond_loopback_is_an_explicit_choice() {
+    // Chosen: --allow-anonymous opens the default listener to the network.
+    let c = Cli::parse_from(["porchlight", "--allow-anonymous"])
+        .validate()
+        .expect("valid");
+    assert_eq!(c.listen, vec!["0.0.0.0:1883".parse().expect("addr")]);
+    assert!(!c.loopback_only);
+    // So does configured authentication.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let auth = dir.path().join("auth.toml");
+    std::fs::write(&auth, "").expect("write");
+    let c = Cli::parse_from(["porchlight", "--auth-file", auth.to_str().expect("utf-8")])
+        .validate()
+        .expect("valid");
+    assert_eq!(c.listen, vec!["0.0.0.0:1883".parse().expect("addr")]);
+    // Not chosen: a listener beyond loopback is refused, naming the flag
+    // and the way out; loopback ones are fine.
+    for (flag, addr) in [
+        ("--listen", "0.0.0.0:1883"),
+        ("--ws-listen", "10.0.0.5:8083"),
+        ("--listen", "[::]:1883"),
+    ] {
+        let err = Cli::parse_from(["porchlight", flag, addr])
+            .validate()
+            .expect_err("refused");
+        let text = err.to_string();
+        assert!(
+            text.contains(flag) && text.contains("--allow-anonymous"),
+            "{text}"
+        );
+    }
+    Cli::parse_from([
+        "porchlight",
+        "--listen",
+        "127.0.0.2:1883",
+        "--ws-listen",
+        "[::1]:8083",
+    ])
+    .validate()
+    .expect("loopback is fine");
 }
 
 #[test]
@@ -48,7 +92,7 @@ fn no_tcp_listen_drops_the_default_listener_and_its_proxy_address() {
         "--ws-listen",
         "127.0.0.1:9",
         "--proxy-protocol",
-        "0.0.0.0:1883",
+        "127.0.0.1:1883",
     ])
     .validate()
     .expect_err("no such listener");

@@ -671,14 +671,30 @@ fn connected<S: AsyncRead + AsyncWrite + Unpin>(
     }));
     metrics.inc(&metrics.connections_total);
     metrics.inc(&metrics.clients_connected);
-    debug!(
-        client = %conn.key.client,
-        ?p,
-        present,
-        keep_alive = a.keep_alive,
-        auth = conn.authz.principal.method,
-        user = conn.authz.principal.username.as_deref(),
-        "Client connected"
-    );
+    if let Some(suppressed) = broker.client_log.admit() {
+        let info = &conn.info;
+        tracing::info!(
+            client = %conn.key.client,
+            tenant = %conn.key.tenant,
+            peer = %info.peer,
+            listener = crate::metrics::LISTENERS[info.listener as usize],
+            protocol = protocol_name(p),
+            present,
+            keep_alive = a.keep_alive,
+            auth = conn.authz.principal.method,
+            user = conn.authz.principal.username.as_deref(),
+            suppressed,
+            "Client connected"
+        );
+    }
     conn
+}
+
+/// The MQTT version as people write it.
+pub fn protocol_name(p: Protocol) -> &'static str {
+    match p {
+        Protocol::V31 => "3.1",
+        Protocol::V311 => "3.1.1",
+        Protocol::V5 => "5",
+    }
 }

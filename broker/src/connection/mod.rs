@@ -540,7 +540,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             self.broker.metrics.bad_packet(bad);
         }
         self.broker.metrics.disconnected(close.why);
-        debug!(reason = ?close.reason, detail = %close.detail, "Connection closed");
+        if let Some(suppressed) = self.broker.client_log.admit() {
+            tracing::info!(
+                client = %self.key.client,
+                tenant = %self.key.tenant,
+                peer = %self.info.peer,
+                protocol = crate::connection::connect::protocol_name(self.protocol),
+                reason = close.why.label(),
+                detail = %close.detail,
+                code = close.reason,
+                suppressed,
+                "Client disconnected"
+            );
+        }
         let told = self.protocol.is_v5() && close.reason.is_some();
         if self.protocol.is_v5() {
             if let Some(code) = close.reason {

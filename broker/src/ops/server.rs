@@ -129,6 +129,10 @@ impl Server {
     /// Serves until the shutdown token is cancelled, then drains.
     pub async fn run(self) {
         let broker = self.broker;
+        started_line(&broker, &self.listeners, self.admin.as_ref());
+        if broker.config.loopback_only {
+            warn!("No authentication configured: MQTT on loopback only (127.0.0.1:1883). Configure --auth-file, --tenants or --tls-client-auth required, or pass --allow-anonymous, to accept clients from the network");
+        }
         for l in &self.listeners {
             if let Ok(addr) = l.tcp.local_addr() {
                 info!(%addr, proxy_protocol = l.proxy, "Listening for MQTT over {}", l.kind.label());
@@ -208,6 +212,36 @@ impl Server {
             let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
         }
     }
+}
+
+/// The one line that says what this node is: version, listeners, admin
+/// endpoint, storage path, auth mode, tenants.
+fn started_line(broker: &Broker, listeners: &[Listener], admin: Option<&crate::ops::admin::Admin>) {
+    let listening: Vec<String> = listeners
+        .iter()
+        .filter_map(|l| {
+            let kind = crate::metrics::LISTENERS[l.kind as usize];
+            Some(format!("{kind} {}", l.tcp.local_addr().ok()?))
+        })
+        .collect();
+    let c = &broker.config;
+    let auth = match (&c.auth.tenants, &c.auth.file) {
+        (Some(t), _) => format!("tenants file {}", t.display()),
+        (None, Some(f)) => format!("auth file {}", f.display()),
+        (None, None) if c.auth.client_certificates => "client certificates".to_owned(),
+        (None, None) => "anonymous".to_owned(),
+    };
+    info!(
+        version = env!("CARGO_PKG_VERSION"),
+        commit = env!("PORCHLIGHT_GIT_COMMIT"),
+        listeners = %listening.join(", "),
+        admin = %admin.and_then(|a| a.local_addr()).map_or("off".to_owned(), |a| a.to_string()),
+        data_dir = %c.data_dir.display(),
+        auth = %auth,
+        allow_anonymous = c.auth.allow_anonymous,
+        tenants = broker.auth.directory().ids().count(),
+        "Porchlight started"
+    );
 }
 
 /// A stop in two steps: `/readyz` answers 503 at once, so load balancers

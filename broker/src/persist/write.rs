@@ -17,12 +17,11 @@ impl Write {
     pub fn from_result(
         r: Result<porchlight_storage::Ticket, porchlight_storage::StorageError>,
     ) -> Write {
+        // The store logs a refusal once per change of its state
+        // (`Store::check_writable`) and counts every one.
         match r {
             Ok(t) => Write::Pending(t),
-            Err(e) => {
-                tracing::warn!(error = %e, "Durable write refused");
-                Write::Failed(e)
-            }
+            Err(e) => Write::Failed(e),
         }
     }
 

@@ -18,6 +18,7 @@ const LAYERS: &[&[&str]] = &[
     &["net"],
     &[
         "codec", "ids", "message", "topic", "clock", "metrics", "error", "reload", "records",
+        "ratelog",
     ],
 ];
 

@@ -23,6 +23,8 @@ mod flow;
 /// Shared gateways: `$tenant/<id>/` with grants, across a restart and a
 /// reload.
 mod gateways;
+/// The container image under Docker.
+mod image;
 /// The crate's layers: imports flow downward.
 mod layers;
 /// WebSocket and WSS listeners, PROXY protocol v1/v2 headers.

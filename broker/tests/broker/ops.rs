@@ -585,3 +585,94 @@ async fn out_of_file_descriptors_the_accept_loop_backs_off_and_logs_rarely() {
     c.send(&Packet::PingReq).await;
     assert!(matches!(c.recv().await, Some(Packet::PingResp)));
 }
+
+/// Issue 18: one start-up line says what the node is; client connects and
+/// disconnects are logged at info with who, where and why, within a
+/// per-second budget whose overflow is counted on the next line.
+#[tokio::test]
+async fn client_events_are_logged_within_a_budget_and_the_rest_counted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut child, addr, log) = spawn_binary_logged(
+        &dir.path().join("data"),
+        &["--log-client-events-per-second", "2", "--no-sys-topics"],
+    );
+    let entries = |message: &str| -> Vec<serde_json::Value> {
+        log.lock()
+            .expect("log")
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["fields"]["message"] == message)
+            .collect()
+    };
+    let started = entries("Porchlight started");
+    assert_eq!(started.len(), 1);
+    let f = &started[0]["fields"];
+    assert_eq!(f["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(f["listeners"], format!("tcp {addr}"));
+    assert_eq!(f["auth"], "anonymous");
+    assert!(f["data_dir"].as_str().is_some_and(|d| d.ends_with("data")));
+
+    // A disconnect says why (the budget's first second: two lines).
+    let mut bye = RawClient::connect(addr, Protocol::V5, "bye").await;
+    bye.send(&Packet::Disconnect(porchlight_broker::codec::Disconnect {
+        reason: 0,
+        properties: Default::default(),
+    }))
+    .await;
+    wait_until("the disconnect logged", || {
+        entries("Client disconnected")
+            .iter()
+            .any(|v| v["fields"]["client"] == "bye")
+    })
+    .await;
+    let gone = entries("Client disconnected");
+    let f = &gone
+        .iter()
+        .find(|v| v["fields"]["client"] == "bye")
+        .expect("line")["fields"];
+    assert_eq!(f["reason"], "client_disconnect");
+    // A burst of ten: two a second are logged.
+    let mut burst = Vec::new();
+    for i in 0..10 {
+        burst.push(RawClient::connect(addr, Protocol::V5, &format!("burst-{i}")).await);
+    }
+    // Then one at a time until a logged line carries the count of those
+    // left out (the budget's next second).
+    let mut made = 10;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let accounted = loop {
+        let lines = entries("Client connected");
+        let suppressed: u64 = lines
+            .iter()
+            .map(|v| v["fields"]["suppressed"].as_u64().expect("suppressed"))
+            .sum();
+        if suppressed > 0 {
+            break lines.len() as u64 + suppressed;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no suppressed count"
+        );
+        burst.push(RawClient::connect(addr, Protocol::V311, &format!("late-{made}")).await);
+        made += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // Every connect is either logged or counted (the newest may still be
+    // counted, waiting for the next line to carry it); "bye" was one, and
+    // its disconnect line took one of the budget.
+    let made = made + 1;
+    assert!(
+        accounted <= made && accounted + 1 >= made,
+        "{accounted} of {made}"
+    );
+    let line = &entries("Client connected")[0]["fields"];
+    assert_eq!(line["client"], "bye");
+    assert_eq!(line["tenant"], "default");
+    assert_eq!(line["protocol"], "5");
+    assert_eq!(line["listener"], "tcp");
+    assert!(line["peer"]
+        .as_str()
+        .is_some_and(|p| p.starts_with("127.0.0.1:")));
+
+    kill9(&mut child);
+}

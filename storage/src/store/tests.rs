@@ -366,3 +366,54 @@ async fn every_pre_flush_participant_runs_and_one_failure_fails_the_flush() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Captures the log lines written while `f` runs on this thread.
+fn logged(f: impl FnOnce()) -> String {
+    #[derive(Clone, Default)]
+    struct Buf(Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("lock").extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buf = Buf::default();
+    let out = buf.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || out.clone())
+        .with_ansi(false)
+        .finish();
+    tracing::subscriber::with_default(subscriber, f);
+    let bytes = buf.0.lock().expect("lock").clone();
+    String::from_utf8(bytes).expect("utf-8")
+}
+
+/// Issue 18: a full disk under load is one warning and a count, not a
+/// warning per refused write; the recovery is one line too.
+#[test]
+fn refusals_are_logged_once_per_change_of_state_and_all_counted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = open(dir.path());
+    let log = logged(|| {
+        s.set_fail_writes(true);
+        for _ in 0..50 {
+            assert!(s.check_writable(true).is_err());
+        }
+        s.set_fail_writes(false);
+        for _ in 0..5 {
+            assert!(s.check_writable(true).is_ok());
+        }
+        s.set_fail_writes(true);
+        assert!(s.check_writable(true).is_err());
+    });
+    assert_eq!(log.matches("The store refuses writes").count(), 2, "{log}");
+    assert_eq!(
+        log.matches("The store accepts writes again").count(),
+        1,
+        "{log}"
+    );
+    assert_eq!(s.refused_writes(), 51);
+}
