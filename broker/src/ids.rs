@@ -62,10 +62,24 @@ string_id!(
     ClientId
 );
 
+/// See [`TenantId::node`].
+pub const NODE_TENANT: &str = "$node";
+
 impl TenantId {
     /// The tenant every connection belongs to until tenants are configured.
     pub fn default_tenant() -> Self {
         TenantId::new("default")
+    }
+
+    /// Where the node-wide `$SYS` is published under `--tenants`: no
+    /// configured tenant can take the id (`$` is not allowed in one), and
+    /// only operators address it (`$tenant/$node/$SYS/#`).
+    pub fn node() -> Self {
+        TenantId::new(NODE_TENANT)
+    }
+
+    pub fn is_node(&self) -> bool {
+        self.as_str() == NODE_TENANT
     }
 }
 

@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use super::acl::{Access, ClientAcl, Permission, Rule, Subject};
+use super::acl::{Access, Action, ClientAcl, Permission, Rule, Subject};
 use super::file::Realm;
 use super::{Auth, Principal};
 use crate::ids::TenantId;
@@ -170,6 +170,16 @@ impl Authz {
         let tenant = self.grants.iter().find(|t| t.as_str() == id).cloned()?;
         let i = match self.targets.iter().position(|t| t.tenant == tenant) {
             Some(i) => i,
+            None if tenant.is_node() => {
+                let acl = self.node_acl();
+                self.targets.push(Target {
+                    usage: tenants.usage(&tenant),
+                    limits: Arc::default(),
+                    tenant,
+                    acl: Some(Box::new(acl)),
+                });
+                self.targets.len() - 1
+            }
             None => {
                 let directory = auth.directory();
                 let def = directory.tenant(&tenant)?;
@@ -184,6 +194,29 @@ impl Authz {
             }
         };
         self.targets.get_mut(i)
+    }
+
+    /// An operator in the node's tenant: reading its `$SYS`, nothing else.
+    fn node_acl(&self) -> ClientAcl {
+        let read_sys = Rule {
+            permission: Permission::Allow,
+            action: Action::Subscribe,
+            topics: vec!["$SYS/#".to_owned()],
+            user: None,
+            client: None,
+            address: None,
+        };
+        ClientAcl::build(
+            &[],
+            &[read_sys],
+            Permission::Deny,
+            &Subject {
+                username: self.principal.username.as_deref(),
+                client: &self.client,
+                tenant: crate::ids::NODE_TENANT,
+                address: self.address,
+            },
+        )
     }
 
     /// Whether the principal may still address `id` (a reload may take a

@@ -40,6 +40,10 @@ pub struct UserEntry {
     /// (`$tenant/<id>/`). `tenant/file.rs` takes them out before `build`.
     #[serde(default)]
     pub(crate) tenants: Vec<String>,
+    /// Tenants file only: an operator, who may read the node-wide `$SYS`
+    /// (`$tenant/$node/$SYS/#`).
+    #[serde(default)]
+    pub(crate) operator: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -59,33 +59,36 @@ pub fn publish_stats(broker: &Broker) {
             m.bad_packet_count(k).to_string(),
         ));
     }
-    publish(broker, &TenantId::default_tenant(), values);
+    // Node-wide figures are the operators': in the one tenant without
+    // `--tenants`; under it, in the node's own tenant, which only principals
+    // the tenants file names as operators read (`$tenant/$node/$SYS/#`),
+    // while every tenant, `default` included, gets its own.
     let directory = broker.auth.directory();
-    if directory.configured() {
-        for id in directory.ids() {
-            if id.as_str() == "default" {
-                continue;
-            }
-            let u = broker.tenants.usage(id);
-            let mut values: Vec<(String, String)> = u
-                .counts()
-                .into_iter()
-                .map(|(_, path, value)| (path.to_owned(), value.to_string()))
-                .collect();
-            for r in crate::metrics::DropReason::ALL {
-                values.push((
-                    format!("messages/dropped/{}", r.label()),
-                    u.drops(r).to_string(),
-                ));
-            }
-            for k in crate::tenant::quota::QuotaKind::ALL {
-                values.push((
-                    format!("quota/rejected/{}", k.label()),
-                    u.rejections(k).to_string(),
-                ));
-            }
-            publish(broker, id, values);
+    if !directory.configured() {
+        publish(broker, &TenantId::default_tenant(), values);
+        return;
+    }
+    publish(broker, &TenantId::node(), values);
+    for id in directory.ids() {
+        let u = broker.tenants.usage(id);
+        let mut values: Vec<(String, String)> = u
+            .counts()
+            .into_iter()
+            .map(|(_, path, value)| (path.to_owned(), value.to_string()))
+            .collect();
+        for r in crate::metrics::DropReason::ALL {
+            values.push((
+                format!("messages/dropped/{}", r.label()),
+                u.drops(r).to_string(),
+            ));
         }
+        for k in crate::tenant::quota::QuotaKind::ALL {
+            values.push((
+                format!("quota/rejected/{}", k.label()),
+                u.rejections(k).to_string(),
+            ));
+        }
+        publish(broker, id, values);
     }
 }
 

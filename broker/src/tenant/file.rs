@@ -91,7 +91,11 @@ struct TenantEntry {
 #[serde(deny_unknown_fields)]
 struct GrantEntry {
     username: String,
+    #[serde(default)]
     tenants: Vec<String>,
+    /// May read the node-wide `$SYS` (`$tenant/$node/$SYS/#`).
+    #[serde(default)]
+    operator: bool,
 }
 
 /// Whether `id` may name a tenant: 1–64 of `A-Z a-z 0-9 - _ .`. It shows
@@ -134,14 +138,28 @@ pub fn parse(text: &str, dir: &Path) -> Result<Directory, String> {
         let mut grants: HashMap<String, Vec<TenantId>> = HashMap::new();
         let given = users
             .iter_mut()
-            .map(|u| (u.username.clone(), std::mem::take(&mut u.tenants)))
-            .chain(t.grants.into_iter().map(|g| (g.username, g.tenants)));
-        for (username, ids) in given {
-            if ids.is_empty() {
+            .map(|u| {
+                (
+                    u.username.clone(),
+                    std::mem::take(&mut u.tenants),
+                    u.operator,
+                )
+            })
+            .chain(
+                t.grants
+                    .into_iter()
+                    .map(|g| (g.username, g.tenants, g.operator)),
+            );
+        for (username, ids, operator) in given {
+            if ids.is_empty() && !operator {
                 continue;
             }
             let entry = grants.entry(username).or_default();
             entry.extend(ids.iter().map(|i| TenantId::new(i.as_str())));
+            // An operator addresses the node's `$SYS` as a gateway would.
+            if operator {
+                entry.push(TenantId::node());
+            }
             entry.sort();
             entry.dedup();
         }
@@ -179,7 +197,10 @@ pub fn parse(text: &str, dir: &Path) -> Result<Directory, String> {
                     def.id.as_str()
                 ));
             }
-            if let Some(bad) = ids.iter().find(|i| !tenants.contains_key(*i)) {
+            if let Some(bad) = ids
+                .iter()
+                .find(|i| !i.is_node() && !tenants.contains_key(*i))
+            {
                 return Err(format!(
                     "tenant {:?}: user {user:?} is granted tenant {:?}, which is not defined",
                     def.id.as_str(),

@@ -380,13 +380,16 @@ impl Usage {
 
     /// Every count, as (Prometheus series after `porchlight_tenant_`,
     /// `$SYS/broker/` path, value): one list for both exports.
-    pub fn counts(&self) -> [(&'static str, &'static str, u64); 12] {
+    pub fn counts(&self) -> [(&'static str, &'static str, u64); 13] {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         [
             ("connections", "clients/connected", g(&self.connections)),
+            // Clients with a session here, connected or not (as the
+            // node-wide `clients/total` and Mosquitto's).
+            ("clients_total", "clients/total", g(&self.sessions)),
             (
                 "connections_total",
-                "clients/total",
+                "connections/total",
                 g(&self.connections_total),
             ),
             (

@@ -422,6 +422,52 @@ async fn each_tenant_sees_only_its_own_sys_counters() {
     b.stop().await;
 }
 
+/// Issue 18: under `--tenants` the node-wide `$SYS` is the operators',
+/// read through `$tenant/$node/`, with no tenant called `default`; a
+/// tenant's `clients/total` counts its clients (sessions), not its
+/// connections ever made.
+#[tokio::test]
+async fn operators_read_the_node_wide_sys_and_tenants_their_own() {
+    let phc = cheap_phc("pw");
+    let file = format!(
+        "{}[[tenant.users]]\nusername = \"ops\"\npassword_hash = \"{phc}\"\noperator = true\n",
+        tenants(&["acme", "globex"], "")
+    );
+    let (b, _dir) = tenant_broker(&file, |_| {}).await;
+    let _g1 = join(b.addr, Protocol::V5, "g1", "u@globex").await;
+    let _g2 = join(b.addr, Protocol::V311, "g2", "s@globex").await;
+    // Three connections made by one client: one session.
+    for _ in 0..3 {
+        drop(join(b.addr, Protocol::V5, "a1", "u@acme").await);
+    }
+    let mut a = join(b.addr, Protocol::V5, "a1", "u@acme").await;
+    let mut ops = join(b.addr, Protocol::V5, "ops-1", "ops@globex").await;
+    porchlight_broker::ops::sys::publish_stats(&b.broker);
+
+    info!("--- the operator reads the node's figures");
+    ops.subscribe("$tenant/$node/$SYS/broker/clients/connected", q(0))
+        .await;
+    let m = ops.expect_publish().await;
+    assert_eq!(m.topic, "$tenant/$node/$SYS/broker/clients/connected");
+    assert_eq!(&m.payload[..], b"4", "g1, g2, a1 and ops");
+    // Read only, and only $SYS.
+    let codes = ops.subscribe_codes(&[("$tenant/$node/x/#", 0)]).await;
+    assert_eq!(codes, [reason::NOT_AUTHORIZED]);
+    assert_eq!(
+        ops.puback("$tenant/$node/$SYS/broker/fake").await,
+        reason::NOT_AUTHORIZED
+    );
+
+    info!("--- anyone else is refused the prefix; their own $SYS is theirs");
+    let codes = a.subscribe_codes(&[("$tenant/$node/$SYS/#", 0)]).await;
+    assert_eq!(codes, [reason::NOT_AUTHORIZED]);
+    a.subscribe("$SYS/broker/clients/total", q(0)).await;
+    assert_eq!(&a.expect_publish().await.payload[..], b"1");
+    a.subscribe("$SYS/broker/connections/total", q(0)).await;
+    assert_eq!(&a.expect_publish().await.payload[..], b"4");
+    b.stop().await;
+}
+
 #[tokio::test]
 async fn sighup_rereads_the_tenants_file_and_closes_a_removed_tenants_clients() {
     let dir = tempfile::tempdir().expect("tempdir");
