@@ -478,6 +478,28 @@ pub struct Cli {
     )]
     pub admin_listen: SocketAddr,
 
+    /// Serve the admin endpoint over TLS with --tls-cert and --tls-key
+    /// (no client certificates asked; renewed files are picked up).
+    #[arg(long = "admin-tls", env = "PORCHLIGHT_ADMIN_TLS")]
+    pub admin_tls: bool,
+
+    /// The admin endpoint's own TLS certificate chain (PEM), instead of
+    /// --tls-cert; implies TLS. Needs --admin-tls-key.
+    #[arg(
+        long = "admin-tls-cert",
+        value_name = "FILE",
+        env = "PORCHLIGHT_ADMIN_TLS_CERT"
+    )]
+    pub admin_tls_cert: Option<PathBuf>,
+
+    /// The private key of --admin-tls-cert (PEM).
+    #[arg(
+        long = "admin-tls-key",
+        value_name = "FILE",
+        env = "PORCHLIGHT_ADMIN_TLS_KEY"
+    )]
+    pub admin_tls_key: Option<PathBuf>,
+
     /// File holding the admin API's bearer token (one line; re-read when
     /// it changes). Without it the API's write endpoints are off, and the
     /// API answers only on a loopback --admin-listen.

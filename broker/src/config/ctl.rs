@@ -19,6 +19,12 @@ pub struct CtlArgs {
     #[arg(long, value_name = "FILE", env = "PORCHLIGHT_ADMIN_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
 
+    /// CA certificate(s) (PEM) to trust for an https:// --url (the
+    /// admin endpoint's --admin-tls certificate); default: the public
+    /// web roots.
+    #[arg(long, value_name = "FILE", env = "PORCHLIGHT_ADMIN_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+
     /// Print the API's JSON instead of a table.
     #[arg(long, global = true)]
     pub json: bool,

@@ -75,6 +75,9 @@ pub struct Config {
     pub admin_listen: Option<SocketAddr>,
     /// `--admin-token-file`, checked readable and not empty.
     pub admin_token_file: Option<PathBuf>,
+    /// The admin endpoint's TLS certificate and key, when it serves TLS
+    /// (`--admin-tls` with the `--tls-*` files, or its own).
+    pub admin_tls: Option<(PathBuf, PathBuf)>,
 }
 
 fn invalid(flag: &'static str, reason: impl Into<String>) -> BrokerError {
@@ -85,6 +88,24 @@ fn invalid(flag: &'static str, reason: impl Into<String>) -> BrokerError {
 }
 
 impl Cli {
+    /// The admin endpoint's TLS files: its own pair, or the MQTT
+    /// listeners' with `--admin-tls`.
+    fn admin_tls_files(&self) -> Result<Option<(PathBuf, PathBuf)>, BrokerError> {
+        match (&self.admin_tls_cert, &self.admin_tls_key) {
+            (Some(c), Some(k)) => Ok(Some((c.clone(), k.clone()))),
+            (Some(_), None) => Err(invalid("--admin-tls-cert", "needs --admin-tls-key")),
+            (None, Some(_)) => Err(invalid("--admin-tls-key", "needs --admin-tls-cert")),
+            (None, None) if self.admin_tls => match (&self.tls_cert, &self.tls_key) {
+                (Some(c), Some(k)) => Ok(Some((c.clone(), k.clone()))),
+                _ => Err(invalid(
+                    "--admin-tls",
+                    "needs --tls-cert and --tls-key (or --admin-tls-cert and --admin-tls-key)",
+                )),
+            },
+            (None, None) => Ok(None),
+        }
+    }
+
     /// `--admin-token-file`: must hold a token now (it may change later).
     fn admin_token(&self) -> Result<Option<PathBuf>, BrokerError> {
         let Some(path) = &self.admin_token_file else {
@@ -155,6 +176,7 @@ impl Cli {
             log_client_events_per_second: self.log_client_events_per_second,
             admin_listen: (!self.no_admin_listen).then_some(self.admin_listen),
             admin_token_file: self.admin_token()?,
+            admin_tls: self.admin_tls_files()?,
             auth: crate::auth::AuthOptions {
                 file: self.auth_file.clone(),
                 tenants: self.tenants.clone(),

@@ -117,3 +117,29 @@ fn bad_values_name_the_flag() {
         .expect_err("invalid");
     assert!(err.to_string().contains("--listen-backlog"), "{err}");
 }
+
+#[test]
+fn admin_tls_needs_its_files_and_names_the_flag() {
+    let err = Cli::parse_from(["porchlight", "--admin-tls"])
+        .validate()
+        .expect_err("no files");
+    assert!(err.to_string().contains("--admin-tls"), "{err}");
+    let err = Cli::parse_from(["porchlight", "--admin-tls-cert", "/x.crt"])
+        .validate()
+        .expect_err("no key");
+    assert!(err.to_string().contains("--admin-tls-key"), "{err}");
+    let c = Cli::parse_from([
+        "porchlight",
+        "--admin-tls-cert",
+        "/a.crt",
+        "--admin-tls-key",
+        "/a.key",
+    ])
+    .validate()
+    .expect("own files");
+    assert_eq!(c.admin_tls, Some(("/a.crt".into(), "/a.key".into())));
+    let err = Cli::parse_from(["porchlight", "--admin-token-file", "/nonexistent/token"])
+        .validate()
+        .expect_err("unreadable token");
+    assert!(err.to_string().contains("--admin-token-file"), "{err}");
+}

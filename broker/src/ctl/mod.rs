@@ -161,6 +161,39 @@ pub fn run(args: &CtlArgs, out: &mut dyn Write) -> Result<(), CtlError> {
     Ok(())
 }
 
+/// For an https:// URL: rustls on AWS-LC, trusting `--ca-file` or the
+/// public web roots.
+fn tls_config(args: &CtlArgs) -> Result<ureq::tls::TlsConfig, CtlError> {
+    use ureq::tls::{Certificate, RootCerts, TlsConfig, TlsProvider};
+    let roots = match &args.ca_file {
+        Some(path) => {
+            let pem = std::fs::read(path)
+                .map_err(|e| CtlError(format!("cannot read --ca-file {}: {e}", path.display())))?;
+            let certs: Vec<Certificate<'static>> = ureq::tls::parse_pem(&pem)
+                .filter_map(|item| match item {
+                    Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+                    _ => None,
+                })
+                .collect();
+            if certs.is_empty() {
+                return Err(CtlError(format!(
+                    "--ca-file {}: no PEM certificate in it",
+                    path.display()
+                )));
+            }
+            RootCerts::Specific(std::sync::Arc::new(certs))
+        }
+        None => RootCerts::WebPki,
+    };
+    Ok(TlsConfig::builder()
+        .provider(TlsProvider::Rustls)
+        .unversioned_rustls_crypto_provider(std::sync::Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .root_certs(roots)
+        .build())
+}
+
 fn list_query(l: &ListArgs) -> Vec<(&'static str, String)> {
     let mut q = vec![("limit", l.limit.to_string())];
     for (k, v) in [
@@ -216,6 +249,7 @@ impl Api {
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(10)))
+            .tls_config(tls_config(args)?)
             .build()
             .into();
         Ok(Api {

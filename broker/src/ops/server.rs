@@ -81,7 +81,9 @@ impl Server {
             }
         }
         let admin = match config.admin_listen {
-            Some(addr) => Some(crate::ops::admin::Admin::bind(addr).await?),
+            Some(addr) => {
+                Some(crate::ops::admin::Admin::bind(addr, config.admin_tls.clone()).await?)
+            }
             None => None,
         };
         Ok(Server {

@@ -388,6 +388,60 @@ async fn ctl_against_a_live_node() {
     assert!(err.contains("connection refused"), "{err}");
 }
 
+#[tokio::test]
+async fn the_admin_endpoint_over_tls() {
+    let pki = TestPki::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = token_file(dir.path(), "tls-token");
+    let b = TestBroker::with(|c| {
+        with_admin(c);
+        c.admin_token_file = Some(token.clone());
+        c.admin_tls = Some((pki.cert.clone(), pki.key.clone()));
+    })
+    .await;
+    let port = b.admin_addr.expect("admin").port();
+    let https = format!("https://127.0.0.1:{port}");
+    let (ca, tok) = (pki.ca_file.clone(), token.clone());
+    let (code, out, err) = tokio::task::spawn_blocking({
+        let https = https.clone();
+        move || {
+            ctl(
+                &https,
+                Some(&tok),
+                &["--ca-file", ca.to_str().expect("utf-8"), "status"],
+            )
+        }
+    })
+    .await
+    .expect("ctl");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("ready      yes"), "{out}");
+    // Without trusting the CA: refused, and said so.
+    let (code, _, err) = tokio::task::spawn_blocking({
+        let tok = token.clone();
+        move || ctl(&https, Some(&tok), &["status"])
+    })
+    .await
+    .expect("ctl");
+    assert_eq!(code, 1);
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+    // Plain HTTP to the TLS port gets no answer.
+    let plain = tokio::task::spawn_blocking(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(WAIT))
+            .build()
+            .into();
+        agent
+            .get(&format!("http://127.0.0.1:{port}/livez"))
+            .call()
+            .is_ok()
+    })
+    .await
+    .expect("plain");
+    assert!(!plain, "plain HTTP must not be served on the TLS port");
+    b.stop().await;
+}
+
 /// The checked-in OpenAPI description names every route the router
 /// serves, with its method, and nothing it does not.
 #[test]

@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod page;
 pub mod probes;
 mod process;
+mod tls;
 pub mod token;
 
 use std::net::SocketAddr;
@@ -53,14 +54,25 @@ pub struct AdminState {
 #[derive(Debug)]
 pub struct Admin {
     listener: TcpListener,
+    /// Its TLS, when it serves HTTPS.
+    tls: Option<tls::AdminTls>,
 }
 
 impl Admin {
-    pub async fn bind(addr: SocketAddr) -> Result<Admin, BrokerError> {
+    /// Loads the TLS files, if any (a bad one stops start-up naming the
+    /// flag), and binds.
+    pub async fn bind(
+        addr: SocketAddr,
+        tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    ) -> Result<Admin, BrokerError> {
+        let tls = match tls {
+            Some((cert, key)) => Some(tls::AdminTls::load(cert, key)?),
+            None => None,
+        };
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| BrokerError::Bind { addr, source })?;
-        Ok(Admin { listener })
+        Ok(Admin { listener, tls })
     }
 
     pub fn local_addr(&self) -> Option<SocketAddr> {
@@ -85,7 +97,8 @@ impl Admin {
                 (None, true) => "read-only (no --admin-token-file)",
                 (None, false) => "off (no --admin-token-file on a non-loopback address)",
             };
-            info!(admin_addr = %addr, api, "Admin endpoint listening: /livez /readyz /metrics /api/v1");
+            let scheme = if self.tls.is_some() { "https" } else { "http" };
+            info!(admin_addr = %addr, scheme, api, "Admin endpoint listening: /livez /readyz /metrics /api/v1");
         }
         let history = Arc::new(history::History::default());
         let sampler = tokio::spawn(history::run(history.clone(), broker.clone(), stop.clone()));
@@ -100,11 +113,20 @@ impl Admin {
             listeners,
         };
         let app = router(state);
-        let served = axum::serve(self.listener, app)
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await;
-        if let Err(e) = served {
-            warn!(error = %e, "Admin endpoint stopped");
+        match self.tls {
+            Some(tls) => {
+                let watch = tokio::spawn(tls.clone().watch(stop.clone()));
+                tls.serve(self.listener, app, stop).await;
+                watch.abort();
+            }
+            None => {
+                let served = axum::serve(self.listener, app)
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await;
+                if let Err(e) = served {
+                    warn!(error = %e, "Admin endpoint stopped");
+                }
+            }
         }
         sampler.abort();
     }

@@ -1,0 +1,151 @@
+//! TLS for the admin endpoint (`--admin-tls`, or `--admin-tls-cert` and
+//! `--admin-tls-key`): a server configuration of its own (HTTP/1.1 by
+//! ALPN, no client certificates), rebuilt when the files change, and the
+//! accept loop that runs axum's router over each TLS stream (hyper), since
+//! `axum::serve` speaks plain TCP only.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
+use parking_lot::RwLock;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::ServerConfig;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::error::BrokerError;
+
+/// How long a client may take over its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often the files are looked at for a renewal.
+const RELOAD_EVERY: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone)]
+pub struct AdminTls {
+    cert: PathBuf,
+    key: PathBuf,
+    current: Arc<RwLock<Arc<ServerConfig>>>,
+    loaded: Arc<crate::reload::Snapshot>,
+}
+
+fn bad(flag: &'static str, path: &std::path::Path, detail: impl ToString) -> BrokerError {
+    BrokerError::Tls {
+        flag,
+        path: path.to_owned(),
+        detail: detail.to_string(),
+    }
+}
+
+fn build(cert: &std::path::Path, key: &std::path::Path) -> Result<Arc<ServerConfig>, BrokerError> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| bad("--admin-tls-cert", cert, e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| bad("--admin-tls-cert", cert, e))?;
+    if certs.is_empty() {
+        return Err(bad(
+            "--admin-tls-cert",
+            cert,
+            "no PEM CERTIFICATE block found",
+        ));
+    }
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| bad("--admin-tls-key", key, e))?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad("--admin-tls-cert", cert, e))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key_der)
+        .map_err(|e| {
+            bad(
+                "--admin-tls-key",
+                key,
+                format!("does not fit the certificate: {e}"),
+            )
+        })?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+impl AdminTls {
+    pub fn load(cert: PathBuf, key: PathBuf) -> Result<AdminTls, BrokerError> {
+        let loaded = Arc::new(crate::reload::snapshot(&[cert.clone(), key.clone()]));
+        let config = build(&cert, &key)?;
+        Ok(AdminTls {
+            cert,
+            key,
+            current: Arc::new(RwLock::new(config)),
+            loaded,
+        })
+    }
+
+    /// Rebuilds the configuration when the files change, until `stop`.
+    pub async fn watch(self, stop: CancellationToken) {
+        let paths = vec![self.cert.clone(), self.key.clone()];
+        let this = self.clone();
+        crate::reload::watch_files(
+            move || paths.clone(),
+            self.loaded.to_vec(),
+            RELOAD_EVERY,
+            stop,
+            move || match build(&this.cert, &this.key) {
+                Ok(config) => {
+                    *this.current.write() = config;
+                    info!("Admin TLS material changed: new connections use it");
+                }
+                Err(e) => warn!(error = %e, "Admin TLS material changed but is unusable; keeping the previous one"),
+            },
+        )
+        .await;
+    }
+
+    /// Accepts until `stop`, each connection's handshake and requests in
+    /// a task of its own; those still open at `stop` are given a moment,
+    /// then dropped.
+    pub async fn serve(self, listener: TcpListener, app: axum::Router, stop: CancellationToken) {
+        let mut conns = tokio::task::JoinSet::new();
+        loop {
+            let (tcp, peer) = tokio::select! {
+                _ = stop.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        debug!(error = %e, "Admin accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let acceptor = tokio_rustls::TlsAcceptor::from(self.current.read().clone());
+            let app = app.clone();
+            conns.spawn(async move {
+                let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
+                {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => return debug!(%peer, error = %e, "Admin TLS handshake failed"),
+                    Err(_) => return debug!(%peer, "Admin TLS handshake timed out"),
+                };
+                let service = TowerToHyperService::new(app);
+                let served = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .http1_only()
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+                if let Err(e) = served {
+                    debug!(%peer, error = %e, "Admin connection ended");
+                }
+            });
+            // Reap finished connections as we go.
+            while conns.try_join_next().is_some() {}
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while conns.join_next().await.is_some() {}
+        })
+        .await;
+        conns.shutdown().await;
+    }
+}
