@@ -1,9 +1,10 @@
 # syntax=docker/dockerfile:1
-# Porchlight's container image, where base images can be pulled:
+# Porchlight's container image, where base images can be pulled (the Rust
+# toolchain is the one the tree is built and tested with here):
 #   docker build --build-arg PORCHLIGHT_GIT_COMMIT=$(git rev-parse --short=12 HEAD) -t porchlight .
 # The runtime stage is docker/runtime.Dockerfile's; scripts/image.sh builds
 # the same image on a machine without base images or a registry.
-FROM rust:1.88-bookworm AS build
+FROM rust:1.95-bookworm AS build
 RUN rustup target add x86_64-unknown-linux-musl \
  && apt-get update && apt-get install -y --no-install-recommends musl-tools \
  && rm -rf /var/lib/apt/lists/*

@@ -14,7 +14,10 @@
 #   retained, 1,000 topics).
 #   BROKERS="porchlight mosquitto rumqttd" selects brokers; "baseline" is
 #   the porchlight binary named by BASELINE=PATH, run with the same flags,
-#   for an A/B of two builds. NO_DOC=1 leaves docs/benchmarks.md alone.
+#   for an A/B of two builds; "scraped" is this porchlight with
+#   /metrics scraped every second through the run (curl), for the cost
+#   of scraping (BROKERS="porchlight scraped"). NO_DOC=1 leaves
+#   docs/benchmarks.md alone.
 # Traffic stays on 127.0.0.1; every run is bounded by SECONDS plus the
 # connect and drain deadlines.
 set -euo pipefail
@@ -52,7 +55,11 @@ out=target/bench-compare/$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p "$out"
 work=$(mktemp -d)
 pid=
-stop() { [ -n "$pid" ] && { kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; }; pid=; }
+scraper=
+stop() {
+  [ -n "$scraper" ] && { kill "$scraper" 2>/dev/null || true; wait "$scraper" 2>/dev/null || true; }; scraper=
+  [ -n "$pid" ] && { kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; }; pid=
+}
 trap 'stop; rm -rf "$work"' EXIT
 # One ECDSA P-256 server certificate for every broker's TLS listener.
 target/release/examples/tls_bench certs "$work/pki" ecdsa >/dev/null
@@ -115,7 +122,7 @@ start() {
   port=$((20000 + 2 * run_no)); tls_port=$((port + 1)); run_no=$((run_no + 1))
   configs
   case $1 in
-    porchlight|baseline)
+    porchlight|baseline|scraped)
       rm -rf "$work/data"
       bin=target/release/porchlight; [ "$1" = baseline ] && bin=${BASELINE:?BASELINE=path of the other porchlight binary}
       "$bin" --listen 127.0.0.1:$port --data-dir "$work/data" \
@@ -127,7 +134,19 @@ start() {
   esac
   pid=$!
   for _ in $(seq 200); do
-    (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && return 0
+    if (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null; then
+      # Scraped once a second, as Prometheus would (a bounded loop: it
+      # ends with the broker, or after an hour).
+      if [ "$1" = scraped ]; then
+        ( for _ in $(seq 3600); do
+            kill -0 "$pid" 2>/dev/null || exit 0
+            curl -s -o /dev/null http://127.0.0.1:9883/metrics || true
+            sleep 1
+          done ) &
+        scraper=$!
+      fi
+      return 0
+    fi
     sleep 0.05
   done
   echo "$1 did not listen on $port" >&2; exit 1

@@ -364,3 +364,49 @@ async fn the_status_page_shows_a_healthy_node_in_a_real_browser() {
     drop(clients);
     b.stop().await;
 }
+
+/// Scrapes taken while publishers run: each parses, and the counters only
+/// grow from one to the next. (What scraping costs the throughput is a
+/// benchmark: `BROKERS="porchlight scraped" scripts/bench-compare.sh`.)
+#[tokio::test]
+async fn scrapes_under_load_parse_and_only_grow() {
+    let b = TestBroker::with(with_admin).await;
+    let mut sub = RawClient::connect(b.addr, Protocol::V5, "load-sub").await;
+    sub.subscribe("load/#", q(0)).await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut publishers = Vec::new();
+    for i in 0..4 {
+        let (addr, stop) = (b.addr, stop.clone());
+        publishers.push(tokio::spawn(async move {
+            let mut p = RawClient::connect(addr, Protocol::V311, &format!("load-{i}")).await;
+            // Bounded: at most 20,000 each, and only until the scrapes end.
+            for n in 0..20_000u32 {
+                if stop.is_cancelled() {
+                    break;
+                }
+                p.publish("load/t", q(0), 0, b"0123456789").await;
+                if n % 256 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+        }));
+    }
+    let drain = tokio::spawn(async move { while sub.recv().await.is_some() {} });
+    let mut last = 0.0;
+    for _ in 0..8 {
+        let r = admin_get(&b, "/metrics").await;
+        assert_eq!(r.status, 200);
+        let s = parse_metrics(&r.body, false);
+        let received = sample(&s, "porchlight_messages_received_total", &[]);
+        assert!(received >= last, "{received} after {last}");
+        last = received;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(last > 0.0, "the publishers were running");
+    stop.cancel();
+    for p in publishers {
+        p.await.expect("publisher");
+    }
+    drain.abort();
+    b.stop().await;
+}

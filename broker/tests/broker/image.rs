@@ -168,3 +168,26 @@ async fn the_image_serves_read_only_and_stops_cleanly() {
     sub.expect_disconnect(Some(porchlight_broker::codec::reason::SERVER_SHUTTING_DOWN))
         .await;
 }
+
+/// The top-level Dockerfile (where base images can be pulled) ends in the
+/// same runtime stage as the image built here: same user, volume,
+/// environment, labels, ports, stop signal and entry point.
+#[test]
+fn the_dockerfile_and_the_scratch_image_agree() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let runtime = |path: &str| -> Vec<String> {
+        let text = std::fs::read_to_string(format!("{root}/{path}")).expect(path);
+        let stage = text.rsplit("FROM scratch").next().expect("a scratch stage");
+        // Instructions, with their continuation lines joined; COPY's
+        // sources differ (a build stage, or the prepared context).
+        stage
+            .replace("\\\n", " ")
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+            .filter(|l| !l.is_empty() && !l.starts_with('#') && !l.starts_with("COPY"))
+            .collect()
+    };
+    let ours = runtime("docker/runtime.Dockerfile");
+    assert!(ours.iter().any(|l| l == "USER 65532:65532"), "{ours:?}");
+    assert_eq!(runtime("Dockerfile"), ours);
+}

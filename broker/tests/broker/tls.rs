@@ -577,3 +577,72 @@ async fn aes_128_is_preferred_unless_the_client_puts_chacha20_first() {
     }
     b.stop().await;
 }
+
+/// Issue 18: rustls warns for every client that sends an IP address as
+/// SNI (many devices dial the broker by address); that line is not
+/// printed, unless `--log-level` names rustls. The client is OpenSSL's,
+/// which sends the address it is given.
+#[tokio::test]
+async fn an_ip_address_as_sni_is_not_a_warning_per_client() {
+    let pki = TestPki::new();
+    let path = |p: &std::path::Path| p.to_str().expect("utf-8").to_owned();
+    let (cert, key, ca) = (path(&pki.cert), path(&pki.key), path(&pki.ca_file));
+    for (filter, expect_warning) in [("info", false), ("info,rustls=warn", true)] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (child, _, log) = spawn_binary_bare_logged(
+            &dir.path().join("data"),
+            &[
+                "--no-tcp-listen",
+                "--tls-listen",
+                "127.0.0.1:0",
+                "--tls-cert",
+                &cert,
+                "--tls-key",
+                &key,
+                "--log-level",
+                filter,
+            ],
+        );
+        let tls_addr = log
+            .lock()
+            .expect("log")
+            .iter()
+            .find_map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).ok()?;
+                v["fields"]["addr"]
+                    .as_str()?
+                    .parse::<std::net::SocketAddr>()
+                    .ok()
+            })
+            .expect("TLS address");
+        let out = Command::new("openssl")
+            .args(["s_client", "-connect", &tls_addr.to_string()])
+            .args(["-servername", "127.0.0.1", "-CAfile", &ca])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("openssl s_client (apt-get install openssl)");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("Verify return code: 0"), "{text}");
+        let warned = || {
+            log.lock()
+                .expect("log")
+                .iter()
+                .any(|l| l.contains("Illegal SNI extension"))
+        };
+        // Every line of the handshake is out once the node has stopped.
+        let stopped = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(stopped.success());
+        wait_until("the node stopped", || {
+            log.lock()
+                .expect("log")
+                .iter()
+                .any(|l| l.contains("Shutdown complete"))
+        })
+        .await;
+        assert_eq!(warned(), expect_warning, "with --log-level {filter}");
+        drop(child);
+    }
+}
