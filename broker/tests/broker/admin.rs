@@ -410,3 +410,48 @@ async fn scrapes_under_load_parse_and_only_grow() {
     drain.abort();
     b.stop().await;
 }
+
+/// `docs/metrics.md` lists exactly the families `/metrics` serves (with a
+/// TLS listener and a disk limit, so every conditional one is there).
+#[tokio::test]
+async fn every_metric_served_is_documented_and_every_documented_one_served() {
+    let pki = TestPki::new();
+    let b = TestBroker::with(|c| {
+        with_admin(c);
+        pki.configure(c, porchlight_broker::net::tls::TlsVersion::V1_2);
+        c.store.max_disk_bytes = Some(1 << 30);
+    })
+    .await;
+    let body = admin_get(&b, "/metrics").await.body;
+    let served: std::collections::BTreeSet<String> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .map(str::to_owned)
+        .collect();
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/metrics.md"))
+        .expect("docs/metrics.md");
+    // The first cell of each table row that names a metric.
+    let documented: std::collections::BTreeSet<String> = doc
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| l.split('`').next())
+        .filter(|n| n.starts_with("porchlight_") || n.starts_with("process_"))
+        .map(str::to_owned)
+        .collect();
+    assert!(
+        served.len() > 50 && documented.len() > 50,
+        "{served:?} {documented:?}"
+    );
+    let undocumented: Vec<_> = served.difference(&documented).collect();
+    let missing: Vec<_> = documented.difference(&served).collect();
+    assert!(
+        undocumented.is_empty(),
+        "served, not in docs/metrics.md: {undocumented:?}"
+    );
+    assert!(
+        missing.is_empty(),
+        "in docs/metrics.md, not served: {missing:?}"
+    );
+    b.stop().await;
+}
