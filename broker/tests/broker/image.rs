@@ -75,6 +75,12 @@ async fn the_image_serves_read_only_and_stops_cleanly() {
         network: format!("porchlight-image-test-{id}"),
     };
     docker(&["network", "create", &guard.network]);
+    // The admin token as a Kubernetes Secret would give it: a read-only
+    // file, named in the environment the node and `ctl` share.
+    let secrets = tempfile::tempdir().expect("tempdir");
+    let token = secrets.path().join("admin-token");
+    std::fs::write(&token, "image-test-token\n").expect("token");
+    let mount = format!("{}:/run/secrets/admin-token:ro", token.display());
     docker(&[
         "run",
         "-d",
@@ -83,6 +89,10 @@ async fn the_image_serves_read_only_and_stops_cleanly() {
         &guard.network,
         "--name",
         &guard.container,
+        "-v",
+        &mount,
+        "-e",
+        "PORCHLIGHT_ADMIN_TOKEN_FILE=/run/secrets/admin-token",
         "-e",
         "PORCHLIGHT_ALLOW_ANONYMOUS=true",
         "-e",
@@ -141,6 +151,11 @@ async fn the_image_serves_read_only_and_stops_cleanly() {
     assert_eq!(sample(&s, "porchlight_clients_connected", &[]), 2.0);
     // The data directory took the durable state (its subscription).
     assert!(sample(&s, "porchlight_storage_size_bytes", &[]) > 0.0);
+
+    // What `kubectl exec … porchlight ctl status` does.
+    let status = docker(&["exec", &guard.container, "/porchlight", "ctl", "status"]);
+    assert!(status.contains("ready      yes"), "{status}");
+    assert!(status.contains("clients    2"), "{status}");
 
     // `docker stop`: SIGTERM; not ready at once, through the drain delay.
     let container = guard.container.clone();
