@@ -12,8 +12,6 @@ USER 65532:65532
 # readOnlyRootFilesystem).
 VOLUME ["/data"]
 ENV PORCHLIGHT_DATA_DIR=/data \
-    PORCHLIGHT_ADMIN_LISTEN=0.0.0.0:9883 \
-    PORCHLIGHT_LISTEN=0.0.0.0:1883 \
     PORCHLIGHT_LOG_FORMAT=json
 # Ports, by name: mqtt 1883, mqtts 8883 (--tls-listen), ws 8083
 # (--ws-listen), wss 8084 (--wss-listen), admin 9883 (probes, /metrics,
@@ -24,3 +22,7 @@ LABEL org.opencontainers.image.title="porchlight" \
 EXPOSE 1883/tcp 8883/tcp 8083/tcp 8084/tcp 9883/tcp
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["/porchlight"]
+# The listeners as arguments, not environment, so arguments given to the
+# container (Kubernetes `args`) replace them whole: `--no-tcp-listen` and
+# `--no-admin-listen` then work without conflicting with a variable.
+CMD ["--listen", "0.0.0.0:1883", "--admin-listen", "0.0.0.0:9883"]

@@ -250,7 +250,8 @@ impl Store {
         if batch.is_empty() {
             return Ok(self.commit.current());
         }
-        self.check_writable(batch.puts > 0)?;
+        let batch_puts = batch.puts > 0;
+        self.check_writable(batch_puts)?;
         for (key, value) in batch.ops {
             let r = match value {
                 Some(v) => {
@@ -272,16 +273,19 @@ impl Store {
             })?;
         }
         self.failed.store(false, Ordering::Relaxed);
+        if batch_puts {
+            self.note(WRITABLE, None);
+        }
         Ok(self.commit.issue())
     }
 
     /// Whether a write (with puts, or deletes only) would be accepted now.
     pub fn check_writable(&self, puts: bool) -> Result<(), StorageError> {
         let r = self.writable(puts);
-        match &r {
-            Ok(()) if puts => self.note(WRITABLE, None),
-            Ok(()) => {}
-            Err(e) => self.note(refusal(e), Some(e)),
+        // A pass is not a recovery (the write itself may still fail):
+        // only a write made says the store accepts writes again.
+        if let Err(e) = &r {
+            self.note(refusal(e), Some(e));
         }
         r
     }

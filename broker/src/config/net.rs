@@ -57,6 +57,15 @@ impl Cli {
         if self.network_open() {
             return Ok(());
         }
+        // Behind a PROXY-protocol load balancer the clients are remote,
+        // whatever address the listener has.
+        if !self.proxy_protocol.is_empty() {
+            return Err(invalid(
+                "--proxy-protocol",
+                "clients behind the proxy come from the network: configure authentication \
+                 (--auth-file, --tenants or --tls-client-auth required) or pass --allow-anonymous",
+            ));
+        }
         for (flag, addrs) in [
             ("--listen", &self.listen),
             ("--tls-listen", &self.tls_listen),

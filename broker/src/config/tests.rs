@@ -88,6 +88,7 @@ fn no_tcp_listen_drops_the_default_listener_and_its_proxy_address() {
     // The default TCP address is not a listener to name.
     let err = Cli::parse_from([
         "porchlight",
+        "--allow-anonymous",
         "--no-tcp-listen",
         "--ws-listen",
         "127.0.0.1:9",
@@ -96,6 +97,10 @@ fn no_tcp_listen_drops_the_default_listener_and_its_proxy_address() {
     ])
     .validate()
     .expect_err("no such listener");
+    assert!(
+        err.to_string().contains("not the address of any listener"),
+        "{err}"
+    );
     assert!(err.to_string().contains("--proxy-protocol"), "{err}");
     assert!(
         Cli::try_parse_from(["porchlight", "--no-tcp-listen", "--listen", "127.0.0.1:1"]).is_err()

@@ -223,8 +223,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             }
             count_sent(&mut sent, &d);
             // Messages received while this connection was up: the broker's
-            // own latency, not time spent queued for an offline session.
-            if let Some(at) = d.msg.received_at.filter(|at| *at >= since) {
+            // own latency, not time spent queued for an offline session;
+            // nor a retained message sent on a later SUBSCRIBE (sent with
+            // the retain flag, as are retain-as-published ones: not timed).
+            if let Some(at) = d.msg.received_at.filter(|at| *at >= since && !d.retain) {
                 timed.observe_duration(now.saturating_duration_since(at));
             }
             if let (true, Some(p)) = (needs_hold, &persist) {

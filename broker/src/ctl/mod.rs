@@ -194,6 +194,13 @@ fn tls_config(args: &CtlArgs) -> Result<ureq::tls::TlsConfig, CtlError> {
         .build())
 }
 
+/// Whether an http:// URL names a loopback host.
+fn loopback_url(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let host = rest.split('/').next().unwrap_or("");
+    crate::ops::admin::token::loopback_host(host)
+}
+
 fn list_query(l: &ListArgs) -> Vec<(&'static str, String)> {
     let mut q = vec![("limit", l.limit.to_string())];
     for (k, v) in [
@@ -219,7 +226,8 @@ fn tenant_query(tenant: &Option<String>) -> Vec<(&'static str, String)> {
 fn encode(segment: &str) -> String {
     let mut out = String::with_capacity(segment.len());
     for b in segment.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+        // `.` too: a proxy may resolve `.` and `..` segments.
+        if b.is_ascii_alphanumeric() || b"-_~".contains(&b) {
             out.push(b as char);
         } else {
             out.push_str(&format!("%{b:02X}"));
@@ -252,11 +260,11 @@ impl Api {
             .tls_config(tls_config(args)?)
             .build()
             .into();
-        Ok(Api {
-            base: args.url.trim_end_matches('/').to_owned(),
-            token,
-            agent,
-        })
+        let base = args.url.trim_end_matches('/').to_owned();
+        if token.is_some() && base.starts_with("http://") && !loopback_url(&base) {
+            eprintln!("porchlight ctl: warning: sending the admin token unencrypted to {base}; use https:// (--admin-tls on the node)");
+        }
+        Ok(Api { base, token, agent })
     }
 
     fn get(&self, path: &str, query: &[(&str, String)]) -> Result<Value, CtlError> {

@@ -1,5 +1,5 @@
 //! A histogram that hot paths can observe into without a lock: one atomic
-//! add per bucket hit, one for the count, one for the sum.
+//! add for the bucket hit, one for the sum.
 //!
 //! `prometheus-client`'s own `Histogram` takes a write lock on every
 //! observation; the publish-to-write latency is observed once per delivery
@@ -24,9 +24,9 @@ pub const COUNT_BUCKETS: &[f64] = &[
 #[derive(Debug)]
 pub struct AtomicHistogram {
     bounds: &'static [f64],
-    /// One more than `bounds`: the last is `+Inf`.
+    /// One more than `bounds`: the last is `+Inf`. Their total is the
+    /// count (no counter of its own: one atomic less per observation).
     buckets: Box<[AtomicU64]>,
-    count: AtomicU64,
     /// The sum in millionths of the unit (microseconds for latencies),
     /// so it is one integer add.
     sum_micros: AtomicU64,
@@ -47,7 +47,6 @@ impl AtomicHistogram {
         AtomicHistogram {
             bounds,
             buckets: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
-            count: AtomicU64::new(0),
             sum_micros: AtomicU64::new(0),
         }
     }
@@ -64,7 +63,6 @@ impl AtomicHistogram {
     pub fn observe(&self, v: f64) {
         let i = self.bounds.partition_point(|b| *b < v);
         self.buckets[i].fetch_add(1, Ordering::Relaxed);
-        self.count.fetch_add(1, Ordering::Relaxed);
         let micros = (v.max(0.0) * 1e6) as u64;
         self.sum_micros.fetch_add(micros, Ordering::Relaxed);
     }

@@ -415,24 +415,40 @@ impl Registry {
     /// an expired one does. `None`: no such session.
     pub async fn kick(&self, key: &SessionKey, discard: bool) -> Option<Kicked> {
         let session = self.state.session(key)?;
-        let owner = session.lock().owner.clone();
+        // The claim and the owner as one look: a discard ends exactly the
+        // session the kicked connection held, never a later one.
+        let (owner, claim) = {
+            let st = session.lock();
+            (st.owner.clone(), st.claim)
+        };
         let connected = owner.is_some();
         if let Some(o) = owner {
-            o.info
-                .kicked
-                .store(true, std::sync::atomic::Ordering::Relaxed);
-            o.kick.cancel();
+            // A takeover that got there first keeps its own reason.
+            if !o.kick.is_cancelled() {
+                o.info
+                    .kicked
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                o.kick.cancel();
+            }
             let _ = tokio::time::timeout(TAKEOVER_WAIT, o.done.cancelled()).await;
         }
         if discard {
-            let claim = self.state.read(|c| c.session(key).map(|r| r.claim));
-            if let Some(claim) = claim {
+            // Only while it is still that instance, disconnected since the
+            // claim (a client that reconnected at once keeps its session,
+            // and its shared deliveries stay with it).
+            let ended = self.state.read(|c| {
+                c.session(key)
+                    .is_some_and(|r| r.session == session.id && r.claim == claim && !r.connected)
+            });
+            if ended {
                 self.redispatch_shared(&session, true);
                 let key = key.clone();
                 drop(self.submit(Command::Discard { key, claim }).await);
             }
         }
-        let ended = self.state.read(|c| c.session(key).is_none());
+        let ended = self
+            .state
+            .read(|c| c.session(key).is_none_or(|r| r.session != session.id));
         tracing::info!(session = %key, connected, discard, ended, "Kicked by an operator");
         Some(Kicked { connected, ended })
     }
@@ -463,11 +479,17 @@ impl Registry {
     /// Rebuilds the durable sessions and retained messages read at
     /// start-up. Every session comes back offline; one whose expiry passed
     /// while the node was down ends now (its will, if any, is published),
-    /// the others get their remaining expiry and will delay.
+    /// the others get their remaining expiry and will delay. Retained
+    /// messages come back, but not expired ones, nor `$SYS`'s.
     pub fn restore(&self, restored: Restored) {
         let now = now_ms();
         for m in restored.retained {
-            if m.message.is_expired(Instant::now()) {
+            // `$SYS` figures are the last run's, and `ops/sys.rs` publishes
+            // fresh ones; kept, they could outlive a change of who may read
+            // them (a node now under `--tenants` would leave its node-wide
+            // figures in `default`).
+            let stale_sys = m.message.topic.as_str().starts_with("$SYS/");
+            if stale_sys || m.message.is_expired(Instant::now()) {
                 if let Some(p) = self.state.persist() {
                     let (tenant, topic) = (&m.message.tenant, &m.message.topic);
                     drop(Write::from_result(p.delete_retained(tenant, topic)));

@@ -155,6 +155,15 @@ async fn without_a_token_file_the_api_reads_on_loopback_only_and_never_writes() 
     let b = TestBroker::with(with_admin).await;
     let (status, _) = api(&b, "GET", "/api/v1/node", None).await;
     assert_eq!(status, 200);
+    // A page that rebound a name of its own to 127.0.0.1 sends that name.
+    let addr = b.admin_addr.expect("admin");
+    let rebound = http(
+        "GET",
+        format!("http://{addr}/api/v1/node"),
+        vec![("host", "evil.example:9883".into())],
+    )
+    .await;
+    assert_eq!(rebound.status, 403, "{}", rebound.body);
     let (status, body) = api(&b, "POST", "/api/v1/clients/x/kick", None).await;
     assert_eq!(status, 403, "{body}");
     assert!(body["detail"]

@@ -440,8 +440,14 @@ async fn proxy_headers_on_tls_and_websocket_listeners() {
 fn listener_flags_are_checked() {
     use clap::Parser;
     for (args, flag) in [
-        (vec!["--proxy-protocol", "udp"], "--proxy-protocol"),
-        (vec!["--proxy-protocol", "127.0.0.1:9"], "--proxy-protocol"),
+        (
+            vec!["--allow-anonymous", "--proxy-protocol", "udp"],
+            "--proxy-protocol",
+        ),
+        (
+            vec!["--allow-anonymous", "--proxy-protocol", "127.0.0.1:9"],
+            "--proxy-protocol",
+        ),
         (vec!["--ws-path", "mqtt"], "--ws-path"),
         (vec!["--wss-listen", "127.0.0.1:0"], "--tls-cert"),
         (
@@ -467,6 +473,7 @@ fn listener_flags_are_checked() {
     }
     let ok = porchlight_broker::Cli::parse_from([
         "porchlight",
+        "--allow-anonymous",
         "--listen",
         "127.0.0.1:1883",
         "--proxy-protocol",

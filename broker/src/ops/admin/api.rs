@@ -1,5 +1,5 @@
 //! `/api/v1/...`: the admin REST API (JSON), described in
-//! `docs/openapi.yaml` and `docs/admin-api.md`.
+//! `docs/openapi.json` and `docs/admin-api.md`.
 //!
 //! Reads look at the node's state (`State`: session records and runtimes,
 //! the retained store) and its tenants' usage; the two writes go through
@@ -82,8 +82,19 @@ pub async fn guard(State(s): State<AdminState>, req: Request, next: Next) -> Res
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
     let write = req.method() != Method::GET && req.method() != Method::HEAD;
+    let host_ok = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(super::token::loopback_host);
     match s.token.access(authorization, s.loopback) {
         Access::Full => next.run(req).await,
+        Access::ReadOnly if !host_ok => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "without --admin-token-file the API answers only requests for a loopback host (localhost, 127.0.0.1, [::1])",
+        )
+        .into_response(),
         Access::ReadOnly if !write => next.run(req).await,
         Access::ReadOnly => ApiError::new(
             StatusCode::FORBIDDEN,
@@ -140,26 +151,51 @@ impl ListQuery {
         self.prefix.as_deref().is_none_or(|p| s.starts_with(p))
     }
 
-    /// Sorts `items` by their cursor key and cuts the page after `after`.
-    fn page<T>(&self, mut items: Vec<(String, T)>) -> Page<T> {
-        items.sort_by(|a, b| a.0.cmp(&b.0));
+    /// Sorts `keys` by their sort key and cuts the page after `after`;
+    /// the caller builds only that page's items. `next` is the last sort
+    /// key of the page, hex-encoded (printable whatever a client id
+    /// holds), when more follow.
+    fn page<K>(&self, mut keys: Vec<(String, K)>) -> Result<(Vec<K>, Option<String>), ApiError> {
+        keys.sort_by(|a, b| a.0.cmp(&b.0));
         let limit = self.limit.unwrap_or(PAGE_DEFAULT).clamp(1, PAGE_MAX);
         let start = match &self.after {
-            Some(after) => items.partition_point(|(k, _)| k <= after),
+            Some(after) => {
+                let after = unhex(after).ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "bad_request",
+                        "`after` must be the `next` of a previous page",
+                    )
+                })?;
+                keys.partition_point(|(k, _)| *k <= after)
+            }
             None => 0,
         };
-        let more = items.len() > start + limit;
-        let mut page: Vec<(String, T)> = items.into_iter().skip(start).take(limit).collect();
+        let more = keys.len() > start + limit;
+        let page: Vec<(String, K)> = keys.into_iter().skip(start).take(limit).collect();
         let next = if more {
-            page.last().map(|(k, _)| k.clone())
+            page.last().map(|(k, _)| hex(k))
         } else {
             None
         };
-        Page {
-            items: page.drain(..).map(|(_, t)| t).collect(),
-            next,
-        }
+        Ok((page.into_iter().map(|(_, k)| k).collect(), next))
     }
+}
+
+/// A cursor: the sort key's bytes in hex.
+fn hex(key: &str) -> String {
+    key.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(cursor: &str) -> Option<String> {
+    if !cursor.len().is_multiple_of(2) {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> = (0..cursor.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(cursor.get(i..i + 2)?, 16).ok())
+        .collect();
+    String::from_utf8(bytes?).ok()
 }
 
 /// `?tenant=` of the single-client endpoints (default: `default`).
@@ -337,10 +373,13 @@ fn client_info(s: &AdminState, key: &SessionKey) -> Option<(ClientInfo, Vec<Subs
         ))
     })?;
     let (persistent, expiry_interval, disconnected_at_ms, will, connected) = record;
+    let online = conn.is_some();
     let info = ClientInfo {
         tenant: key.tenant.to_string(),
         client_id: key.client.to_string(),
-        connected: connected && conn.is_some(),
+        // Connected: a connection owns the session now (as `state=` and
+        // the node's `is_online` have it).
+        connected: conn.is_some(),
         connection: conn.map(|c| ConnectionInfo {
             peer: c.peer.to_string(),
             listener: crate::metrics::LISTENERS[c.listener as usize],
@@ -351,7 +390,11 @@ fn client_info(s: &AdminState, key: &SessionKey) -> Option<(ClientInfo, Vec<Subs
         }),
         persistent,
         expiry_interval,
-        disconnected_at_ms: if connected { 0 } else { disconnected_at_ms },
+        disconnected_at_ms: if connected && online {
+            0
+        } else {
+            disconnected_at_ms
+        },
         subscriptions: subs.len(),
         queued_messages: queued,
         queued_bytes,
@@ -381,16 +424,22 @@ async fn clients(
             ))
         }
     };
-    let items: Vec<(String, ClientInfo)> = s
+    // Keys first; only the page's clients are looked at closely.
+    let keys: Vec<(String, SessionKey)> = s
         .broker
         .state
         .all_sessions()
         .iter()
         .filter(|r| q.tenant_ok(&r.key.tenant) && q.prefix_ok(r.key.client.as_str()))
         .filter(|r| want_connected.is_none_or(|want| r.is_online() == want))
-        .filter_map(|r| Some((cursor(&r.key), client_info(&s, &r.key)?.0)))
+        .map(|r| (cursor(&r.key), r.key.clone()))
         .collect();
-    Ok(Json(q.page(items)))
+    let (page, next) = q.page(keys)?;
+    let items = page
+        .iter()
+        .filter_map(|k| client_info(&s, k).map(|(c, _)| c))
+        .collect();
+    Ok(Json(Page { items, next }))
 }
 
 async fn client(
@@ -434,8 +483,8 @@ async fn kick(
 async fn subscriptions(
     State(s): State<AdminState>,
     Query(q): Query<ListQuery>,
-) -> Json<Page<SubscriptionInfo>> {
-    let keys: Vec<SessionKey> = s
+) -> Result<Json<Page<SubscriptionInfo>>, ApiError> {
+    let wanted: Vec<SessionKey> = s
         .broker
         .state
         .all_sessions()
@@ -443,16 +492,28 @@ async fn subscriptions(
         .filter(|r| q.tenant_ok(&r.key.tenant) && q.prefix_ok(r.key.client.as_str()))
         .map(|r| r.key.clone())
         .collect();
-    let mut items = Vec::new();
-    for key in keys {
+    // The filters of those sessions, read together; the options only for
+    // the page.
+    let keys: Vec<(String, (SessionKey, String))> = s.broker.state.read(|c| {
+        wanted
+            .iter()
+            .filter_map(|k| Some((k, c.session(k)?)))
+            .flat_map(|(k, r)| {
+                r.subscriptions.keys().map(move |f| {
+                    let filter = f.as_str().to_owned();
+                    (format!("{}\u{0}{filter}", cursor(k)), (k.clone(), filter))
+                })
+            })
+            .collect()
+    });
+    let (page, next) = q.page(keys)?;
+    let mut items = Vec::with_capacity(page.len());
+    for (key, filter) in page {
         if let Some((_, subs)) = client_info(&s, &key) {
-            for sub in subs {
-                let k = format!("{}/{}\u{1}{}", sub.tenant, sub.client_id, sub.filter);
-                items.push((k, sub));
-            }
+            items.extend(subs.into_iter().filter(|x| x.filter == filter));
         }
     }
-    Json(q.page(items))
+    Ok(Json(Page { items, next }))
 }
 
 #[derive(Debug, Serialize)]
@@ -467,28 +528,38 @@ pub struct RetainedInfo {
 async fn retained(
     State(s): State<AdminState>,
     Query(q): Query<ListQuery>,
-) -> Json<Page<RetainedInfo>> {
+) -> Result<Json<Page<RetainedInfo>>, ApiError> {
     // `$SYS` and other `$` topics only when the prefix asks for them.
     let dollar = q.prefix.as_deref().is_some_and(|p| p.starts_with('$'));
-    let items: Vec<(String, RetainedInfo)> = s.broker.state.read(|c| {
+    // Under the control lock only the keys are copied (shared strings);
+    // sorting and the page's details happen outside it.
+    let keys: Vec<(String, (TenantId, crate::topic::TopicName))> = s.broker.state.read(|c| {
         c.retained_all()
             .filter(|(t, topic, _)| q.tenant_ok(t) && q.prefix_ok(topic.as_str()))
             .filter(|(_, topic, _)| dollar || !topic.as_str().starts_with('$'))
-            .map(|(t, topic, r)| {
-                (
-                    format!("{t}/{}", topic.as_str()),
-                    RetainedInfo {
-                        tenant: t.to_string(),
-                        topic: topic.as_str().to_owned(),
-                        qos: r.message.qos as u8,
-                        payload_bytes: r.message.payload.len(),
-                        expires_at_ms: r.expires_at_ms,
-                    },
-                )
+            .map(|(t, topic, _)| (String::new(), (t.clone(), topic.clone())))
+            .collect()
+    });
+    let keys = keys
+        .into_iter()
+        .map(|(_, (t, topic))| (format!("{t}/{}", topic.as_str()), (t, topic)))
+        .collect();
+    let (page, next) = q.page(keys)?;
+    let items = s.broker.state.read(|c| {
+        page.iter()
+            .filter_map(|(t, topic)| {
+                let r = c.retained(t, topic.as_str())?;
+                Some(RetainedInfo {
+                    tenant: t.to_string(),
+                    topic: topic.as_str().to_owned(),
+                    qos: r.message.qos as u8,
+                    payload_bytes: r.message.payload.len(),
+                    expires_at_ms: r.expires_at_ms,
+                })
             })
             .collect()
     });
-    Json(q.page(items))
+    Ok(Json(Page { items, next }))
 }
 
 #[derive(Debug, Deserialize)]
@@ -563,6 +634,7 @@ fn tenant_info(s: &AdminState, id: &TenantId, usage: &Usage) -> TenantInfo {
     }
 }
 
+/// Every tenant (they are few: no paging; `next` is always null).
 async fn tenants(State(s): State<AdminState>) -> Json<Page<TenantInfo>> {
     let directory = s.broker.auth.directory();
     let mut ids: Vec<TenantId> = directory.ids().cloned().collect();
@@ -571,14 +643,12 @@ async fn tenants(State(s): State<AdminState>) -> Json<Page<TenantInfo>> {
             ids.push(id);
         }
     }
-    let items: Vec<(String, TenantInfo)> = ids
+    ids.sort();
+    let items = ids
         .iter()
-        .map(|id| {
-            let usage = s.broker.tenants.usage(id);
-            (id.to_string(), tenant_info(&s, id, &usage))
-        })
+        .map(|id| tenant_info(&s, id, &s.broker.tenants.usage(id)))
         .collect();
-    Json(ListQuery::default().page_all(items))
+    Json(Page { items, next: None })
 }
 
 async fn tenant(
@@ -593,15 +663,4 @@ async fn tenant(
     }
     let usage = s.broker.tenants.usage(&id);
     Ok(Json(tenant_info(&s, &id, &usage)))
-}
-
-impl ListQuery {
-    /// Every item, sorted (tenants are few).
-    fn page_all<T>(&self, items: Vec<(String, T)>) -> Page<T> {
-        let q = ListQuery {
-            limit: Some(PAGE_MAX),
-            ..ListQuery::default()
-        };
-        q.page(items)
-    }
 }

@@ -16,8 +16,11 @@ pub const EVERY: Duration = Duration::from_secs(5);
 /// Ten minutes of samples.
 pub const KEPT: usize = 120;
 
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Sample {
+    /// When it was taken: rates divide by the real gap, so a late tick
+    /// (a busy runtime) does not read as a spike.
+    pub at: std::time::Instant,
     pub clients: u64,
     pub received: u64,
     pub sent: u64,
@@ -48,12 +51,19 @@ impl History {
 
     pub fn series(&self) -> Series {
         let samples = self.samples.lock();
-        let secs = EVERY.as_secs_f64();
         let rate = |f: fn(&Sample) -> u64| -> Vec<f64> {
             samples
                 .iter()
                 .zip(samples.iter().skip(1))
-                .map(|(a, b)| f(b).saturating_sub(f(a)) as f64 / secs)
+                .map(|(a, b)| {
+                    let secs = b.at.saturating_duration_since(a.at).as_secs_f64();
+                    let n = f(b).saturating_sub(f(a)) as f64;
+                    if secs > 0.0 {
+                        n / secs
+                    } else {
+                        0.0
+                    }
+                })
                 .collect()
         };
         Series {
@@ -67,6 +77,7 @@ impl History {
 fn sample(broker: &Broker) -> Sample {
     let m = &broker.metrics;
     Sample {
+        at: std::time::Instant::now(),
         clients: m.clients_connected.load(Ordering::Relaxed),
         received: m.messages_received.load(Ordering::Relaxed),
         sent: m.messages_sent.load(Ordering::Relaxed),
@@ -76,6 +87,7 @@ fn sample(broker: &Broker) -> Sample {
 /// Samples until `stop`.
 pub async fn run(history: Arc<History>, broker: Arc<Broker>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -91,8 +103,10 @@ mod tests {
     #[test]
     fn rates_between_samples_and_a_bounded_ring() {
         let h = History::default();
+        let t0 = std::time::Instant::now();
         for i in 0..(KEPT as u64 + 10) {
             h.record(Sample {
+                at: t0 + EVERY * i as u32,
                 clients: i,
                 received: i * 50,
                 sent: i * 100,

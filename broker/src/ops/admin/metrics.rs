@@ -336,10 +336,16 @@ fn connections(o: &mut Out, m: &Metrics) -> Result<(), Error> {
         None,
         g(&m.clients_connected) as i64,
     )?;
-    let refused: Vec<(Labels1, u64)> = m
-        .refused_counts()
+    // Summed by label: codes without a name of their own share `other`.
+    let mut by_reason: std::collections::BTreeMap<&str, u64> = Default::default();
+    for (code, n) in m.refused_counts() {
+        *by_reason
+            .entry(crate::codec::reason::name(code))
+            .or_default() += n;
+    }
+    let refused: Vec<(Labels1, u64)> = by_reason
         .into_iter()
-        .map(|(code, n)| (l1("reason", crate::codec::reason::name(code)), n))
+        .map(|(reason, n)| (l1("reason", reason), n))
         .collect();
     o.counters(
         "porchlight_connections_refused",

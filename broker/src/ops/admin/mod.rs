@@ -1,9 +1,9 @@
-//! The admin HTTP listener (`--admin-listen`): probes, Prometheus metrics
-//! and, later in this folder, the admin API and the status page.
+//! The admin HTTP listener (`--admin-listen`): probes, Prometheus metrics,
+//! the admin API and the status page.
 //!
 //! [`Admin::bind`] binds it with the MQTT listeners (`ops/server.rs`), so a
 //! taken port fails start-up like any other; [`Admin::serve`] runs axum on
-//! it until the node has drained, so `/readyz` answers 503 for the whole
+//! it (`serve.rs`, plain or TLS) until the node has drained, so `/readyz` answers 503 for the whole
 //! drain. Requests only read the node's shared state (`Broker`) and its
 //! counters (`metrics/`); each route's handler is in its own file:
 //! `probes.rs` (`/livez`, `/readyz`), `metrics.rs` (`/metrics`, with
@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod page;
 pub mod probes;
 mod process;
+mod serve;
 mod tls;
 pub mod token;
 
@@ -26,7 +27,7 @@ use std::sync::Arc;
 use axum::routing::get;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::broker::Broker;
 use crate::error::BrokerError;
@@ -113,20 +114,13 @@ impl Admin {
             listeners,
         };
         let app = router(state);
-        match self.tls {
-            Some(tls) => {
-                let watch = tokio::spawn(tls.clone().watch(stop.clone()));
-                tls.serve(self.listener, app, stop).await;
-                watch.abort();
-            }
-            None => {
-                let served = axum::serve(self.listener, app)
-                    .with_graceful_shutdown(stop.cancelled_owned())
-                    .await;
-                if let Err(e) = served {
-                    warn!(error = %e, "Admin endpoint stopped");
-                }
-            }
+        let watch = self
+            .tls
+            .clone()
+            .map(|tls| tokio::spawn(tls.watch(stop.clone())));
+        serve::serve(self.listener, app, self.tls, stop).await;
+        if let Some(w) = watch {
+            w.abort();
         }
         sampler.abort();
     }

@@ -58,7 +58,6 @@ pub async fn readyz(State(s): State<AdminState>) -> (StatusCode, String) {
     };
     line(&mut body, accepting, "listeners accepting");
     line(&mut body, !draining, "not shutting down");
-    line(&mut body, true, "storage open");
     // A full or failing store is reported, not made a reason to leave the
     // load balancer: the node still serves QoS 0 and refuses what it
     // cannot store with the right reason codes.

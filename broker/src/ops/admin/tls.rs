@@ -1,27 +1,20 @@
 //! TLS for the admin endpoint (`--admin-tls`, or `--admin-tls-cert` and
 //! `--admin-tls-key`): a server configuration of its own (HTTP/1.1 by
-//! ALPN, no client certificates), rebuilt when the files change, and the
-//! accept loop that runs axum's router over each TLS stream (hyper), since
-//! `axum::serve` speaks plain TCP only.
+//! ALPN, no client certificates), rebuilt when the files change.
+//! `serve.rs` runs the handshakes.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::service::TowerToHyperService;
 use parking_lot::RwLock;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::ServerConfig;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::error::BrokerError;
-
-/// How long a client may take over its TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How often the files are looked at for a renewal.
 const RELOAD_EVERY: Duration = Duration::from_secs(10);
@@ -104,48 +97,8 @@ impl AdminTls {
         .await;
     }
 
-    /// Accepts until `stop`, each connection's handshake and requests in
-    /// a task of its own; those still open at `stop` are given a moment,
-    /// then dropped.
-    pub async fn serve(self, listener: TcpListener, app: axum::Router, stop: CancellationToken) {
-        let mut conns = tokio::task::JoinSet::new();
-        loop {
-            let (tcp, peer) = tokio::select! {
-                _ = stop.cancelled() => break,
-                accepted = listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        debug!(error = %e, "Admin accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
-            let acceptor = tokio_rustls::TlsAcceptor::from(self.current.read().clone());
-            let app = app.clone();
-            conns.spawn(async move {
-                let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
-                {
-                    Ok(Ok(tls)) => tls,
-                    Ok(Err(e)) => return debug!(%peer, error = %e, "Admin TLS handshake failed"),
-                    Err(_) => return debug!(%peer, "Admin TLS handshake timed out"),
-                };
-                let service = TowerToHyperService::new(app);
-                let served = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .http1_only()
-                    .serve_connection(TokioIo::new(tls), service)
-                    .await;
-                if let Err(e) = served {
-                    debug!(%peer, error = %e, "Admin connection ended");
-                }
-            });
-            // Reap finished connections as we go.
-            while conns.try_join_next().is_some() {}
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(2), async {
-            while conns.join_next().await.is_some() {}
-        })
-        .await;
-        conns.shutdown().await;
+    /// The acceptor with the configuration in force now.
+    pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        tokio_rustls::TlsAcceptor::from(self.current.read().clone())
     }
 }
