@@ -100,11 +100,26 @@ async fn run(config: porchlight_broker::Config) -> anyhow::Result<()> {
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(porchlight_broker::BrokerError::Signal)?;
     tokio::spawn(async move {
-        tokio::select! {
-            _ = sigterm.recv() => tracing::info!("SIGTERM received"),
-            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        // The first signal starts the stop (not ready, then the drain
+        // after --drain-delay); a second one skips what is left of the
+        // delay.
+        let mut stopping = None;
+        loop {
+            tokio::select! {
+                _ = sigterm.recv() => tracing::info!("SIGTERM received"),
+                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+            }
+            if stopping.is_some() {
+                signals.cancel();
+                return;
+            }
+            let stop = porchlight_broker::ops::server::stop_after_drain_delay(
+                ready.clone(),
+                drain_delay,
+                signals.clone(),
+            );
+            stopping = Some(tokio::spawn(stop));
         }
-        porchlight_broker::ops::server::stop_after_drain_delay(ready, drain_delay, signals).await;
     });
     server.run().await;
     Ok(())

@@ -340,7 +340,7 @@ async fn admit(
         protocol_level: c.protocol.level(),
         keep_alive,
         username: authz.principal.username.clone(),
-        connected_at_ms: crate::clock::now_ms(),
+        connected_at: Instant::now(),
         kicked: std::sync::atomic::AtomicBool::new(false),
     });
     let owner = Owner {
@@ -657,7 +657,7 @@ fn connected<S: AsyncRead + AsyncWrite + Unpin>(
         throttle: None,
         conn_rate: Rate::default(),
         info: a.info,
-        connected_at: Instant::now(),
+        untimed: 0,
     });
     // A resumed session keeps no subscription in a tenant this principal
     // is not granted (now, or no longer).

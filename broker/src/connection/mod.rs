@@ -194,12 +194,12 @@ pub struct Conn<S> {
     pub throttle: Option<tokio::time::Instant>,
     /// `max_messages_per_connection_per_second`.
     pub conn_rate: crate::tenant::quota::Rate,
+    /// Deliveries to write before the next one is timed
+    /// (`outbound::TIMED_EVERY`).
+    pub untimed: u8,
     /// Where the client connects from (after PROXY), on which listener,
     /// and whether an operator kicked it: for logs and the admin API.
     pub info: Arc<crate::session::ConnInfo>,
-    /// When CONNACK was sent: deliveries of messages received since then
-    /// are timed (`publish_to_write_seconds`), a backlog's are not.
-    pub connected_at: Instant,
 }
 
 /// Serves one accepted connection until it closes. `over_limit` is true

@@ -121,6 +121,11 @@ pub fn encode_delivery(
     true
 }
 
+/// One delivery in this many of each connection is timed for
+/// `porchlight_publish_to_write_seconds` (the first qualifying one after
+/// the count runs out).
+pub const TIMED_EVERY: u8 = 8;
+
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// Moves queued deliveries into the output buffer.
     pub fn pump(&mut self) {
@@ -128,8 +133,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         let metrics = self.broker.metrics.clone();
         // Messages and payload bytes written, by QoS.
         let mut sent = [(0u64, 0u64); 3];
-        let timed = &metrics.publish_to_write_seconds;
-        let since = self.connected_at;
+        // One delivery in [`TIMED_EVERY`] of each connection is timed: the
+        // latency's distribution, at a cost the hot path does not notice.
+        let mut untimed = self.untimed;
         // A held QoS 2 PUBLISH goes first, once its record is on disk;
         // until then nothing else may overtake it.
         if let Some((t, _)) = &self.held_publish {
@@ -226,8 +232,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             // own latency, not time spent queued for an offline session;
             // nor a retained message sent on a later SUBSCRIBE (sent with
             // the retain flag, as are retain-as-published ones: not timed).
-            if let Some(at) = d.msg.received_at.filter(|at| *at >= since && !d.retain) {
-                timed.observe_duration(now.saturating_duration_since(at));
+            if untimed > 0 {
+                untimed -= 1;
+            } else {
+                let since = self.info.connected_at;
+                if let Some(at) = d.msg.received_at.filter(|at| *at >= since && !d.retain) {
+                    metrics
+                        .publish_to_write_seconds
+                        .observe_duration(now.saturating_duration_since(at));
+                    untimed = TIMED_EVERY - 1;
+                }
             }
             if let (true, Some(p)) = (needs_hold, &persist) {
                 let queue_seq = d.seq;
@@ -260,6 +274,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 p.send_deferred(&self.key, packet_id, order, queue_seq);
             }
         }
+        self.untimed = untimed;
         let total: u64 = sent.iter().map(|(n, _)| n).sum();
         self.session
             .drained(&st, self.broker.config.queue_limits(), total);

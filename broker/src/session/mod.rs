@@ -101,8 +101,9 @@ pub struct ConnInfo {
     pub protocol_level: u8,
     pub keep_alive: u16,
     pub username: Option<String>,
-    /// When CONNECT was admitted, ms since the epoch.
-    pub connected_at_ms: u64,
+    /// When CONNECT was admitted: deliveries of messages received since
+    /// are timed (`publish_to_write_seconds`), a backlog's are not.
+    pub connected_at: Instant,
     pub kicked: AtomicBool,
 }
 

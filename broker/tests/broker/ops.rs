@@ -194,6 +194,58 @@ async fn binary_serves_and_exits_zero_on_sigterm_and_sigint() {
     }
 }
 
+/// `--drain-delay`: after SIGTERM the node is not ready but keeps
+/// serving; a second signal skips the rest of the delay.
+#[tokio::test]
+async fn a_drain_delay_keeps_serving_and_a_second_signal_ends_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut child, addr, log) =
+        spawn_binary_logged(&dir.path().join("data"), &["--drain-delay", "60"]);
+    let admin: std::net::SocketAddr = log
+        .lock()
+        .expect("log")
+        .iter()
+        .find_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            v["fields"]["admin"].as_str()?.parse().ok()
+        })
+        .expect("the start-up line names the admin address");
+    let mut c = RawClient::connect(addr, Protocol::V5, "stays").await;
+    let pid = child.id().to_string();
+    let kill = |signal: &str| {
+        let status = Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    };
+    kill("-TERM");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = http("GET", format!("http://{admin}/readyz"), Vec::new()).await;
+        if r.status == 503 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "/readyz stayed 200");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Still serving: a new client gets in, the old one stays.
+    let _late = RawClient::connect(addr, Protocol::V311, "late").await;
+    c.expect_silence(Duration::from_millis(100)).await;
+    kill("-TERM");
+    c.expect_disconnect(Some(reason::SERVER_SHUTTING_DOWN))
+        .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let code = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(std::time::Instant::now() < deadline, "did not exit");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(code.success(), "{code:?}");
+}
+
 #[tokio::test]
 async fn several_listeners_serve_the_same_broker() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -386,7 +386,7 @@ fn client_info(s: &AdminState, key: &SessionKey) -> Option<(ClientInfo, Vec<Subs
             protocol_level: c.protocol_level,
             keep_alive: c.keep_alive,
             username: c.username.clone(),
-            connected_at_ms: c.connected_at_ms,
+            connected_at_ms: crate::clock::unix_ms(c.connected_at),
         }),
         persistent,
         expiry_interval,

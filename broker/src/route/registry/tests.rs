@@ -62,7 +62,7 @@ fn owner(conn: u64) -> Owner {
             protocol_level: 5,
             keep_alive: 30,
             username: None,
-            connected_at_ms: 0,
+            connected_at: std::time::Instant::now(),
             kicked: Default::default(),
         }),
     }
