@@ -179,17 +179,7 @@ async fn binary_serves_and_exits_zero_on_sigterm_and_sigint() {
         assert!(status.success());
         c.expect_disconnect(Some(reason::SERVER_SHUTTING_DOWN))
             .await;
-        let deadline = std::time::Instant::now() + Duration::from_secs(15);
-        let code = loop {
-            if let Some(s) = child.try_wait().expect("wait") {
-                break s;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "porchlight did not exit"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        let code = wait_exited(&mut child, Duration::from_secs(15)).await;
         assert!(code.success(), "{signal}: exit status {code:?}");
     }
 }
@@ -235,14 +225,7 @@ async fn a_drain_delay_keeps_serving_and_a_second_signal_ends_it() {
     kill("-TERM");
     c.expect_disconnect(Some(reason::SERVER_SHUTTING_DOWN))
         .await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    let code = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break s;
-        }
-        assert!(std::time::Instant::now() < deadline, "did not exit");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let code = wait_exited(&mut child, Duration::from_secs(15)).await;
     assert!(code.success(), "{code:?}");
 }
 

@@ -666,6 +666,24 @@ pub fn spawn_binary_with_fds(
     (child, addr, log)
 }
 
+/// Waits until the process exits (polling, at most `within`).
+pub async fn wait_exited(
+    child: &mut std::process::Child,
+    within: Duration,
+) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            return s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the process did not exit within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// SIGKILL, and wait until the process is gone.
 pub fn kill9(child: &mut std::process::Child) {
     child.kill().expect("SIGKILL");
