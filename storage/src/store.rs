@@ -88,6 +88,17 @@ pub enum Health {
     Failed,
 }
 
+impl Health {
+    /// `ok`, `full` or `failed` (metric labels, the admin API).
+    pub fn name(self) -> &'static str {
+        match self {
+            Health::Ok => "ok",
+            Health::Full => "full",
+            Health::Failed => "failed",
+        }
+    }
+}
+
 /// Writes applied together, in order (not atomically: see the module
 /// header). Callers order them so that any prefix a crash leaves behind
 /// is a state they can read back.

@@ -44,6 +44,16 @@ impl Protocol {
         self == Protocol::V5
     }
 
+    /// The version as people write it: "3.1", "3.1.1" or "5" (tenant
+    /// limits, logs).
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::V31 => "3.1",
+            Protocol::V311 => "3.1.1",
+            Protocol::V5 => "5",
+        }
+    }
+
     pub fn level(self) -> u8 {
         match self {
             Protocol::V31 => 3,

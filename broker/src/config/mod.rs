@@ -78,6 +78,9 @@ pub struct Config {
     /// The admin endpoint's TLS certificate and key, when it serves TLS
     /// (`--admin-tls` with the `--tls-*` files, or its own).
     pub admin_tls: Option<(PathBuf, PathBuf)>,
+    /// How often those files are looked at for a renewal
+    /// (`--tls-reload-interval`, as for the MQTT listeners); `None`: never.
+    pub admin_tls_reload: Option<Duration>,
 }
 
 fn invalid(flag: &'static str, reason: impl Into<String>) -> BrokerError {
@@ -177,6 +180,8 @@ impl Cli {
             admin_listen: (!self.no_admin_listen).then_some(self.admin_listen),
             admin_token_file: self.admin_token()?,
             admin_tls: self.admin_tls_files()?,
+            admin_tls_reload: (self.tls_reload_interval > 0)
+                .then(|| Duration::from_secs(self.tls_reload_interval)),
             auth: crate::auth::AuthOptions {
                 file: self.auth_file.clone(),
                 tenants: self.tenants.clone(),

@@ -669,7 +669,6 @@ fn connected<S: AsyncRead + AsyncWrite + Unpin>(
         reason: reason::SUCCESS,
         properties: props,
     }));
-    metrics.inc(&metrics.connections_total);
     metrics.inc(&metrics.clients_connected);
     if let Some(suppressed) = broker.client_log.admit() {
         let info = &conn.info;
@@ -677,8 +676,8 @@ fn connected<S: AsyncRead + AsyncWrite + Unpin>(
             client = %conn.key.client,
             tenant = %conn.key.tenant,
             peer = %info.peer,
-            listener = crate::metrics::LISTENERS[info.listener as usize],
-            protocol = protocol_name(p),
+            listener = info.listener.name(),
+            protocol = p.name(),
             present,
             keep_alive = a.keep_alive,
             auth = conn.authz.principal.method,
@@ -688,13 +687,4 @@ fn connected<S: AsyncRead + AsyncWrite + Unpin>(
         );
     }
     conn
-}
-
-/// The MQTT version as people write it.
-pub fn protocol_name(p: Protocol) -> &'static str {
-    match p {
-        Protocol::V31 => "3.1",
-        Protocol::V311 => "3.1.1",
-        Protocol::V5 => "5",
-    }
 }

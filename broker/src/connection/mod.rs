@@ -545,7 +545,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 client = %self.key.client,
                 tenant = %self.key.tenant,
                 peer = %self.info.peer,
-                protocol = crate::connection::connect::protocol_name(self.protocol),
+                protocol = self.protocol.name(),
                 reason = close.why.label(),
                 detail = %close.detail,
                 code = close.reason,

@@ -204,7 +204,6 @@ impl TlsFailure {
 pub struct Metrics {
     pub connections_current: AtomicU64,
     pub clients_connected: AtomicU64,
-    pub connections_total: AtomicU64,
     pub connections_refused: AtomicU64,
     pub messages_received: AtomicU64,
     pub messages_sent: AtomicU64,
@@ -259,7 +258,6 @@ impl Default for Metrics {
         Metrics {
             connections_current: AtomicU64::default(),
             clients_connected: AtomicU64::default(),
-            connections_total: AtomicU64::default(),
             connections_refused: AtomicU64::default(),
             messages_received: AtomicU64::default(),
             messages_sent: AtomicU64::default(),

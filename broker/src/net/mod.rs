@@ -31,6 +31,11 @@ pub enum ListenerKind {
 }
 
 impl ListenerKind {
+    /// The metric label and API name: `tcp`, `tls`, `ws`, `wss`.
+    pub fn name(self) -> &'static str {
+        crate::metrics::LISTENERS[self as usize]
+    }
+
     pub fn label(self) -> &'static str {
         match self {
             ListenerKind::Tcp => "TCP",

@@ -81,9 +81,14 @@ impl Server {
             }
         }
         let admin = match config.admin_listen {
-            Some(addr) => {
-                Some(crate::ops::admin::Admin::bind(addr, config.admin_tls.clone()).await?)
-            }
+            Some(addr) => Some(
+                crate::ops::admin::Admin::bind(
+                    addr,
+                    config.admin_tls.clone(),
+                    config.admin_tls_reload,
+                )
+                .await?,
+            ),
             None => None,
         };
         Ok(Server {
@@ -159,7 +164,7 @@ impl Server {
             .iter()
             .filter_map(|l| {
                 Some(crate::ops::admin::api::ListenerInfo {
-                    kind: crate::metrics::LISTENERS[l.kind as usize],
+                    kind: l.kind.name(),
                     addr: l.tcp.local_addr().ok()?.to_string(),
                 })
             })
@@ -221,10 +226,7 @@ impl Server {
 fn started_line(broker: &Broker, listeners: &[Listener], admin: Option<&crate::ops::admin::Admin>) {
     let listening: Vec<String> = listeners
         .iter()
-        .filter_map(|l| {
-            let kind = crate::metrics::LISTENERS[l.kind as usize];
-            Some(format!("{kind} {}", l.tcp.local_addr().ok()?))
-        })
+        .filter_map(|l| Some(format!("{} {}", l.kind.name(), l.tcp.local_addr().ok()?)))
         .collect();
     let c = &broker.config;
     let auth = match (&c.auth.tenants, &c.auth.file) {

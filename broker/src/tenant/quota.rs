@@ -126,11 +126,7 @@ impl Limits {
 
     /// Whether a client speaking `p` may connect.
     pub fn allows_protocol(&self, p: Protocol) -> bool {
-        let name = match p {
-            Protocol::V31 => "3.1",
-            Protocol::V311 => "3.1.1",
-            Protocol::V5 => "5",
-        };
+        let name = p.name();
         self.protocol_versions
             .as_ref()
             .is_none_or(|v| v.iter().any(|x| x == name))
@@ -286,7 +282,6 @@ pub struct Usage {
     pub connect_rate: Rate,
     pub messages_in_rate: Rate,
     pub bytes_in_rate: Rate,
-    pub connections_total: AtomicU64,
     /// Connected clients and connections taken, by listener
     /// (`metrics::LISTENERS`).
     pub listener_connections: [AtomicU64; 4],
@@ -390,7 +385,7 @@ impl Usage {
             (
                 "connections_total",
                 "connections/total",
-                g(&self.connections_total),
+                total(&self.listener_connections_total),
             ),
             (
                 "messages_received_total",
@@ -464,7 +459,6 @@ impl Seat {
             usage.reject(QuotaKind::Connections);
             return None;
         }
-        usage.connections_total.fetch_add(1, Ordering::Relaxed);
         usage.listener_connections[listener].fetch_add(1, Ordering::Relaxed);
         usage.listener_connections_total[listener].fetch_add(1, Ordering::Relaxed);
         Some(Seat { usage, listener })

@@ -401,11 +401,16 @@ async fn ctl_against_a_live_node() {
 async fn the_admin_endpoint_over_tls() {
     let pki = TestPki::new();
     let dir = tempfile::tempdir().expect("tempdir");
+    // Its own copy of the files, so a renewal can replace them.
+    let files = (dir.path().join("admin.crt"), dir.path().join("admin.key"));
+    std::fs::copy(&pki.cert, &files.0).expect("copy cert");
+    std::fs::copy(&pki.key, &files.1).expect("copy key");
     let token = token_file(dir.path(), "tls-token");
     let b = TestBroker::with(|c| {
         with_admin(c);
         c.admin_token_file = Some(token.clone());
-        c.admin_tls = Some((pki.cert.clone(), pki.key.clone()));
+        c.admin_tls = Some((files.0.clone(), files.1.clone()));
+        c.admin_tls_reload = Some(Duration::from_millis(100));
     })
     .await;
     let port = b.admin_addr.expect("admin").port();
@@ -448,6 +453,33 @@ async fn the_admin_endpoint_over_tls() {
     .await
     .expect("plain");
     assert!(!plain, "plain HTTP must not be served on the TLS port");
+
+    // A renewal from another CA: taken into use without a restart.
+    let renewed = TestPki::new();
+    std::fs::copy(&renewed.cert, &files.0).expect("copy cert");
+    std::fs::copy(&renewed.key, &files.1).expect("copy key");
+    let ca = renewed.ca_file.to_str().expect("utf-8").to_owned();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (https, tok, ca) = (
+            format!("https://127.0.0.1:{port}"),
+            token.clone(),
+            ca.clone(),
+        );
+        let (code, _, err) = tokio::task::spawn_blocking(move || {
+            ctl(&https, Some(&tok), &["--ca-file", &ca, "status"])
+        })
+        .await
+        .expect("ctl");
+        if code == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the renewal was not taken: {err}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     b.stop().await;
 }
 

@@ -87,14 +87,7 @@ async fn refused_certificates_are_logged_at_powers_of_two_per_address() {
             "info",
         ],
     );
-    let entries = |message: &str| -> Vec<serde_json::Value> {
-        log.lock()
-            .expect("log")
-            .iter()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|v| v["fields"]["message"] == message)
-            .collect()
-    };
+    let entries = |message: &str| log_entries(&log, message);
     wait_until("the TLS listener is up", || {
         !entries("Listening for MQTT over TLS").is_empty()
     })

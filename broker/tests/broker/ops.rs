@@ -631,14 +631,7 @@ async fn client_events_are_logged_within_a_budget_and_the_rest_counted() {
         &dir.path().join("data"),
         &["--log-client-events-per-second", "2", "--no-sys-topics"],
     );
-    let entries = |message: &str| -> Vec<serde_json::Value> {
-        log.lock()
-            .expect("log")
-            .iter()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|v| v["fields"]["message"] == message)
-            .collect()
-    };
+    let entries = |message: &str| log_entries(&log, message);
     let started = entries("Porchlight started");
     assert_eq!(started.len(), 1);
     let f = &started[0]["fields"];

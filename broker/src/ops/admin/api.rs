@@ -270,11 +270,7 @@ pub fn node_info(s: &AdminState) -> NodeInfo {
         sessions: b.state.session_count(),
         retained_messages: b.metrics.retained.load(Ordering::Relaxed),
         storage: StorageInfo {
-            state: match b.persist.health() {
-                porchlight_storage::Health::Ok => "ok",
-                porchlight_storage::Health::Full => "full",
-                porchlight_storage::Health::Failed => "failed",
-            },
+            state: b.persist.health().name(),
             size_bytes: store.disk_used(),
             limit_bytes: store.disk_limit(),
         },
@@ -382,7 +378,7 @@ fn client_info(s: &AdminState, key: &SessionKey) -> Option<(ClientInfo, Vec<Subs
         connected: conn.is_some(),
         connection: conn.map(|c| ConnectionInfo {
             peer: c.peer.to_string(),
-            listener: crate::metrics::LISTENERS[c.listener as usize],
+            listener: c.listener.name(),
             protocol_level: c.protocol_level,
             keep_alive: c.keep_alive,
             username: c.username.clone(),

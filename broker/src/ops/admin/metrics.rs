@@ -714,14 +714,7 @@ fn storage(o: &mut Out, b: &Broker) -> Result<(), Error> {
         "1 when the store accepts writes; 0 when it is full (--max-disk-bytes) or failing",
         None,
         &[(
-            l1(
-                "state",
-                match health {
-                    porchlight_storage::Health::Ok => "ok",
-                    porchlight_storage::Health::Full => "full",
-                    porchlight_storage::Health::Failed => "failed",
-                },
-            ),
+            l1("state", health.name()),
             i64::from(health == porchlight_storage::Health::Ok),
         )],
     )?;

@@ -65,9 +65,10 @@ impl Admin {
     pub async fn bind(
         addr: SocketAddr,
         tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+        reload: Option<std::time::Duration>,
     ) -> Result<Admin, BrokerError> {
         let tls = match tls {
-            Some((cert, key)) => Some(tls::AdminTls::load(cert, key)?),
+            Some((cert, key)) => Some(tls::AdminTls::load(cert, key, reload)?),
             None => None,
         };
         let listener = TcpListener::bind(addr)

@@ -16,15 +16,14 @@ use tracing::{info, warn};
 
 use crate::error::BrokerError;
 
-/// How often the files are looked at for a renewal.
-const RELOAD_EVERY: Duration = Duration::from_secs(10);
-
 #[derive(Debug, Clone)]
 pub struct AdminTls {
     cert: PathBuf,
     key: PathBuf,
     current: Arc<RwLock<Arc<ServerConfig>>>,
     loaded: Arc<crate::reload::Snapshot>,
+    /// `--tls-reload-interval`; `None`: never.
+    every: Option<Duration>,
 }
 
 fn bad(flag: &'static str, path: &std::path::Path, detail: impl ToString) -> BrokerError {
@@ -66,7 +65,11 @@ fn build(cert: &std::path::Path, key: &std::path::Path) -> Result<Arc<ServerConf
 }
 
 impl AdminTls {
-    pub fn load(cert: PathBuf, key: PathBuf) -> Result<AdminTls, BrokerError> {
+    pub fn load(
+        cert: PathBuf,
+        key: PathBuf,
+        every: Option<Duration>,
+    ) -> Result<AdminTls, BrokerError> {
         let loaded = Arc::new(crate::reload::snapshot(&[cert.clone(), key.clone()]));
         let config = build(&cert, &key)?;
         Ok(AdminTls {
@@ -74,17 +77,21 @@ impl AdminTls {
             key,
             current: Arc::new(RwLock::new(config)),
             loaded,
+            every,
         })
     }
 
     /// Rebuilds the configuration when the files change, until `stop`.
     pub async fn watch(self, stop: CancellationToken) {
+        let Some(every) = self.every else {
+            return;
+        };
         let paths = vec![self.cert.clone(), self.key.clone()];
         let this = self.clone();
         crate::reload::watch_files(
             move || paths.clone(),
             self.loaded.to_vec(),
-            RELOAD_EVERY,
+            every,
             stop,
             move || match build(&this.cert, &this.key) {
                 Ok(config) => {
