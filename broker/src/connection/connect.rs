@@ -64,7 +64,7 @@ async fn read_first<S: AsyncRead + AsyncWrite + Unpin>(
 /// Why a CONNECT is refused, as a value every phase of the handshake can
 /// return: the CONNACK reason (none: close without one, as 3.1.1 asks
 /// for a malformed will) and its reason string, and whether it counts in
-/// `connections_refused`.
+/// `porchlight_connections_refused_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Refusal {
     code: Option<u8>,

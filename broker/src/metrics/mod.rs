@@ -204,15 +204,12 @@ impl TlsFailure {
 pub struct Metrics {
     pub connections_current: AtomicU64,
     pub clients_connected: AtomicU64,
-    pub connections_refused: AtomicU64,
     pub messages_received: AtomicU64,
     pub messages_sent: AtomicU64,
     pub bytes_received: AtomicU64,
     pub bytes_sent: AtomicU64,
     pub retained: AtomicU64,
     pub sessions: AtomicU64,
-    /// Handshakes that failed or timed out (`--tls-listen`).
-    pub tls_handshake_failures: AtomicU64,
     /// Certificate/key/CA changes taken into use, and refused.
     pub tls_reloads: AtomicU64,
     pub tls_reload_failures: AtomicU64,
@@ -258,14 +255,12 @@ impl Default for Metrics {
         Metrics {
             connections_current: AtomicU64::default(),
             clients_connected: AtomicU64::default(),
-            connections_refused: AtomicU64::default(),
             messages_received: AtomicU64::default(),
             messages_sent: AtomicU64::default(),
             bytes_received: AtomicU64::default(),
             bytes_sent: AtomicU64::default(),
             retained: AtomicU64::default(),
             sessions: AtomicU64::default(),
-            tls_handshake_failures: AtomicU64::default(),
             tls_reloads: AtomicU64::default(),
             tls_reload_failures: AtomicU64::default(),
             auth_failures: AtomicU64::default(),
@@ -329,10 +324,8 @@ impl Metrics {
         self.bad_packets[kind as usize].load(Ordering::Relaxed)
     }
 
-    /// A CONNECT refused with CONNACK `code` (also counted in
-    /// `connections_refused`).
+    /// A CONNECT refused with CONNACK `code`.
     pub fn refused(&self, code: u8) {
-        add(&self.connections_refused, 1);
         add(&self.refused_by_code[code as usize], 1);
     }
 
@@ -353,8 +346,15 @@ impl Metrics {
     }
 
     pub fn tls_failed(&self, why: TlsFailure) {
-        add(&self.tls_handshake_failures, 1);
         add(&self.tls_failures[why as usize], 1);
+    }
+
+    /// TLS handshakes failed, for any reason (`--tls-listen`).
+    pub fn tls_failures_total(&self) -> u64 {
+        self.tls_failures
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
     }
 
     pub fn tls_failure_count(&self, why: TlsFailure) -> u64 {
@@ -377,6 +377,6 @@ mod tests {
         m.refused(0x87);
         m.refused(0x86);
         assert_eq!(m.refused_counts(), vec![(0x86, 1), (0x87, 2)]);
-        assert_eq!(Metrics::get(&m.connections_refused), 3);
+        assert_eq!(m.refused_counts().iter().map(|(_, n)| n).sum::<u64>(), 3);
     }
 }

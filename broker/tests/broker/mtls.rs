@@ -59,10 +59,7 @@ async fn mutual_tls_required_refuses_missing_foreign_and_expired_certificates() 
     assert!(mqtt_connect(addr, pki.client_with_cert(future))
         .await
         .is_none());
-    wait_until("four refusals counted", || {
-        Metrics::get(&m.tls_handshake_failures) == 4
-    })
-    .await;
+    wait_until("four refusals counted", || m.tls_failures_total() == 4).await;
     b.stop().await;
 }
 

@@ -86,18 +86,12 @@ async fn alpn_mqtt_is_offered_and_tls13_can_be_required() {
     assert!(handshake(&pki, addr, &[&rustls::version::TLS12], &[])
         .await
         .is_err());
-    wait_until("failure counted", || {
-        Metrics::get(&m.tls_handshake_failures) == 1
-    })
-    .await;
+    wait_until("failure counted", || m.tls_failures_total() == 1).await;
     // A client offering ALPN without `mqtt` is refused too.
     assert!(handshake(&pki, addr, &[&rustls::version::TLS13], &[b"h2"])
         .await
         .is_err());
-    wait_until("second failure counted", || {
-        Metrics::get(&m.tls_handshake_failures) == 2
-    })
-    .await;
+    wait_until("second failure counted", || m.tls_failures_total() == 2).await;
     b.stop().await;
 
     // With the default minimum, TLS 1.2 works.
@@ -145,10 +139,7 @@ async fn a_silent_or_plaintext_client_never_blocks_the_tls_listener() {
     let _ = tokio::time::timeout(WAIT, raw.read(&mut buf))
         .await
         .expect("answered or closed");
-    wait_until("both failures counted", || {
-        Metrics::get(&m.tls_handshake_failures) == 2
-    })
-    .await;
+    wait_until("both failures counted", || m.tls_failures_total() == 2).await;
     // By reason: the silent one timed out, the plaintext one broke the
     // protocol.
     use porchlight_broker::metrics::TlsFailure;
