@@ -9,7 +9,7 @@ mod support;
 mod admin;
 /// The admin REST API and `porchlight ctl`.
 mod admin_api;
-/// Authentication (passwords, JWT, certificates, anonymous), ACLs, the
+/// Authentication (passwords, certificates, anonymous; JWT is in `jwt.rs`), ACLs, the
 /// auth file and its reload, failure backoff.
 mod auth;
 /// Malformed input and protocol violations: each closes only its own
@@ -25,6 +25,8 @@ mod flow;
 mod gateways;
 /// The container image under Docker.
 mod image;
+/// JWT authentication: algorithms, claims, key rotation, expiry.
+mod jwt;
 /// The crate's layers: imports flow downward.
 mod layers;
 /// WebSocket and WSS listeners, PROXY protocol v1/v2 headers.
