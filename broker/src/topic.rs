@@ -86,12 +86,19 @@ fn validate_name(topic: &str, limits: TopicLimits) -> Result<(), TopicError> {
     Ok(())
 }
 
+/// Whether a topic is the broker's own statistics (`$SYS`): not counted
+/// against a tenant's limits, and not written to disk (republished every
+/// `--sys-interval`).
+pub fn is_sys(topic: &str) -> bool {
+    topic.starts_with("$SYS")
+}
+
 /// Topics clients may not publish to (directly or as a will): the broker's
 /// own `$SYS` tree, the `$share` prefix, which names no topic, and the
 /// gateway prefix `$tenant/` (a granted gateway's publish has it split off
 /// by [`split_tenant`] before this check).
 pub fn is_reserved(topic: &str) -> bool {
-    topic.starts_with("$SYS") || topic.starts_with("$share/") || topic.starts_with(TENANT_PREFIX)
+    is_sys(topic) || topic.starts_with("$share/") || topic.starts_with(TENANT_PREFIX)
 }
 
 /// The prefix through which a gateway addresses another tenant:

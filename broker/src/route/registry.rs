@@ -484,11 +484,12 @@ impl Registry {
     pub fn restore(&self, restored: Restored) {
         let now = now_ms();
         for m in restored.retained {
-            // `$SYS` figures are the last run's, and `ops/sys.rs` publishes
-            // fresh ones; kept, they could outlive a change of who may read
+            // `$SYS` is not written to disk (`State::persists`); records an
+            // earlier build wrote are the last run's figures, and are
+            // deleted: kept, they could outlive a change of who may read
             // them (a node now under `--tenants` would leave its node-wide
             // figures in `default`).
-            let stale_sys = m.message.topic.as_str().starts_with("$SYS/");
+            let stale_sys = crate::topic::is_sys(m.message.topic.as_str());
             if stale_sys || m.message.is_expired(Instant::now()) {
                 if let Some(p) = self.state.persist() {
                     let (tenant, topic) = (&m.message.tenant, &m.message.topic);

@@ -125,7 +125,7 @@ mod sorted {
 /// Whether a retained topic counts against its tenant's limits: the
 /// broker's own `$SYS` messages do not.
 fn retained_counts(topic: &str) -> bool {
-    !topic.starts_with("$SYS")
+    !crate::topic::is_sys(topic)
 }
 
 /// The tenant whose trie holds a subscription of a session in `home`, and

@@ -95,7 +95,7 @@ impl RetainedCounts {
     fn set(m: &Message, replaced: Option<u64>) -> RetainedCounts {
         RetainedCounts {
             tenant: m.tenant.clone(),
-            counted: !m.topic.starts_with("$SYS"),
+            counted: !crate::topic::is_sys(&m.topic),
             added: replaced.is_none(),
             removed: false,
             bytes_added: m.size() as u64,
@@ -183,7 +183,7 @@ impl State {
         };
         let tenant = &message.message.tenant;
         Prepared {
-            record: (self.persist.is_some() && !message.message.payload.is_empty())
+            record: (self.persists(&message.message.topic) && !message.message.payload.is_empty())
                 .then(|| crate::records::encode(message)),
             usage: Some(self.tenants.usage(tenant)),
             tree: Some(self.retained.tenant(tenant)),
@@ -459,11 +459,21 @@ impl State {
         }
     }
 
+    /// Whether a retained message of `topic` goes to disk: not `$SYS`'s,
+    /// which `ops/sys.rs` republishes every interval.
+    fn persists(&self, topic: &str) -> bool {
+        self.persist.is_some() && !crate::topic::is_sys(topic)
+    }
+
     /// Effects on a retained message: the index, the disk, the sweeper, the counts.
     fn observe_retained(&self, effect: Effect, done: &mut Done) {
         match effect {
             Effect::RetainedSet { message, replaced } => {
-                if let Some(p) = &self.persist {
+                if let Some(p) = self
+                    .persist
+                    .as_ref()
+                    .filter(|_| self.persists(&message.message.topic))
+                {
                     let record = done
                         .prepared
                         .record
@@ -487,12 +497,12 @@ impl State {
                 topic,
                 size,
             } => {
-                if let Some(p) = &self.persist {
+                if let Some(p) = self.persist.as_ref().filter(|_| self.persists(&topic)) {
                     done.also(Write::from_result(p.delete_retained(&tenant, &topic)));
                 }
                 self.retained.remove(&tenant, &topic);
                 done.retained_counts = Some(RetainedCounts {
-                    counted: !topic.starts_with("$SYS"),
+                    counted: !crate::topic::is_sys(&topic),
                     tenant,
                     added: false,
                     removed: true,

@@ -1,3 +1,8 @@
+//! Authentication and authorisation: passwords and anonymous access with
+//! their CONNACK codes, ACLs, the auth file and its reload, failure
+//! backoff (also behind a PROXY header), certificates as usernames (JWT is
+//! in `jwt.rs`).
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

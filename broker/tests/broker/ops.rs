@@ -704,3 +704,42 @@ async fn client_events_are_logged_within_a_budget_and_the_rest_counted() {
 
     kill9(&mut child);
 }
+
+/// `$SYS` retained messages are republished every interval: they are not
+/// written to disk (a write per topic per interval for nothing), and a
+/// restart starts without the last run's figures.
+#[tokio::test]
+async fn sys_topics_are_retained_in_memory_only() {
+    let b = TestBroker::start().await;
+    let mut p = RawClient::connect(b.addr, Protocol::V5, "p").await;
+    p.send(&Packet::Publish(porchlight_broker::codec::Publish {
+        retain: true,
+        ..publish("kept/t", q(1), 1, b"on")
+    }))
+    .await;
+    assert_eq!(
+        p.recv().await.map(|x| matches!(x, Packet::PubAck(_))),
+        Some(true)
+    );
+    porchlight_broker::ops::sys::publish_stats(&b.broker);
+    let default = porchlight_broker::ids::TenantId::default_tenant();
+    assert!(b
+        .broker
+        .state
+        .read(|c| c.retained(&default, "$SYS/broker/version").is_some()));
+    b.broker.persist.store().flush().expect("flush");
+    let on_disk = b
+        .broker
+        .persist
+        .load(b.broker.config.topic_limits())
+        .expect("load")
+        .retained;
+    let topics: Vec<&str> = on_disk.iter().map(|r| r.message.topic.as_str()).collect();
+    assert_eq!(topics, ["kept/t"]);
+    let b = b.restart().await;
+    b.broker.state.read(|c| {
+        assert!(c.retained(&default, "kept/t").is_some());
+        assert!(c.retained(&default, "$SYS/broker/version").is_none());
+    });
+    b.stop().await;
+}
